@@ -1,0 +1,735 @@
+//! [`Client`]: one player's connection, driven from the caller's task.
+//!
+//! There is no background task. Everything — reading, decoding, acking,
+//! keep-alives, noticing a dead link, reconnecting and resuming — happens
+//! inside [`Client::next_event`], which is cancel-safe, so game code can
+//! `select!` on it beside its own work. [`Client::send`] only numbers the
+//! command and appends its frame to the write buffer; the buffer goes out in
+//! one write the next time `next_event` is about to wait (or on
+//! [`Client::flush`]), so commands issued together leave together.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use rand::{rngs::SmallRng, SeedableRng};
+use tether_proto::pb::{self, client_message, hello, server_message::Msg, ClientMessage};
+use tether_proto::{decode_server, encode_frame_into, split_frame, MAX_PAYLOAD_LEN};
+use tether_session::{ClientSession, ServerFrameOutcome};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, timeout_at, Instant};
+
+use crate::backoff;
+use crate::command::Command;
+use crate::config::{ClientConfig, Login};
+use crate::error::{close_action, describe_io, ClientError, CloseAction, SendError};
+use crate::event::{Event, GameEvent, PauseReason};
+
+/// Longest `Hello.client` the server accepts.
+const MAX_CLIENT_NAME: usize = 64;
+
+/// A read buffer that grew past this many read chunks (to hold one large
+/// frame) is given back once empty, so one big snapshot does not pin memory
+/// for the rest of the session.
+const SHRINK_AFTER_CHUNKS: usize = 4;
+
+/// Floor on any wait. A deadline already in the past would otherwise turn
+/// the event loop into a spin if something kept reporting it as due.
+const MIN_WAIT: Duration = Duration::from_millis(1);
+
+/// Counters of one client, for tools and load generators.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Frames decoded from the server (control and counted).
+    pub frames_in: u64,
+    /// Frames queued for the server (inputs, acks, handshakes, logout).
+    pub frames_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Times the connection was lost while the session was live.
+    pub disconnects: u64,
+    /// Successful resumes (replay or snapshot).
+    pub resumes: u64,
+    /// Resumes that fell back to a snapshot.
+    pub resyncs: u64,
+    /// Connect or handshake attempts that failed.
+    pub connect_failures: u64,
+}
+
+type ConnectFuture = Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>;
+
+/// Where the connection stands.
+enum Link {
+    /// Waiting before the next connect attempt.
+    Backoff { until: Instant },
+    /// A TCP connect is in flight (boxed so that a cancelled `next_event`
+    /// does not lose it).
+    Connecting {
+        fut: ConnectFuture,
+        deadline: Instant,
+    },
+    /// `Hello` or `Resume` is queued or written; waiting for `Welcome` /
+    /// `Resumed`.
+    Handshake {
+        stream: TcpStream,
+        deadline: Instant,
+    },
+    /// The session is attached to this socket.
+    Live { stream: TcpStream },
+    /// The client has ended; nothing more will happen.
+    Done,
+}
+
+/// What one turn of the event loop produced.
+enum Out {
+    Event(Event),
+    /// The login completed (only `connect` cares).
+    Welcomed,
+    Error(ClientError),
+    /// The client has ended and already said so.
+    End,
+}
+
+/// One player's connection to a Tether server, with transparent resume.
+///
+/// ```no_run
+/// use tether_client::{Client, ClientConfig, Command, Event, GameEvent, Login};
+///
+/// # async fn play() -> Result<(), Box<dyn std::error::Error>> {
+/// let cfg = ClientConfig::new("127.0.0.1:7777".parse()?, Login::Dev("alice".into()));
+/// let mut client = Client::connect(cfg).await?;
+/// let me = client.entity_id();
+/// client.send(Command::say("hello"))?;
+/// while let Some(event) = client.next_event().await {
+///     match event? {
+///         Event::Game(GameEvent::Death(d)) if d.id == me => {
+///             client.send(Command::Respawn)?;
+///         }
+///         Event::Resynced { .. } => { /* drop the world view; a snapshot follows */ }
+///         Event::LoggedOut => break,
+///         _ => {}
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Client {
+    cfg: ClientConfig,
+    session: ClientSession,
+    link: Link,
+    /// Bytes read and not yet decoded.
+    rbuf: BytesMut,
+    /// Frames queued and not yet written (bounded by `max_write_backlog`).
+    wbuf: BytesMut,
+    /// The session layer's clock starts here.
+    epoch: Instant,
+    rng: SmallRng,
+    welcome: Option<pb::Welcome>,
+    /// Failed connect/handshake attempts in a row.
+    attempts: u32,
+    /// `Some` once `logout` was called: when to stop waiting for the server.
+    logout_deadline: Option<Instant>,
+    /// A final outcome to report on the next call (at most one).
+    pending: Option<Out>,
+    stats: ClientStats,
+}
+
+impl Client {
+    /// Connects and logs in, retrying transient failures (connection errors,
+    /// `SERVER_BUSY`, `RATE_LIMITED`, ...) as the reconnect policy allows.
+    /// Returns once `Welcome` arrived; the snapshot that follows it comes out
+    /// of [`next_event`](Client::next_event).
+    pub async fn connect(cfg: ClientConfig) -> Result<Client, ClientError> {
+        cfg.login.validate().map_err(ClientError::InvalidLogin)?;
+        let rng = match cfg.seed {
+            Some(seed) => SmallRng::seed_from_u64(seed),
+            None => SmallRng::from_os_rng(),
+        };
+        let now = Instant::now();
+        let mut client = Client {
+            session: ClientSession::new(cfg.session.clone()),
+            link: Link::Backoff { until: now },
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            epoch: now,
+            rng,
+            welcome: None,
+            attempts: 0,
+            logout_deadline: None,
+            pending: None,
+            stats: ClientStats::default(),
+            cfg,
+        };
+        loop {
+            match client.step(None).await {
+                Out::Welcomed => return Ok(client),
+                Out::Error(e) => return Err(e),
+                // A server that closes a fresh login with LOGOUT is odd;
+                // report it as the close it is.
+                Out::Event(Event::LoggedOut) | Out::End => {
+                    return Err(ClientError::Closed {
+                        code: pb::CloseCode::Logout,
+                        message: "closed before Welcome".into(),
+                    })
+                }
+                Out::Event(_) => {}
+            }
+        }
+    }
+
+    /// The next event. `None` once the client has ended (after
+    /// [`Event::LoggedOut`] or an error).
+    ///
+    /// Cancel-safe: dropping the future loses nothing, so it can sit in a
+    /// `select!` loop.
+    pub async fn next_event(&mut self) -> Option<Result<Event, ClientError>> {
+        self.next(None).await
+    }
+
+    /// Like [`next_event`](Client::next_event), but yields [`Event::Deadline`]
+    /// once `deadline` has passed and nothing else is ready. This lets a
+    /// caller run its own schedule on the client's one timer instead of
+    /// `select!`ing a second one.
+    pub async fn next_event_until(
+        &mut self,
+        deadline: Instant,
+    ) -> Option<Result<Event, ClientError>> {
+        self.next(Some(deadline)).await
+    }
+
+    async fn next(&mut self, deadline: Option<Instant>) -> Option<Result<Event, ClientError>> {
+        loop {
+            match self.step(deadline).await {
+                Out::Event(e) => return Some(Ok(e)),
+                Out::Error(e) => return Some(Err(e)),
+                Out::End => return None,
+                Out::Welcomed => {}
+            }
+        }
+    }
+
+    /// Numbers `cmd`, keeps it until the server acknowledges it, and queues
+    /// its frame. Returns the input's sequence number (0 for `Logout`).
+    ///
+    /// While the connection is down the command is kept and goes out right
+    /// after the resume. Refused with [`SendError::Backlog`] when the
+    /// session's unacked-input cap or the write backlog cap is reached.
+    pub fn send(&mut self, cmd: Command) -> Result<u32, SendError> {
+        if self.is_ended() {
+            return Err(SendError::Ended);
+        }
+        let Some(input) = cmd.into_input() else {
+            self.logout();
+            return Ok(0);
+        };
+        if self.wbuf.len() >= self.cfg.max_write_backlog {
+            return Err(SendError::Backlog);
+        }
+        let now_ms = self.now_ms(Instant::now());
+        let msg = self
+            .session
+            .send_input(input, now_ms)
+            .map_err(|_| SendError::Backlog)?;
+        let seq = match &msg.msg {
+            Some(client_message::Msg::Input(i)) => i.seq,
+            _ => 0,
+        };
+        // Only a live link may carry inputs: during a resume handshake they
+        // would reach the server before the re-sent older ones. The session
+        // keeps them and the resume re-sends them in order.
+        if matches!(self.link, Link::Live { .. }) {
+            self.queue(&msg);
+        }
+        Ok(seq)
+    }
+
+    /// Ends the session: sends `Logout` and lets `next_event` wait (up to
+    /// `logout_timeout`) for the server's `Close`, then yield
+    /// [`Event::LoggedOut`]. If the connection is down at that moment the
+    /// client ends at once and the server logs the character out when its
+    /// resume grace runs out.
+    pub fn logout(&mut self) {
+        if self.is_ended() {
+            return;
+        }
+        let now = Instant::now();
+        if matches!(self.link, Link::Live { .. }) {
+            self.queue(&ClientMessage {
+                msg: Some(client_message::Msg::Logout(pb::Logout {})),
+            });
+            self.logout_deadline = Some(now + self.cfg.logout_timeout);
+        } else {
+            self.link = Link::Done;
+            self.logout_deadline = Some(now);
+            self.pending = Some(Out::Event(Event::LoggedOut));
+        }
+    }
+
+    /// Closes the socket without logging out, as a network failure would.
+    /// The session lives on as a zombie on the server; the client reconnects
+    /// and resumes as after any loss (the next event is [`Event::Paused`]).
+    pub fn drop_connection(&mut self) {
+        if matches!(self.link, Link::Live { .. }) && self.pending.is_none() {
+            let out = self.lose(PauseReason::Dropped, Duration::ZERO, Instant::now());
+            self.pending = Some(out);
+        }
+    }
+
+    /// Writes what is queued, as far as the socket takes it without waiting.
+    /// `next_event` does this on its own before it waits; call it when you
+    /// queued commands and will not await `next_event` soon.
+    pub fn flush(&mut self) {
+        // An error shows up again, and is handled, in `next_event`.
+        let _ = self.try_flush();
+    }
+
+    /// The `Welcome` of this session's login.
+    pub fn welcome(&self) -> &pb::Welcome {
+        self.welcome
+            .as_ref()
+            .expect("a connected client has a Welcome")
+    }
+
+    /// Your character's entity id.
+    pub fn entity_id(&self) -> u64 {
+        self.welcome().entity_id
+    }
+
+    /// The world's dimensions and rules, from `Welcome`.
+    pub fn world(&self) -> pb::WorldInfo {
+        self.welcome().world.unwrap_or_default()
+    }
+
+    /// The session layer (frame count, acked input, unacked inputs).
+    pub fn session(&self) -> &ClientSession {
+        &self.session
+    }
+
+    /// Inputs sent and not yet acknowledged by the server.
+    pub fn unacked_inputs(&self) -> usize {
+        self.session.unacked_inputs()
+    }
+
+    /// Whether the session is attached to a connection right now.
+    pub fn is_live(&self) -> bool {
+        matches!(self.link, Link::Live { .. })
+    }
+
+    /// Whether the client has ended or is logging out (no more commands).
+    pub fn is_ended(&self) -> bool {
+        matches!(self.link, Link::Done) || self.logout_deadline.is_some()
+    }
+
+    pub fn stats(&self) -> ClientStats {
+        self.stats
+    }
+
+    // ----------------------------------------------------------------
+    // The event loop
+    // ----------------------------------------------------------------
+
+    fn now_ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    fn at_ms(&self, ms: u64) -> Instant {
+        self.epoch + Duration::from_millis(ms)
+    }
+
+    /// One turn: returns as soon as there is something to report.
+    async fn step(&mut self, user_deadline: Option<Instant>) -> Out {
+        loop {
+            if let Some(out) = self.pending.take() {
+                return out;
+            }
+            let now = Instant::now();
+            match &mut self.link {
+                Link::Done => return Out::End,
+                Link::Backoff { until } => {
+                    let until = *until;
+                    if now >= until {
+                        let fut: ConnectFuture = Box::pin(TcpStream::connect(self.cfg.addr));
+                        self.link = Link::Connecting {
+                            fut,
+                            deadline: now + self.cfg.connect_timeout,
+                        };
+                        continue;
+                    }
+                    match user_deadline {
+                        Some(d) if d <= now => return Out::Event(Event::Deadline),
+                        Some(d) if d < until => sleep_until(d).await,
+                        _ => sleep_until(until).await,
+                    }
+                }
+                Link::Connecting { fut, deadline } => {
+                    let deadline = *deadline;
+                    if user_deadline.is_some_and(|d| d <= now) {
+                        return Out::Event(Event::Deadline);
+                    }
+                    let wake = user_deadline.map_or(deadline, |d| d.min(deadline));
+                    match timeout_at(wake, fut.as_mut()).await {
+                        Ok(Ok(stream)) => self.on_connected(stream),
+                        Ok(Err(e)) => {
+                            if let Some(out) = self.fail_attempt(describe_io(&e), Duration::ZERO) {
+                                return out;
+                            }
+                        }
+                        Err(_) if Instant::now() >= deadline => {
+                            if let Some(out) =
+                                self.fail_attempt("connect timed out".into(), Duration::ZERO)
+                            {
+                                return out;
+                            }
+                        }
+                        Err(_) => {}
+                    }
+                }
+                Link::Handshake { .. } | Link::Live { .. } => {
+                    if let Some(out) = self.turn(now, user_deadline).await {
+                        return out;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A socket is up: say who we are.
+    fn on_connected(&mut self, stream: TcpStream) {
+        // Frames are small and latency matters more than packet count;
+        // batching is done here, not by Nagle.
+        let _ = stream.set_nodelay(true);
+        self.rbuf.clear();
+        self.wbuf.clear();
+        let hello = match self.session.resume_message() {
+            Some(resume) if self.session.can_resume() => resume,
+            _ => self.hello(),
+        };
+        self.queue(&hello);
+        self.link = Link::Handshake {
+            stream,
+            deadline: Instant::now() + self.cfg.handshake_timeout,
+        };
+    }
+
+    fn hello(&self) -> ClientMessage {
+        let auth = match &self.cfg.login {
+            Login::Dev(name) => hello::Auth::DevName(name.clone()),
+            Login::Ticket(t) => hello::Auth::Ticket(t.clone()),
+        };
+        let mut client = self.cfg.client_name.clone();
+        if client.len() > MAX_CLIENT_NAME {
+            let mut cut = MAX_CLIENT_NAME;
+            while !client.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            client.truncate(cut);
+        }
+        ClientMessage {
+            msg: Some(client_message::Msg::Hello(pb::Hello {
+                protocol_version: tether_proto::PROTOCOL_VERSION,
+                auth: Some(auth),
+                client,
+            })),
+        }
+    }
+
+    /// One turn on an open socket: a buffered frame, else timers, flush and
+    /// one wait for the socket or the next deadline.
+    async fn turn(&mut self, now: Instant, user_deadline: Option<Instant>) -> Option<Out> {
+        // 1. A whole frame already buffered goes first.
+        match split_frame(&self.rbuf, MAX_PAYLOAD_LEN) {
+            Ok(Some((payload, used))) => {
+                let decoded = decode_server(payload);
+                self.rbuf.advance(used);
+                return match decoded {
+                    Ok(msg) => self.on_message(msg, now),
+                    Err(e) => Some(self.finish(Out::Error(ClientError::Protocol(e)))),
+                };
+            }
+            Ok(None) => {}
+            Err(e) => return Some(self.finish(Out::Error(ClientError::Protocol(e)))),
+        }
+        if self.rbuf.is_empty() && self.rbuf.capacity() > SHRINK_AFTER_CHUNKS * self.cfg.read_chunk
+        {
+            self.rbuf = BytesMut::new();
+        }
+
+        // 2. Timers.
+        let live = matches!(self.link, Link::Live { .. });
+        let mut wake = user_deadline;
+        let mut merge = |t: Instant| wake = Some(wake.map_or(t, |w: Instant| w.min(t)));
+        if live {
+            let now_ms = self.now_ms(now);
+            if let Some(deadline) = self.logout_deadline {
+                if now >= deadline {
+                    return Some(self.finish(Out::Event(Event::LoggedOut)));
+                }
+                merge(deadline);
+            }
+            if self.session.is_silent(now_ms) {
+                return Some(self.lose(PauseReason::Silent, Duration::ZERO, now));
+            }
+            if let Some(ack) = self.session.poll_ack(now_ms) {
+                // Over the backlog cap the ack is skipped: acks are
+                // cumulative, the next one covers this one.
+                if self.wbuf.len() < self.cfg.max_write_backlog {
+                    self.queue(&ack);
+                }
+            }
+            if let Some(t) = self.session.poll_timeout() {
+                merge(self.at_ms(t));
+            }
+        } else if let Link::Handshake { deadline, .. } = &self.link {
+            let deadline = *deadline;
+            if now >= deadline {
+                return self.fail_attempt("handshake timed out".into(), Duration::ZERO);
+            }
+            merge(deadline);
+        }
+        if user_deadline.is_some_and(|d| d <= now) {
+            // Flush first: the caller may not come back for a while.
+            if let Err(e) = self.try_flush() {
+                return self.on_io_error(e, now);
+            }
+            return Some(Out::Event(Event::Deadline));
+        }
+
+        // 3. Write what is queued (one write for everything queued since).
+        if let Err(e) = self.try_flush() {
+            return self.on_io_error(e, now);
+        }
+
+        // 4. Wait for the socket or a deadline.
+        let interest = if self.wbuf.is_empty() {
+            Interest::READABLE
+        } else {
+            Interest::READABLE | Interest::WRITABLE
+        };
+        let (Link::Handshake { stream, .. } | Link::Live { stream }) = &self.link else {
+            unreachable!("turn runs on an open socket")
+        };
+        let ready = match wake {
+            Some(w) => match timeout_at(w.max(now + MIN_WAIT), stream.ready(interest)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    // A deadline: the next turn looks at the timers; the
+                    // caller's own deadline is reported there.
+                    return None;
+                }
+            },
+            None => stream.ready(interest).await,
+        };
+        let ready = match ready {
+            Ok(r) => r,
+            Err(e) => return self.on_io_error(e, Instant::now()),
+        };
+        if ready.is_readable() {
+            if let Some(out) = self.read() {
+                return Some(out);
+            }
+        }
+        if ready.is_writable() {
+            if let Err(e) = self.try_flush() {
+                return self.on_io_error(e, Instant::now());
+            }
+        }
+        None
+    }
+
+    /// Reads one chunk into the read buffer.
+    fn read(&mut self) -> Option<Out> {
+        let (Link::Handshake { stream, .. } | Link::Live { stream }) = &self.link else {
+            return None;
+        };
+        self.rbuf.reserve(self.cfg.read_chunk);
+        match stream.try_read_buf(&mut self.rbuf) {
+            Ok(0) => self.on_eof(Instant::now()),
+            Ok(n) => {
+                self.stats.bytes_in += n as u64;
+                None
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
+            Err(e) => self.on_io_error(e, Instant::now()),
+        }
+    }
+
+    fn try_flush(&mut self) -> io::Result<()> {
+        let (Link::Handshake { stream, .. } | Link::Live { stream }) = &self.link else {
+            return Ok(());
+        };
+        while !self.wbuf.is_empty() {
+            match stream.try_write(&self.wbuf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.wbuf.advance(n);
+                    self.stats.bytes_out += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn queue(&mut self, msg: &ClientMessage) {
+        encode_frame_into(msg, &mut self.wbuf);
+        self.stats.frames_out += 1;
+    }
+
+    fn on_message(&mut self, msg: pb::ServerMessage, now: Instant) -> Option<Out> {
+        self.stats.frames_in += 1;
+        let now_ms = self.now_ms(now);
+        match self.session.on_server_message(&msg, now_ms) {
+            ServerFrameOutcome::Game => {
+                GameEvent::from_msg(msg.msg?).map(|g| Out::Event(Event::Game(g)))
+            }
+            ServerFrameOutcome::Welcomed => {
+                let Some(Msg::Welcome(welcome)) = msg.msg else {
+                    return None;
+                };
+                self.welcome = Some(welcome);
+                self.attempts = 0;
+                self.go_live();
+                Some(Out::Welcomed)
+            }
+            ServerFrameOutcome::Resumed { mode, resend } => {
+                self.attempts = 0;
+                self.go_live();
+                let resent = resend.len();
+                for m in &resend {
+                    self.queue(m);
+                }
+                self.stats.resumes += 1;
+                if mode == pb::ResumeMode::Snapshot {
+                    self.stats.resyncs += 1;
+                    Some(Out::Event(Event::Resynced { resent }))
+                } else {
+                    Some(Out::Event(Event::Resumed { resent }))
+                }
+            }
+            ServerFrameOutcome::Closed(close) => {
+                let (code, action) = close_action(close.code);
+                if self.logout_deadline.is_some() {
+                    return Some(self.finish(Out::Event(Event::LoggedOut)));
+                }
+                match action {
+                    CloseAction::LoggedOut => Some(self.finish(Out::Event(Event::LoggedOut))),
+                    CloseAction::End => Some(self.finish(Out::Error(ClientError::Closed {
+                        code,
+                        message: close.message,
+                    }))),
+                    CloseAction::Retry => {
+                        let wait = Duration::from_millis(u64::from(close.retry_after_ms));
+                        if matches!(self.link, Link::Live { .. }) {
+                            let reason = PauseReason::Closed {
+                                code,
+                                message: close.message,
+                                retry_after_ms: close.retry_after_ms,
+                            };
+                            Some(self.lose(reason, wait, now))
+                        } else {
+                            let last = format!("server said {}", code.as_str_name());
+                            self.fail_attempt(last, wait)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn go_live(&mut self) {
+        if let Link::Handshake { .. } = self.link {
+            let Link::Handshake { stream, .. } = std::mem::replace(&mut self.link, Link::Done)
+            else {
+                unreachable!()
+            };
+            self.link = Link::Live { stream };
+        }
+    }
+
+    fn on_eof(&mut self, now: Instant) -> Option<Out> {
+        self.on_broken(PauseReason::Eof, now)
+    }
+
+    fn on_io_error(&mut self, e: io::Error, now: Instant) -> Option<Out> {
+        self.on_broken(PauseReason::Io(e), now)
+    }
+
+    /// The socket broke: a live session pauses, a handshake counts as a
+    /// failed attempt, a logout is complete.
+    fn on_broken(&mut self, reason: PauseReason, now: Instant) -> Option<Out> {
+        if self.logout_deadline.is_some() {
+            return Some(self.finish(Out::Event(Event::LoggedOut)));
+        }
+        if matches!(self.link, Link::Live { .. }) {
+            return Some(self.lose(reason, Duration::ZERO, now));
+        }
+        let last = match reason {
+            PauseReason::Io(e) => describe_io(&e),
+            _ => "server closed the connection during the handshake".into(),
+        };
+        self.fail_attempt(last, Duration::ZERO)
+    }
+
+    /// A live connection is gone: keep the session, plan the reconnect.
+    fn lose(&mut self, reason: PauseReason, at_least: Duration, now: Instant) -> Out {
+        if self.logout_deadline.is_some() {
+            return self.finish(Out::Event(Event::LoggedOut));
+        }
+        self.session.on_disconnect(self.now_ms(now));
+        self.stats.disconnects += 1;
+        self.attempts = 0;
+        let wait = backoff::delay(&self.cfg.reconnect, 0, &mut self.rng).max(at_least);
+        self.link = Link::Backoff { until: now + wait };
+        self.rbuf.clear();
+        self.wbuf.clear();
+        Out::Event(Event::Paused(reason))
+    }
+
+    /// A connect or handshake attempt failed: back off, or give up. `None`
+    /// means "keep going".
+    fn fail_attempt(&mut self, last: String, at_least: Duration) -> Option<Out> {
+        self.stats.connect_failures += 1;
+        self.attempts += 1;
+        self.rbuf.clear();
+        self.wbuf.clear();
+        if self.attempts >= self.cfg.reconnect.max_attempts {
+            let attempts = self.attempts;
+            return Some(self.finish(Out::Error(ClientError::GaveUp { attempts, last })));
+        }
+        tracing::debug!(attempt = self.attempts, %last, "connect attempt failed");
+        let wait = backoff::delay(&self.cfg.reconnect, self.attempts, &mut self.rng).max(at_least);
+        self.link = Link::Backoff {
+            until: Instant::now() + wait,
+        };
+        None
+    }
+
+    fn finish(&mut self, out: Out) -> Out {
+        self.link = Link::Done;
+        self.rbuf = BytesMut::new();
+        self.wbuf = BytesMut::new();
+        out
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let link = match self.link {
+            Link::Backoff { .. } => "backoff",
+            Link::Connecting { .. } => "connecting",
+            Link::Handshake { .. } => "handshake",
+            Link::Live { .. } => "live",
+            Link::Done => "done",
+        };
+        f.debug_struct("Client")
+            .field("addr", &self.cfg.addr)
+            .field("link", &link)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
