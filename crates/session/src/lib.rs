@@ -10,7 +10,8 @@
 //! - [`server`]: [`ServerSession`], the server's half: resume token, counted
 //!   frames and the client's cumulative ack, the [`ReplayBuffer`], exactly-once
 //!   input dedup, heartbeat and zombie timers.
-//! - [`replay`]: [`ReplayBuffer`] and the [`PagePool`] its pages come from.
+//! - [`replay`]: [`ReplayBuffer`] and the [`PagePool`] its pages come from
+//!   (one pool per shard; `pool.in_use() == 0` once every session is gone).
 //! - [`client`]: [`ClientSession`], the client's half: frame counting and acks,
 //!   input numbering and the unacked-input list re-sent after a resume.
 //! - [`token`]: resume tokens and their constant-time comparison.
@@ -24,7 +25,24 @@
 //!   client Input                --> ServerSession::check_input --> Apply | Duplicate | Gap
 //!   socket lost                 --> ServerSession::detach      --> Zombie (grace timer)
 //!   client Resume               --> ServerSession::resume      --> Replay(frames) | Snapshot
+//!   now                         --> ServerSession::handle_timeout
+//!                                     --> HeartbeatTimeout | KeepaliveDue | ZombieExpired
+//!
+//!   server frame (decoded)      --> ClientSession::on_server_message
+//!                                     --> Welcomed | Resumed{resend} | Closed | Game
+//!   game command                --> ClientSession::send_input  --> Input (numbered, kept)
+//!   now                         --> ClientSession::poll_ack    --> Ack (count or keep-alive)
 //! ```
+//!
+//! # Guarantees
+//!
+//! With both halves driven as documented, whatever happens to connections in
+//! between (cuts at any point, lost acks, half-open sockets, resumes racing
+//! each other), every input is applied exactly once and in order, and the
+//! client sees every counted frame exactly once, in order, or a snapshot in
+//! place of those it can no longer get. The deterministic simulations in
+//! `tests/` check this with every cut point of a scripted exchange and with
+//! random fault schedules.
 #![forbid(unsafe_code)]
 
 pub mod client;
@@ -33,7 +51,7 @@ pub mod server;
 pub mod token;
 
 pub use client::{ClientSession, ClientSessionConfig, InputQueueFull, ServerFrameOutcome};
-pub use replay::{PagePool, ReplayBuffer, FRAMES_PER_PAGE};
+pub use replay::{PagePool, ReplayBuffer, DEFAULT_MAX_IDLE_PAGES, FRAMES_PER_PAGE};
 pub use server::{
     InputVerdict, ResumePlan, ResumeRefused, ServerSession, SessionConfig, SessionError,
     SessionState, TimerEvent,
