@@ -1,1 +1,297 @@
-//! placeholder
+//! The Tether game server.
+//!
+//! # Layout
+//!
+//! - [`config`]: settings (defaults, TOML file, `TETHER_*` environment, flags).
+//! - [`auth`]: `dev` names and HMAC-signed tickets.
+//! - [`net`]: I/O threads (mio): accept, read and decode, gathering writes.
+//! - [`shard`]: shard threads: a `World` and its players' sessions.
+//! - [`link`]: the lock-free rings and wake-ups between the two.
+//! - [`directory`]: which shard holds which account.
+//! - [`store`]: where characters are kept between sessions.
+//! - [`metrics`], [`admin`]: counters and the admin HTTP endpoint.
+//!
+//! # Data flow
+//!
+//! ```text
+//!            +-------------------- I/O thread (mio) ---------------------+
+//!  socket -> | read 64 KiB -> split frames -> decode -> ToShard ring ------+--> shard thread
+//!  socket <- | writev(<=64 frames) <- per-conn queue <- ToIo ring <-------+--- (World + sessions)
+//!            +-----------------------------------------------------------+
+//! ```
+//!
+//! Threads never share a lock on the game path: each (I/O thread, shard)
+//! pair has its own SPSC rings. See docs/ARCHITECTURE.md.
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod directory;
+pub mod link;
+pub mod metrics;
+pub mod net;
+pub mod shard;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use anyhow::Context;
+use tether_world::{World, WorldConfig};
+use tracing::info;
+
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::link::{IoLink, IoWaker, ShardLink, ShardWaker, RING_CAPACITY};
+use crate::metrics::Metrics;
+use crate::shard::{Bus, Shard, BUS_CAPACITY};
+use crate::store::{MemoryStore, Store};
+
+/// Listen backlog: connections the kernel queues before accept. Large, so a
+/// burst of thousands of (re)connects is queued rather than refused.
+const LISTEN_BACKLOG: i32 = 8192;
+
+/// A running server.
+pub struct ServerHandle {
+    pub game_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    shutdown: Arc<AtomicBool>,
+    shard_wakers: Vec<Arc<ShardWaker>>,
+    io_wakers: Vec<Arc<IoWaker>>,
+    threads: Vec<JoinHandle<()>>,
+    admin_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    admin_thread: Option<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// Stops accepting, saves every character, tells clients the server is
+    /// restarting, and waits for every thread.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        for w in &self.shard_wakers {
+            w.set_sleeping(true);
+            w.wake();
+        }
+        for w in &self.io_wakers {
+            w.set_polling(true);
+            w.wake();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if let Some(stop) = self.admin_stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.admin_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.stop_and_join();
+        }
+    }
+}
+
+fn bind_game_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    // Several I/O threads each accept on their own socket bound to the same
+    // port; the kernel spreads connections across them.
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Starts every thread of a server and returns once it is listening.
+pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
+    start_with_store(cfg, Arc::new(MemoryStore::default()))
+}
+
+/// [`start`] with a given character store.
+pub fn start_with_store(cfg: Config, store: Arc<dyn Store>) -> anyhow::Result<ServerHandle> {
+    cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    let cfg = Arc::new(cfg);
+    let clock = Instant::now();
+    let metrics = Arc::new(Metrics::new());
+    let directory = Arc::new(Directory::new(cfg.shards));
+    let shutdown = Arc::new(AtomicBool::new(false));
+
+    // Listeners first, so a taken port fails before any thread starts.
+    let first = bind_game_listener(cfg.listen)
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let game_addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..cfg.io_threads {
+        listeners.push(
+            bind_game_listener(game_addr)
+                .with_context(|| format!("cannot listen on {game_addr}"))?,
+        );
+    }
+    let admin_listener = std::net::TcpListener::bind(cfg.admin_listen)
+        .with_context(|| format!("cannot listen on {} (admin)", cfg.admin_listen))?;
+    admin_listener.set_nonblocking(true)?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    // Shard threads start parked, waiting for their state.
+    let mut shard_threads = Vec::new();
+    let mut shard_wakers = Vec::new();
+    let mut shard_inits = Vec::new();
+    for s in 0..cfg.shards {
+        let (init_tx, init_rx) = mpsc::channel::<Shard>();
+        let t = std::thread::Builder::new()
+            .name(format!("tether-shard-{s}"))
+            .spawn(move || {
+                if let Ok(shard) = init_rx.recv() {
+                    shard.run();
+                }
+            })?;
+        shard_wakers.push(ShardWaker::new(t.thread().clone()));
+        shard_threads.push(t);
+        shard_inits.push(init_tx);
+    }
+
+    let mut polls = Vec::new();
+    let mut io_wakers = Vec::new();
+    for i in 0..cfg.io_threads {
+        let poll = mio::Poll::new()?;
+        let waker = mio::Waker::new(poll.registry(), mio::Token(usize::MAX - 2))?;
+        polls.push(poll);
+        io_wakers.push(IoWaker::new(waker));
+        let _ = i;
+    }
+
+    // One pair of rings per (I/O thread, shard).
+    let mut io_side: Vec<Vec<ShardLink>> = (0..cfg.io_threads).map(|_| Vec::new()).collect();
+    let mut shard_side: Vec<Vec<IoLink>> = (0..cfg.shards).map(|_| Vec::new()).collect();
+    for (i, io_links) in io_side.iter_mut().enumerate() {
+        for (s, shard_links) in shard_side.iter_mut().enumerate() {
+            let (in_tx, in_rx) = rtrb::RingBuffer::new(RING_CAPACITY);
+            let (out_tx, out_rx) = rtrb::RingBuffer::new(RING_CAPACITY);
+            io_links.push(ShardLink {
+                tx: in_tx,
+                rx: out_rx,
+                waker: shard_wakers[s].clone(),
+            });
+            shard_links.push(IoLink {
+                rx: in_rx,
+                tx: out_tx,
+                waker: io_wakers[i].clone(),
+            });
+        }
+    }
+
+    let mut bus_txs = Vec::new();
+    let mut bus_rxs = Vec::new();
+    for _ in 0..cfg.shards {
+        let (tx, rx) = mpsc::sync_channel(BUS_CAPACITY);
+        bus_txs.push(tx);
+        bus_rxs.push(rx);
+    }
+    let bus = Bus {
+        senders: bus_txs,
+        wakers: shard_wakers.clone(),
+    };
+
+    let mut world_cfg = WorldConfig::for_population(cfg.world_players, cfg.world_density);
+    world_cfg.pvp = cfg.pvp;
+    world_cfg.tick_ms = cfg.tick_ms;
+    world_cfg.seed = cfg.world_seed;
+    for (s, (links, bus_rx)) in shard_side.into_iter().zip(bus_rxs).enumerate() {
+        let world = World::new(world_cfg.clone(), s as u8);
+        let shard = Shard::new(
+            s as u16,
+            cfg.clone(),
+            world,
+            links,
+            shard_wakers[s].clone(),
+            bus.clone(),
+            bus_rx,
+            directory.clone(),
+            store.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+            clock,
+        );
+        shard_inits[s]
+            .send(shard)
+            .map_err(|_| anyhow::anyhow!("shard thread {s} died at start"))?;
+    }
+
+    let mut threads = shard_threads;
+    for (i, ((poll, listener), links)) in polls.into_iter().zip(listeners).zip(io_side).enumerate()
+    {
+        let io = net::IoThread::new(
+            i as u16,
+            cfg.clone(),
+            poll,
+            mio::net::TcpListener::from_std(listener),
+            io_wakers[i].clone(),
+            links,
+            directory.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+            clock,
+        )?;
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("tether-io-{i}"))
+                .spawn(move || io.run())?,
+        );
+    }
+
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let router = admin::router(metrics.clone());
+    let admin_thread = std::thread::Builder::new()
+        .name("tether-admin".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("admin runtime");
+            rt.block_on(async move {
+                let listener =
+                    tokio::net::TcpListener::from_std(admin_listener).expect("admin listener");
+                let _ = axum::serve(listener, router)
+                    .with_graceful_shutdown(async {
+                        let _ = admin_stopped.await;
+                    })
+                    .await;
+            });
+        })?;
+
+    info!(
+        game = %game_addr,
+        admin = %admin_addr,
+        io_threads = cfg.io_threads,
+        shards = cfg.shards,
+        "tether listening"
+    );
+    Ok(ServerHandle {
+        game_addr,
+        admin_addr,
+        metrics,
+        shutdown,
+        shard_wakers,
+        io_wakers,
+        threads,
+        admin_stop: Some(admin_stop),
+        admin_thread: Some(admin_thread),
+    })
+}

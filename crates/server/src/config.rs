@@ -1,0 +1,342 @@
+//! Server settings: embedded defaults, overridden by a TOML file (`--config`),
+//! then by `TETHER_*` environment variables and command-line flags.
+//!
+//! Every bound the server enforces is a field here, with its default and the
+//! reason for it next to the field.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// How players prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Any character name is accepted (local play, tests, benchmarks).
+    Dev,
+    /// Only HMAC-SHA256-signed tickets with an expiry (`tether ticket NAME`).
+    Ticket,
+}
+
+/// What a fresh login does when its account already has a live or zombie session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TakeoverPolicy {
+    /// The new login takes the session over; the old connection is closed
+    /// with SESSION_TAKEN_OVER.
+    TakeOver,
+    /// The new login is refused with ALREADY_LOGGED_IN.
+    Refuse,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Game listener (TCP).
+    pub listen: SocketAddr,
+    /// Admin HTTP listener: /healthz, /metrics.
+    pub admin_listen: SocketAddr,
+    /// Where the server keeps its data.
+    pub data_dir: PathBuf,
+    pub auth: AuthMode,
+    /// HMAC secret for ticket auth (required when auth = "ticket").
+    pub ticket_secret: Option<String>,
+    pub takeover: TakeoverPolicy,
+    /// Player-versus-player combat.
+    pub pvp: bool,
+    /// I/O threads (each owns a share of the connections).
+    pub io_threads: usize,
+    /// World shards, one thread each. Each shard is a separate copy of the map
+    /// (a "channel"); new players go to the least populated one.
+    pub shards: usize,
+    /// The map is sized for this many players per shard at `world_density`.
+    pub world_players: usize,
+    /// Average number of other players inside one player's view when the
+    /// shard holds `world_players` spread uniformly.
+    pub world_density: f32,
+    /// World tick (monster AI, timers), milliseconds.
+    pub tick_ms: u64,
+    pub world_seed: u64,
+    /// Largest client frame payload accepted. Client messages are small (a
+    /// chat line of 256 bytes is the largest); 1 KiB leaves room and keeps a
+    /// hostile peer from making the server buffer much.
+    pub max_frame_len: usize,
+    /// Most connections open at once; further accepts are closed at once.
+    pub max_connections: usize,
+    /// Close a connection that has not sent a valid Hello / Resume by then.
+    pub handshake_timeout_ms: u64,
+    /// A connection silent for this long is cut and its session turns zombie.
+    pub heartbeat_timeout_ms: u64,
+    /// The client is asked (Welcome) to send something at least this often.
+    pub heartbeat_interval_ms: u64,
+    /// How long a session survives without a connection.
+    pub zombie_grace_ms: u64,
+    /// Counted frames kept per session for replay after a resume.
+    pub replay_cap_frames: usize,
+    /// Bytes queued for one connection before it is cut as a slow consumer
+    /// (its session turns zombie and keeps its frames for replay).
+    pub write_queue_cap_bytes: usize,
+    /// Inputs acknowledged (InputAck) at the latest this long after they
+    /// were applied. Longer means fewer frames, more inputs held by clients.
+    pub input_ack_delay_ms: u64,
+    /// Log filter (tracing's EnvFilter syntax), e.g. "info" or "tether=debug".
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7777".parse().unwrap(),
+            admin_listen: "127.0.0.1:7780".parse().unwrap(),
+            data_dir: PathBuf::from("./data"),
+            auth: AuthMode::Dev,
+            ticket_secret: None,
+            takeover: TakeoverPolicy::TakeOver,
+            pvp: false,
+            io_threads: 1,
+            shards: 1,
+            world_players: 10_000,
+            world_density: 8.0,
+            tick_ms: 100,
+            world_seed: 1,
+            max_frame_len: 1024,
+            max_connections: 50_000,
+            handshake_timeout_ms: 5_000,
+            heartbeat_timeout_ms: 15_000,
+            heartbeat_interval_ms: 2_000,
+            zombie_grace_ms: 120_000,
+            replay_cap_frames: 4096,
+            write_queue_cap_bytes: 256 * 1024,
+            input_ack_delay_ms: 500,
+            log: "info".into(),
+        }
+    }
+}
+
+/// Settings given on the command line or in `TETHER_*` variables; each one
+/// that is present overrides the file and the defaults.
+#[derive(Debug, Default, clap::Args)]
+pub struct Overrides {
+    /// TOML settings file; its keys are the long flag names with `_` for `-`.
+    #[arg(long, env = "TETHER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Game listener address [default: 127.0.0.1:7777].
+    #[arg(long, env = "TETHER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Admin HTTP address for /healthz and /metrics [default: 127.0.0.1:7780].
+    #[arg(long, env = "TETHER_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Data directory [default: ./data].
+    #[arg(long, env = "TETHER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Authentication: dev (any name) or ticket (signed tickets) [default: dev].
+    #[arg(long, env = "TETHER_AUTH")]
+    pub auth: Option<AuthMode>,
+    /// Secret for signing and checking tickets.
+    #[arg(long, env = "TETHER_TICKET_SECRET", hide_env_values = true)]
+    pub ticket_secret: Option<String>,
+    /// A login for an account already in play: take-over or refuse [default: take-over].
+    #[arg(long, env = "TETHER_TAKEOVER")]
+    pub takeover: Option<TakeoverPolicy>,
+    /// Enable player-versus-player combat [default: false].
+    #[arg(long, env = "TETHER_PVP")]
+    pub pvp: Option<bool>,
+    /// Number of I/O threads [default: 1].
+    #[arg(long, env = "TETHER_IO_THREADS")]
+    pub io_threads: Option<usize>,
+    /// Number of world shards (threads / map copies) [default: 1].
+    #[arg(long, env = "TETHER_SHARDS")]
+    pub shards: Option<usize>,
+    /// Players per shard the map is sized for [default: 10000].
+    #[arg(long, env = "TETHER_WORLD_PLAYERS")]
+    pub world_players: Option<usize>,
+    /// Other players in view on average at that population [default: 8].
+    #[arg(long, env = "TETHER_WORLD_DENSITY")]
+    pub world_density: Option<f32>,
+    /// World tick in milliseconds [default: 100].
+    #[arg(long, env = "TETHER_TICK_MS")]
+    pub tick_ms: Option<u64>,
+    /// Seed for monster placement and combat rolls [default: 1].
+    #[arg(long, env = "TETHER_WORLD_SEED")]
+    pub world_seed: Option<u64>,
+    /// Largest client frame accepted, bytes [default: 1024].
+    #[arg(long, env = "TETHER_MAX_FRAME_LEN")]
+    pub max_frame_len: Option<usize>,
+    /// Most open connections [default: 50000].
+    #[arg(long, env = "TETHER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Deadline for Hello / Resume on a new connection, ms [default: 5000].
+    #[arg(long, env = "TETHER_HANDSHAKE_TIMEOUT_MS")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// Silence after which a connection is cut, ms [default: 15000].
+    #[arg(long, env = "TETHER_HEARTBEAT_TIMEOUT_MS")]
+    pub heartbeat_timeout_ms: Option<u64>,
+    /// Keep-alive interval asked of clients, ms [default: 2000].
+    #[arg(long, env = "TETHER_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Zombie session grace period, ms [default: 120000].
+    #[arg(long, env = "TETHER_ZOMBIE_GRACE_MS")]
+    pub zombie_grace_ms: Option<u64>,
+    /// Frames kept per session for replay [default: 4096].
+    #[arg(long, env = "TETHER_REPLAY_CAP_FRAMES")]
+    pub replay_cap_frames: Option<usize>,
+    /// Per-connection write backlog before the slow-consumer cut, bytes [default: 262144].
+    #[arg(long, env = "TETHER_WRITE_QUEUE_CAP_BYTES")]
+    pub write_queue_cap_bytes: Option<usize>,
+    /// Longest delay before applied inputs are acknowledged, ms [default: 500].
+    #[arg(long, env = "TETHER_INPUT_ACK_DELAY_MS")]
+    pub input_ack_delay_ms: Option<u64>,
+    /// Log filter, e.g. info, debug, tether_server=trace [default: info].
+    #[arg(long, env = "TETHER_LOG")]
+    pub log: Option<String>,
+}
+
+/// A setting that cannot work, found before anything starts.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+macro_rules! apply {
+    ($cfg:ident, $ov:ident, $($field:ident),*) => {
+        $( if let Some(v) = $ov.$field { $cfg.$field = v; } )*
+    };
+}
+
+impl Config {
+    /// Defaults, then the file named by `--config` (if any), then overrides.
+    pub fn load(ov: Overrides) -> Result<Config, ConfigError> {
+        let mut cfg = match &ov.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!("cannot read config file {}: {e}", path.display()))
+                })?;
+                toml::from_str(&text)
+                    .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?
+            }
+            None => Config::default(),
+        };
+        if ov.ticket_secret.is_some() {
+            cfg.ticket_secret = ov.ticket_secret;
+        }
+        apply!(
+            cfg,
+            ov,
+            listen,
+            admin_listen,
+            data_dir,
+            auth,
+            takeover,
+            pvp,
+            io_threads,
+            shards,
+            world_players,
+            world_density,
+            tick_ms,
+            world_seed,
+            max_frame_len,
+            max_connections,
+            handshake_timeout_ms,
+            heartbeat_timeout_ms,
+            heartbeat_interval_ms,
+            zombie_grace_ms,
+            replay_cap_frames,
+            write_queue_cap_bytes,
+            input_ack_delay_ms,
+            log
+        );
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Rejects settings that cannot work, with a message saying which and why.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: &str| Err(ConfigError(m.to_string()));
+        if self.auth == AuthMode::Ticket && self.ticket_secret.as_deref().unwrap_or("").is_empty() {
+            return err(
+                "auth = ticket needs ticket_secret (--ticket-secret or TETHER_TICKET_SECRET)",
+            );
+        }
+        if !(1..=64).contains(&self.io_threads) {
+            return err("io_threads must be 1..=64");
+        }
+        if !(1..=64).contains(&self.shards) {
+            return err("shards must be 1..=64");
+        }
+        if self.world_players == 0 || self.world_density <= 0.0 {
+            return err("world_players and world_density must be positive");
+        }
+        if !(10..=1000).contains(&self.tick_ms) {
+            return err("tick_ms must be 10..=1000");
+        }
+        if !(16..=tether_proto::MAX_PAYLOAD_LEN).contains(&self.max_frame_len) {
+            return err("max_frame_len must be 16..=65535");
+        }
+        if self.heartbeat_interval_ms >= self.heartbeat_timeout_ms {
+            return err("heartbeat_interval_ms must be below heartbeat_timeout_ms");
+        }
+        if self.replay_cap_frames < tether_session::FRAMES_PER_PAGE {
+            return err("replay_cap_frames must hold at least one page (32 frames)");
+        }
+        if self.write_queue_cap_bytes < 4096 {
+            return err("write_queue_cap_bytes must be at least 4096");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_overrides() {
+        let dir = std::env::temp_dir().join(format!("tether-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\npvp = true\nshards = 3\n",
+        )
+        .unwrap();
+        let cfg = Config::load(Overrides {
+            config: Some(path.clone()),
+            shards: Some(2),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:9000".parse().unwrap());
+        assert!(cfg.pvp);
+        assert_eq!(cfg.shards, 2, "a flag overrides the file");
+        assert_eq!(cfg.admin_listen, Config::default().admin_listen);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let dir = std::env::temp_dir().join(format!("tether-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.toml");
+        std::fs::write(&path, "lisen = \"127.0.0.1:9000\"\n").unwrap();
+        let e = Config::load(Overrides {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.0.contains("lisen"), "{e}");
+        let e = Config::load(Overrides {
+            auth: Some(AuthMode::Ticket),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.0.contains("ticket_secret"), "{e}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

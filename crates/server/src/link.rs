@@ -1,0 +1,171 @@
+//! The seams between I/O threads and shard threads: the messages that cross
+//! them, the bounded lock-free rings they travel on, and the wake-ups.
+//!
+//! Every (I/O thread, shard) pair has two single-producer single-consumer
+//! rings, one each way, so no ring ever has two writers and nothing on this
+//! path takes a lock. A consumer that finds its rings empty goes to sleep after
+//! raising a `sleeping` flag; a producer wakes it only when that flag is up, so
+//! a busy consumer costs its producers no syscall at all.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::Thread;
+
+use bytes::Bytes;
+use tether_proto::pb;
+
+/// Entries per ring, each way, per (I/O thread, shard) pair.
+///
+/// Inbound, a full ring makes the I/O thread stop reading from the
+/// connections that have more for that shard until there is room again (TCP
+/// pushes back on the clients). Outbound, the shard keeps the overflow in a
+/// bounded queue of its own (see `shard::OUTBOUND_OVERFLOW_CAP`). 65,536
+/// entries of ~48 bytes hold well over 100 ms of the benchmark's heaviest
+/// traffic for 3 MiB per ring.
+pub const RING_CAPACITY: usize = 1 << 16;
+
+/// A connection as the shards know it: its I/O thread's slot and the slot's
+/// generation, so a message for a connection that has since closed (and
+/// whose slot was reused) is recognised and dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnRef {
+    pub io: u16,
+    pub slot: u32,
+    pub generation: u32,
+}
+
+/// Why a connection went away, as the I/O thread saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnLoss {
+    /// EOF or reset from the peer.
+    Peer,
+    /// The write backlog passed its cap.
+    SlowConsumer,
+    /// The peer broke the protocol (the I/O thread already sent Close).
+    ProtocolError,
+    /// The I/O thread is shutting down.
+    Shutdown,
+}
+
+/// I/O thread -> shard.
+#[derive(Debug)]
+pub enum ToShard {
+    /// An authenticated Hello.
+    Login {
+        conn: ConnRef,
+        account: String,
+    },
+    Resume {
+        conn: ConnRef,
+        resume: pb::Resume,
+    },
+    Input {
+        conn: ConnRef,
+        input: pb::Input,
+    },
+    Ack {
+        conn: ConnRef,
+        frames_received: u64,
+    },
+    Logout {
+        conn: ConnRef,
+    },
+    /// The connection is gone; its session (if any) becomes a zombie.
+    Closed {
+        conn: ConnRef,
+        why: ConnLoss,
+    },
+}
+
+/// Shard -> I/O thread.
+#[derive(Debug)]
+pub enum ToIo {
+    /// Queue an encoded frame (counted or control) for the connection.
+    Frame { conn: ConnRef, frame: Bytes },
+    /// Write `frame` (a Close message) if there is room, flush what is queued
+    /// and close. No ToShard::Closed comes back for it.
+    Close { conn: ConnRef, frame: Bytes },
+    /// The shard has stopped; once every shard has said so, the I/O thread
+    /// flushes and exits.
+    ShardStopped,
+}
+
+/// Encodes a Close control frame.
+pub fn close_frame(code: pb::CloseCode, message: &str, retry_after_ms: u32) -> Bytes {
+    tether_proto::encode_frame(&pb::ServerMessage {
+        msg: Some(pb::server_message::Msg::Close(pb::Close {
+            code: code as i32,
+            message: message.to_string(),
+            retry_after_ms,
+        })),
+    })
+}
+
+/// Wakes a shard thread that parked itself with an empty inbox.
+pub struct ShardWaker {
+    thread: Thread,
+    sleeping: AtomicBool,
+}
+
+impl ShardWaker {
+    pub fn new(thread: Thread) -> Arc<ShardWaker> {
+        Arc::new(ShardWaker {
+            thread,
+            sleeping: AtomicBool::new(false),
+        })
+    }
+
+    /// Called by producers after pushing: unparks only a sleeping shard.
+    pub fn wake(&self) {
+        if self.sleeping.load(Ordering::SeqCst) {
+            self.thread.unpark();
+        }
+    }
+
+    /// The shard is about to park: after this, it must re-check its rings
+    /// before parking, so a push racing with it is not missed.
+    pub fn set_sleeping(&self, sleeping: bool) {
+        self.sleeping.store(sleeping, Ordering::SeqCst);
+    }
+}
+
+/// Wakes an I/O thread blocked in epoll.
+pub struct IoWaker {
+    waker: mio::Waker,
+    polling: AtomicBool,
+}
+
+impl IoWaker {
+    pub fn new(waker: mio::Waker) -> Arc<IoWaker> {
+        Arc::new(IoWaker {
+            waker,
+            polling: AtomicBool::new(false),
+        })
+    }
+
+    pub fn wake(&self) {
+        if self.polling.swap(false, Ordering::SeqCst) {
+            // A failed eventfd write means the counter is saturated, which
+            // already guarantees a wake-up.
+            let _ = self.waker.wake();
+        }
+    }
+
+    pub fn set_polling(&self, polling: bool) {
+        self.polling.store(polling, Ordering::SeqCst);
+    }
+}
+
+/// Everything an I/O thread needs to reach one shard.
+pub struct ShardLink {
+    pub tx: rtrb::Producer<ToShard>,
+    pub rx: rtrb::Consumer<ToIo>,
+    pub waker: Arc<ShardWaker>,
+}
+
+/// Everything a shard needs to reach one I/O thread.
+pub struct IoLink {
+    pub rx: rtrb::Consumer<ToShard>,
+    pub tx: rtrb::Producer<ToIo>,
+    pub waker: Arc<IoWaker>,
+}

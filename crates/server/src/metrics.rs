@@ -1,0 +1,213 @@
+//! Server metrics, served by the admin endpoint in Prometheus / OpenMetrics text.
+//!
+//! Counters are atomics shared by every thread. Hot paths (I/O threads) count
+//! into plain locals and add them once per event-loop iteration, so a frame
+//! costs no atomic operation of its own.
+
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+pub struct Metrics {
+    registry: Registry,
+    /// Open game connections (any phase).
+    pub connections: Gauge,
+    /// Sessions by state: active (a connection attached) and zombie.
+    pub sessions: Family<Labels, Gauge>,
+    pub frames_in: Counter,
+    pub frames_out: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    /// Gathering writes issued (frames_out / writes = frames per syscall).
+    pub writes: Counter,
+    pub accepted: Counter,
+    /// Connections refused or closed by the server, by reason.
+    pub closed_by_server: Family<Labels, Counter>,
+    pub logins: Counter,
+    pub logouts: Counter,
+    /// Successful resumes, by mode (replay, snapshot).
+    pub resumes: Family<Labels, Counter>,
+    /// Refused resumes, by reason.
+    pub resumes_refused: Family<Labels, Counter>,
+    pub replayed_frames: Counter,
+    pub takeovers: Counter,
+    pub zombie_expiries: Counter,
+    pub duplicate_inputs: Counter,
+    /// Duration of a world tick (monster AI, timers), seconds.
+    pub tick_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            connections: Gauge::default(),
+            sessions: Family::default(),
+            frames_in: Counter::default(),
+            frames_out: Counter::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            writes: Counter::default(),
+            accepted: Counter::default(),
+            closed_by_server: Family::default(),
+            logins: Counter::default(),
+            logouts: Counter::default(),
+            resumes: Family::default(),
+            resumes_refused: Family::default(),
+            replayed_frames: Counter::default(),
+            takeovers: Counter::default(),
+            zombie_expiries: Counter::default(),
+            duplicate_inputs: Counter::default(),
+            tick_seconds: Histogram::new([
+                0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1,
+            ]),
+            registry: Registry::default(),
+        };
+        macro_rules! reg {
+            ($name:literal, $help:literal, $field:ident) => {
+                registry.register($name, $help, m.$field.clone());
+            };
+        }
+        reg!("tether_connections", "Open game connections", connections);
+        reg!(
+            "tether_sessions",
+            "Sessions by state (active, zombie)",
+            sessions
+        );
+        reg!("tether_frames_in", "Client frames decoded", frames_in);
+        reg!(
+            "tether_frames_out",
+            "Frames delivered to clients",
+            frames_out
+        );
+        reg!("tether_bytes_in", "Bytes read from clients", bytes_in);
+        reg!("tether_bytes_out", "Bytes written to clients", bytes_out);
+        reg!("tether_writes", "Gathering write syscalls", writes);
+        reg!("tether_accepted", "Connections accepted", accepted);
+        reg!(
+            "tether_closed_by_server",
+            "Connections the server closed, by reason",
+            closed_by_server
+        );
+        reg!("tether_logins", "Successful logins", logins);
+        reg!(
+            "tether_logouts",
+            "Sessions ended (logout or expiry)",
+            logouts
+        );
+        reg!("tether_resumes", "Successful resumes by mode", resumes);
+        reg!(
+            "tether_resumes_refused",
+            "Refused resumes by reason",
+            resumes_refused
+        );
+        reg!(
+            "tether_replayed_frames",
+            "Frames re-sent by resumes",
+            replayed_frames
+        );
+        reg!(
+            "tether_takeovers",
+            "Logins that took over an existing session",
+            takeovers
+        );
+        reg!(
+            "tether_zombie_expiries",
+            "Zombie sessions logged out at the end of their grace",
+            zombie_expiries
+        );
+        reg!(
+            "tether_duplicate_inputs",
+            "Re-sent inputs dropped as already applied",
+            duplicate_inputs
+        );
+        reg!(
+            "tether_world_tick_seconds",
+            "World tick duration",
+            tick_seconds
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The whole exposition, process metrics included.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        encode_registry(&mut out, &self.registry).expect("writing to a String");
+        let p = ProcessStats::read();
+        out.push_str(&format!(
+            "# HELP process_cpu_seconds_total User and system CPU time of the server.\n\
+             # TYPE process_cpu_seconds_total counter\n\
+             process_cpu_seconds_total {:.3}\n\
+             # HELP process_resident_memory_bytes Resident memory of the server.\n\
+             # TYPE process_resident_memory_bytes gauge\n\
+             process_resident_memory_bytes {}\n\
+             # HELP process_open_fds Open file descriptors of the server.\n\
+             # TYPE process_open_fds gauge\n\
+             process_open_fds {}\n",
+            p.cpu_seconds, p.rss_bytes, p.open_fds
+        ));
+        encode_eof(&mut out).expect("writing to a String");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// CPU time, resident memory and descriptors of this process, from /proc.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcessStats {
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+    pub open_fds: u64,
+}
+
+impl ProcessStats {
+    pub fn read() -> ProcessStats {
+        let mut s = ProcessStats::default();
+        let ticks = unsafe_free_sysconf(libc::_SC_CLK_TCK).max(1) as f64;
+        let page = unsafe_free_sysconf(libc::_SC_PAGESIZE).max(1) as u64;
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the parenthesised command name; utime and stime are
+            // the 14th and 15th fields of the whole line.
+            if let Some(rest) = stat.rsplit(')').next() {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                if f.len() > 13 {
+                    let ut: f64 = f[11].parse().unwrap_or(0.0);
+                    let st: f64 = f[12].parse().unwrap_or(0.0);
+                    s.cpu_seconds = (ut + st) / ticks;
+                }
+            }
+        }
+        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
+            if let Some(rss) = statm.split_whitespace().nth(1) {
+                s.rss_bytes = rss.parse::<u64>().unwrap_or(0) * page;
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            s.open_fds = dir.count() as u64;
+        }
+        s
+    }
+}
+
+fn unsafe_free_sysconf(name: libc::c_int) -> i64 {
+    // `sysconf` has no memory-safety preconditions; the libc binding is marked
+    // unsafe only because every foreign function is.
+    #[allow(unsafe_code)]
+    // SAFETY: sysconf reads a system constant and touches no caller memory.
+    let v = unsafe { libc::sysconf(name) };
+    v as i64
+}
+
+pub fn labels(pairs: &[(&'static str, &'static str)]) -> Labels {
+    pairs.to_vec()
+}

@@ -1,0 +1,194 @@
+//! A deliberately plain test client: blocking sockets and raw protocol
+//! frames, so the tests check the wire itself rather than a client library.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tether_proto::pb::{self, client_message, input::Cmd, server_message::Msg};
+use tether_proto::{decode_server, encode_frame, split_frame, MAX_PAYLOAD_LEN};
+use tether_server::config::Config;
+use tether_server::store::{MemoryStore, Store};
+use tether_server::ServerHandle;
+
+/// A server on free loopback ports with a small map, and its store.
+pub fn server(tweak: impl FnOnce(&mut Config)) -> (ServerHandle, Arc<MemoryStore>) {
+    let dir = std::env::temp_dir().join(format!(
+        "tether-test-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    ));
+    let mut cfg = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir,
+        world_players: 50,
+        ..Config::default()
+    };
+    tweak(&mut cfg);
+    let store = Arc::new(MemoryStore::default());
+    let handle = tether_server::start_with_store(cfg, store.clone()).expect("server starts");
+    (handle, store)
+}
+
+pub struct TestClient {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    pub session_id: u64,
+    pub token: Vec<u8>,
+    pub entity: u64,
+    pub frames: u64,
+    pub next_seq: u32,
+    pub world: Option<pb::WorldInfo>,
+}
+
+impl TestClient {
+    pub fn connect(addr: SocketAddr) -> TestClient {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        TestClient {
+            stream,
+            buf: Vec::new(),
+            session_id: 0,
+            token: Vec::new(),
+            entity: 0,
+            frames: 0,
+            next_seq: 1,
+            world: None,
+        }
+    }
+
+    /// Connects and logs in with dev auth; returns after the Welcome.
+    pub fn login(addr: SocketAddr, name: &str) -> TestClient {
+        let mut c = TestClient::connect(addr);
+        c.send(client_message::Msg::Hello(pb::Hello {
+            protocol_version: 1,
+            auth: Some(pb::hello::Auth::DevName(name.into())),
+            client: "test".into(),
+        }));
+        match c.recv() {
+            Some(Msg::Welcome(w)) => {
+                c.session_id = w.session_id;
+                c.token = w.resume_token;
+                c.entity = w.entity_id;
+                c.world = w.world;
+            }
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+        c
+    }
+
+    pub fn send(&mut self, msg: client_message::Msg) {
+        let frame = encode_frame(&pb::ClientMessage { msg: Some(msg) });
+        self.stream.write_all(&frame).expect("write");
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Sends a command as the next input; returns its seq.
+    pub fn input(&mut self, cmd: Cmd) -> u32 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let ack = self.frames;
+        self.send(client_message::Msg::Input(pb::Input {
+            seq,
+            ack,
+            cmd: Some(cmd),
+        }));
+        seq
+    }
+
+    /// The next server message, or None when the connection closed or
+    /// nothing arrived within 5 s.
+    pub fn recv(&mut self) -> Option<Msg> {
+        self.recv_within(Duration::from_secs(5))
+    }
+
+    pub fn recv_within(&mut self, timeout: Duration) -> Option<Msg> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((payload, used)) =
+                split_frame(&self.buf, MAX_PAYLOAD_LEN).expect("valid header")
+            {
+                let msg = decode_server(payload).expect("valid server frame").msg;
+                self.buf.drain(..used);
+                let msg = msg.expect("non-empty");
+                let counted = !matches!(msg, Msg::Welcome(_) | Msg::Resumed(_) | Msg::Close(_));
+                if counted {
+                    self.frames += 1;
+                }
+                return Some(msg);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 16 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return None
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Reads until `pred` matches (returning that message) or `timeout` passes.
+    pub fn recv_until(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&Msg) -> bool,
+    ) -> Option<Msg> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let msg = self.recv_within(left)?;
+            if pred(&msg) {
+                return Some(msg);
+            }
+        }
+    }
+
+    /// Everything that arrives within `window`.
+    pub fn drain(&mut self, window: Duration) -> Vec<Msg> {
+        let deadline = Instant::now() + window;
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return out;
+            }
+            match self.recv_within(left) {
+                Some(m) => out.push(m),
+                None => return out,
+            }
+        }
+    }
+}
+
+/// A saved character at a chosen position, for tests that need players in
+/// each other's view.
+pub fn place(store: &MemoryStore, name: &str, x: f32, y: f32) {
+    store.save(&tether_world::CharacterRecord {
+        name: name.into(),
+        pos: Some((x, y)),
+        hp: 0,
+        level: 1,
+        xp: 0,
+        gold: 0,
+        inventory: Vec::new(),
+    });
+}
