@@ -1,1 +1,79 @@
-fn main() {}
+//! `tether-bots`: Tether's load generator.
+//!
+//! One process drives thousands of scripted players, each a tokio task that
+//! owns a `tether_client::Client` and wakes on one timer. It prints progress
+//! on stderr once a second and, at the end, exactly one JSON object on
+//! stdout (the fields BENCH.md lists, and a few more). It exits non-zero only
+//! when the run could not start (the server cannot be reached at all, bad
+//! flags); otherwise the JSON tells the story.
+//!
+//! ```text
+//! tether-bots --clients 1000 --duration 60 --ramp 10 --admin 127.0.0.1:7780
+//! ```
+//!
+//! # Layout
+//!
+//! - `cli`: the flags.
+//! - `run`: one run — spawn, ramp, measured window, drain, summary;
+//!   the progress line.
+//! - `scenario`: what the players do, one module per scenario
+//!   (`scenario::standard`).
+//! - `bot`: the per-player task around a scenario's `Brain`: lifecycle,
+//!   counting, drain and logout; the run-wide `Shared` state.
+//! - `view`: a bot's picture of the world (itself and the entities in view).
+//! - `stats`: counters (per-bot tallies flushed into shared atomics) and the
+//!   round-trip HDR histograms.
+//! - `admin`: scraping the server's `/metrics`.
+//! - `procstat`: this process's CPU time.
+//! - `summary`: the final JSON object.
+#![deny(unsafe_code)]
+
+mod admin;
+mod bot;
+mod cli;
+mod procstat;
+mod run;
+mod scenario;
+mod stats;
+mod summary;
+mod view;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    if let Err(e) = args.validate() {
+        eprintln!("tether-bots: {e:#}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tether-bots: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run::run(args)) {
+        Ok(summary) => {
+            println!("{}", summary.to_json_line());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tether-bots: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The one JSON object printed on stdout at the end of a run (BENCH.md, "The
+//! final summary line").
+
+use serde::Serialize;
+
+use crate::admin::ServerSample;
+use crate::procstat::cpu_pct;
+use crate::stats::{round1, RttSummary, Tally};
+
+/// Everything measured, as the runner collected it.
+#[derive(Debug, Clone, Default)]
+pub struct Measured {
+    pub scenario: &'static str,
+    pub clients: usize,
+    pub duration_s: u64,
+    pub seed: u64,
+    pub threads: usize,
+    /// Actual length of the measured window.
+    pub window_s: f64,
+    /// Shared counters at the window's start and end, and after the drain.
+    pub at_start: Tally,
+    pub at_end: Tally,
+    pub at_exit: Tally,
+    /// Sessions attached at the window's end.
+    pub connected: i64,
+    pub rtt: RttSummary,
+    /// Server samples at the window's start and end (with `--admin`).
+    pub server: Option<(ServerSample, ServerSample)>,
+    /// This process's CPU seconds at the window's start and end.
+    pub bots_cpu: Option<(f64, f64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub scenario: &'static str,
+    pub clients: usize,
+    pub connected: i64,
+    pub duration_s: u64,
+    /// Frames the server decoded per second (or the bots sent, without
+    /// `--admin`: see `pps_source`).
+    pub in_pps: f64,
+    /// Frames the server delivered per second (or the bots received).
+    pub out_pps: f64,
+    pub total_pps: f64,
+    pub rtt_ms: RttSummary,
+    pub server_rss_mb: f64,
+    pub server_cpu_pct: f64,
+    pub bots_cpu_pct: f64,
+    // Counted inside the window:
+    pub moves: u64,
+    pub attacks: u64,
+    pub kills: u64,
+    pub chats: u64,
+    // Counted over the whole run (ramp, window and drain):
+    pub resumed: u64,
+    pub snapshots: u64,
+    pub inputs_lost: u64,
+    pub errors: u64,
+    pub disconnects: u64,
+    // Beyond BENCH.md's minimum:
+    /// `server` when the pps came from the admin counters, else `bots`.
+    pub pps_source: &'static str,
+    /// The bots' own view of the same rates, for the cross-check.
+    pub bots_in_pps: f64,
+    pub bots_out_pps: f64,
+    pub window_s: f64,
+    pub rtt_samples: u64,
+    pub pings: u64,
+    pub pongs: u64,
+    pub command_errors: u64,
+    pub corrections: u64,
+    pub logins: u64,
+    pub connect_failures: u64,
+    pub server_open_fds: f64,
+    pub seed: u64,
+    pub threads: usize,
+}
+
+impl Summary {
+    pub fn build(m: &Measured) -> Summary {
+        let w = m.at_end.since(&m.at_start);
+        let all = &m.at_exit;
+        let rate = |n: f64| {
+            if m.window_s > 0.0 {
+                round1(n / m.window_s)
+            } else {
+                0.0
+            }
+        };
+        // Server in = what the bots sent; server out = what they received.
+        let bots_in_pps = rate(w.frames_out as f64);
+        let bots_out_pps = rate(w.frames_in as f64);
+        let (in_pps, out_pps, pps_source, rss_mb, server_cpu, fds) = match &m.server {
+            Some((a, b)) => (
+                rate(b.frames_in - a.frames_in),
+                rate(b.frames_out - a.frames_out),
+                "server",
+                round1(b.rss_bytes / (1024.0 * 1024.0)),
+                round1(cpu_pct(a.cpu_seconds, b.cpu_seconds, m.window_s)),
+                b.open_fds,
+            ),
+            None => (bots_in_pps, bots_out_pps, "bots", 0.0, 0.0, 0.0),
+        };
+        let bots_cpu = m
+            .bots_cpu
+            .map_or(0.0, |(a, b)| round1(cpu_pct(a, b, m.window_s)));
+        Summary {
+            scenario: m.scenario,
+            clients: m.clients,
+            connected: m.connected,
+            duration_s: m.duration_s,
+            in_pps,
+            out_pps,
+            total_pps: round1(in_pps + out_pps),
+            rtt_ms: m.rtt,
+            server_rss_mb: rss_mb,
+            server_cpu_pct: server_cpu,
+            bots_cpu_pct: bots_cpu,
+            moves: w.moves,
+            attacks: w.attacks,
+            kills: w.kills,
+            chats: w.chats,
+            resumed: all.resumed,
+            snapshots: all.snapshots,
+            inputs_lost: all.inputs_lost,
+            errors: all.errors,
+            disconnects: all.disconnects,
+            pps_source,
+            bots_in_pps,
+            bots_out_pps,
+            window_s: (m.window_s * 1000.0).round() / 1000.0,
+            rtt_samples: m.rtt.samples,
+            pings: w.pings,
+            pongs: w.pongs,
+            command_errors: all.command_errors,
+            corrections: all.corrections,
+            logins: all.logins,
+            connect_failures: all.connect_failures,
+            server_open_fds: fds,
+            seed: m.seed,
+            threads: m.threads,
+        }
+    }
+
+    /// The summary as one line of JSON.
+    pub fn to_json_line(&self) -> String {
+        serde_json::to_string(self).expect("the summary is plain data")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// BENCH.md's minimum fields, in its order.
+    const REQUIRED: &[&str] = &[
+        "scenario",
+        "clients",
+        "connected",
+        "duration_s",
+        "in_pps",
+        "out_pps",
+        "total_pps",
+        "rtt_ms",
+        "server_rss_mb",
+        "server_cpu_pct",
+        "bots_cpu_pct",
+        "moves",
+        "attacks",
+        "kills",
+        "chats",
+        "resumed",
+        "snapshots",
+        "inputs_lost",
+        "errors",
+        "disconnects",
+    ];
+
+    fn measured() -> Measured {
+        Measured {
+            scenario: "standard",
+            clients: 100,
+            duration_s: 10,
+            seed: 42,
+            threads: 2,
+            window_s: 10.0,
+            at_start: Tally {
+                frames_out: 1_000,
+                frames_in: 5_000,
+                moves: 100,
+                ..Tally::default()
+            },
+            at_end: Tally {
+                frames_out: 11_000,
+                frames_in: 45_000,
+                moves: 5_100,
+                errors: 1,
+                ..Tally::default()
+            },
+            at_exit: Tally {
+                errors: 2,
+                inputs_lost: 3,
+                ..Tally::default()
+            },
+            connected: 99,
+            rtt: RttSummary {
+                p50: 1.5,
+                p99: 4.25,
+                p999: 9.0,
+                max: 12.0,
+                samples: 1000,
+            },
+            server: None,
+            bots_cpu: Some((1.0, 3.0)),
+        }
+    }
+
+    #[test]
+    fn json_has_the_bench_fields_in_order() {
+        let line = Summary::build(&measured()).to_json_line();
+        assert!(!line.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let obj = v.as_object().unwrap();
+        for key in REQUIRED {
+            assert!(obj.contains_key(*key), "missing {key} in {line}");
+        }
+        let rtt = obj["rtt_ms"].as_object().unwrap();
+        for key in ["p50", "p99", "p999", "max"] {
+            assert!(rtt[key].is_number(), "rtt_ms.{key}");
+        }
+        assert_eq!(rtt.len(), 4);
+        // Fields come out in the spec's order.
+        let positions: Vec<_> = REQUIRED
+            .iter()
+            .map(|k| line.find(&format!("\"{k}\":")).unwrap())
+            .collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{line}");
+        assert!(line.starts_with("{\"scenario\":\"standard\",\"clients\":100,"));
+        assert!(line.contains("\"duration_s\":10,"));
+    }
+
+    #[test]
+    fn rates_from_the_bots_without_admin() {
+        let s = Summary::build(&measured());
+        assert_eq!(s.pps_source, "bots");
+        assert_eq!(s.in_pps, 1000.0);
+        assert_eq!(s.out_pps, 4000.0);
+        assert_eq!(s.total_pps, 5000.0);
+        assert_eq!(s.moves, 5000);
+        assert_eq!(s.errors, 2);
+        assert_eq!(s.inputs_lost, 3);
+        assert_eq!(s.bots_cpu_pct, 20.0);
+        assert_eq!(s.server_cpu_pct, 0.0);
+        assert_eq!(s.server_rss_mb, 0.0);
+    }
+
+    #[test]
+    fn rates_from_the_server_with_admin() {
+        let mut m = measured();
+        let a = ServerSample {
+            frames_in: 100.0,
+            frames_out: 200.0,
+            cpu_seconds: 5.0,
+            rss_bytes: 10.0 * 1024.0 * 1024.0,
+            ..ServerSample::default()
+        };
+        let b = ServerSample {
+            frames_in: 10_100.0,
+            frames_out: 40_200.0,
+            cpu_seconds: 12.5,
+            rss_bytes: 64.0 * 1024.0 * 1024.0,
+            ..ServerSample::default()
+        };
+        m.server = Some((a, b));
+        let s = Summary::build(&m);
+        assert_eq!(s.pps_source, "server");
+        assert_eq!(s.in_pps, 1000.0);
+        assert_eq!(s.out_pps, 4000.0);
+        assert_eq!(s.server_cpu_pct, 75.0);
+        assert_eq!(s.server_rss_mb, 64.0);
+        assert_eq!(s.bots_in_pps, 1000.0);
+    }
+
+    #[test]
+    fn an_empty_window_divides_by_nothing() {
+        let mut m = measured();
+        m.window_s = 0.0;
+        let s = Summary::build(&m);
+        assert_eq!(s.in_pps, 0.0);
+        assert_eq!(s.bots_cpu_pct, 0.0);
+    }
+}
