@@ -215,12 +215,17 @@ pub struct ServerSession {
     id: SessionId,
     token: ResumeToken,
     /// The token the client presented in the last resume. Until the client
-    /// shows it received `Resumed` (by acking or sending an input on the new
-    /// connection), the `Resumed` carrying the new token may have been lost
-    /// with the connection; accepting the token the client still holds lets it
-    /// resume again instead of falling back to a take-over login, which could
-    /// not keep inputs exactly-once. It is still a secret only that client had.
+    /// shows it received `Resumed`, that message (carrying the new token) may
+    /// have been lost with the connection; accepting the token the client
+    /// still holds lets it resume again instead of falling back to a
+    /// take-over login, which could not keep inputs exactly-once. It is still
+    /// a secret only that client had.
     unconfirmed_previous: Option<ResumeToken>,
+    /// The frame count the last resume continued from. Only a client that got
+    /// frames on the resumed connection (and so its `Resumed`) can ack above
+    /// it; anything still arriving from the replaced connection acks at most
+    /// this much, so it cannot confirm the new token by mistake.
+    resumed_at_count: u64,
     cfg: SessionConfig,
     state: SessionState,
     replay: ReplayBuffer,
@@ -248,6 +253,7 @@ impl ServerSession {
             id,
             token,
             unconfirmed_previous: None,
+            resumed_at_count: 0,
             cfg,
             state: SessionState::Live,
             replay: ReplayBuffer::new(),
@@ -340,8 +346,8 @@ impl ServerSession {
     /// `Input.ack` that is non-zero). Frees replay pages. Any frame from the
     /// client also counts as a heartbeat: call `heard_from` for those.
     ///
-    /// An ack below an earlier one is stale and ignored (acks are cumulative).
-    /// Call this only for frames from the connection currently attached.
+    /// An ack below an earlier one is stale and ignored (acks are cumulative),
+    /// so acks still queued from a connection a resume replaced are harmless.
     pub fn on_ack(
         &mut self,
         frames_received: u64,
@@ -355,8 +361,10 @@ impl ServerSession {
                 sent,
             });
         }
-        // Acks are only sent once the client holds the connection's token.
-        self.unconfirmed_previous = None;
+        if frames_received > self.resumed_at_count {
+            // Frames after the resume point arrived: so did `Resumed`.
+            self.unconfirmed_previous = None;
+        }
         if frames_received > self.frames_acked {
             self.frames_acked = frames_received;
             self.replay.release_through(frames_received, pool);
@@ -374,19 +382,17 @@ impl ServerSession {
     ///
     /// Inputs are numbered from 1 without gaps, so anything at or below the
     /// last applied number is a re-send and anything past the next one means
-    /// the client lost track (a bug or an attack). Call this only for frames
-    /// from the connection currently attached.
+    /// the client lost track (a bug or an attack). Inputs still queued from a
+    /// connection that a resume replaced may be fed here too: they and the
+    /// client's re-sends are each applied once, whichever arrives first.
     pub fn check_input(&mut self, seq: u32, now_ms: u64) -> Result<InputVerdict, SessionError> {
         if seq <= self.last_applied {
-            // Re-sends only follow a `Resumed`: the client has the new token.
-            self.unconfirmed_previous = None;
             return Ok(InputVerdict::Duplicate);
         }
         let expected = self.last_applied + 1;
         if seq != expected {
             return Err(SessionError::InputSeqGap { expected, got: seq });
         }
-        self.unconfirmed_previous = None;
         self.last_applied = seq;
         self.inputs_unacked += 1;
         let by_delay = now_ms.saturating_add(self.cfg.input_ack_delay_ms);
@@ -436,8 +442,8 @@ impl ServerSession {
     /// A resume on a Live session succeeds too: the new connection wins over a
     /// half-open old one, which the caller closes (`SESSION_TAKEN_OVER`).
     /// Besides the current token, the token presented in the previous resume
-    /// is accepted until the client has acked or sent an input since (the
-    /// `Resumed` carrying the new token may have been lost).
+    /// is accepted until the client acks a frame sent after it (the `Resumed`
+    /// carrying the new token may have been lost).
     pub fn resume(
         &mut self,
         token: &[u8],
@@ -486,6 +492,7 @@ impl ServerSession {
                 .expect("the previous token matched")
         };
         self.unconfirmed_previous = Some(held);
+        self.resumed_at_count = self.frames_acked;
         self.go_live(now_ms);
         Ok(plan)
     }
@@ -500,10 +507,13 @@ impl ServerSession {
     /// is emptied and the returned frames_base is always 0. Inputs the old
     /// connection sent but the server never applied are not carried over (the
     /// `Welcome` cannot say which were applied, so re-sending them could apply
-    /// one twice). Every earlier token stops working.
+    /// one twice). Every earlier token stops working. Anything still queued
+    /// from the replaced connection must be dropped, not fed to this session:
+    /// its numbers belong to the old numbering.
     pub fn take_over(&mut self, new_token: ResumeToken, pool: &mut PagePool, now_ms: u64) -> u64 {
         self.token = new_token;
         self.unconfirmed_previous = None;
+        self.resumed_at_count = 0;
         self.replay.restart_numbering(pool);
         self.frames_acked = 0;
         self.last_applied = 0;
@@ -795,29 +805,37 @@ mod tests {
             Err(ResumeRefused::BadToken),
             "a token that was never delivered is not kept"
         );
-        // This time the client got `Resumed(3)` and acked on the connection.
-        s.on_ack(0, &mut pool, T0 + 4).unwrap();
+        // Inputs and acks up to the resume point may still come from the
+        // replaced connection: they prove nothing.
+        s.check_input(1, T0 + 3).unwrap();
+        s.on_ack(0, &mut pool, T0 + 3).unwrap();
+        s.resume(&[1; 16], 0, tok(4), &mut pool, T0 + 4).unwrap();
+        // This time the client got `Resumed(4)` and acked a frame sent after it.
+        s.push_frame(frame(1), &mut pool, T0 + 4);
+        s.on_ack(1, &mut pool, T0 + 5).unwrap();
         assert_eq!(
-            s.resume(&[1; 16], 0, tok(4), &mut pool, T0 + 5),
+            s.resume(&[1; 16], 1, tok(5), &mut pool, T0 + 6),
             Err(ResumeRefused::BadToken)
         );
-        s.resume(&[3; 16], 0, tok(4), &mut pool, T0 + 6).unwrap();
-        s.check_input(1, T0 + 7).unwrap();
+        s.resume(&[4; 16], 1, tok(5), &mut pool, T0 + 7).unwrap();
+        s.push_frame(frame(2), &mut pool, T0 + 8);
+        s.on_ack(2, &mut pool, T0 + 9).unwrap();
         assert_eq!(
-            s.resume(&[3; 16], 0, tok(5), &mut pool, T0 + 8),
+            s.resume(&[4; 16], 2, tok(6), &mut pool, T0 + 10),
             Err(ResumeRefused::BadToken)
         );
         // A take-over invalidates every earlier token at once.
-        s.resume(&[4; 16], 0, tok(5), &mut pool, T0 + 9).unwrap();
-        s.take_over(tok(6), &mut pool, T0 + 10);
+        s.resume(&[5; 16], 2, tok(6), &mut pool, T0 + 11).unwrap();
+        s.take_over(tok(7), &mut pool, T0 + 12);
         assert_eq!(
-            s.resume(&[4; 16], 0, tok(7), &mut pool, T0 + 11),
+            s.resume(&[5; 16], 0, tok(8), &mut pool, T0 + 13),
             Err(ResumeRefused::BadToken)
         );
         assert_eq!(
-            s.resume(&[5; 16], 0, tok(7), &mut pool, T0 + 11),
+            s.resume(&[6; 16], 0, tok(8), &mut pool, T0 + 13),
             Err(ResumeRefused::BadToken)
         );
+        s.release(&mut pool);
     }
 
     #[test]
