@@ -236,9 +236,8 @@ impl Sim {
         }
         self.world_chat
             .extend(self.out.world_chat.drain(..).map(|f| decode(&f)));
-        self.remote_whispers
-            .extend(self.out.remote_whispers.drain(..));
-        self.loot.extend(self.out.loot.drain(..));
+        self.remote_whispers.append(&mut self.out.remote_whispers);
+        self.loot.append(&mut self.out.loot);
     }
 
     /// Takes everything `id` received so far.
@@ -277,6 +276,29 @@ impl Sim {
                     && m.y < c.height - margin
             })
             .expect("a monster away from the edges")
+    }
+
+    /// A point farther than any monster can reach (leash plus attack range
+    /// from every home, homes being where monsters stand before any tick).
+    pub fn quiet_spot(&self) -> (f32, f32) {
+        let reach = tether_world::monsters::LEASH_RADIUS + tether_world::monsters::AGGRO_RADIUS;
+        let c = self.world.config();
+        let monsters = self.monsters();
+        let mut y = 1.0;
+        while y < c.height {
+            let mut x = 1.0;
+            while x < c.width {
+                if monsters
+                    .iter()
+                    .all(|m| (m.x - x).powi(2) + (m.y - y).powi(2) > reach * reach)
+                {
+                    return (x, y);
+                }
+                x += 5.0;
+            }
+            y += 5.0;
+        }
+        panic!("no quiet spot on this map");
     }
 
     /// Every player's reconstructed view must equal a brute-force scan of
