@@ -378,6 +378,80 @@ mod tests {
         assert_eq!(buf.evict_oldest_page(&mut pool), 0);
     }
 
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push,
+        Release(u64),
+        Evict,
+        Clear,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => Just(Op::Push),
+            3 => (0u64..200).prop_map(Op::Release),
+            1 => Just(Op::Evict),
+            1 => Just(Op::Clear),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Against a plain list of (number, frame): the same frames are held,
+        /// replay answers agree, and the pool lends exactly the pages the
+        /// buffer holds, never more than a page beyond what its frames need.
+        #[test]
+        fn behaves_like_a_list_of_numbered_frames(
+            ops in proptest::collection::vec(op(), 0..300),
+            max_idle in 0usize..4,
+        ) {
+            let mut pool = PagePool::new(max_idle);
+            let mut buf = ReplayBuffer::new();
+            let mut model: VecDeque<u64> = VecDeque::new();
+            let mut next = 1u64;
+            for op in ops {
+                match op {
+                    Op::Push => {
+                        proptest::prop_assert_eq!(buf.push(frame(next), &mut pool), next);
+                        model.push_back(next);
+                        next += 1;
+                    }
+                    Op::Release(n) => {
+                        let before = model.len();
+                        model.retain(|&m| m > n);
+                        proptest::prop_assert_eq!(buf.release_through(n, &mut pool), before - model.len());
+                    }
+                    Op::Evict => {
+                        let dropped = buf.evict_oldest_page(&mut pool);
+                        proptest::prop_assert!(dropped <= FRAMES_PER_PAGE);
+                        for _ in 0..dropped {
+                            model.pop_front();
+                        }
+                    }
+                    Op::Clear => {
+                        buf.clear(&mut pool);
+                        model.clear();
+                    }
+                }
+                proptest::prop_assert_eq!(numbers(&buf), model.iter().copied().collect::<Vec<_>>());
+                proptest::prop_assert_eq!(buf.next(), next);
+                proptest::prop_assert_eq!(pool.in_use(), buf.pages());
+                proptest::prop_assert!(buf.pages() <= buf.len().div_ceil(FRAMES_PER_PAGE) + 1);
+                proptest::prop_assert!(pool.idle() <= max_idle);
+                let probe = model.front().map_or(next - 1, |f| f - 1);
+                proptest::prop_assert_eq!(
+                    buf.frames_after(probe),
+                    Some(model.iter().map(|&n| frame(n)).collect::<Vec<_>>())
+                );
+                if probe > 0 && !model.is_empty() {
+                    proptest::prop_assert_eq!(buf.frames_after(probe - 1), None);
+                }
+            }
+            buf.clear(&mut pool);
+            proptest::prop_assert_eq!(pool.in_use(), 0);
+        }
+    }
+
     #[test]
     fn restart_numbering_begins_at_one() {
         let mut pool = PagePool::new(16);

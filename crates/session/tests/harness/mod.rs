@@ -239,6 +239,10 @@ pub struct Net {
     jitter_ms: u64,
     ack_loss: f64,
     lose_all_acks_until: Time,
+    /// Acks are only lost before this time: like every fault, ack loss stops
+    /// when the settling phase begins. (It also eats keep-alives, so it can
+    /// end in a heartbeat timeout, which then needs time to recover.)
+    faults_until: Time,
     rng: SmallRng,
     pub acks_lost: u64,
     pub packets_lost_to_cuts: u64,
@@ -253,6 +257,7 @@ impl Net {
             jitter_ms: cfg.jitter_ms,
             ack_loss: cfg.ack_loss,
             lose_all_acks_until: cfg.lose_all_acks_until,
+            faults_until: Time::MAX,
             rng: SmallRng::seed_from_u64(cfg.seed ^ 0x6e_6574),
             acks_lost: 0,
             packets_lost_to_cuts: 0,
@@ -310,6 +315,9 @@ impl Net {
     }
 
     fn ack_lost(&mut self, now: Time) -> bool {
+        if now >= self.faults_until {
+            return false;
+        }
         now < self.lose_all_acks_until
             || (self.ack_loss > 0.0 && self.rng.random_bool(self.ack_loss))
     }
@@ -459,6 +467,11 @@ pub struct ServerLog {
     pub expired: Vec<u64>,
     pub heartbeat_timeouts: u32,
     pub duplicates: u32,
+    /// Duplicates that came on the session's current connection: only
+    /// possible for inputs a retired connection delivered first.
+    pub duplicates_on_current: u32,
+    /// Inputs applied from a retired connection's leftovers.
+    pub applied_from_retired: u32,
     /// Protocol errors by the client: never expected in these simulations.
     pub errors: Vec<String>,
 }
@@ -713,8 +726,16 @@ impl Server {
                 let cmd = input.cmd.expect("inputs carry a command");
                 let frame = entry.world.apply(input.seq, &cmd);
                 self.push(net, sid, &frame, now);
+                if link.is_none() {
+                    self.log.applied_from_retired += 1;
+                }
             }
-            Ok(InputVerdict::Duplicate) => self.log.duplicates += 1,
+            Ok(InputVerdict::Duplicate) => {
+                self.log.duplicates += 1;
+                if link.is_some() {
+                    self.log.duplicates_on_current += 1;
+                }
+            }
             Err(e) => self.session_error(net, link, e, now),
         }
     }
@@ -1438,6 +1459,7 @@ impl Sim {
     /// Runs the whole script, lets everything settle, checks that both sides
     /// agree, logs out and checks that nothing leaked.
     pub fn finish(&mut self) {
+        self.net.faults_until = self.active_end();
         let settle = self.active_end() + 60_000;
         self.run_until(settle);
         self.check_converged();
@@ -1484,6 +1506,19 @@ impl Sim {
             self.client.view, entry.world.entries,
             "client view differs from the server\n{ctx}"
         );
+        // The client re-sends only what the server had not applied when it
+        // resumed; the rest must come from leftovers of a replaced connection.
+        assert!(
+            self.server.log.duplicates_on_current <= self.server.log.applied_from_retired,
+            "the client re-sent inputs the server had applied\n{ctx}"
+        );
+        // While nothing was let go over the cap, every resume can replay.
+        if entry.session.replay_evicted() == 0 {
+            assert!(
+                !self.server.log.resumes.contains(&pb::ResumeMode::Snapshot),
+                "a snapshot although every unacked frame was held\n{ctx}"
+            );
+        }
         if self.expect_no_loss {
             let all: Vec<u32> = (1..=self.cfg.inputs).collect();
             assert_eq!(
