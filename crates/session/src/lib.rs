@@ -37,12 +37,18 @@
 //! # Guarantees
 //!
 //! With both halves driven as documented, whatever happens to connections in
-//! between (cuts at any point, lost acks, half-open sockets, resumes racing
-//! each other), every input is applied exactly once and in order, and the
-//! client sees every counted frame exactly once, in order, or a snapshot in
-//! place of those it can no longer get. The deterministic simulations in
-//! `tests/` check this with every cut point of a scripted exchange and with
-//! random fault schedules.
+//! between (cuts at any point, lost acks, half-open sockets, a `Resumed` lost
+//! with its connection, leftovers of a replaced connection racing the
+//! client's re-sends), every input is applied exactly once and in order, and
+//! the client sees every counted frame exactly once, in order, or a snapshot
+//! in place of those it can no longer get. This holds for as long as the
+//! session lives: once it expires, or a new login takes it over, inputs the
+//! server had not applied are gone (a login starts a new numbering).
+//!
+//! The deterministic simulations in `tests/` check this with a cut at every
+//! step of a scripted exchange, a second cut during the recovery, and random
+//! fault schedules, and check that nothing (session, connection, replay page)
+//! is left behind after logout.
 #![forbid(unsafe_code)]
 
 pub mod client;

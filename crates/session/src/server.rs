@@ -23,6 +23,17 @@
 //! count it has received (cumulatively); frames up to that count are released.
 //! A login that takes over a session starts the numbering again at 1, because
 //! `Welcome` is always followed by a snapshot numbered from 1.
+//!
+//! # Resume
+//!
+//! A `Resume` presents the token and the client's frame count. A wrong token
+//! or a count above what was sent is refused and changes nothing. Otherwise
+//! the frames after the count are replayed if all of them are still held, or
+//! the client gets a snapshot and continues counting from `frames_sent`. The
+//! token rotates on every resume; the one just presented stays valid until
+//! the client acks a frame sent after the resume, because the `Resumed` that
+//! carries the new token can be lost with its connection. A resume on a Live
+//! session wins over the old connection, which the caller closes.
 
 use std::fmt;
 
@@ -52,9 +63,11 @@ pub struct SessionConfig {
     /// The client must be heard from at least this often (any frame), or
     /// [`TimerEvent::HeartbeatTimeout`] fires and the caller detaches it.
     ///
-    /// Default 15 s: three times the keep-alive interval, so a connection is
-    /// only declared dead after several keep-alives went missing, not after
-    /// one slow round trip.
+    /// Default 15 s: several client keep-alive intervals (the client's
+    /// default is 2 s; the server announces its own in
+    /// `Welcome.heartbeat_interval_ms`), so a connection is only declared
+    /// dead after several keep-alives went missing, not after one slow round
+    /// trip.
     pub heartbeat_timeout_ms: u64,
     /// The server sends an `InputAck` keep-alive when it has sent nothing
     /// counted for this long ([`TimerEvent::KeepaliveDue`]).
