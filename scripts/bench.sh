@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Tether benchmark: builds release, starts `tether` on free ports with a
+# temporary data dir, runs `tether-bots` (BENCH.md scenario), prints the bots'
+# JSON summary with the server's peak RSS added, and stops what it started.
+#
+#   scripts/bench.sh [--clients N] [--move-hz R] [--duration S] [--ramp S]
+#                    [--scenario NAME] [--server-args "..."] [--bots-args "..."]
+#                    [--vs-relay] [--limit-dir DIR]
+#
+# --vs-relay first runs ../shared/limit's logic-free relay and its load
+# generator at the same connection count and rate, then Tether, and prints
+# both with the ratios (Tether / relay).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+clients=1000 move_hz=5 duration=30 ramp=10 scenario=standard
+server_args="" bots_args="" vs_relay=0 limit_dir="../shared/limit"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --clients) clients=$2; shift 2 ;;
+    --move-hz) move_hz=$2; shift 2 ;;
+    --duration) duration=$2; shift 2 ;;
+    --ramp) ramp=$2; shift 2 ;;
+    --scenario) scenario=$2; shift 2 ;;
+    --server-args) server_args=$2; shift 2 ;;
+    --bots-args) bots_args=$2; shift 2 ;;
+    --vs-relay) vs_relay=1; shift ;;
+    --limit-dir) limit_dir=$2; shift 2 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "bench: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+# Thousands of sockets per process.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+log() { echo "bench: $*" >&2; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+log "building release binaries"
+cargo build --release -q -p tether-server -p tether-bots
+
+workdir=$(mktemp -d -t tether-bench.XXXXXX)
+server_pid=""
+relay_pid=""
+cleanup() {
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
+  [ -n "$relay_pid" ] && kill "$relay_pid" 2>/dev/null && wait "$relay_pid" 2>/dev/null || true
+  rm -rf "$workdir"
+}
+trap cleanup EXIT INT TERM
+
+machine="$(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
+log "machine: $machine"
+
+relay_result=""
+if [ "$vs_relay" = 1 ]; then
+  [ -d "$limit_dir" ] || { echo "bench: no relay at $limit_dir" >&2; exit 2; }
+  log "building the reference relay ($limit_dir)"
+  CARGO_TARGET_DIR="$(pwd)/target/limit" cargo build --release -q --locked \
+    --manifest-path "$limit_dir/Cargo.toml"
+  lbin="$(pwd)/target/limit/release"
+  stats="$workdir/relay.stats"
+  "$lbin/relay" --stats "$stats" --duration $((duration + ramp + 60)) --quiet &
+  relay_pid=$!
+  for _ in $(seq 1 50); do [ -f "$stats" ] && break; sleep 0.1; done
+  log "relay: $clients connections at $move_hz Hz for ${duration}s"
+  relay_out=$("$lbin/loadgen" --stats "$stats" --conns "$clients" --rate "$move_hz" \
+    --warmup 5 --duration "$duration" --label bench 2>&1) || true
+  kill "$relay_pid" 2>/dev/null; wait "$relay_pid" 2>/dev/null || true
+  relay_pid=""
+  relay_result=$(echo "$relay_out" | grep '^RESULT' || true)
+  [ -n "$relay_result" ] || { echo "$relay_out" >&2; echo "bench: relay run failed" >&2; exit 1; }
+  log "relay: $relay_result"
+  sleep 2
+fi
+
+port=$(free_port)
+admin=$(free_port)
+log "starting tether on 127.0.0.1:$port (admin $admin), world sized for $clients players"
+# shellcheck disable=SC2086
+./target/release/tether --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+  --data-dir "$workdir/data" --world-players "$clients" --log warn $server_args \
+  2> "$workdir/server.log" &
+server_pid=$!
+for _ in $(seq 1 100); do
+  curl -sf "http://127.0.0.1:$admin/healthz" >/dev/null 2>&1 && break
+  kill -0 "$server_pid" 2>/dev/null || { cat "$workdir/server.log" >&2; exit 1; }
+  sleep 0.1
+done
+
+# shellcheck disable=SC2086
+summary=$(./target/release/tether-bots --addr "127.0.0.1:$port" --admin "127.0.0.1:$admin" \
+  --scenario "$scenario" --clients "$clients" --move-hz "$move_hz" --duration "$duration" \
+  --ramp "$ramp" $bots_args)
+peak_kb=$(awk '/VmHWM/{print $2}' "/proc/$server_pid/status")
+kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+server_pid=""
+
+python3 - "$summary" "$peak_kb" "$relay_result" "$machine" <<'PY'
+import json, sys
+summary, peak_kb, relay, machine = sys.argv[1], int(sys.argv[2] or 0), sys.argv[3], sys.argv[4]
+t = json.loads(summary)
+t["server_rss_peak_mb"] = round(peak_kb / 1024, 1)
+t["machine"] = machine
+pps = t.get("total_pps") or 0
+t["server_us_per_msg"] = round(t["server_cpu_pct"] / 100 * 1e6 / pps, 3) if pps else None
+print(json.dumps(t))
+if relay:
+    r = dict(kv.split("=", 1) for kv in relay.split()[1:])
+    rel = {"total_pps": float(r["total_pps"]), "us_per_msg": float(r["us_per_msg"]),
+           "p99_ms": float(r["p99_us"]) / 1000, "rss_mb": float(r["rss_mib"]),
+           "cpu_pct": float(r["srv_cpu"])}
+    teth = {"total_pps": pps, "us_per_msg": t["server_us_per_msg"],
+            "p99_ms": t["rtt_ms"]["p99"], "rss_mb": t["server_rss_mb"],
+            "cpu_pct": t["server_cpu_pct"]}
+    print(f"{'':14}{'relay':>12}{'tether':>12}{'tether/relay':>14}", file=sys.stderr)
+    for k in rel:
+        a, b = rel[k], teth[k]
+        ratio = f"{b / a:.2f}" if a and b is not None else "-"
+        print(f"{k:14}{a:>12.3f}{(b or 0):>12.3f}{ratio:>14}", file=sys.stderr)
+    print(json.dumps({"relay": rel, "tether": teth,
+                      "ratio": {k: (teth[k] / rel[k] if rel[k] and teth[k] is not None else None) for k in rel}}))
+PY
