@@ -89,40 +89,42 @@ impl World {
         let mut moved: Option<Bytes> = None;
         let mut appeared: Option<Bytes> = None;
         let mut gone: Option<Bytes> = None;
-        for e in grid.entries(rect) {
-            if e.id == id {
-                continue;
-            }
-            let was = within(r2, e.x, e.y, ox, oy);
-            let now = within(r2, e.x, e.y, nx, ny);
-            let other_sees = matches!(e.handle, Handle::Player(_));
-            match (was, now) {
-                (false, false) => {}
-                (true, true) => {
-                    if other_sees {
-                        let f = moved.get_or_insert_with(|| move_frame(id, nx, ny));
-                        send(out, e.id, f);
-                    }
+        for cell in grid.cells(rect) {
+            for e in cell {
+                if e.id == id {
+                    continue;
                 }
-                (false, true) => {
-                    if other_sees {
-                        let f = appeared.get_or_insert_with(|| {
-                            appear_frame(appear_scratch, players, monsters, h)
-                        });
-                        send(out, e.id, f);
+                let was = within(r2, e.x, e.y, ox, oy);
+                let now = within(r2, e.x, e.y, nx, ny);
+                let other_sees = matches!(e.handle, Handle::Player(_));
+                match (was, now) {
+                    (false, false) => {}
+                    (true, true) => {
+                        if other_sees {
+                            let f = moved.get_or_insert_with(|| move_frame(id, nx, ny));
+                            send(out, e.id, f);
+                        }
                     }
-                    if mover_sees {
-                        let f = appear_frame(appear_scratch, players, monsters, e.handle);
-                        out.frames.push((id, f));
+                    (false, true) => {
+                        if other_sees {
+                            let f = appeared.get_or_insert_with(|| {
+                                appear_frame(appear_scratch, players, monsters, h)
+                            });
+                            send(out, e.id, f);
+                        }
+                        if mover_sees {
+                            let f = appear_frame(appear_scratch, players, monsters, e.handle);
+                            out.frames.push((id, f));
+                        }
                     }
-                }
-                (true, false) => {
-                    if other_sees {
-                        let f = gone.get_or_insert_with(|| disappear_frame(id));
-                        send(out, e.id, f);
-                    }
-                    if mover_sees {
-                        out.frames.push((id, disappear_frame(e.id)));
+                    (true, false) => {
+                        if other_sees {
+                            let f = gone.get_or_insert_with(|| disappear_frame(id));
+                            send(out, e.id, f);
+                        }
+                        if mover_sees {
+                            out.frames.push((id, disappear_frame(e.id)));
+                        }
                     }
                 }
             }
