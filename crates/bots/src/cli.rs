@@ -134,7 +134,13 @@ mod tests {
 
     #[test]
     fn names_are_checked() {
-        let a = Args::parse_from(["tether-bots", "--name-prefix", "a_very_long_prefix_name", "--clients", "100"]);
+        let a = Args::parse_from([
+            "tether-bots",
+            "--name-prefix",
+            "a_very_long_prefix_name",
+            "--clients",
+            "100",
+        ]);
         assert!(a.validate().is_err());
         let a = Args::parse_from(["tether-bots", "--name-prefix", "bad-name"]);
         assert!(a.validate().is_err());

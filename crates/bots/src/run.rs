@@ -217,10 +217,7 @@ impl Progress {
         if self.quiet {
             return;
         }
-        let rtt = self
-            .shared
-            .rtt
-            .summary(self.shared.phase() != Phase::Ramp);
+        let rtt = self.shared.rtt.summary(self.shared.phase() != Phase::Ramp);
         eprintln!(
             "tether-bots {:>5.0}s {:<7} connected {}/{}  in {:.0}/s  out {:.0}/s  rtt p99 {:.2} ms  errors {}  disconnects {}",
             now.duration_since(self.t0).as_secs_f64(),

@@ -221,7 +221,10 @@ mod tests {
 
     #[test]
     fn empty_histogram_reads_as_zeros() {
-        assert_eq!(RttHistograms::default().summary(true), RttSummary::default());
+        assert_eq!(
+            RttHistograms::default().summary(true),
+            RttSummary::default()
+        );
     }
 
     #[test]

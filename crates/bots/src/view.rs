@@ -110,11 +110,7 @@ impl View {
                     s.dead = true;
                 }
             }
-            GameEvent::Stats(s) => {
-                if s.hp > 0 {
-                    self.dead = false;
-                }
-            }
+            GameEvent::Stats(s) if s.hp > 0 => self.dead = false,
             _ => {}
         }
     }

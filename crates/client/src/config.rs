@@ -108,9 +108,9 @@ pub struct ClientConfig {
     /// ([`SendError::Backlog`](crate::SendError::Backlog)) and standalone
     /// acks are skipped (the next one carries the newer count anyway).
     pub max_write_backlog: usize,
-    /// Session tunables: unacked input cap, ack cadence, keep-alive and
-    /// silence timers (the last two are replaced by the server's values from
-    /// `Welcome`).
+    /// Session tunables: unacked input cap (1024 by default), ack cadence,
+    /// keep-alive and silence timers (the last two are replaced by the
+    /// server's values from `Welcome`). See `ClientSessionConfig`'s defaults.
     pub session: ClientSessionConfig,
     /// Seed of the jitter RNG; `None` seeds from the OS.
     pub seed: Option<u64>,
@@ -123,22 +123,6 @@ pub const DEFAULT_READ_CHUNK: usize = 8 * 1024;
 /// Default write backlog cap: far above what a healthy connection holds (a
 /// few frames), small enough that a stuck one costs little.
 pub const DEFAULT_MAX_WRITE_BACKLOG: usize = 64 * 1024;
-
-/// The session defaults the client uses unless told otherwise.
-pub fn default_session_config() -> ClientSessionConfig {
-    ClientSessionConfig {
-        // A player sends ~10 inputs/s; 256 is 25 s of play unacknowledged,
-        // which only a dead link reaches.
-        max_unacked_inputs: 256,
-        // Acks free the server's replay pages; 32 frames or 100 ms keeps the
-        // server's replay buffer short without an ack per frame.
-        ack_every_frames: 32,
-        ack_delay_ms: 100,
-        // Until Welcome says otherwise.
-        keepalive_interval_ms: 5_000,
-        silence_timeout_ms: 15_000,
-    }
-}
 
 impl ClientConfig {
     /// A config with the defaults documented on each field.
@@ -153,7 +137,7 @@ impl ClientConfig {
             logout_timeout: Duration::from_secs(3),
             read_chunk: DEFAULT_READ_CHUNK,
             max_write_backlog: DEFAULT_MAX_WRITE_BACKLOG,
-            session: default_session_config(),
+            session: ClientSessionConfig::default(),
             seed: None,
         }
     }

@@ -51,7 +51,7 @@
 //!
 //! | what | bound | when full |
 //! |---|---|---|
-//! | inputs awaiting the server's ack | `session.max_unacked_inputs` (256) | `send` returns [`SendError::Backlog`] |
+//! | inputs awaiting the server's ack | `session.max_unacked_inputs` (1024) | `send` returns [`SendError::Backlog`] |
 //! | bytes awaiting the socket | [`ClientConfig::max_write_backlog`] (64 KiB) | `send` returns `Backlog`; standalone acks are skipped (cumulative: the next covers them) |
 //! | read buffer | `read_chunk` + one frame (≤ 64 KiB) | never full: a frame is at most 64 KiB by the format; the buffer shrinks back after a large one |
 //! | reconnect attempts in a row | [`ReconnectPolicy::max_attempts`] (12) | the client ends with [`ClientError::GaveUp`] |

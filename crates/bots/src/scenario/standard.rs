@@ -348,11 +348,12 @@ mod tests {
     }
 
     /// Runs a bot's schedule for `secs` seconds of virtual time.
-    fn play(b: &mut StandardBot, secs: u64, out: &mut Recorder, tally: &mut Tally) {
+    fn play(b: &mut StandardBot, at: (f32, f32), secs: u64, out: &mut Recorder, tally: &mut Tally) {
         let shared = Shared::default();
         let t0 = Instant::now();
         let end = t0 + Duration::from_secs(secs);
         let mut wake = b.start(1, world(), t0);
+        (b.view.x, b.view.y) = at;
         while wake < end {
             wake = b.on_tick(out, tally, &shared, wake);
         }
@@ -361,15 +362,9 @@ mod tests {
     #[test]
     fn schedule_over_two_minutes() {
         let mut b = bot(1);
-        b.view.apply(&GameEvent::SelfState(pb::SelfState {
-            entity_id: 1,
-            x: 50.0,
-            y: 40.0,
-            ..Default::default()
-        }));
         let mut out = Recorder::default();
         let mut t = Tally::default();
-        play(&mut b, 120, &mut out, &mut t);
+        play(&mut b, (50.0, 40.0), 120, &mut out, &mut t);
         // 5 Hz moves, a ping a second, a chat a minute; no monster, no attack.
         assert!((599..=600).contains(&t.moves), "{t:?}");
         assert!((119..=120).contains(&t.pings), "{t:?}");
@@ -383,19 +378,20 @@ mod tests {
     #[test]
     fn moves_are_legal_and_stay_on_the_map() {
         let mut b = bot(2);
-        // Start in a corner, heading anywhere.
-        b.view.x = 1.5;
-        b.view.y = 78.0;
         let mut out = Recorder::default();
         let mut t = Tally::default();
-        play(&mut b, 300, &mut out, &mut t);
+        // Start in a corner, heading anywhere.
+        play(&mut b, (1.5, 78.0), 300, &mut out, &mut t);
         let max = b.max_step() * 1.0001;
         let mut prev = (1.5f32, 78.0f32);
         for c in &out.0 {
             if let Command::Move { x, y } = *c {
                 let d = ((x - prev.0).powi(2) + (y - prev.1).powi(2)).sqrt();
                 assert!(d <= max, "step {d} over {max}");
-                assert!((0.0..100.0).contains(&x) && (0.0..80.0).contains(&y), "{x},{y}");
+                assert!(
+                    (0.0..100.0).contains(&x) && (0.0..80.0).contains(&y),
+                    "{x},{y}"
+                );
                 prev = (x, y);
             }
         }
@@ -444,7 +440,8 @@ mod tests {
         let t0 = Instant::now();
         let shared = Shared::default();
         b.start(1, world(), t0);
-        b.view.apply(&GameEvent::Death(pb::Death { id: 1, killer: 50 }));
+        b.view
+            .apply(&GameEvent::Death(pb::Death { id: 1, killer: 50 }));
         let mut out = Recorder::default();
         let mut t = Tally::default();
         let mut wake = t0;
