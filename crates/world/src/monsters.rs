@@ -72,6 +72,10 @@ pub const RETURN_SPEED: f32 = 12.0;
 pub const MAX_DROPS: usize = 4;
 
 /// A kind of monster: its stats, rewards and drop table.
+///
+/// Balance: a new character (100 hp, ~12 damage a second) beats any single
+/// monster; an ogre (120 hp, 3 damage a second) takes ten hits and a third of
+/// the player's hp. Several monsters at once, or fighting on at low hp, kill.
 #[derive(Debug)]
 pub struct MonsterKind {
     pub name: &'static str,
@@ -98,8 +102,8 @@ pub static MONSTER_KINDS: &[MonsterKind] = &[
     MonsterKind {
         name: "Rat",
         level: 1,
-        max_hp: 30,
-        damage: 3,
+        max_hp: 24,
+        damage: 2,
         attack_cooldown_ms: 1_500,
         speed: 4.0,
         xp: 10,
@@ -110,8 +114,8 @@ pub static MONSTER_KINDS: &[MonsterKind] = &[
     MonsterKind {
         name: "Wolf",
         level: 3,
-        max_hp: 60,
-        damage: 5,
+        max_hp: 45,
+        damage: 3,
         attack_cooldown_ms: 1_500,
         speed: 5.0,
         xp: 30,
@@ -126,8 +130,8 @@ pub static MONSTER_KINDS: &[MonsterKind] = &[
     MonsterKind {
         name: "Bandit",
         level: 5,
-        max_hp: 100,
-        damage: 7,
+        max_hp: 70,
+        damage: 4,
         attack_cooldown_ms: 1_500,
         speed: 5.0,
         xp: 60,
@@ -142,8 +146,8 @@ pub static MONSTER_KINDS: &[MonsterKind] = &[
     MonsterKind {
         name: "Ogre",
         level: 8,
-        max_hp: 220,
-        damage: 10,
+        max_hp: 120,
+        damage: 6,
         attack_cooldown_ms: 2_000,
         speed: 3.5,
         xp: 150,

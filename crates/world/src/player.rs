@@ -20,14 +20,16 @@ pub const BASE_HP: i32 = 100;
 pub const HP_PER_LEVEL: i32 = 20;
 
 /// Basic attack damage at level 0; plus [`DAMAGE_PER_LEVEL`] per level. A new
-/// character (8 damage) kills a rat in four hits, an ogre in about thirty.
-pub const BASE_DAMAGE: i32 = 6;
+/// character (12 damage) kills a rat in two hits and an ogre, the toughest
+/// kind, in about ten: every monster is a fair solo fight from the first
+/// login, which is also what the load test's bots rely on.
+pub const BASE_DAMAGE: i32 = 10;
 
 /// Basic attack damage gained per level.
 pub const DAMAGE_PER_LEVEL: i32 = 2;
 
 /// Experience scale: reaching level L+1 takes `XP_SCALE * L^2` total
-/// experience, so level 2 is ten rats, level 10 about a hundred ogres.
+/// experience, so level 2 is ten rats, level 10 about fifty ogres.
 pub const XP_SCALE: u64 = 100;
 
 /// Maximum hit points at `level`.

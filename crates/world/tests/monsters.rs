@@ -207,3 +207,55 @@ fn monster_traffic_stays_well_below_player_traffic() {
         "{per_player_per_s} monster moves per player per second"
     );
 }
+
+#[test]
+fn a_new_character_beats_any_single_monster() {
+    let mut sim = Sim::new(WorldConfig {
+        width: 3_000.0,
+        height: 3_000.0,
+        monsters: 60,
+        ..WorldConfig::default()
+    });
+    let all = sim.monsters();
+    let mut fought = 0;
+    for kind in tether_world::monsters::MONSTER_KINDS {
+        let Some(m) = all.iter().copied().find(|m| {
+            m.max_hp == kind.max_hp
+                && m.x > 100.0
+                && m.y > 100.0
+                && m.x < 2_900.0
+                && m.y < 2_900.0
+                && all
+                    .iter()
+                    .all(|o| o.id == m.id || dist(pos(*o), pos(*m)) > 80.0)
+        }) else {
+            continue;
+        };
+        let p = sim.join(kind.name, Some((m.x + 1.0, m.y)));
+        let cooldown = sim.world.config().attack_cooldown_ms;
+        let mut since_attack = cooldown;
+        while !sim.entity(m.id).dead && !sim.entity(p).dead {
+            if since_attack >= cooldown {
+                sim.attack(p, m.id);
+                since_attack = 0;
+            }
+            sim.tick(100);
+            since_attack += 100;
+        }
+        assert!(
+            sim.entity(m.id).dead,
+            "a new character lost to a {}",
+            kind.name
+        );
+        let left = sim.entity(p);
+        assert!(
+            left.hp > left.max_hp / 3,
+            "{} hp left after a {}",
+            left.hp,
+            kind.name
+        );
+        sim.leave(p);
+        fought += 1;
+    }
+    assert_eq!(fought, tether_world::monsters::MONSTER_KINDS.len());
+}
