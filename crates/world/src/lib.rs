@@ -31,20 +31,33 @@
 //! # Data flow
 //!
 //! ```text
-//!  shard thread                         World                               Outbox (caller drains)
-//!  ------------                         -----                               ----------------------
+//!  caller (shard thread)            World                                 Outbox (caller drains)
 //!  join / leave / set_link_dead --+
-//!  apply(now, id, seq, Cmd) ------+--> validate --> mutate entity --+--> frames: (recipient, Bytes)
-//!  tick(now) ---------------------+    (move budget, range,         |      one encode, N clones
-//!     monsters, respawns, regen        cooldown, bounds)            +--> world_chat: Bytes
-//!                                                                   |      (every shard, every player)
-//!          InterestGrid: who is within view_radius  <---------------+--> remote_whispers
-//!          of the old / new position -> appear/move/disappear       +--> loot: LootTx --> store
-//!                                                                                           |
-//!  loot_committed(tx) <---------------- durable ----------------------------------------------+
-//!      --> LootGranted to the player
-//!  take_dirty --> changed CharacterRecords --> write-behind store
+//!  apply(now, id, seq, Cmd) ------+-> validate (move budget, range,  --+-> frames: (recipient, Bytes)
+//!  tick(now): monsters, respawns, |   cooldown, text / name bounds),   |     one encode, N clones
+//!             regeneration -------+   then mutate the entity           +-> world_chat (every shard)
+//!                                           |                          +-> remote_whispers
+//!                                           v                          +-> loot: LootTx ---------+
+//!                                  InterestGrid: who is within the                                |
+//!                                  view radius of the old / new spot                              v
+//!                                  -> Appear / Move / Disappear                       store (durable)
+//!  loot_committed(tx) <---------------------------------------------------------- committed -----+
+//!      -> LootGranted to the player
+//!  take_dirty -> changed CharacterRecords -> write-behind store
 //! ```
+//!
+//! # Guarantees
+//!
+//! - After every call, each player's view, as rebuilt from the frames it was
+//!   sent, is exactly the set of entities within its view radius, with their
+//!   current positions and life / link state (`tests/aoi.rs` checks this
+//!   against a brute-force scan after every step of random sessions).
+//! - Everything a client can grow is bounded: inventories ([`items`]), chat
+//!   lines and whisper names ([`chat`]), the move budget ([`movement`]);
+//!   what the configuration can grow is capped too (monsters, grid cells).
+//! - No input panics the world: unknown ids, dead targets, NaN positions and
+//!   out-of-range enums are answered with a `Correction` or `CommandError`,
+//!   or ignored when their player is gone.
 #![forbid(unsafe_code)]
 
 pub mod chat;
