@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Runs the Python client against a real Tether server.
+#
+#   clients/python/test_against_server.sh [SERVER_BINARY] [-- extra client args]
+#
+# SERVER_BINARY defaults to target/debug/tether (this script builds nothing).
+# The server gets free loopback ports and a temporary data directory, and is
+# always stopped on exit. Exits with the client's status (2 if the server
+# could not be started).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+server="${1:-$root/target/debug/tether}"
+shift || true
+[[ "${1:-}" == "--" ]] && shift
+python="${PYTHON:-python3}"
+
+if [[ ! -x "$server" ]]; then
+    echo "test_against_server: no server binary at $server (build it first: cargo build -p tether-server --bin tether)" >&2
+    exit 2
+fi
+
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/tether-pytest.XXXXXX")"
+server_pid=""
+client_pid=""
+stop_server() {
+    if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
+        kill -TERM "$server_pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do
+            kill -0 "$server_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$server_pid" 2>/dev/null || true
+    fi
+    if [[ -n "$server_pid" ]]; then
+        wait "$server_pid" 2>/dev/null || true
+    fi
+    server_pid=""
+}
+cleanup() {
+    if [[ -n "$client_pid" ]]; then
+        kill -TERM "$client_pid" 2>/dev/null || true
+        wait "$client_pid" 2>/dev/null || true
+    fi
+    stop_server
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Two distinct free ports, picked below the kernel's ephemeral range when it
+# can (outgoing connections of other processes take their ports from that
+# range and could grab ours between the probe and the server's bind). Probed,
+# released, then used: a small race remains, so a failed start is retried.
+pick_ports() {
+    "$python" -c '
+import random, socket
+try:
+    lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+except (OSError, ValueError, IndexError):
+    lo = 32768
+ports = []
+for _ in range(200):
+    p = random.randint(10000, max(10001, lo - 1))
+    if p in ports:
+        continue
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+        ports.append(p)
+    except OSError:
+        pass
+    finally:
+        s.close()
+    if len(ports) == 2:
+        break
+while len(ports) < 2:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    ports.append(s.getsockname()[1])
+    s.close()
+print(*ports)
+'
+}
+
+start_server() {
+    read -r game_port admin_port < <(pick_ports)
+    RUST_BACKTRACE=0 "$server" --listen "127.0.0.1:$game_port" --admin-listen "127.0.0.1:$admin_port" \
+        --data-dir "$tmp/data" --log warn >"$tmp/server.log" 2>&1 &
+    server_pid=$!
+    # Ready once the game port accepts connections; failed if the server exits.
+    for _ in $(seq 1 100); do
+        kill -0 "$server_pid" 2>/dev/null || return 1
+        if "$python" -c "import socket; socket.create_connection(('127.0.0.1', $game_port), 0.2).close()" 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+
+ready=0
+for attempt in 1 2 3; do
+    if start_server; then
+        ready=1
+        break
+    fi
+    echo "test_against_server: server start $attempt failed:" >&2
+    sed 's/^/  server: /' "$tmp/server.log" | head -5 >&2 || true
+    stop_server
+done
+if [[ "$ready" != 1 ]]; then
+    echo "test_against_server: the server did not start" >&2
+    exit 2
+fi
+
+# The client runs in the background and is waited for, so that a signal to
+# this script runs the traps at once (bash defers them during a foreground job).
+status=0
+"$python" "$here/tether_client.py" --addr "127.0.0.1:$game_port" --name PyBot --seconds 5 "$@" &
+client_pid=$!
+wait "$client_pid" || status=$?
+client_pid=""
+if [[ "$status" != 0 ]]; then
+    echo "test_against_server: client failed with status $status; server log:" >&2
+    sed 's/^/  server: /' "$tmp/server.log" >&2 || true
+fi
+exit "$status"

@@ -1,0 +1,966 @@
+#!/usr/bin/env python3
+"""A dependency-free Tether client, written from docs/PROTOCOL.md and
+proto/tether.proto alone.
+
+It carries its own minimal protobuf codec (varint, length-delimited and
+fixed32 fields; unknown fields are skipped), the frame layer
+([u16 little-endian length][payload]) and the session rules: counted frames,
+cumulative acks, numbered inputs kept until an InputAck covers them, and
+resume with re-sending of unacknowledged inputs.
+
+As a program it runs a scripted session and exits 0 only if every step worked:
+
+    python3 clients/python/tether_client.py --addr 127.0.0.1:7777 --name PyBot --seconds 5
+
+log in (dev auth) -> print Welcome -> walk a few steps at legal speed -> ping
+(print RTT) -> local chat (wait for its echo) -> drop the socket with an input
+in flight -> Resume (must get Resumed) -> ping again -> logout (Close LOGOUT).
+
+Python 3.11+, standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import math
+import select
+import socket
+import struct
+import sys
+import time
+
+PROTOCOL_VERSION = 1
+CLIENT_NAME = "tether_client.py/1"
+
+# ===========================================================================
+# Protobuf wire format (just what Tether needs)
+# ===========================================================================
+
+WT_VARINT, WT_I64, WT_LEN, WT_SGROUP, WT_EGROUP, WT_I32 = 0, 1, 2, 3, 4, 5
+
+
+class DecodeError(Exception):
+    """Bytes that are not a valid message (the peer broke the protocol)."""
+
+
+def enc_varint(n: int) -> bytes:
+    n &= (1 << 64) - 1  # negative int32/int64 go out as 10-byte two's complement
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def dec_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        if pos >= len(buf):
+            raise DecodeError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result & ((1 << 64) - 1), pos
+        shift += 7
+        if shift >= 70:
+            raise DecodeError("varint longer than 10 bytes")
+
+
+def iter_fields(buf: bytes):
+    """Yields (field_number, wire_type, value); value is an int for varint /
+    fixed fields and bytes for length-delimited ones. Groups are skipped."""
+    pos = 0
+    end = len(buf)
+    while pos < end:
+        key, pos = dec_varint(buf, pos)
+        num, wt = key >> 3, key & 7
+        if num == 0:
+            raise DecodeError("field number 0")
+        if wt == WT_VARINT:
+            val, pos = dec_varint(buf, pos)
+        elif wt == WT_I64:
+            if pos + 8 > end:
+                raise DecodeError("truncated fixed64")
+            val = int.from_bytes(buf[pos:pos + 8], "little")
+            pos += 8
+        elif wt == WT_LEN:
+            ln, pos = dec_varint(buf, pos)
+            if pos + ln > end:
+                raise DecodeError("truncated length-delimited field")
+            val = bytes(buf[pos:pos + ln])
+            pos += ln
+        elif wt == WT_I32:
+            if pos + 4 > end:
+                raise DecodeError("truncated fixed32")
+            val = int.from_bytes(buf[pos:pos + 4], "little")
+            pos += 4
+        elif wt == WT_SGROUP:  # deprecated groups: skip to the matching end
+            depth = 1
+            while depth:
+                k, pos = dec_varint(buf, pos)
+                t = k & 7
+                if t == WT_SGROUP:
+                    depth += 1
+                elif t == WT_EGROUP:
+                    depth -= 1
+                elif t == WT_VARINT:
+                    _, pos = dec_varint(buf, pos)
+                elif t == WT_I64:
+                    pos += 8
+                elif t == WT_I32:
+                    pos += 4
+                elif t == WT_LEN:
+                    ln, pos = dec_varint(buf, pos)
+                    pos += ln
+                else:
+                    raise DecodeError(f"bad wire type {t}")
+                if pos > end:
+                    raise DecodeError("truncated group")
+            continue
+        else:
+            raise DecodeError(f"bad wire type {wt}")
+        yield num, wt, val
+
+
+# Field kinds: scalar kinds name their proto type; ("msg", Name) is an
+# embedded message, ("rep", Name) a repeated embedded message.
+SCALAR_WIRE = {
+    "uint32": WT_VARINT, "uint64": WT_VARINT, "int32": WT_VARINT, "bool": WT_VARINT,
+    "enum": WT_VARINT, "float": WT_I32, "string": WT_LEN, "bytes": WT_LEN,
+}
+SCALAR_DEFAULT = {
+    "uint32": 0, "uint64": 0, "int32": 0, "bool": False, "enum": 0,
+    "float": 0.0, "string": "", "bytes": b"",
+}
+
+# message -> {field number: (name, kind, in_oneof)}, transcribed from tether.proto.
+SCHEMA: dict[str, dict[int, tuple]] = {
+    # ---- client -> server ----
+    "ClientMessage": {
+        1: ("hello", ("msg", "Hello"), True), 2: ("resume", ("msg", "Resume"), True),
+        3: ("input", ("msg", "Input"), True), 4: ("ack", ("msg", "Ack"), True),
+        5: ("logout", ("msg", "Logout"), True),
+    },
+    "Hello": {1: ("protocol_version", "uint32", False), 2: ("dev_name", "string", True),
+              3: ("ticket", "string", True), 4: ("client", "string", False)},
+    "Resume": {1: ("session_id", "uint64", False), 2: ("token", "bytes", False),
+               3: ("frames_received", "uint64", False)},
+    "Input": {
+        1: ("seq", "uint32", False), 2: ("ack", "uint64", False),
+        3: ("move", ("msg", "Move"), True), 4: ("attack", ("msg", "Attack"), True),
+        5: ("chat", ("msg", "Chat"), True), 6: ("ping", ("msg", "Ping"), True),
+        7: ("respawn", ("msg", "Respawn"), True),
+    },
+    "Move": {1: ("x", "float", False), 2: ("y", "float", False)},
+    "Attack": {1: ("target", "uint64", False)},
+    "Chat": {1: ("scope", "enum", False), 2: ("to", "string", False), 3: ("text", "string", False)},
+    "Ping": {1: ("client_time", "uint64", False)},
+    "Respawn": {},
+    "Ack": {1: ("frames_received", "uint64", False)},
+    "Logout": {},
+    # ---- server -> client ----
+    "ServerMessage": {
+        1: ("welcome", ("msg", "Welcome"), True), 2: ("resumed", ("msg", "Resumed"), True),
+        3: ("close", ("msg", "Close"), True),
+        10: ("input_ack", ("msg", "InputAck"), True), 11: ("pong", ("msg", "Pong"), True),
+        12: ("self_state", ("msg", "SelfState"), True),
+        13: ("snapshot_end", ("msg", "SnapshotEnd"), True),
+        14: ("appear", ("msg", "EntityAppear"), True), 15: ("move", ("msg", "EntityMove"), True),
+        16: ("disappear", ("msg", "EntityDisappear"), True),
+        17: ("correction", ("msg", "Correction"), True), 18: ("damage", ("msg", "Damage"), True),
+        19: ("death", ("msg", "Death"), True), 20: ("loot", ("msg", "LootGranted"), True),
+        21: ("chat", ("msg", "ChatMessage"), True), 22: ("link", ("msg", "LinkState"), True),
+        23: ("command_error", ("msg", "CommandError"), True),
+        24: ("stats", ("msg", "StatChange"), True),
+    },
+    "Welcome": {
+        1: ("session_id", "uint64", False), 2: ("resume_token", "bytes", False),
+        3: ("entity_id", "uint64", False), 4: ("world", ("msg", "WorldInfo"), False),
+        5: ("heartbeat_interval_ms", "uint32", False), 6: ("heartbeat_timeout_ms", "uint32", False),
+        7: ("resume_grace_ms", "uint32", False), 8: ("took_over", "bool", False),
+    },
+    "WorldInfo": {
+        1: ("width", "float", False), 2: ("height", "float", False),
+        3: ("view_radius", "float", False), 4: ("move_speed", "float", False),
+        5: ("attack_range", "float", False), 6: ("attack_cooldown_ms", "uint32", False),
+        7: ("pvp", "bool", False),
+    },
+    "Resumed": {
+        1: ("session_id", "uint64", False), 2: ("resume_token", "bytes", False),
+        3: ("mode", "enum", False), 4: ("frames_base", "uint64", False),
+        5: ("last_input_seq", "uint32", False),
+    },
+    "Close": {1: ("code", "enum", False), 2: ("message", "string", False),
+              3: ("retry_after_ms", "uint32", False)},
+    "InputAck": {1: ("seq", "uint32", False)},
+    "Pong": {1: ("client_time", "uint64", False)},
+    "ItemStack": {1: ("item_id", "uint32", False), 2: ("count", "uint32", False)},
+    "SelfState": {
+        1: ("entity_id", "uint64", False), 2: ("name", "string", False),
+        3: ("x", "float", False), 4: ("y", "float", False), 5: ("hp", "int32", False),
+        6: ("max_hp", "int32", False), 7: ("level", "uint32", False), 8: ("xp", "uint64", False),
+        9: ("xp_next", "uint64", False), 10: ("gold", "uint64", False),
+        11: ("inventory", ("rep", "ItemStack"), False), 12: ("dead", "bool", False),
+    },
+    "SnapshotEnd": {},
+    "EntityAppear": {
+        1: ("id", "uint64", False), 2: ("kind", "enum", False), 3: ("name", "string", False),
+        4: ("x", "float", False), 5: ("y", "float", False), 6: ("hp", "int32", False),
+        7: ("max_hp", "int32", False), 8: ("level", "uint32", False),
+        9: ("link_dead", "bool", False), 10: ("dead", "bool", False),
+    },
+    "EntityMove": {1: ("id", "uint64", False), 2: ("x", "float", False), 3: ("y", "float", False)},
+    "EntityDisappear": {1: ("id", "uint64", False)},
+    "Correction": {1: ("seq", "uint32", False), 2: ("x", "float", False),
+                   3: ("y", "float", False), 4: ("reason", "enum", False)},
+    "Damage": {1: ("attacker", "uint64", False), 2: ("target", "uint64", False),
+               3: ("amount", "int32", False), 4: ("target_hp", "int32", False)},
+    "Death": {1: ("id", "uint64", False), 2: ("killer", "uint64", False)},
+    "LootGranted": {1: ("tx_id", "uint64", False), 2: ("gold", "uint64", False),
+                    3: ("items", ("rep", "ItemStack"), False), 4: ("total_gold", "uint64", False)},
+    "ChatMessage": {1: ("scope", "enum", False), 2: ("from_id", "uint64", False),
+                    3: ("from_name", "string", False), 4: ("text", "string", False)},
+    "LinkState": {1: ("id", "uint64", False), 2: ("link_dead", "bool", False)},
+    "CommandError": {1: ("seq", "uint32", False), 2: ("code", "enum", False)},
+    "StatChange": {1: ("hp", "int32", False), 2: ("max_hp", "int32", False),
+                   3: ("level", "uint32", False), 4: ("xp", "uint64", False),
+                   5: ("xp_next", "uint64", False)},
+}
+
+CLOSE_CODES = {
+    0: "UNSPECIFIED", 1: "LOGOUT", 2: "PROTOCOL_ERROR", 3: "FRAME_TOO_LARGE",
+    4: "UNSUPPORTED_VERSION", 5: "AUTH_FAILED", 6: "TICKET_EXPIRED", 7: "RESUME_REFUSED",
+    8: "SESSION_TAKEN_OVER", 9: "ALREADY_LOGGED_IN", 10: "HANDSHAKE_TIMEOUT",
+    11: "HEARTBEAT_TIMEOUT", 12: "SLOW_CONSUMER", 13: "RATE_LIMITED", 14: "SERVER_BUSY",
+    15: "SERVER_SHUTDOWN", 16: "BANNED", 17: "INPUT_SEQ_GAP", 18: "STORAGE_UNAVAILABLE",
+}
+COMMAND_ERRORS = {
+    0: "UNSPECIFIED", 1: "NO_SUCH_TARGET", 2: "OUT_OF_RANGE", 3: "COOLDOWN", 4: "DEAD",
+    5: "PVP_DISABLED", 6: "NO_SUCH_PLAYER", 7: "BAD_TEXT", 8: "NOT_DEAD", 9: "RATE_LIMITED",
+}
+CORRECTION_REASONS = {0: "TOO_FAST", 1: "OFF_MAP", 2: "DEAD"}
+RESUME_MODES = {0: "REPLAY", 1: "SNAPSHOT"}
+CHAT_LOCAL, CHAT_WHISPER, CHAT_WORLD = 0, 1, 2
+
+# The three uncounted (control) frames; every other ServerMessage is counted.
+CONTROL_FIELDS = {1, 2, 3}
+
+
+def encode(msg_name: str, value: dict) -> bytes:
+    """Encodes a dict as `msg_name`. Missing / None keys are left out; plain
+    fields equal to their default are left out (proto3), oneof members are
+    always written when given (their presence is the information)."""
+    schema = SCHEMA[msg_name]
+    out = bytearray()
+    for num, (name, kind, in_oneof) in sorted(schema.items()):
+        v = value.get(name)
+        if v is None:
+            continue
+        if isinstance(kind, tuple):
+            items = v if kind[0] == "rep" else [v]
+            for item in items:
+                body = encode(kind[1], item)
+                out += enc_varint(num << 3 | WT_LEN) + enc_varint(len(body)) + body
+            continue
+        if not in_oneof and v == SCALAR_DEFAULT[kind]:
+            continue
+        wt = SCALAR_WIRE[kind]
+        out += enc_varint(num << 3 | wt)
+        if kind == "float":
+            out += struct.pack("<f", v)
+        elif kind == "string":
+            b = v.encode("utf-8")
+            out += enc_varint(len(b)) + b
+        elif kind == "bytes":
+            out += enc_varint(len(v)) + bytes(v)
+        elif kind == "bool":
+            out += enc_varint(1 if v else 0)
+        else:
+            out += enc_varint(int(v))
+    return bytes(out)
+
+
+def decode(msg_name: str, buf: bytes) -> dict:
+    """Decodes `buf` as `msg_name` into a dict with every known field (proto3
+    defaults for absent ones; oneof members only when present). Unknown
+    fields are skipped; for a repeated-once scalar the last value wins."""
+    schema = SCHEMA[msg_name]
+    out: dict = {}
+    for num, (name, kind, in_oneof) in schema.items():
+        if in_oneof:
+            continue
+        if isinstance(kind, tuple):
+            out[name] = [] if kind[0] == "rep" else None
+        else:
+            out[name] = SCALAR_DEFAULT[kind]
+    for num, wt, val in iter_fields(buf):
+        field = schema.get(num)
+        if field is None:
+            continue  # unknown field: skipped
+        name, kind, _ = field
+        if isinstance(kind, tuple):
+            if wt != WT_LEN:
+                raise DecodeError(f"{msg_name}.{name}: wire type {wt}")
+            sub = decode(kind[1], val)
+            if kind[0] == "rep":
+                out[name].append(sub)
+            else:
+                out[name] = sub
+            continue
+        if wt != SCALAR_WIRE[kind]:
+            raise DecodeError(f"{msg_name}.{name}: wire type {wt}")
+        if kind == "float":
+            out[name] = struct.unpack("<f", val.to_bytes(4, "little"))[0]
+        elif kind == "string":
+            try:
+                out[name] = val.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DecodeError(f"{msg_name}.{name}: invalid UTF-8") from e
+        elif kind == "bytes":
+            out[name] = val
+        elif kind == "bool":
+            out[name] = val != 0
+        elif kind in ("int32", "enum"):
+            v = val & 0xFFFFFFFF
+            out[name] = v - (1 << 32) if v >= 1 << 31 else v
+        elif kind == "uint32":
+            out[name] = val & 0xFFFFFFFF
+        else:
+            out[name] = val
+    return out
+
+
+def decode_server_message(payload: bytes) -> tuple[str | None, dict | None, bool]:
+    """Returns (kind, body, counted). kind is None for a message kind this
+    client does not know (still counted: only Welcome, Resumed and Close are
+    not). The last oneof member in the payload wins, as in protobuf."""
+    kind = body = None
+    seen_any = False
+    control = False
+    for num, wt, val in iter_fields(payload):
+        seen_any = True
+        field = SCHEMA["ServerMessage"].get(num)
+        control = num in CONTROL_FIELDS
+        if field is None:
+            kind, body = None, None
+            continue
+        if wt != WT_LEN:
+            raise DecodeError(f"ServerMessage field {num}: wire type {wt}")
+        kind = field[0]
+        body = decode(field[1][1], val)
+    if not seen_any:
+        raise DecodeError("ServerMessage without a body")
+    return kind, body, not control
+
+
+def client_frame(kind: str, body: dict) -> bytes:
+    payload = encode("ClientMessage", {kind: body})
+    if not 0 < len(payload) <= 0xFFFF:
+        raise ValueError("payload does not fit a frame")
+    return struct.pack("<H", len(payload)) + payload
+
+
+def mint_ticket(secret: str, name: str, expiry_unix: int) -> str:
+    """NAME.EXPIRY.HEX where HEX = lowercase hex HMAC-SHA256(secret, "NAME.EXPIRY")."""
+    signed = f"{name}.{expiry_unix}"
+    sig = hmac.new(secret.encode(), signed.encode(), hashlib.sha256).hexdigest()
+    return f"{signed}.{sig}"
+
+
+# ===========================================================================
+# Session
+# ===========================================================================
+
+
+class ProtocolViolation(Exception):
+    """The server sent something the protocol does not allow."""
+
+
+class ServerClosed(Exception):
+    """The server sent Close; `.code` is the CloseCode number."""
+
+    def __init__(self, close: dict):
+        self.close = close
+        self.code = close["code"]
+        self.name = CLOSE_CODES.get(self.code, f"#{self.code}")
+        super().__init__(f"server closed the connection: {self.name} "
+                         f"({close['message']!r}, retry_after_ms={close['retry_after_ms']})")
+
+
+class ConnectionLost(Exception):
+    """The TCP connection ended without a Close frame."""
+
+
+def now_ms() -> float:
+    return time.monotonic() * 1000.0
+
+
+class TetherClient:
+    """One session, over one connection at a time.
+
+    Counted frames are counted in `frames_received`; acks go out piggybacked on
+    inputs or as a standalone Ack (32 frames, 250 ms, or keep-alive). Inputs are
+    numbered from 1 and kept in `unacked` until an InputAck covers them."""
+
+    ACK_EVERY_FRAMES = 32
+    ACK_DELAY_MS = 250.0
+    MAX_UNACKED_INPUTS = 1024
+
+    def __init__(self, host: str, port: int, log=print, verbose: bool = False):
+        self.host, self.port = host, port
+        self.log = log
+        self.verbose = verbose
+        self.sock: socket.socket | None = None
+        self.rbuf = bytearray()
+        self.established = False
+        # Session state (survives connections).
+        self.session_id: int | None = None
+        self.token = b""
+        self.entity_id = 0
+        self.world: dict = {}
+        self.heartbeat_interval_ms = 2000.0
+        self.heartbeat_timeout_ms = 15000.0
+        self.frames_received = 0
+        self.frames_acked_sent = 0
+        self.ack_due: float | None = None
+        self.last_sent = 0.0
+        self.last_heard = 0.0
+        self.next_seq = 1
+        self.acked_input = 0
+        self.unacked: list[tuple[int, str, dict]] = []  # (seq, cmd, body)
+        # Game state the client keeps.
+        self.self_state: dict = {}
+        self.view: dict[int, dict] = {}
+        self.in_snapshot = False
+        self.corrections: list[dict] = []
+        self.command_errors: list[dict] = []
+
+    # ---- connection ------------------------------------------------------
+
+    def connect(self, timeout: float = 5.0) -> None:
+        self.sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.setblocking(False)
+        self.rbuf = bytearray()
+        self.established = False
+
+    def drop(self) -> None:
+        """Abandons the connection without a word (as a network failure would)."""
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            finally:
+                self.sock = None
+        self.established = False
+        self.ack_due = None
+
+    def _write(self, data: bytes) -> None:
+        if self.sock is None:
+            raise ConnectionLost("not connected")
+        view = memoryview(data)
+        deadline = time.monotonic() + 10
+        while view:
+            try:
+                n = self.sock.send(view)
+                view = view[n:]
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ConnectionLost("write stalled for 10 s")
+                select.select([], [self.sock], [], 0.1)
+            except OSError as e:
+                raise ConnectionLost(f"write failed: {e}") from e
+
+    def _send(self, kind: str, body: dict) -> None:
+        self._write(client_frame(kind, body))
+        self.last_sent = now_ms()
+
+    # ---- handshake ---------------------------------------------------------
+
+    def login(self, dev_name: str | None = None, ticket: str | None = None,
+              timeout: float = 5.0) -> dict:
+        """Sends Hello and waits for Welcome. The snapshot (SelfState,
+        EntityAppear..., SnapshotEnd) follows; `wait_snapshot` reads it."""
+        hello = {"protocol_version": PROTOCOL_VERSION, "client": CLIENT_NAME}
+        if ticket is not None:
+            hello["ticket"] = ticket
+        else:
+            hello["dev_name"] = dev_name
+        self._send("hello", hello)
+        kind, body = self._read_control(timeout)
+        if kind != "welcome":
+            raise ProtocolViolation(f"expected Welcome, got {kind}")
+        self.session_id = body["session_id"]
+        self.token = body["resume_token"]
+        self.entity_id = body["entity_id"]
+        self.world = body["world"] or {}
+        if body["heartbeat_interval_ms"]:
+            self.heartbeat_interval_ms = float(body["heartbeat_interval_ms"])
+        if body["heartbeat_timeout_ms"]:
+            self.heartbeat_timeout_ms = float(body["heartbeat_timeout_ms"])
+        # A Welcome starts a new numbering on both sides.
+        self.frames_received = 0
+        self.frames_acked_sent = 0
+        self.next_seq = 1
+        self.acked_input = 0
+        self.unacked.clear()
+        self.view.clear()
+        self.in_snapshot = True
+        self._establish()
+        return body
+
+    def resume(self, timeout: float = 5.0) -> dict:
+        """On a fresh connection: Resume -> Resumed, then re-sends every input
+        the server has not applied. Raises ServerClosed (RESUME_REFUSED: log in
+        again) if the server will not resume."""
+        if self.session_id is None:
+            raise RuntimeError("no session to resume")
+        self._send("resume", {"session_id": self.session_id, "token": self.token,
+                              "frames_received": self.frames_received})
+        kind, body = self._read_control(timeout)
+        if kind != "resumed":
+            raise ProtocolViolation(f"expected Resumed, got {kind}")
+        if body["session_id"] != self.session_id:
+            raise ProtocolViolation("Resumed for another session")
+        mode = body["mode"]
+        if mode == 0:  # REPLAY
+            if body["frames_base"] != self.frames_received:
+                raise ProtocolViolation(
+                    f"REPLAY with frames_base {body['frames_base']} != our count {self.frames_received}")
+        elif mode == 1:  # SNAPSHOT
+            if body["frames_base"] < self.frames_received:
+                raise ProtocolViolation("SNAPSHOT with frames_base below our count")
+            self.frames_received = body["frames_base"]
+            self.view.clear()
+            self.in_snapshot = True
+        else:
+            raise ProtocolViolation(f"unknown resume mode {mode}")
+        if body["last_input_seq"] >= self.next_seq:
+            raise ProtocolViolation("Resumed claims inputs never sent")
+        self.token = body["resume_token"]
+        self._inputs_acked(body["last_input_seq"])
+        self._establish()
+        # Re-send what the server has not applied, with the original numbers.
+        for seq, cmd, cbody in list(self.unacked):
+            self._send("input", {"seq": seq, "ack": self._take_ack(), cmd: cbody})
+        return body
+
+    def _establish(self) -> None:
+        self.established = True
+        self.frames_acked_sent = self.frames_received  # the Hello/Resume carried it
+        self.ack_due = None
+        self.last_heard = now_ms()
+
+    def _read_control(self, timeout: float) -> tuple[str, dict]:
+        """The first frame of a connection must be Welcome / Resumed / Close."""
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = self._next_payload(deadline)
+            if frame is None:
+                raise ConnectionLost("no answer to the handshake in time")
+            kind, body, counted = decode_server_message(frame)
+            if kind == "close":
+                self.established = False
+                raise ServerClosed(body)
+            if counted:
+                raise ProtocolViolation(f"counted frame {kind} before Welcome/Resumed")
+            return kind, body
+
+    # ---- reading -----------------------------------------------------------
+
+    def _next_payload(self, deadline: float) -> bytes | None:
+        """The next whole frame's payload, or None at the deadline.
+        Raises ConnectionLost on EOF / reset."""
+        while True:
+            if len(self.rbuf) >= 2:
+                ln = self.rbuf[0] | self.rbuf[1] << 8
+                if ln == 0:
+                    raise ProtocolViolation("zero-length frame from the server")
+                if len(self.rbuf) >= 2 + ln:
+                    payload = bytes(self.rbuf[2:2 + ln])
+                    del self.rbuf[:2 + ln]
+                    self.last_heard = now_ms()
+                    return payload
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                return None
+            if self.sock is None:
+                raise ConnectionLost("not connected")
+            r, _, _ = select.select([self.sock], [], [], wait)
+            if not r:
+                return None
+            try:
+                chunk = self.sock.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError as e:
+                raise ConnectionLost(f"read failed: {e}") from e
+            if not chunk:
+                raise ConnectionLost("connection closed by the server (EOF)")
+            self.rbuf += chunk
+
+    def poll(self, timeout: float) -> list[tuple[str | None, dict | None]]:
+        """Reads for up to `timeout` seconds (returns early once something
+        arrived), handles session bookkeeping, sends due acks / keep-alives and
+        returns the game events received as (kind, body)."""
+        events = []
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            self.service()
+            # Wake up in time for the next ack / keep-alive.
+            wake = min(deadline, time.monotonic() + self._ms_until_service() / 1000.0)
+            payload = self._next_payload(wake)
+            if payload is not None:
+                events.append(self._on_frame(payload))
+                # Drain whatever else is already buffered without waiting.
+                while True:
+                    p = self._next_payload(time.monotonic())
+                    if p is None:
+                        break
+                    events.append(self._on_frame(p))
+                self.service()
+                return events
+            if time.monotonic() >= deadline:
+                self.service()
+                return events
+
+    def _on_frame(self, payload: bytes) -> tuple[str | None, dict | None]:
+        kind, body, counted = decode_server_message(payload)
+        if kind == "close":
+            self.established = False
+            raise ServerClosed(body)
+        if not counted:
+            raise ProtocolViolation(f"{kind} on an established connection")
+        if not self.established:
+            raise ProtocolViolation("counted frame before Welcome/Resumed")
+        self.frames_received += 1
+        t = now_ms()
+        if self.ack_due is None:
+            self.ack_due = t + self.ACK_DELAY_MS
+        if self.frames_received - self.frames_acked_sent >= self.ACK_EVERY_FRAMES:
+            self.ack_due = t
+        self._apply(kind, body)
+        return kind, body
+
+    def _apply(self, kind: str | None, b: dict | None) -> None:
+        """Keeps the client's picture of the world up to date."""
+        if kind == "input_ack":
+            if b["seq"] >= self.next_seq:
+                raise ProtocolViolation(f"InputAck {b['seq']} for an input never sent")
+            self._inputs_acked(b["seq"])
+        elif kind == "self_state":
+            self.self_state = b
+        elif kind == "snapshot_end":
+            self.in_snapshot = False
+        elif kind == "appear":
+            self.view[b["id"]] = b
+        elif kind == "move":
+            if b["id"] == self.entity_id:
+                self.self_state.update(x=b["x"], y=b["y"])
+            elif b["id"] in self.view:
+                self.view[b["id"]].update(x=b["x"], y=b["y"])
+        elif kind == "disappear":
+            self.view.pop(b["id"], None)
+        elif kind == "correction":
+            self.self_state.update(x=b["x"], y=b["y"])
+            self.corrections.append(b)
+        elif kind == "damage":
+            if b["target"] == self.entity_id:
+                self.self_state["hp"] = b["target_hp"]
+            elif b["target"] in self.view:
+                self.view[b["target"]]["hp"] = b["target_hp"]
+        elif kind == "death":
+            if b["id"] == self.entity_id:
+                self.self_state["dead"] = True
+            elif b["id"] in self.view:
+                self.view[b["id"]]["dead"] = True
+        elif kind == "stats":
+            self.self_state.update(b)
+        elif kind == "loot":
+            self.self_state["gold"] = b["total_gold"]
+        elif kind == "link":
+            if b["id"] in self.view:
+                self.view[b["id"]]["link_dead"] = b["link_dead"]
+        elif kind == "command_error":
+            self.command_errors.append(b)
+        if self.verbose:
+            self.log(f"  <- #{self.frames_received} {kind} {b}")
+
+    # ---- writing -----------------------------------------------------------
+
+    def _take_ack(self) -> int:
+        """The ack to piggyback on an input (0 = none)."""
+        if self.frames_received != self.frames_acked_sent:
+            self.frames_acked_sent = self.frames_received
+            self.ack_due = None
+            return self.frames_received
+        return 0
+
+    def _inputs_acked(self, seq: int) -> None:
+        self.acked_input = max(self.acked_input, seq)
+        self.unacked = [u for u in self.unacked if u[0] > seq]
+
+    def send_input(self, cmd: str, body: dict) -> int:
+        """Numbers and sends a command; keeps it until an InputAck covers it.
+        While no connection is established it is only kept (sent after Resumed)."""
+        if len(self.unacked) >= self.MAX_UNACKED_INPUTS:
+            raise RuntimeError("too many inputs wait for the server's InputAck")
+        seq = self.next_seq
+        self.next_seq += 1
+        self.unacked.append((seq, cmd, body))
+        if self.established:
+            self._send("input", {"seq": seq, "ack": self._take_ack(), cmd: body})
+        return seq
+
+    def send_ack(self) -> None:
+        self.frames_acked_sent = self.frames_received
+        self.ack_due = None
+        self._send("ack", {"frames_received": self.frames_received})
+
+    def _ms_until_service(self) -> float:
+        if not self.established:
+            return 1e9
+        t = now_ms()
+        nxt = self.last_sent + self.heartbeat_interval_ms
+        if self.ack_due is not None:
+            nxt = min(nxt, self.ack_due)
+        return max(0.0, nxt - t) + 1.0
+
+    def service(self) -> None:
+        """Sends an Ack when one is due (frames to ack or keep-alive) and
+        notices a silent server."""
+        if not self.established:
+            return
+        t = now_ms()
+        if t - self.last_heard > self.heartbeat_timeout_ms:
+            raise ConnectionLost(f"nothing heard from the server for {self.heartbeat_timeout_ms:.0f} ms")
+        if (self.ack_due is not None and t >= self.ack_due) or \
+                t >= self.last_sent + self.heartbeat_interval_ms:
+            self.send_ack()
+
+    def logout(self, timeout: float = 5.0) -> dict:
+        """Logout -> Close{LOGOUT}. Frames before the Close are still counted."""
+        self._send("logout", {})
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.poll(max(0.0, deadline - time.monotonic()))
+            except ServerClosed as c:
+                if c.code != 1:
+                    raise
+                self.drop()
+                self.session_id = None
+                return c.close
+            if time.monotonic() >= deadline:
+                raise ConnectionLost("no Close{LOGOUT} in time")
+
+    def wait_for(self, pred, timeout: float, what: str):
+        """Polls until an event satisfies pred(kind, body); returns it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"timed out after {timeout:.1f} s waiting for {what}")
+            for kind, body in self.poll(left):
+                if pred(kind, body):
+                    return kind, body
+
+    def wait_until(self, cond, timeout: float, what: str) -> None:
+        """Polls until cond() holds (checked before the first read too)."""
+        deadline = time.monotonic() + timeout
+        while not cond():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"timed out after {timeout:.1f} s waiting for {what}")
+            self.poll(left)
+
+    def idle(self, seconds: float) -> None:
+        """Keeps the connection alive (acks, keep-alives) for `seconds`."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.poll(deadline - time.monotonic())
+
+
+# ===========================================================================
+# The scripted session
+# ===========================================================================
+
+
+class StepFailed(Exception):
+    pass
+
+
+def run(args) -> int:
+    host, _, port = args.addr.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    port = int(port)
+    step_timeout = max(5.0, float(args.seconds))
+    play = max(1.0, float(args.seconds))
+    c = TetherClient(host, port, verbose=args.verbose)
+    step = "connect"
+
+    def ok(msg: str) -> None:
+        print(f"[ok] {msg}", flush=True)
+
+    try:
+        # 1. Log in.
+        step = "login"
+        c.connect()
+        ticket = args.ticket
+        if ticket is None and args.ticket_secret:
+            ticket = mint_ticket(args.ticket_secret, args.name, int(time.time()) + 3600)
+        w = c.login(dev_name=args.name, ticket=ticket, timeout=step_timeout)
+        world = w["world"] or {}
+        print(f"Welcome: session_id={w['session_id']:#x} entity_id={w['entity_id']:#x} "
+              f"took_over={w['took_over']} heartbeat={w['heartbeat_interval_ms']}/"
+              f"{w['heartbeat_timeout_ms']} ms resume_grace={w['resume_grace_ms']} ms", flush=True)
+        print("  world: " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                        for k, v in world.items()), flush=True)
+        step = "snapshot"
+        c.wait_for(lambda k, b: k == "snapshot_end", step_timeout, "SnapshotEnd")
+        me = c.self_state
+        if me.get("entity_id") != c.entity_id:
+            raise StepFailed("the snapshot's SelfState is not our entity")
+        ok(f"snapshot: {me['name']} at ({me['x']:.2f}, {me['y']:.2f}) hp {me['hp']}/{me['max_hp']} "
+           f"level {me['level']}, {len(c.view)} entities in view, frames so far {c.frames_received}")
+
+        # 2. Walk at half the allowed speed toward the map centre.
+        step = "move"
+        if me.get("dead"):  # a stored character may have died last time
+            c.send_input("respawn", {})
+            c.wait_for(lambda k, b: k == "self_state", step_timeout, "SelfState after Respawn")
+        speed = float(world.get("move_speed") or 6.0)
+        width, height = float(world.get("width") or 100.0), float(world.get("height") or 100.0)
+        interval = 0.2
+        step_len = speed * 0.5 * interval
+        x, y = c.self_state["x"], c.self_state["y"]
+        dx, dy = width / 2 - x, height / 2 - y
+        norm = math.hypot(dx, dy) or 1.0
+        ux, uy = (dx / norm, dy / norm) if norm > 1.0 else (1.0, 0.0)
+        n_steps = max(3, min(15, int(play * 0.3 / interval)))
+        move_seqs = []
+        for _ in range(n_steps):
+            x = min(max(x + ux * step_len, 0.0), width - 0.01)
+            y = min(max(y + uy * step_len, 0.0), height - 0.01)
+            move_seqs.append(c.send_input("move", {"x": x, "y": y}))
+            c.idle(interval)
+        last_move = move_seqs[-1]
+        c.wait_until(lambda: c.acked_input >= last_move, step_timeout,
+                     f"InputAck covering move #{last_move}")
+        bad = [k for k in c.corrections if k["seq"] in move_seqs]
+        if bad:
+            raise StepFailed(f"moves refused: {bad}")
+        ok(f"walked {n_steps} steps of {step_len:.2f} units to ({x:.2f}, {y:.2f}); "
+           f"all acknowledged (InputAck {c.acked_input}), no Correction")
+
+        # 3. Ping.
+        step = "ping"
+        t0 = time.monotonic_ns() // 1000
+        c.send_input("ping", {"client_time": t0})
+        c.wait_for(lambda k, b: k == "pong" and b["client_time"] == t0, step_timeout, "Pong")
+        print(f"ping RTT: {(time.monotonic_ns() // 1000 - t0) / 1000:.2f} ms", flush=True)
+
+        # 4. Local chat: the speaker gets its own line back.
+        step = "chat"
+        text = f"hello from {args.name} (python)"
+        cseq = c.send_input("chat", {"scope": CHAT_LOCAL, "text": text})
+        c.wait_for(lambda k, b: (k == "chat" and b["from_id"] == c.entity_id and b["text"] == text)
+                   or (k == "command_error" and b["seq"] == cseq), step_timeout, "chat echo")
+        if any(e["seq"] == cseq for e in c.command_errors):
+            raise StepFailed(f"chat refused: {c.command_errors}")
+        ok("local chat echoed back")
+
+        # 5. Stay a while (acks and keep-alives flow).
+        step = "idle"
+        c.idle(max(0.0, play * 0.3))
+        ok(f"acked {c.frames_acked_sent} of {c.frames_received} counted frames")
+
+        # 6. Drop the socket with an input in flight, queue one while cut
+        #    off, then resume: both must be answered exactly once.
+        step = "drop"
+        t_lost = time.monotonic_ns() // 1000
+        lost_seq = c.send_input("ping", {"client_time": t_lost})
+        frames_before = c.frames_received
+        c.drop()
+        ok(f"socket dropped with input #{lost_seq} unacknowledged (count {frames_before})")
+        t_queued = time.monotonic_ns() // 1000 + 1
+        queued_seq = c.send_input("ping", {"client_time": t_queued})  # kept, not sent
+        time.sleep(0.3)
+        step = "resume"
+        c.connect()
+        r = c.resume(timeout=step_timeout)
+        resent = [u[0] for u in c.unacked]
+        print(f"Resumed: mode={RESUME_MODES.get(r['mode'], r['mode'])} frames_base={r['frames_base']} "
+              f"last_input_seq={r['last_input_seq']} re-sent inputs {resent}", flush=True)
+        if r["session_id"] != w["session_id"]:
+            raise StepFailed("Resumed names another session")
+        if r["resume_token"] == w["resume_token"] or len(r["resume_token"]) != 16:
+            raise StepFailed("resume token was not rotated")
+        if queued_seq not in resent:
+            raise StepFailed(f"input #{queued_seq} was never sent, yet the server claims it")
+        want = {t_lost, t_queued}
+        answered: dict[int, int] = {}
+
+        def pong_counter(k, b):
+            if k == "pong" and b["client_time"] in want:
+                answered[b["client_time"]] = answered.get(b["client_time"], 0) + 1
+            return set(answered) == want
+
+        c.wait_for(pong_counter, step_timeout, "the Pongs of the in-flight and queued pings")
+        ok(f"in-flight ping #{lost_seq} ({'applied before the drop' if r['last_input_seq'] >= lost_seq else 're-sent'})"
+           f" and queued ping #{queued_seq} (re-sent) both answered after resume")
+
+        # 7. Ping again on the new connection.
+        step = "ping after resume"
+        t1 = time.monotonic_ns() // 1000
+        c.send_input("ping", {"client_time": t1})
+        c.wait_for(lambda k, b: k == "pong" and b["client_time"] == t1, step_timeout, "Pong")
+        print(f"ping RTT after resume: {(time.monotonic_ns() // 1000 - t1) / 1000:.2f} ms", flush=True)
+
+        step = "idle after resume"
+        deadline = time.monotonic() + max(0.5, play * 0.2)
+        while time.monotonic() < deadline:
+            for k, b in c.poll(deadline - time.monotonic()):
+                pong_counter(k, b)
+        if any(n != 1 for n in answered.values()):
+            raise StepFailed(f"pings answered more than once (not exactly-once): {answered}")
+        c.wait_until(lambda: not c.unacked, step_timeout, "InputAck for every input")
+
+        # 8. Log out.
+        step = "logout"
+        close = c.logout(timeout=step_timeout)
+        ok(f"logged out: Close {CLOSE_CODES[close['code']]} ({close['message']!r}); "
+           f"{c.frames_received} counted frames, {c.next_seq - 1} inputs, all acknowledged")
+        print("PASS", flush=True)
+        return 0
+    except (StepFailed, TimeoutError, ServerClosed, ConnectionLost, ProtocolViolation,
+            DecodeError, OSError) as e:
+        print(f"FAIL at step '{step}': {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        c.drop()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--addr", default="127.0.0.1:7777", help="server game address HOST:PORT")
+    p.add_argument("--name", default="PyBot", help="character name (dev auth): 1-24 of [A-Za-z0-9_]")
+    p.add_argument("--seconds", type=float, default=5.0,
+                   help="time to spend in the world (also the lower bound of each step's timeout)")
+    p.add_argument("--ticket", help="log in with this ticket instead of dev auth")
+    p.add_argument("--ticket-secret", help="mint a one-hour ticket for --name with this secret")
+    p.add_argument("-v", "--verbose", action="store_true", help="print every counted frame")
+    args = p.parse_args(argv)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
