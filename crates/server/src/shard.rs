@@ -49,7 +49,8 @@ const INBOX_BATCH: usize = 4096;
 const OUTBOUND_OVERFLOW_CAP: usize = 256 * 1024;
 
 /// Cross-shard bus messages waiting per shard; beyond it, chat to other
-/// shards is dropped (the sender gets RATE_LIMITED).
+/// shards is dropped (a whisper's sender gets RATE_LIMITED; world chat to
+/// that shard is lost).
 pub const BUS_CAPACITY: usize = 4096;
 
 /// Idle pages kept by the replay page pool (~1 MiB of page vectors); more are
@@ -345,6 +346,11 @@ impl Shard {
         // Welcome goes out before the world's snapshot frames: the joiner's
         // frames are routed after this returns.
         let entity = self.world.join(now, record, &mut self.outbox);
+        if let Some(created) = self.world.character(entity) {
+            // A new character exists from its first login on, so loot
+            // committed during its first session has a record to land in.
+            self.store.save(&created);
+        }
         self.sessions[idx].entity = entity;
         self.by_entity.insert(entity, idx);
         self.welcome(idx, false);
@@ -596,6 +602,8 @@ impl Shard {
                 }
             }
         }
+        // An InputAck goes after the effects of the inputs it covers.
+        self.route_outbox();
         for (idx, seq) in acks {
             let frame = encode_frame(&pb::ServerMessage {
                 msg: Some(Msg::InputAck(pb::InputAck { seq })),
@@ -780,6 +788,11 @@ impl Shard {
                     "outbound overflow; cutting connection to zombie"
                 );
                 self.detach(idx);
+                // One Close per cut connection goes past the cap (the detached
+                // session sends that connection nothing more), so the socket
+                // does not linger half-dead.
+                let frame = close_frame(CloseCode::SlowConsumer, "server backlog", 0);
+                self.io_overflow[io].push_back(ToIo::Close { conn, frame });
             }
         } else {
             self.io_overflow[io].push_back(msg);
