@@ -24,7 +24,7 @@
 //! - `stats`: counters (per-bot tallies flushed into shared atomics) and the
 //!   round-trip HDR histograms.
 //! - `admin`: scraping the server's `/metrics`.
-//! - `procstat`: this process's CPU time.
+//! - `procstat`: this process's CPU time and open-file limit.
 //! - `summary`: the final JSON object.
 #![deny(unsafe_code)]
 
@@ -54,6 +54,14 @@ fn main() -> ExitCode {
     if let Err(e) = args.validate() {
         eprintln!("tether-bots: {e:#}");
         return ExitCode::from(2);
+    }
+    // One socket per player, plus a few.
+    match procstat::raise_fd_limit() {
+        Some(limit) if (limit as usize) < args.clients + 64 => eprintln!(
+            "tether-bots: warning: open-file limit {limit} is below --clients {}; some logins will fail",
+            args.clients
+        ),
+        _ => {}
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads)
