@@ -63,6 +63,9 @@ pub struct Summary {
     /// The bots' own view of the same rates, for the cross-check.
     pub bots_in_pps: f64,
     pub bots_out_pps: f64,
+    /// Frames the bots wrote and decoded inside the window.
+    pub bots_frames_sent: u64,
+    pub bots_frames_received: u64,
     pub window_s: f64,
     pub rtt_samples: u64,
     pub pings: u64,
@@ -128,6 +131,8 @@ impl Summary {
             pps_source,
             bots_in_pps,
             bots_out_pps,
+            bots_frames_sent: w.frames_out,
+            bots_frames_received: w.frames_in,
             window_s: (m.window_s * 1000.0).round() / 1000.0,
             rtt_samples: m.rtt.samples,
             pings: w.pings,
@@ -247,6 +252,10 @@ mod tests {
         assert_eq!(s.out_pps, 4000.0);
         assert_eq!(s.total_pps, 5000.0);
         assert_eq!(s.moves, 5000);
+        assert_eq!(
+            (s.bots_frames_sent, s.bots_frames_received),
+            (10_000, 40_000)
+        );
         assert_eq!(s.errors, 2);
         assert_eq!(s.inputs_lost, 3);
         assert_eq!(s.bots_cpu_pct, 20.0);
