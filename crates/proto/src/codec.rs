@@ -156,7 +156,11 @@ mod tests {
     fn partial_frames_wait_for_more() {
         let frame = encode_frame(&sample());
         for cut in 0..frame.len() {
-            assert_eq!(split_frame(&frame[..cut], 1024).unwrap(), None, "cut at {cut}");
+            assert_eq!(
+                split_frame(&frame[..cut], 1024).unwrap(),
+                None,
+                "cut at {cut}"
+            );
         }
     }
 
