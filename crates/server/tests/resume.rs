@@ -192,7 +192,7 @@ fn a_fresh_login_takes_over_or_is_refused() {
 #[test]
 fn zombies_expire_after_their_grace() {
     let (srv, _) = server(|cfg| cfg.zombie_grace_ms = 300);
-    let mut c = TestClient::login(srv.game_addr, "Ghost");
+    let c = TestClient::login(srv.game_addr, "Ghost");
     c.stream.shutdown(std::net::Shutdown::Both).unwrap();
     std::thread::sleep(Duration::from_millis(900));
     let token = c.token.clone();
