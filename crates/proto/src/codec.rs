@@ -185,16 +185,11 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096), cap in 1usize..2048) {
             let mut rest: &[u8] = &bytes;
-            loop {
-                match split_frame(rest, cap) {
-                    Ok(Some((payload, used))) => {
-                        prop_assert!(payload.len() <= cap);
-                        let _ = decode_client(payload);
-                        let _ = decode_server(payload);
-                        rest = &rest[used..];
-                    }
-                    Ok(None) | Err(_) => break,
-                }
+            while let Ok(Some((payload, used))) = split_frame(rest, cap) {
+                prop_assert!(payload.len() <= cap);
+                let _ = decode_client(payload);
+                let _ = decode_server(payload);
+                rest = &rest[used..];
             }
         }
 
