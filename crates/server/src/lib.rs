@@ -107,10 +107,10 @@ impl Drop for ServerHandle {
 fn bind_game_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // SO_REUSEADDR only: restarting right after a stop must not wait out
+    // TIME_WAIT. Not SO_REUSEPORT, which would let a second server bind the
+    // same port and silently take half the connections.
     socket.set_reuse_address(true)?;
-    // Several I/O threads each accept on their own socket bound to the same
-    // port; the kernel spreads connections across them.
-    socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
@@ -137,13 +137,14 @@ pub fn start_with_store(cfg: Config, store: Arc<dyn Store>) -> anyhow::Result<Se
     let first = bind_game_listener(cfg.listen)
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let game_addr = first.local_addr()?;
-    let mut listeners = vec![first];
+    // Every I/O thread watches the same listening socket (a duplicated
+    // descriptor in its own epoll); whichever accepts first gets the
+    // connection, the others see WouldBlock.
+    let mut listeners = Vec::new();
     for _ in 1..cfg.io_threads {
-        listeners.push(
-            bind_game_listener(game_addr)
-                .with_context(|| format!("cannot listen on {game_addr}"))?,
-        );
+        listeners.push(first.try_clone()?);
     }
+    listeners.insert(0, first);
     let admin_listener = std::net::TcpListener::bind(cfg.admin_listen)
         .with_context(|| format!("cannot listen on {} (admin)", cfg.admin_listen))?;
     admin_listener.set_nonblocking(true)?;

@@ -359,3 +359,38 @@ fn admin_serves_health_and_metrics() {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
     }
 }
+
+/// Two I/O threads and two shards: players land on different shards (each a
+/// copy of the map) and still reach each other by whisper and world chat.
+#[test]
+fn chat_crosses_shards() {
+    let (srv, _) = server(|cfg| {
+        cfg.io_threads = 2;
+        cfg.shards = 2;
+    });
+    let mut a = TestClient::login(srv.game_addr, "ShardA");
+    let mut b = TestClient::login(srv.game_addr, "ShardB");
+    assert_ne!(
+        a.entity >> 56,
+        b.entity >> 56,
+        "the second player goes to the emptier shard"
+    );
+    a.input(Cmd::Chat(pb::Chat {
+        scope: pb::ChatScope::Whisper as i32,
+        to: "ShardB".into(),
+        text: "across".into(),
+    }));
+    assert!(b
+        .recv_until(WAIT, |m| matches!(m, Msg::Chat(c) if c.text == "across"))
+        .is_some());
+    b.input(Cmd::Chat(pb::Chat {
+        scope: pb::ChatScope::World as i32,
+        to: String::new(),
+        text: "to all".into(),
+    }));
+    assert!(a
+        .recv_until(WAIT, |m| matches!(m, Msg::Chat(c) if c.text == "to all"))
+        .is_some());
+    a.input(Cmd::Ping(pb::Ping { client_time: 5 }));
+    assert!(a.recv_until(WAIT, |m| matches!(m, Msg::Pong(_))).is_some());
+}
