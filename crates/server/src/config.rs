@@ -74,6 +74,9 @@ pub struct Config {
     pub zombie_grace_ms: u64,
     /// Counted frames kept per session for replay after a resume.
     pub replay_cap_frames: usize,
+    /// Frames kept for replay while a session is a zombie; past them a
+    /// resume gets a fresh snapshot. Bounds what absent players cost.
+    pub zombie_replay_cap_frames: usize,
     /// Bytes queued for one connection before it is cut as a slow consumer
     /// (its session turns zombie and keeps its frames for replay).
     pub write_queue_cap_bytes: usize,
@@ -107,6 +110,7 @@ impl Default for Config {
             heartbeat_interval_ms: 2_000,
             zombie_grace_ms: 120_000,
             replay_cap_frames: 4096,
+            zombie_replay_cap_frames: 1024,
             write_queue_cap_bytes: 256 * 1024,
             input_ack_delay_ms: 500,
             log: "info".into(),
@@ -181,6 +185,9 @@ pub struct Overrides {
     /// Frames kept per session for replay [default: 4096].
     #[arg(long, env = "TETHER_REPLAY_CAP_FRAMES")]
     pub replay_cap_frames: Option<usize>,
+    /// Frames kept per zombie session for replay [default: 1024].
+    #[arg(long, env = "TETHER_ZOMBIE_REPLAY_CAP_FRAMES")]
+    pub zombie_replay_cap_frames: Option<usize>,
     /// Per-connection write backlog before the slow-consumer cut, bytes [default: 262144].
     #[arg(long, env = "TETHER_WRITE_QUEUE_CAP_BYTES")]
     pub write_queue_cap_bytes: Option<usize>,
@@ -248,6 +255,7 @@ impl Config {
             heartbeat_interval_ms,
             zombie_grace_ms,
             replay_cap_frames,
+            zombie_replay_cap_frames,
             write_queue_cap_bytes,
             input_ack_delay_ms,
             log

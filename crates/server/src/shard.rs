@@ -145,6 +145,7 @@ impl Shard {
     ) -> Shard {
         let session_cfg = SessionConfig {
             replay_cap_frames: cfg.replay_cap_frames,
+            zombie_replay_cap_frames: cfg.zombie_replay_cap_frames,
             heartbeat_timeout_ms: cfg.heartbeat_timeout_ms,
             keepalive_interval_ms: cfg.heartbeat_interval_ms,
             zombie_grace_ms: cfg.zombie_grace_ms,

@@ -60,6 +60,15 @@ pub struct SessionConfig {
     /// period; the handles cost at most 128 pages of 1 KiB per session (the
     /// frames themselves are shared with every other recipient).
     pub replay_cap_frames: usize,
+    /// The replay cap while the session is a zombie (the smaller of the two
+    /// applies). A zombie is an absent player: past this many missed frames a
+    /// resume gets a fresh snapshot instead of a replay, and the zombie's
+    /// memory stops growing.
+    ///
+    /// Default 1024: about 30 s of the standard load (~35 frames/s per
+    /// player), which covers Wi-Fi blips and handovers by replay, for at most
+    /// 32 KiB of frame handles per zombie.
+    pub zombie_replay_cap_frames: usize,
     /// The client must be heard from at least this often (any frame), or
     /// [`TimerEvent::HeartbeatTimeout`] fires and the caller detaches it.
     ///
@@ -98,6 +107,7 @@ impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
             replay_cap_frames: 4096,
+            zombie_replay_cap_frames: 1024,
             heartbeat_timeout_ms: 15_000,
             keepalive_interval_ms: 5_000,
             zombie_grace_ms: 120_000,
@@ -348,7 +358,14 @@ impl ServerSession {
     /// is the caller's business (it is, when Live).
     pub fn push_frame(&mut self, frame: Bytes, pool: &mut PagePool, now_ms: u64) -> u64 {
         let number = self.replay.push(frame, pool);
-        while self.replay.len() > self.cfg.replay_cap_frames {
+        let cap = match self.state {
+            SessionState::Live => self.cfg.replay_cap_frames,
+            SessionState::Zombie { .. } => self
+                .cfg
+                .replay_cap_frames
+                .min(self.cfg.zombie_replay_cap_frames),
+        };
+        while self.replay.len() > cap {
             self.frames_evicted += self.replay.evict_oldest_page(pool) as u64;
         }
         self.last_counted_push_ms = now_ms;
@@ -632,6 +649,7 @@ mod tests {
     fn cfg() -> SessionConfig {
         SessionConfig {
             replay_cap_frames: 64,
+            zombie_replay_cap_frames: usize::MAX,
             heartbeat_timeout_ms: 15_000,
             keepalive_interval_ms: 5_000,
             zombie_grace_ms: 120_000,
@@ -677,6 +695,7 @@ mod tests {
     fn defaults_are_the_documented_ones() {
         let c = SessionConfig::default();
         assert_eq!(c.replay_cap_frames, 4096);
+        assert_eq!(c.zombie_replay_cap_frames, 1024);
         assert_eq!(c.heartbeat_timeout_ms, 15_000);
         assert_eq!(c.keepalive_interval_ms, 5_000);
         assert_eq!(c.zombie_grace_ms, 120_000);
@@ -732,6 +751,29 @@ mod tests {
         );
         s.on_ack(40, &mut pool, T0).unwrap();
         assert_eq!((s.replay_len(), pool.in_use()), (0, 0));
+    }
+
+    #[test]
+    fn a_zombie_keeps_fewer_frames_and_resumes_from_a_snapshot_past_them() {
+        let mut pool = PagePool::new(16);
+        let mut s = ServerSession::new(
+            7,
+            tok(1),
+            T0,
+            SessionConfig {
+                zombie_replay_cap_frames: 32,
+                ..cfg()
+            },
+        );
+        push(&mut s, &mut pool, 60, T0);
+        assert_eq!(s.replay_len(), 60, "live: the full cap applies");
+        s.detach(T0);
+        push(&mut s, &mut pool, 1, T0);
+        assert!(s.replay_len() <= 32, "zombie: at most the zombie cap");
+        assert!(s.replay_evicted() > 0);
+        let plan = s.resume(&tok(1).0, 10, tok(2), &mut pool, T0).unwrap();
+        assert_eq!(plan, ResumePlan::Snapshot { frames_base: 61 });
+        assert_eq!(pool.in_use(), 0);
     }
 
     #[test]
@@ -992,6 +1034,7 @@ mod tests {
             0,
             SessionConfig {
                 replay_cap_frames: 0,
+                zombie_replay_cap_frames: 0,
                 heartbeat_timeout_ms: 0,
                 keepalive_interval_ms: 0,
                 zombie_grace_ms: 0,

@@ -25,6 +25,7 @@ fn small_replay() -> SimConfig {
     SimConfig {
         server: SessionConfig {
             replay_cap_frames: 32,
+            zombie_replay_cap_frames: usize::MAX,
             ..SessionConfig::default()
         },
         tick_every_ms: 20,
@@ -152,6 +153,7 @@ fn lost_acks_cost_replay_memory_not_correctness() {
     let cfg = SimConfig {
         server: SessionConfig {
             replay_cap_frames: 64,
+            zombie_replay_cap_frames: usize::MAX,
             ..SessionConfig::default()
         },
         tick_every_ms: 10,
@@ -183,6 +185,7 @@ fn replay_cap_exceeded_while_zombie_resumes_with_a_snapshot() {
     let cfg = SimConfig {
         server: SessionConfig {
             replay_cap_frames: 64,
+            zombie_replay_cap_frames: usize::MAX,
             ..SessionConfig::default()
         },
         tick_every_ms: 10,
