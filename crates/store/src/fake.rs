@@ -1,0 +1,217 @@
+//! An in-memory backend that fails on command, for tests of the writer
+//! (here and in the server).
+//!
+//! [`FakeBackend`] goes into the writer; the [`FakeControl`] it came with
+//! stays with the test, to take the database away and bring it back, to
+//! make the next calls fail, to reject one character as bad data, to lose
+//! the answer of a commit that did happen (an ambiguous failure), and to
+//! look at what was stored.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tether_world::{CharacterRecord, LootTx};
+
+use crate::backend::{Backend, SCHEMA_VERSION};
+use crate::StoreError;
+
+/// One call the writer made, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FakeCall {
+    Migrate,
+    Load(String),
+    /// The names of the characters in the batch, in order.
+    SaveBatch(Vec<String>),
+    /// The transaction ids, in order.
+    CommitLoot(Vec<u64>),
+    Ping,
+}
+
+#[derive(Default)]
+struct State {
+    down: bool,
+    fail_next: u32,
+    lose_next_commit_answer: bool,
+    rejected: BTreeSet<String>,
+    latency: Duration,
+    characters: BTreeMap<String, CharacterRecord>,
+    ledger: Vec<u64>,
+    calls: Vec<FakeCall>,
+}
+
+/// The in-memory database the writer talks to.
+pub struct FakeBackend {
+    state: Arc<Mutex<State>>,
+}
+
+/// The test's side of a [`FakeBackend`]: cheap to clone.
+#[derive(Clone)]
+pub struct FakeControl {
+    state: Arc<Mutex<State>>,
+}
+
+impl FakeBackend {
+    /// A fake database and its control.
+    pub fn new() -> (FakeBackend, FakeControl) {
+        let state = Arc::new(Mutex::new(State::default()));
+        (
+            FakeBackend {
+                state: state.clone(),
+            },
+            FakeControl { state },
+        )
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl FakeControl {
+    /// Takes the database away (`true`) or brings it back (`false`): while
+    /// down, every call fails as [`StoreError::Unavailable`].
+    pub fn set_down(&self, down: bool) {
+        lock(&self.state).down = down;
+    }
+
+    /// The next `n` calls fail as [`StoreError::Unavailable`].
+    pub fn fail_next(&self, n: u32) {
+        lock(&self.state).fail_next = n;
+    }
+
+    /// The next loot commit is applied, but answers
+    /// [`StoreError::Unavailable`], as when a connection dies after
+    /// `COMMIT` was sent.
+    pub fn lose_next_commit_answer(&self) {
+        lock(&self.state).lose_next_commit_answer = true;
+    }
+
+    /// Any batch holding this character (a save or a loot transaction) is
+    /// refused as [`StoreError::Rejected`], the way a constraint violation
+    /// would be.
+    pub fn reject_character(&self, name: &str) {
+        lock(&self.state).rejected.insert(name.to_string());
+    }
+
+    /// Each call sleeps this long first (a slow database).
+    pub fn set_latency(&self, latency: Duration) {
+        lock(&self.state).latency = latency;
+    }
+
+    /// Puts a character in the database directly.
+    pub fn insert(&self, record: CharacterRecord) {
+        lock(&self.state)
+            .characters
+            .insert(record.name.clone(), record);
+    }
+
+    /// The stored character of that name.
+    pub fn character(&self, name: &str) -> Option<CharacterRecord> {
+        lock(&self.state).characters.get(name).cloned()
+    }
+
+    /// How many characters are stored.
+    pub fn character_count(&self) -> usize {
+        lock(&self.state).characters.len()
+    }
+
+    /// The loot transaction ids committed, in commit order.
+    pub fn ledger(&self) -> Vec<u64> {
+        lock(&self.state).ledger.clone()
+    }
+
+    /// Every call made so far, in order.
+    pub fn calls(&self) -> Vec<FakeCall> {
+        lock(&self.state).calls.clone()
+    }
+
+    /// Forgets the calls made so far.
+    pub fn clear_calls(&self) {
+        lock(&self.state).calls.clear();
+    }
+}
+
+impl FakeBackend {
+    /// Records the call, sleeps the latency, and fails it if told to.
+    fn enter(&self, call: FakeCall) -> Result<MutexGuard<'_, State>, StoreError> {
+        let latency = lock(&self.state).latency;
+        if !latency.is_zero() {
+            std::thread::sleep(latency);
+        }
+        let mut s = lock(&self.state);
+        s.calls.push(call);
+        if s.down {
+            return Err(StoreError::Unavailable("fake: database down".into()));
+        }
+        if s.fail_next > 0 {
+            s.fail_next -= 1;
+            return Err(StoreError::Unavailable("fake: failing on command".into()));
+        }
+        Ok(s)
+    }
+}
+
+impl Backend for FakeBackend {
+    fn kind(&self) -> &'static str {
+        "fake"
+    }
+
+    fn migrate(&mut self) -> Result<u32, StoreError> {
+        drop(self.enter(FakeCall::Migrate)?);
+        Ok(SCHEMA_VERSION)
+    }
+
+    fn load(&mut self, account: &str) -> Result<Option<CharacterRecord>, StoreError> {
+        let s = self.enter(FakeCall::Load(account.to_string()))?;
+        Ok(s.characters.get(account).cloned())
+    }
+
+    fn save_batch(&mut self, records: &[CharacterRecord]) -> Result<(), StoreError> {
+        let names = records.iter().map(|r| r.name.clone()).collect();
+        let mut s = self.enter(FakeCall::SaveBatch(names))?;
+        if let Some(bad) = records.iter().find(|r| s.rejected.contains(&r.name)) {
+            return Err(StoreError::Rejected(format!("fake: {} refused", bad.name)));
+        }
+        for r in records {
+            s.characters.insert(r.name.clone(), r.clone());
+        }
+        Ok(())
+    }
+
+    fn commit_loot_batch(&mut self, txs: &[LootTx]) -> Result<usize, StoreError> {
+        let ids = txs.iter().map(|t| t.tx_id).collect();
+        let mut s = self.enter(FakeCall::CommitLoot(ids))?;
+        if let Some(bad) = txs.iter().find(|t| s.rejected.contains(&t.character)) {
+            return Err(StoreError::Rejected(format!(
+                "fake: {} refused",
+                bad.character
+            )));
+        }
+        let mut applied = 0;
+        for t in txs {
+            if s.ledger.contains(&t.tx_id) {
+                continue;
+            }
+            applied += 1;
+            s.ledger.push(t.tx_id);
+            let c = s
+                .characters
+                .entry(t.character.clone())
+                .or_insert_with(|| CharacterRecord::new(t.character.clone()));
+            c.gold = t.total_gold;
+            c.inventory = t.inventory.clone();
+        }
+        if std::mem::take(&mut s.lose_next_commit_answer) {
+            return Err(StoreError::Unavailable(
+                "fake: connection lost after COMMIT".into(),
+            ));
+        }
+        Ok(applied)
+    }
+
+    fn ping(&mut self) -> Result<(), StoreError> {
+        drop(self.enter(FakeCall::Ping)?);
+        Ok(())
+    }
+}

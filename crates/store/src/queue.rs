@@ -1,0 +1,1073 @@
+//! The write-behind queue: what is waiting to be written, in what order it
+//! goes, and what happens when the database fails.
+//!
+//! [`WriteBehind`] is driven by method calls carrying `now` and a backend to
+//! call; it owns no thread, channel or clock, so its tests run it against
+//! [`crate::fake::FakeBackend`] on a made-up timeline. The writer thread
+//! ([`crate::writer`]) feeds it requests and routes what it produces.
+//!
+//! # Order of work, each step
+//!
+//! 1. Loot, oldest first, up to `max_loot_batch` per transaction: players
+//!    are waiting for these.
+//! 2. Loads, oldest first: a login is waiting.
+//! 3. Characters that are due, logouts and zombie expiries first, up to
+//!    `max_batch` per transaction. Every `flush_interval`, every character
+//!    with unsaved changes becomes due; a logout or expiry is due at once.
+//!
+//! One unit of work per step, so that the driver can take new requests
+//! between the transactions of a long flush.
+//!
+//! # Failure
+//!
+//! A retryable failure keeps everything, reports [`Health::Degraded`] and
+//! blocks all work until `retry_at` (backoff doubling from
+//! `backoff_initial` to `backoff_max`); then the same work is tried again,
+//! in the same order, so when the database returns loot is committed first,
+//! in the order it was made. A batch rejected as bad data is re-run one item
+//! at a time, so that only the bad one is dropped (logged, counted, and for
+//! loot reported to its shard).
+//!
+//! # Loot and write-behind records of the same character
+//!
+//! A character's record (gold and inventory included) may have been queued
+//! before a loot transaction that changed them. When a loot transaction
+//! arrives, the queued record of its character, if older, takes the
+//! transaction's totals, so writing records after loot can never take gold
+//! back. "Older" is by a sequence number taken from one counter for every
+//! request of every shard; the driver merges the shards' queued records
+//! before it applies each request, so every record queued before a loot
+//! transaction is here when the transaction arrives.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tether_world::{CharacterRecord, LootTx};
+
+use crate::backend::Backend;
+use crate::event::{Health, StoreEvent};
+use crate::stats::StoreStats;
+use crate::{StoreError, WriterConfig};
+
+/// Which events channel a completion goes to (one per shard).
+pub(crate) type ClientId = u32;
+
+/// Where an event goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    Client(ClientId),
+    All,
+}
+
+/// A character record handed over by a shard, not yet merged.
+#[derive(Debug, Clone)]
+pub(crate) struct DirtyEntry {
+    pub record: CharacterRecord,
+    pub seq: u64,
+    /// Saved at logout or zombie expiry: write promptly.
+    pub urgent: bool,
+}
+
+#[derive(Debug)]
+struct PendingRecord {
+    record: CharacterRecord,
+    seq: u64,
+    urgent: bool,
+    /// Goes in the next batches (urgent, or the flush interval passed).
+    due: bool,
+}
+
+#[derive(Debug)]
+struct PendingLoot {
+    client: ClientId,
+    tx: LootTx,
+}
+
+#[derive(Debug)]
+struct PendingLoad {
+    client: ClientId,
+    account: String,
+    tag: u64,
+    deadline: Instant,
+}
+
+/// What could not be written before the writer stopped.
+#[derive(Debug, Default)]
+pub(crate) struct Leftovers {
+    pub records: Vec<CharacterRecord>,
+    pub loot: Vec<LootTx>,
+}
+
+/// The write-behind queue. See the module docs.
+pub(crate) struct WriteBehind {
+    cfg: WriterConfig,
+    stats: Arc<StoreStats>,
+    records: HashMap<String, PendingRecord>,
+    /// How many of `records` are urgent (kept in step with every change).
+    urgent: usize,
+    loot: VecDeque<PendingLoot>,
+    loads: VecDeque<PendingLoad>,
+    health: Health,
+    backoff: Duration,
+    retry_at: Option<Instant>,
+    next_flush: Instant,
+    /// The flush interval passed with nothing to write: check the database
+    /// anyway, so that health is true even on an empty server.
+    ping_due: bool,
+    /// Shutting down: every record is due.
+    draining: bool,
+    /// When the flush round under way began (for its duration).
+    flush_started: Option<Instant>,
+    out: Vec<(Target, StoreEvent)>,
+}
+
+impl WriteBehind {
+    pub fn new(cfg: WriterConfig, stats: Arc<StoreStats>, now: Instant) -> Self {
+        WriteBehind {
+            next_flush: now + cfg.flush_interval,
+            backoff: cfg.backoff_initial,
+            cfg,
+            stats,
+            records: HashMap::new(),
+            urgent: 0,
+            loot: VecDeque::new(),
+            loads: VecDeque::new(),
+            health: Health::Healthy,
+            retry_at: None,
+            ping_due: false,
+            draining: false,
+            flush_started: None,
+            out: Vec::new(),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn health(&self) -> Health {
+        self.health
+    }
+
+    /// Nothing waiting: no record, loot or load.
+    pub fn is_idle(&self) -> bool {
+        self.records.is_empty() && self.loot.is_empty() && self.loads.is_empty()
+    }
+
+    /// Events produced so far, with where they go.
+    pub fn take_events(&mut self) -> std::vec::Drain<'_, (Target, StoreEvent)> {
+        self.out.drain(..)
+    }
+
+    /// Merges records handed over by a shard: per character, the newest
+    /// wins; a logout keeps the character urgent.
+    pub fn merge_dirty(&mut self, entries: impl IntoIterator<Item = (String, DirtyEntry)>) {
+        for (name, e) in entries {
+            let due = e.urgent || self.draining;
+            match self.records.get_mut(&name) {
+                Some(p) => {
+                    if e.seq > p.seq {
+                        p.record = e.record;
+                        p.seq = e.seq;
+                    }
+                    if e.urgent && !p.urgent {
+                        p.urgent = true;
+                        self.urgent += 1;
+                    }
+                    p.due |= due;
+                }
+                None => {
+                    if e.urgent {
+                        self.urgent += 1;
+                    }
+                    self.records.insert(
+                        name,
+                        PendingRecord {
+                            record: e.record,
+                            seq: e.seq,
+                            urgent: e.urgent,
+                            due,
+                        },
+                    );
+                }
+            }
+        }
+        self.publish_depths();
+    }
+
+    /// A loot transaction to commit. Its character's queued record, if
+    /// older, takes the transaction's totals (see the module docs).
+    pub fn on_loot(&mut self, client: ClientId, seq: u64, tx: LootTx) {
+        if let Some(p) = self.records.get_mut(&tx.character) {
+            if p.seq < seq {
+                p.record.gold = tx.total_gold;
+                p.record.inventory = tx.inventory.clone();
+            }
+        }
+        self.loot.push_back(PendingLoot { client, tx });
+    }
+
+    /// A load. Answered at once when the character is held here (its
+    /// newest state is not in the database yet); otherwise queued until the
+    /// database answers or `load_timeout` passes.
+    pub fn on_load(&mut self, now: Instant, client: ClientId, account: String, tag: u64) {
+        if self.draining {
+            self.answer_load(client, account, tag, Err(StoreError::Closed));
+            return;
+        }
+        if let Some(p) = self.records.get(&account) {
+            let record = p.record.clone();
+            self.answer_load(client, account, tag, Ok(Some(record)));
+            return;
+        }
+        self.loads.push_back(PendingLoad {
+            client,
+            account,
+            tag,
+            deadline: now + self.cfg.load_timeout,
+        });
+    }
+
+    /// Shutting down: every record is due now; loads still queued are
+    /// answered `Closed` (the server is going away).
+    pub fn begin_shutdown(&mut self) {
+        self.draining = true;
+        for p in self.records.values_mut() {
+            p.due = true;
+        }
+        while let Some(l) = self.loads.pop_front() {
+            self.answer_load(l.client, l.account, l.tag, Err(StoreError::Closed));
+        }
+    }
+
+    /// When the driver should call [`WriteBehind::step`] next, if no request
+    /// arrives first. `now` when work is ready.
+    pub fn next_wake(&self, now: Instant) -> Instant {
+        let load_deadline = self.loads.front().map(|l| l.deadline);
+        let at = match self.retry_at {
+            // Nothing but load timeouts happens before the retry.
+            Some(retry) => retry,
+            None => {
+                let ready = !self.loot.is_empty()
+                    || !self.loads.is_empty()
+                    || self.ping_due
+                    || self.records.values().any(|p| p.due);
+                if ready {
+                    now
+                } else {
+                    self.next_flush
+                }
+            }
+        };
+        load_deadline.map_or(at, |d| at.min(d))
+    }
+
+    /// Does one unit of work if any is ready. Returns whether it did (call
+    /// again: there may be more).
+    pub fn step(&mut self, now: Instant, backend: &mut dyn Backend) -> bool {
+        self.expire_loads(now);
+        if let Some(at) = self.retry_at {
+            if now < at {
+                return false;
+            }
+        }
+        let did = if !self.loot.is_empty() {
+            self.commit_loot(now, backend);
+            true
+        } else if !self.loads.is_empty() {
+            self.serve_load(now, backend);
+            true
+        } else {
+            if now >= self.next_flush {
+                self.next_flush = now + self.cfg.flush_interval;
+                if self.records.is_empty() {
+                    self.ping_due = true;
+                } else if self.flush_started.is_none() {
+                    self.flush_started = Some(Instant::now());
+                }
+                for p in self.records.values_mut() {
+                    p.due = true;
+                }
+            }
+            if self.records.values().any(|p| p.due) {
+                self.save_due(now, backend);
+                true
+            } else if let Some(started) = self.flush_started.take() {
+                self.stats.record_flush(started.elapsed());
+                true
+            } else if self.health == Health::Degraded || self.ping_due {
+                // Nothing to write, but the database's state is in doubt
+                // (degraded, and the loads that failed have timed out; or a
+                // quiet interval): probe it, so health follows the database
+                // even on an empty server.
+                self.ping_due = false;
+                match backend.ping() {
+                    Ok(()) => self.succeeded(),
+                    Err(e) => self.failed(now, backend.kind(), &e),
+                }
+                self.health == Health::Healthy
+            } else {
+                false
+            }
+        };
+        self.publish_depths();
+        did
+    }
+
+    /// Stops: everything still held, for the shutdown report. Loads still
+    /// queued are answered `Closed`.
+    pub fn into_leftovers(mut self) -> (Leftovers, Vec<(Target, StoreEvent)>) {
+        self.begin_shutdown();
+        let loot_n = self.loot.len();
+        let mut left = Leftovers {
+            records: self.records.drain().map(|(_, p)| p.record).collect(),
+            loot: self.loot.drain(..).map(|l| l.tx).collect(),
+        };
+        left.records.sort_by(|a, b| a.name.cmp(&b.name));
+        StoreStats::release(&self.stats.loot_pending, loot_n);
+        self.urgent = 0;
+        self.publish_depths();
+        (left, std::mem::take(&mut self.out))
+    }
+
+    // --- work ---
+
+    fn commit_loot(&mut self, now: Instant, backend: &mut dyn Backend) {
+        let n = self.loot.len().min(self.cfg.max_loot_batch.max(1));
+        let txs: Vec<LootTx> = self.loot.iter().take(n).map(|l| l.tx.clone()).collect();
+        let started = Instant::now();
+        let result = backend.commit_loot_batch(&txs);
+        self.stats.record_batch(started.elapsed());
+        match result {
+            Ok(_) => {
+                self.succeeded();
+                for _ in 0..n {
+                    self.loot_done(Ok(()));
+                }
+            }
+            Err(e) if e.is_retryable() => self.failed(now, backend.kind(), &e),
+            Err(e) if n == 1 => {
+                self.succeeded();
+                self.loot_done(Err(e));
+            }
+            Err(_) => {
+                // Find the bad one(s): each alone, in order.
+                for _ in 0..n {
+                    let tx = self.loot.front().expect("n queued").tx.clone();
+                    match backend.commit_loot_batch(std::slice::from_ref(&tx)) {
+                        Ok(_) => self.loot_done(Ok(())),
+                        Err(e) if e.is_retryable() => {
+                            self.failed(now, backend.kind(), &e);
+                            return;
+                        }
+                        Err(e) => self.loot_done(Err(e)),
+                    }
+                }
+                self.succeeded();
+            }
+        }
+    }
+
+    /// The oldest loot transaction is finished: committed, or rejected.
+    fn loot_done(&mut self, result: Result<(), StoreError>) {
+        let l = self.loot.pop_front().expect("a queued transaction");
+        StoreStats::release(&self.stats.loot_pending, 1);
+        let event = match result {
+            Ok(()) => {
+                self.stats.loot_committed.fetch_add(1, Relaxed);
+                StoreEvent::LootCommitted(l.tx)
+            }
+            Err(error) => {
+                self.stats.rejected.fetch_add(1, Relaxed);
+                tracing::error!(
+                    tx_id = l.tx.tx_id,
+                    character = %l.tx.character,
+                    %error,
+                    "loot transaction rejected by the database; it was never granted"
+                );
+                StoreEvent::LootRejected { tx: l.tx, error }
+            }
+        };
+        self.out.push((Target::Client(l.client), event));
+    }
+
+    fn serve_load(&mut self, now: Instant, backend: &mut dyn Backend) {
+        let account = self.loads.front().expect("a queued load").account.clone();
+        let result = backend.load(&account);
+        let result = match result {
+            Err(e) if e.is_retryable() => {
+                // Kept: answered when the database returns, or at its
+                // deadline.
+                self.failed(now, backend.kind(), &e);
+                return;
+            }
+            Err(e) => {
+                self.succeeded();
+                Err(e)
+            }
+            // No loot is waiting here: loot goes first and a failure
+            // blocks everything, so the row read is up to date with it.
+            Ok(found) => {
+                self.succeeded();
+                Ok(found)
+            }
+        };
+        let l = self.loads.pop_front().expect("a queued load");
+        self.answer_load(l.client, l.account, l.tag, result);
+    }
+
+    fn expire_loads(&mut self, now: Instant) {
+        // Loads are queued in arrival order with one timeout, so deadlines
+        // are in order too.
+        while self.loads.front().is_some_and(|l| l.deadline <= now) {
+            let l = self.loads.pop_front().expect("checked");
+            let error = StoreError::Unavailable(format!(
+                "no answer from the database within {} ms",
+                self.cfg.load_timeout.as_millis()
+            ));
+            self.answer_load(l.client, l.account, l.tag, Err(error));
+        }
+    }
+
+    fn answer_load(
+        &mut self,
+        client: ClientId,
+        account: String,
+        tag: u64,
+        result: Result<Option<CharacterRecord>, StoreError>,
+    ) {
+        StoreStats::release(&self.stats.loads_pending, 1);
+        let counter = if result.is_ok() {
+            &self.stats.loads_served
+        } else {
+            &self.stats.loads_failed
+        };
+        counter.fetch_add(1, Relaxed);
+        self.out.push((
+            Target::Client(client),
+            StoreEvent::Loaded {
+                account,
+                tag,
+                result,
+            },
+        ));
+    }
+
+    fn save_due(&mut self, now: Instant, backend: &mut dyn Backend) {
+        let max = self.cfg.max_batch.max(1);
+        let mut names: Vec<String> = self
+            .records
+            .iter()
+            .filter(|(_, p)| p.urgent)
+            .map(|(n, _)| n.clone())
+            .take(max)
+            .collect();
+        if names.len() < max {
+            let more = max - names.len();
+            names.extend(
+                self.records
+                    .iter()
+                    .filter(|(_, p)| p.due && !p.urgent)
+                    .map(|(n, _)| n.clone())
+                    .take(more),
+            );
+        }
+        let batch: Vec<CharacterRecord> = names
+            .iter()
+            .map(|n| self.records[n].record.clone())
+            .collect();
+        let started = Instant::now();
+        let result = backend.save_batch(&batch);
+        self.stats.record_batch(started.elapsed());
+        match result {
+            Ok(()) => {
+                self.succeeded();
+                for n in &names {
+                    self.record_done(n);
+                }
+            }
+            Err(e) if e.is_retryable() => self.failed(now, backend.kind(), &e),
+            Err(e) => {
+                if batch.len() > 1 {
+                    // Find the bad one(s): each alone.
+                    for (n, r) in names.iter().zip(&batch) {
+                        match backend.save_batch(std::slice::from_ref(r)) {
+                            Ok(()) => self.record_done(n),
+                            Err(e) if e.is_retryable() => {
+                                self.failed(now, backend.kind(), &e);
+                                return;
+                            }
+                            Err(e) => self.record_rejected(n, &e),
+                        }
+                    }
+                } else {
+                    self.record_rejected(&names[0], &e);
+                }
+                self.succeeded();
+            }
+        }
+    }
+
+    fn record_done(&mut self, name: &str) {
+        if let Some(p) = self.records.remove(name) {
+            if p.urgent {
+                self.urgent -= 1;
+            }
+            self.stats.records_written.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn record_rejected(&mut self, name: &str, error: &StoreError) {
+        if let Some(p) = self.records.remove(name) {
+            if p.urgent {
+                self.urgent -= 1;
+            }
+            self.stats.rejected.fetch_add(1, Relaxed);
+            tracing::error!(
+                character = %name,
+                %error,
+                "character record rejected by the database; dropped"
+            );
+        }
+    }
+
+    // --- health ---
+
+    fn succeeded(&mut self) {
+        self.retry_at = None;
+        self.backoff = self.cfg.backoff_initial;
+        if self.health == Health::Degraded {
+            self.health = Health::Healthy;
+            self.stats.degraded.store(false, Relaxed);
+            tracing::info!("storage is back; flushing what was held");
+            self.out
+                .push((Target::All, StoreEvent::Health(Health::Healthy)));
+        }
+    }
+
+    fn failed(&mut self, now: Instant, kind: &str, error: &StoreError) {
+        self.stats.failures.fetch_add(1, Relaxed);
+        self.retry_at = Some(now + self.backoff);
+        if self.health == Health::Healthy {
+            self.health = Health::Degraded;
+            self.stats.degraded.store(true, Relaxed);
+            tracing::warn!(
+                backend = kind,
+                %error,
+                "storage unavailable; holding writes and retrying"
+            );
+            self.out
+                .push((Target::All, StoreEvent::Health(Health::Degraded)));
+        } else {
+            tracing::debug!(backend = kind, %error, retry_in_ms = self.backoff.as_millis() as u64, "storage still unavailable");
+        }
+        self.backoff = (self.backoff * 2).min(self.cfg.backoff_max);
+    }
+
+    fn publish_depths(&self) {
+        self.stats
+            .records_pending
+            .store(self.records.len() as u64, Relaxed);
+        self.stats.saves_pending.store(self.urgent as u64, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::{FakeBackend, FakeCall, FakeControl};
+    use tether_proto::pb;
+
+    fn rec(name: &str, gold: u64) -> CharacterRecord {
+        CharacterRecord {
+            name: name.into(),
+            pos: Some((1.0, 2.0)),
+            hp: 50,
+            level: 3,
+            xp: 10,
+            gold,
+            inventory: vec![],
+        }
+    }
+
+    fn loot(tx_id: u64, name: &str, total_gold: u64) -> LootTx {
+        LootTx {
+            tx_id,
+            entity: 1,
+            character: name.into(),
+            gold: 5,
+            items: vec![pb::ItemStack {
+                item_id: 1,
+                count: 1,
+            }],
+            total_gold,
+            inventory: vec![pb::ItemStack {
+                item_id: 1,
+                count: tx_id as u32,
+            }],
+        }
+    }
+
+    fn entry(r: CharacterRecord, seq: u64, urgent: bool) -> (String, DirtyEntry) {
+        (
+            r.name.clone(),
+            DirtyEntry {
+                record: r,
+                seq,
+                urgent,
+            },
+        )
+    }
+
+    /// The queue, the fake database, and a made-up clock.
+    struct Harness {
+        q: WriteBehind,
+        db: FakeBackend,
+        ctl: FakeControl,
+        stats: Arc<StoreStats>,
+        t0: Instant,
+        seq: u64,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            Self::with(WriterConfig::default())
+        }
+
+        fn with(cfg: WriterConfig) -> Self {
+            let (db, ctl) = FakeBackend::new();
+            let stats = Arc::new(StoreStats::default());
+            let t0 = Instant::now();
+            Harness {
+                q: WriteBehind::new(cfg, stats.clone(), t0),
+                db,
+                ctl,
+                stats,
+                t0,
+                seq: 0,
+            }
+        }
+
+        fn at(&self, ms: u64) -> Instant {
+            self.t0 + Duration::from_millis(ms)
+        }
+
+        fn seq(&mut self) -> u64 {
+            self.seq += 1;
+            self.seq
+        }
+
+        fn dirty(&mut self, r: CharacterRecord) {
+            let s = self.seq();
+            self.q.merge_dirty([entry(r, s, false)]);
+        }
+
+        fn save_now(&mut self, r: CharacterRecord) {
+            let s = self.seq();
+            self.q.merge_dirty([entry(r, s, true)]);
+        }
+
+        fn loot(&mut self, tx: LootTx) {
+            let s = self.seq();
+            self.stats.loot_pending.fetch_add(1, Relaxed);
+            self.q.on_loot(0, s, tx);
+        }
+
+        fn load(&mut self, ms: u64, account: &str, tag: u64) {
+            self.stats.loads_pending.fetch_add(1, Relaxed);
+            let now = self.at(ms);
+            self.q.on_load(now, 0, account.into(), tag);
+        }
+
+        /// Runs every step that is ready at `ms`; returns the events.
+        fn run(&mut self, ms: u64) -> Vec<StoreEvent> {
+            let now = self.at(ms);
+            let mut guard = 0;
+            while self.q.step(now, &mut self.db) {
+                guard += 1;
+                assert!(guard < 10_000, "step never settles");
+            }
+            self.q.take_events().map(|(_, e)| e).collect()
+        }
+
+        fn saves(&self) -> Vec<Vec<String>> {
+            self.ctl
+                .calls()
+                .into_iter()
+                .filter_map(|c| match c {
+                    FakeCall::SaveBatch(n) => Some(n),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    fn committed(events: &[StoreEvent]) -> Vec<u64> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                StoreEvent::LootCommitted(tx) => Some(tx.tx_id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn records_coalesce_per_character_latest_wins() {
+        let mut h = Harness::new();
+        for gold in 0..100 {
+            h.dirty(rec("ann", gold));
+        }
+        h.dirty(rec("bob", 7));
+        assert_eq!(h.stats.snapshot().records_pending, 2);
+        h.run(5_000);
+        assert_eq!(h.saves().len(), 1, "one batch");
+        assert_eq!(h.saves()[0].len(), 2, "one row per character");
+        assert_eq!(h.ctl.character("ann").unwrap().gold, 99);
+        assert_eq!(h.stats.snapshot().records_pending, 0);
+        assert_eq!(h.stats.snapshot().records_written, 2);
+        assert_eq!(h.stats.snapshot().flushes, 1);
+        assert_eq!(h.stats.snapshot().batches, 1);
+    }
+
+    #[test]
+    fn dirty_records_wait_for_the_flush_interval_logouts_do_not() {
+        let mut h = Harness::new();
+        h.dirty(rec("ann", 1));
+        h.run(0);
+        h.run(4_999);
+        assert!(h.saves().is_empty(), "nothing before the interval");
+        assert_eq!(h.q.next_wake(h.at(100)), h.at(5_000));
+        h.save_now(rec("bob", 2));
+        assert_eq!(h.q.next_wake(h.at(100)), h.at(100), "a logout is ready now");
+        h.run(100);
+        assert_eq!(h.saves(), vec![vec!["bob".to_string()]], "only the logout");
+        assert!(h.ctl.character("ann").is_none());
+        h.run(5_000);
+        assert_eq!(h.ctl.character("ann").unwrap().gold, 1);
+        // The next flush is an interval later.
+        h.dirty(rec("ann", 2));
+        h.run(9_999);
+        assert_eq!(h.ctl.character("ann").unwrap().gold, 1);
+        h.run(10_000);
+        assert_eq!(h.ctl.character("ann").unwrap().gold, 2);
+    }
+
+    #[test]
+    fn batches_are_capped_and_logouts_go_first() {
+        let mut h = Harness::with(WriterConfig {
+            max_batch: 10,
+            ..WriterConfig::default()
+        });
+        for i in 0..25 {
+            h.dirty(rec(&format!("p{i:02}"), i));
+        }
+        h.save_now(rec("zed", 1));
+        h.run(5_000);
+        let saves = h.saves();
+        assert_eq!(saves.len(), 3);
+        assert!(saves.iter().all(|b| b.len() <= 10));
+        assert!(
+            saves[0].contains(&"zed".to_string()),
+            "the logout in the first batch"
+        );
+        assert_eq!(h.ctl.character_count(), 26);
+    }
+
+    #[test]
+    fn loot_is_acknowledged_only_after_commit_and_goes_first() {
+        let mut h = Harness::new();
+        h.save_now(rec("ann", 0));
+        h.loot(loot(1, "ann", 5));
+        h.ctl.set_down(true);
+        let ev = h.run(0);
+        assert!(committed(&ev).is_empty(), "no ack while the commit fails");
+        assert_eq!(ev, vec![StoreEvent::Health(Health::Degraded)]);
+        assert!(h.stats.snapshot().degraded);
+        assert_eq!(h.stats.snapshot().loot_pending, 1);
+
+        h.ctl.set_down(false);
+        h.ctl.clear_calls();
+        let ev = h.run(100);
+        assert_eq!(ev[0], StoreEvent::Health(Health::Healthy));
+        assert_eq!(committed(&ev), vec![1]);
+        let calls = h.ctl.calls();
+        assert_eq!(
+            calls[0],
+            FakeCall::CommitLoot(vec![1]),
+            "loot before records"
+        );
+        assert_eq!(calls[1], FakeCall::SaveBatch(vec!["ann".into()]));
+        assert_eq!(h.ctl.character("ann").unwrap().gold, 5);
+        assert!(!h.stats.snapshot().degraded);
+        assert_eq!(h.stats.snapshot().loot_pending, 0);
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap_and_resets_on_success() {
+        let mut h = Harness::new();
+        h.loot(loot(1, "ann", 5));
+        h.ctl.set_down(true);
+        let mut t = 0;
+        let mut gaps = vec![];
+        h.run(t);
+        for _ in 0..9 {
+            let next = h.q.next_wake(h.at(t));
+            let gap = next.duration_since(h.at(t)).as_millis() as u64;
+            gaps.push(gap);
+            // Nothing is tried before the retry time.
+            let before = h.ctl.calls().len();
+            h.run(t + gap - 1);
+            assert_eq!(h.ctl.calls().len(), before);
+            t += gap;
+            h.run(t);
+            assert_eq!(h.ctl.calls().len(), before + 1);
+        }
+        assert_eq!(
+            gaps,
+            vec![100, 200, 400, 800, 1_600, 3_200, 5_000, 5_000, 5_000]
+        );
+        h.ctl.set_down(false);
+        h.run(t + 5_000);
+        assert_eq!(h.ctl.ledger(), vec![1]);
+        // Fresh failure: back to the initial delay.
+        h.loot(loot(2, "ann", 6));
+        h.ctl.set_down(true);
+        t += 5_000;
+        h.run(t);
+        assert_eq!(h.q.next_wake(h.at(t)), h.at(t + 100));
+    }
+
+    #[test]
+    fn loot_in_an_outage_is_committed_in_order_when_the_database_returns() {
+        let mut h = Harness::with(WriterConfig {
+            max_loot_batch: 4,
+            ..WriterConfig::default()
+        });
+        h.ctl.set_down(true);
+        for id in 1..=10 {
+            h.loot(loot(id, "ann", id * 10));
+        }
+        h.run(0);
+        assert!(h.ctl.ledger().is_empty());
+        h.ctl.set_down(false);
+        let ev = h.run(100);
+        assert_eq!(committed(&ev), (1..=10).collect::<Vec<_>>());
+        assert_eq!(h.ctl.ledger(), (1..=10).collect::<Vec<_>>());
+        assert_eq!(h.ctl.character("ann").unwrap().gold, 100);
+    }
+
+    #[test]
+    fn an_ambiguous_commit_is_not_applied_twice() {
+        let mut h = Harness::new();
+        h.loot(loot(1, "ann", 5));
+        h.ctl.lose_next_commit_answer();
+        let ev = h.run(0);
+        assert!(
+            committed(&ev).is_empty(),
+            "the answer was lost: not acknowledged"
+        );
+        assert_eq!(h.ctl.ledger(), vec![1], "but the commit happened");
+        let ev = h.run(100);
+        assert_eq!(
+            committed(&ev),
+            vec![1],
+            "acknowledged once, after the retry"
+        );
+        assert_eq!(h.ctl.ledger(), vec![1], "applied once");
+    }
+
+    #[test]
+    fn a_record_queued_before_loot_takes_the_loot_totals() {
+        let mut h = Harness::new();
+        h.dirty(rec("ann", 100)); // before the loot
+        h.loot(loot(1, "ann", 150));
+        h.run(5_000);
+        let stored = h.ctl.character("ann").unwrap();
+        assert_eq!(stored.gold, 150, "the older record must not take loot back");
+        assert_eq!(stored.inventory, loot(1, "ann", 150).inventory);
+
+        // A record newer than the loot is left as it is.
+        h.loot(loot(2, "ann", 200));
+        h.dirty(rec("ann", 999));
+        h.run(10_000);
+        assert_eq!(h.ctl.character("ann").unwrap().gold, 999);
+    }
+
+    #[test]
+    fn loads_are_answered_from_memory_first_then_from_the_database() {
+        let mut h = Harness::new();
+        h.ctl.insert(rec("old", 1));
+        h.save_now(rec("held", 2));
+        h.loot(loot(1, "held", 40));
+        h.ctl.set_down(true);
+        h.load(0, "held", 7);
+        let ev = h.q.take_events().map(|(_, e)| e).collect::<Vec<_>>();
+        let mut expected = rec("held", 40);
+        expected.inventory = loot(1, "held", 40).inventory;
+        assert_eq!(
+            ev,
+            vec![StoreEvent::Loaded {
+                account: "held".into(),
+                tag: 7,
+                result: Ok(Some(expected)),
+            }],
+            "answered at once, database down or not, with the loot in it"
+        );
+        h.ctl.set_down(false);
+        h.load(0, "old", 8);
+        h.load(0, "nobody", 9);
+        let ev = h.run(0);
+        assert_eq!(committed(&ev), vec![1]);
+        let loads: Vec<_> = ev
+            .into_iter()
+            .filter(|e| matches!(e, StoreEvent::Loaded { .. }))
+            .collect();
+        assert_eq!(
+            loads,
+            vec![
+                StoreEvent::Loaded {
+                    account: "old".into(),
+                    tag: 8,
+                    result: Ok(Some(rec("old", 1))),
+                },
+                StoreEvent::Loaded {
+                    account: "nobody".into(),
+                    tag: 9,
+                    result: Ok(None),
+                },
+            ]
+        );
+        assert_eq!(h.stats.snapshot().loads_pending, 0);
+        assert_eq!(h.stats.snapshot().loads_served, 3);
+    }
+
+    #[test]
+    fn loads_in_an_outage_time_out_with_unavailable() {
+        let mut h = Harness::new();
+        h.ctl.set_down(true);
+        h.load(0, "ann", 1);
+        assert_eq!(h.run(0), vec![StoreEvent::Health(Health::Degraded)]);
+        assert!(h.run(2_999).is_empty());
+        let ev = h.run(3_000);
+        match &ev[..] {
+            [StoreEvent::Loaded {
+                tag: 1,
+                result: Err(e),
+                ..
+            }] => assert!(e.is_retryable()),
+            other => panic!("unexpected {other:?}"),
+        }
+        let s = h.stats.snapshot();
+        assert_eq!((s.loads_pending, s.loads_failed), (0, 1));
+    }
+
+    #[test]
+    fn a_short_outage_delays_a_load_without_failing_it() {
+        let mut h = Harness::new();
+        h.ctl.insert(rec("ann", 3));
+        h.ctl.fail_next(2);
+        h.load(0, "ann", 1);
+        h.run(0);
+        h.run(100);
+        let ev = h.run(300);
+        assert!(ev.contains(&StoreEvent::Loaded {
+            account: "ann".into(),
+            tag: 1,
+            result: Ok(Some(rec("ann", 3))),
+        }));
+        assert!(ev.contains(&StoreEvent::Health(Health::Healthy)));
+    }
+
+    #[test]
+    fn a_rejected_record_is_dropped_alone() {
+        let mut h = Harness::new();
+        for n in ["a", "b", "bad", "c"] {
+            h.dirty(rec(n, 1));
+        }
+        h.ctl.reject_character("bad");
+        h.run(5_000);
+        assert_eq!(h.ctl.character_count(), 3);
+        assert!(h.ctl.character("bad").is_none());
+        let s = h.stats.snapshot();
+        assert_eq!(
+            (s.rejected, s.records_pending, s.records_written),
+            (1, 0, 3)
+        );
+        assert_eq!(h.q.health(), Health::Healthy, "bad data is not an outage");
+    }
+
+    #[test]
+    fn rejected_loot_is_reported_and_the_rest_committed() {
+        let mut h = Harness::new();
+        h.ctl.reject_character("bad");
+        h.loot(loot(1, "ann", 1));
+        h.loot(loot(2, "bad", 1));
+        h.loot(loot(3, "ann", 2));
+        let ev = h.run(0);
+        assert_eq!(committed(&ev), vec![1, 3]);
+        assert!(ev
+            .iter()
+            .any(|e| matches!(e, StoreEvent::LootRejected { tx, .. } if tx.tx_id == 2)));
+        assert_eq!(h.stats.snapshot().loot_pending, 0);
+        assert_eq!(h.stats.snapshot().rejected, 1);
+    }
+
+    #[test]
+    fn an_idle_writer_notices_an_outage_and_the_return() {
+        let mut h = Harness::new();
+        h.ctl.set_down(true);
+        assert!(h.run(4_000).is_empty(), "quiet before the interval");
+        assert_eq!(h.run(5_000), vec![StoreEvent::Health(Health::Degraded)]);
+        h.ctl.set_down(false);
+        assert_eq!(h.run(5_100), vec![StoreEvent::Health(Health::Healthy)]);
+        assert_eq!(h.ctl.calls(), vec![FakeCall::Ping, FakeCall::Ping]);
+    }
+
+    #[test]
+    fn shutdown_makes_everything_due_and_reports_leftovers() {
+        let mut h = Harness::new();
+        h.dirty(rec("ann", 1));
+        h.q.begin_shutdown();
+        h.dirty(rec("bob", 1)); // handed over while draining: due too
+        h.run(0);
+        assert_eq!(h.ctl.character_count(), 2, "no wait for the interval");
+
+        let mut h = Harness::new();
+        h.dirty(rec("ann", 1));
+        h.loot(loot(1, "ann", 5));
+        h.load(0, "x", 1);
+        h.ctl.set_down(true);
+        h.run(0);
+        h.q.begin_shutdown();
+        let ev: Vec<_> = h.q.take_events().map(|(_, e)| e).collect();
+        assert!(ev.contains(&StoreEvent::Loaded {
+            account: "x".into(),
+            tag: 1,
+            result: Err(StoreError::Closed)
+        }));
+        let (left, _) = h.q.into_leftovers();
+        assert_eq!(left.records.len(), 1);
+        assert_eq!(left.loot.len(), 1);
+        assert_eq!(left.records[0].gold, 5, "the record carries the loot");
+        assert_eq!(h.stats.snapshot().loot_pending, 0);
+    }
+
+    #[test]
+    fn saves_pending_counts_logouts_until_written() {
+        let mut h = Harness::new();
+        h.ctl.set_down(true);
+        h.save_now(rec("a", 1));
+        h.save_now(rec("a", 2));
+        h.save_now(rec("b", 1));
+        h.dirty(rec("c", 1));
+        h.dirty(rec("a", 3)); // online again: stays urgent
+        assert_eq!(h.stats.snapshot().saves_pending, 2);
+        assert_eq!(h.stats.snapshot().records_pending, 3);
+        h.run(0);
+        h.ctl.set_down(false);
+        h.run(100);
+        assert_eq!(h.stats.snapshot().saves_pending, 0);
+        assert_eq!(h.ctl.character("a").unwrap().gold, 3);
+        assert!(h.ctl.character("c").is_none(), "not due yet");
+    }
+}

@@ -1,0 +1,647 @@
+//! The writer thread and the handles the shards talk to it through.
+//!
+//! ```text
+//!  shard thread (never blocks)                     writer thread (owns the backend)
+//!  StoreHandle::mark_dirty / save_now --> client's dirty map (latest wins) --+
+//!  StoreHandle::load / commit_loot ----> request channel (capped by the  ---+-> WriteBehind
+//!                                        loot / load gauges)                |     -> Backend (blocking)
+//!  StoreEvents (poll) <-- events channel (one per client) <-- route <-------+
+//!        ^-- wake callback, called after events are pushed
+//! ```
+//!
+//! A shard never waits on the writer: every handle method returns at once,
+//! and answers come back as [`StoreEvent`]s. Records that change every tick
+//! are coalesced before they reach the channel (a per-client map, latest
+//! wins, one short lock per call), so the channel holds only requests whose
+//! number is capped: loads, loot, nudges, shutdown.
+//!
+//! The events channels have no cap of their own; they are bounded by the
+//! ones above: one event per load and per loot transaction submitted, plus
+//! one per health change.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tether_world::{CharacterRecord, LootTx};
+
+use crate::backend::Backend;
+use crate::event::{Health, StoreEvent};
+use crate::queue::{ClientId, DirtyEntry, Target, WriteBehind};
+use crate::stats::{StatsSnapshot, StoreStats};
+use crate::{StoreError, WriterConfig};
+
+/// Called by the writer thread after it pushed events for a client (the
+/// server unparks the client's shard thread with it).
+pub type Wake = Box<dyn Fn() + Send>;
+
+/// How long dropping a [`StoreWriter`] without calling
+/// [`StoreWriter::shutdown`] keeps trying to write what it holds.
+pub const DROP_FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+
+type DirtyMap = HashMap<String, DirtyEntry>;
+
+enum Request {
+    Register {
+        id: ClientId,
+        events: Sender<StoreEvent>,
+        wake: Option<Wake>,
+        dirty: Arc<Mutex<DirtyMap>>,
+    },
+    Load {
+        client: ClientId,
+        account: String,
+        tag: u64,
+    },
+    Loot {
+        client: ClientId,
+        seq: u64,
+        tx: LootTx,
+    },
+    /// A logout or expiry record is waiting in a dirty map.
+    Nudge,
+    Shutdown {
+        deadline: Instant,
+    },
+}
+
+/// What handles and the writer share.
+struct Shared {
+    stats: Arc<StoreStats>,
+    /// One order for every request of every client (see `queue`).
+    seq: AtomicU64,
+    closed: AtomicBool,
+    /// A `Nudge` is in the channel and not yet taken.
+    nudged: AtomicBool,
+    max_pending_loot: usize,
+    max_pending_loads: usize,
+    max_pending_saves: usize,
+}
+
+/// Why a handle refused a request. The request is given back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubmitError<T = ()> {
+    /// A queue is at its cap (the database is slow or away): refuse the
+    /// login (`CLOSE_CODE_STORAGE_UNAVAILABLE`) or the value action
+    /// (a `CommandError`), and let the player retry later.
+    StoreFull(T),
+    /// The writer has shut down.
+    Closed(T),
+}
+
+impl<T> SubmitError<T> {
+    /// The request that was refused.
+    pub fn into_inner(self) -> T {
+        match self {
+            SubmitError::StoreFull(t) | SubmitError::Closed(t) => t,
+        }
+    }
+}
+
+impl<T> std::fmt::Display for SubmitError<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubmitError::StoreFull(_) => f.write_str("storage queue full"),
+            SubmitError::Closed(_) => f.write_str("store writer shut down"),
+        }
+    }
+}
+
+impl<T: std::fmt::Debug> std::error::Error for SubmitError<T> {}
+
+/// What the writer could not write before it stopped.
+#[derive(Debug, Default)]
+pub struct ShutdownReport {
+    /// Characters whose latest state is not in the database.
+    pub unwritten: Vec<CharacterRecord>,
+    /// Loot transactions not committed (never acknowledged to players).
+    pub uncommitted: Vec<LootTx>,
+    /// The writer thread panicked; what it held is unknown.
+    pub writer_panicked: bool,
+    /// The counters at the end.
+    pub stats: StatsSnapshot,
+}
+
+impl ShutdownReport {
+    /// Everything was written.
+    pub fn is_complete(&self) -> bool {
+        self.unwritten.is_empty() && self.uncommitted.is_empty() && !self.writer_panicked
+    }
+}
+
+/// The writer thread: owns the backend, writes behind the shards.
+///
+/// Start it once per process with an opened backend; give each shard its
+/// own [`StoreWriter::client`]; call [`StoreWriter::shutdown`] after the
+/// shards have stopped and saved their characters.
+pub struct StoreWriter {
+    tx: Sender<Request>,
+    shared: Arc<Shared>,
+    next_client: AtomicU32,
+    thread: Option<JoinHandle<ShutdownReport>>,
+}
+
+impl StoreWriter {
+    /// Starts the writer thread (`tether-store`) around an opened, migrated
+    /// backend.
+    pub fn start<B: Backend + 'static>(backend: B, cfg: WriterConfig) -> Result<Self, StoreError> {
+        let stats = Arc::new(StoreStats::default());
+        let shared = Arc::new(Shared {
+            stats: stats.clone(),
+            seq: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            nudged: AtomicBool::new(false),
+            max_pending_loot: cfg.max_pending_loot,
+            max_pending_loads: cfg.max_pending_loads,
+            max_pending_saves: cfg.max_pending_saves,
+        });
+        let (tx, rx) = mpsc::channel();
+        let driver = Driver {
+            rx,
+            core: WriteBehind::new(cfg, stats, Instant::now()),
+            backend,
+            clients: HashMap::new(),
+            shared: shared.clone(),
+            deadline: None,
+            disconnected: false,
+        };
+        let thread = std::thread::Builder::new()
+            .name("tether-store".into())
+            .spawn(move || driver.run())
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
+        Ok(StoreWriter {
+            tx,
+            shared,
+            next_client: AtomicU32::new(0),
+            thread: Some(thread),
+        })
+    }
+
+    /// A new client (one per shard): a handle to submit with and the
+    /// channel its answers come back on. `wake` is called on the writer
+    /// thread each time it has pushed events for this client.
+    pub fn client(&self, wake: Option<Wake>) -> (StoreHandle, StoreEvents) {
+        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        let (events_tx, events_rx) = mpsc::channel();
+        let dirty = Arc::new(Mutex::new(HashMap::new()));
+        // If the writer is gone, the handle reports Closed on use.
+        let _ = self.tx.send(Request::Register {
+            id,
+            events: events_tx,
+            wake,
+            dirty: dirty.clone(),
+        });
+        (
+            StoreHandle {
+                tx: self.tx.clone(),
+                shared: self.shared.clone(),
+                client: id,
+                dirty,
+            },
+            StoreEvents { rx: events_rx },
+        )
+    }
+
+    /// The live counters (for `/metrics`).
+    pub fn stats(&self) -> Arc<StoreStats> {
+        self.shared.stats.clone()
+    }
+
+    /// Stops accepting requests, writes everything held (retrying while the
+    /// database is away) until done or until `within` has passed, stops the
+    /// thread, and says what could not be written. A backend call already
+    /// under way when the time is up is waited for (the backends bound their
+    /// own calls: SQLite's busy timeout, PostgreSQL's connect and TCP
+    /// timeouts).
+    pub fn shutdown(mut self, within: Duration) -> ShutdownReport {
+        self.stop(within)
+    }
+
+    fn stop(&mut self, within: Duration) -> ShutdownReport {
+        let Some(thread) = self.thread.take() else {
+            return ShutdownReport::default();
+        };
+        self.shared.closed.store(true, Ordering::SeqCst);
+        let _ = self.tx.send(Request::Shutdown {
+            deadline: Instant::now() + within,
+        });
+        thread.join().unwrap_or_else(|_| ShutdownReport {
+            writer_panicked: true,
+            stats: self.shared.stats.snapshot(),
+            ..ShutdownReport::default()
+        })
+    }
+}
+
+impl Drop for StoreWriter {
+    /// Dropping without [`StoreWriter::shutdown`] still writes what is held
+    /// (for up to [`DROP_FLUSH_DEADLINE`]) and logs what could not be.
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let report = self.stop(DROP_FLUSH_DEADLINE);
+            if !report.is_complete() {
+                tracing::error!(
+                    unwritten = report.unwritten.len(),
+                    uncommitted = report.uncommitted.len(),
+                    "store writer dropped with data it could not write"
+                );
+            }
+        }
+    }
+}
+
+/// A shard's way into the writer. Cheap to clone, `Send + Sync`; every
+/// method returns at once.
+#[derive(Clone)]
+pub struct StoreHandle {
+    tx: Sender<Request>,
+    shared: Arc<Shared>,
+    client: ClientId,
+    dirty: Arc<Mutex<DirtyMap>>,
+}
+
+fn lock(m: &Mutex<DirtyMap>) -> MutexGuard<'_, DirtyMap> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl StoreHandle {
+    /// Asks for the character of `account`. The answer comes back as
+    /// [`StoreEvent::Loaded`] with the same `tag`.
+    ///
+    /// Refused with `StoreFull` when `max_pending_loads` loads are waiting
+    /// or `max_pending_saves` logged-out characters are unsaved: refuse the
+    /// login with `CLOSE_CODE_STORAGE_UNAVAILABLE`.
+    pub fn load(&self, account: &str, tag: u64) -> Result<(), SubmitError> {
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Err(SubmitError::Closed(()));
+        }
+        let stats = &self.shared.stats;
+        if stats.saves_pending.load(Ordering::Relaxed) >= self.shared.max_pending_saves as u64
+            || !StoreStats::reserve(&stats.loads_pending, self.shared.max_pending_loads)
+        {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(SubmitError::StoreFull(()));
+        }
+        let sent = self.tx.send(Request::Load {
+            client: self.client,
+            account: account.to_string(),
+            tag,
+        });
+        if sent.is_err() {
+            StoreStats::release(&stats.loads_pending, 1);
+            return Err(SubmitError::Closed(()));
+        }
+        Ok(())
+    }
+
+    /// Hands over a character whose state changed (position, hp, ...). It is
+    /// written at the next flush; a newer record of the same character
+    /// replaces this one before then. Never refused: movement is always
+    /// served. Ignored after shutdown.
+    pub fn mark_dirty(&self, record: CharacterRecord) {
+        self.put(std::iter::once(record), false);
+    }
+
+    /// [`StoreHandle::mark_dirty`] for many records under one lock (a
+    /// tick's worth from `World::take_dirty`).
+    pub fn mark_dirty_all(&self, records: impl IntoIterator<Item = CharacterRecord>) {
+        self.put(records, false);
+    }
+
+    /// Hands over a character that left the world (logout, zombie expiry)
+    /// or was just created: written promptly, ahead of the flush interval.
+    /// Never refused. Ignored after shutdown.
+    pub fn save_now(&self, record: CharacterRecord) {
+        self.put(std::iter::once(record), true);
+        if !self.shared.nudged.swap(true, Ordering::SeqCst) {
+            let _ = self.tx.send(Request::Nudge);
+        }
+    }
+
+    fn put(&self, records: impl IntoIterator<Item = CharacterRecord>, urgent: bool) {
+        if self.shared.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut map = lock(&self.dirty);
+        for record in records {
+            // Taken under the lock: within one map, a later insert always
+            // carries a larger number.
+            let seq = self.shared.seq.fetch_add(1, Ordering::SeqCst);
+            match map.get_mut(&record.name) {
+                Some(e) => {
+                    e.record = record;
+                    e.seq = seq;
+                    e.urgent |= urgent;
+                }
+                None => {
+                    map.insert(
+                        record.name.clone(),
+                        DirtyEntry {
+                            record,
+                            seq,
+                            urgent,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Submits a loot transaction (the world has already applied it). When
+    /// it is committed, [`StoreEvent::LootCommitted`] comes back: only then
+    /// tell the player (`World::loot_committed`).
+    ///
+    /// Refused with `StoreFull` (the transaction given back) when
+    /// `max_pending_loot` are waiting. Check
+    /// [`StoreHandle::accepts_value`] before letting a value action happen
+    /// at all, so that this is rare.
+    pub fn commit_loot(&self, tx: LootTx) -> Result<(), SubmitError<LootTx>> {
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Err(SubmitError::Closed(tx));
+        }
+        let stats = &self.shared.stats;
+        if !StoreStats::reserve(&stats.loot_pending, self.shared.max_pending_loot) {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(SubmitError::StoreFull(tx));
+        }
+        let seq = self.shared.seq.fetch_add(1, Ordering::SeqCst);
+        match self.tx.send(Request::Loot {
+            client: self.client,
+            seq,
+            tx,
+        }) {
+            Ok(()) => Ok(()),
+            Err(mpsc::SendError(req)) => {
+                StoreStats::release(&stats.loot_pending, 1);
+                match req {
+                    Request::Loot { tx, .. } => Err(SubmitError::Closed(tx)),
+                    _ => unreachable!("sent a Loot"),
+                }
+            }
+        }
+    }
+
+    /// Whether a login would be accepted now (loads and unsaved logouts
+    /// under their caps). A cheap read of two gauges.
+    pub fn accepts_logins(&self) -> bool {
+        let s = &self.shared.stats;
+        !self.shared.closed.load(Ordering::Relaxed)
+            && s.loads_pending.load(Ordering::Relaxed) < self.shared.max_pending_loads as u64
+            && s.saves_pending.load(Ordering::Relaxed) < self.shared.max_pending_saves as u64
+    }
+
+    /// Whether a value action (loot, gold, item transfer) would be accepted
+    /// now. A cheap read of one gauge.
+    pub fn accepts_value(&self) -> bool {
+        !self.shared.closed.load(Ordering::Relaxed)
+            && self.shared.stats.loot_pending.load(Ordering::Relaxed)
+                < self.shared.max_pending_loot as u64
+    }
+
+    /// The database's state as the writer last saw it.
+    pub fn health(&self) -> Health {
+        if self.shared.stats.degraded.load(Ordering::Relaxed) {
+            Health::Degraded
+        } else {
+            Health::Healthy
+        }
+    }
+
+    /// The current counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+}
+
+/// A client's answers. Poll it from the shard loop; it never blocks unless
+/// asked to ([`StoreEvents::recv_timeout`], for tools and tests).
+pub struct StoreEvents {
+    rx: Receiver<StoreEvent>,
+}
+
+impl StoreEvents {
+    /// The next event, if one is there.
+    pub fn try_recv(&self) -> Option<StoreEvent> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Every event there now.
+    pub fn try_iter(&self) -> impl Iterator<Item = StoreEvent> + '_ {
+        self.rx.try_iter()
+    }
+
+    /// Waits up to `timeout` for the next event. Not for world threads.
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<StoreEvent> {
+        self.rx.recv_timeout(timeout).ok()
+    }
+}
+
+struct ClientSlot {
+    events: Sender<StoreEvent>,
+    wake: Option<Wake>,
+    dirty: Arc<Mutex<DirtyMap>>,
+    /// Swapped with the shared map at each drain, so both keep their
+    /// capacity and the lock is held for a pointer swap.
+    spare: DirtyMap,
+}
+
+/// Marks the store closed when the writer thread ends, however it ends, so
+/// that handles stop accepting work nobody will do.
+struct CloseOnExit(Arc<Shared>);
+
+impl Drop for CloseOnExit {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::SeqCst);
+        if std::thread::panicking() {
+            self.0.stats.degraded.store(true, Ordering::Relaxed);
+            tracing::error!("store writer thread panicked; storage is closed");
+        }
+    }
+}
+
+struct Driver<B> {
+    rx: Receiver<Request>,
+    core: WriteBehind,
+    backend: B,
+    clients: HashMap<ClientId, ClientSlot>,
+    shared: Arc<Shared>,
+    /// Set by shutdown: stop when idle or at this time.
+    deadline: Option<Instant>,
+    /// Every sender is gone (the writer was leaked and every handle dropped).
+    disconnected: bool,
+}
+
+impl<B: Backend> Driver<B> {
+    fn run(mut self) -> ShutdownReport {
+        let _guard = CloseOnExit(self.shared.clone());
+        loop {
+            let now = Instant::now();
+            let mut wake_at = self.core.next_wake(now);
+            if let Some(d) = self.deadline {
+                wake_at = wake_at.min(d);
+            }
+            let wait = wake_at.saturating_duration_since(now);
+            if self.disconnected {
+                std::thread::sleep(wait);
+            } else {
+                match self.rx.recv_timeout(wait) {
+                    Ok(r) => self.apply(r),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => {
+                        self.disconnected = true;
+                        if self.deadline.is_none() {
+                            self.begin_shutdown(Instant::now() + DROP_FLUSH_DEADLINE);
+                        }
+                    }
+                }
+            }
+            self.take_requests();
+            self.drain_dirty();
+            loop {
+                let more = self.core.step(Instant::now(), &mut self.backend);
+                self.route();
+                if !more || self.past_deadline() {
+                    break;
+                }
+                self.take_requests();
+                self.drain_dirty();
+            }
+            if self.deadline.is_some() && (self.core.is_idle() || self.past_deadline()) {
+                break;
+            }
+        }
+        self.take_requests();
+        self.drain_dirty();
+        let stats = self.shared.stats.clone();
+        let (left, events) = self.core.into_leftovers();
+        deliver(&self.clients, events);
+        if !left.records.is_empty() || !left.loot.is_empty() {
+            tracing::error!(
+                unwritten = left.records.len(),
+                uncommitted = left.loot.len(),
+                "store writer stopped with data it could not write"
+            );
+        }
+        ShutdownReport {
+            unwritten: left.records,
+            uncommitted: left.loot,
+            writer_panicked: false,
+            stats: stats.snapshot(),
+        }
+    }
+
+    fn past_deadline(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    fn begin_shutdown(&mut self, deadline: Instant) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.drain_dirty();
+        self.deadline = Some(deadline);
+        self.core.begin_shutdown();
+    }
+
+    /// Applies what is in the channel now. The channel holds only capped
+    /// requests, so this ends.
+    fn take_requests(&mut self) {
+        while let Ok(r) = self.rx.try_recv() {
+            self.apply(r);
+        }
+    }
+
+    fn apply(&mut self, r: Request) {
+        match r {
+            Request::Register {
+                id,
+                events,
+                wake,
+                dirty,
+            } => {
+                self.clients.insert(
+                    id,
+                    ClientSlot {
+                        events,
+                        wake,
+                        dirty,
+                        spare: HashMap::new(),
+                    },
+                );
+            }
+            // Records queued before a request are merged before it is
+            // applied: a load sees them, loot patches them.
+            Request::Load {
+                client,
+                account,
+                tag,
+            } => {
+                self.drain_dirty();
+                self.core.on_load(Instant::now(), client, account, tag);
+            }
+            Request::Loot { client, seq, tx } => {
+                self.drain_dirty();
+                self.core.on_loot(client, seq, tx);
+            }
+            Request::Nudge => {
+                self.shared.nudged.store(false, Ordering::SeqCst);
+                self.drain_dirty();
+            }
+            Request::Shutdown { deadline } => self.begin_shutdown(deadline),
+        }
+        self.route();
+    }
+
+    fn drain_dirty(&mut self) {
+        for slot in self.clients.values_mut() {
+            {
+                let mut shared = lock(&slot.dirty);
+                if shared.is_empty() {
+                    continue;
+                }
+                std::mem::swap(&mut *shared, &mut slot.spare);
+            }
+            self.core.merge_dirty(slot.spare.drain());
+        }
+    }
+
+    fn route(&mut self) {
+        let events: Vec<_> = self.core.take_events().collect();
+        deliver(&self.clients, events);
+    }
+}
+
+/// Pushes events onto their clients' channels, then wakes each client that
+/// got any, once. A client whose receiver is gone is skipped.
+fn deliver(clients: &HashMap<ClientId, ClientSlot>, events: Vec<(Target, StoreEvent)>) {
+    if events.is_empty() {
+        return;
+    }
+    let mut woken: Vec<ClientId> = Vec::new();
+    for (target, event) in events {
+        match target {
+            Target::Client(id) => {
+                if let Some(c) = clients.get(&id) {
+                    let _ = c.events.send(event);
+                    if !woken.contains(&id) {
+                        woken.push(id);
+                    }
+                }
+            }
+            Target::All => {
+                for (&id, c) in clients {
+                    let _ = c.events.send(event.clone());
+                    if !woken.contains(&id) {
+                        woken.push(id);
+                    }
+                }
+            }
+        }
+    }
+    for id in woken {
+        if let Some(wake) = clients.get(&id).and_then(|c| c.wake.as_ref()) {
+            wake();
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! The writer thread end to end, against the fake backend: what a shard
+//! sees through its handle and its events channel.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tether_proto::pb;
+use tether_store::fake::{FakeBackend, FakeControl};
+use tether_store::{
+    Health, StoreError, StoreEvent, StoreEvents, StoreHandle, StoreWriter, SubmitError,
+    WriterConfig,
+};
+use tether_world::{CharacterRecord, LootTx};
+
+/// Long enough for a loaded two-core machine; tests wait for events, never
+/// for fixed times, except to show that something did not happen.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn rec(name: &str, gold: u64) -> CharacterRecord {
+    CharacterRecord {
+        name: name.into(),
+        pos: Some((3.0, 4.0)),
+        hp: 80,
+        level: 2,
+        xp: 30,
+        gold,
+        inventory: vec![],
+    }
+}
+
+fn loot(tx_id: u64, name: &str, total_gold: u64) -> LootTx {
+    LootTx {
+        tx_id,
+        entity: 9,
+        character: name.into(),
+        gold: 1,
+        items: vec![],
+        total_gold,
+        inventory: vec![pb::ItemStack {
+            item_id: 2,
+            count: 1,
+        }],
+    }
+}
+
+/// Quick retries, a long flush interval (tests of the interval say so).
+fn cfg() -> WriterConfig {
+    WriterConfig {
+        flush_interval: Duration::from_secs(60),
+        backoff_initial: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(50),
+        load_timeout: Duration::from_secs(5),
+        ..WriterConfig::default()
+    }
+}
+
+fn start(cfg: WriterConfig) -> (StoreWriter, FakeControl, StoreHandle, StoreEvents) {
+    let (db, ctl) = FakeBackend::new();
+    let writer = StoreWriter::start(db, cfg).unwrap();
+    let (handle, events) = writer.client(None);
+    (writer, ctl, handle, events)
+}
+
+/// Waits for the first event that `pick` accepts; other events are dropped.
+fn wait_for<T>(events: &StoreEvents, mut pick: impl FnMut(StoreEvent) -> Option<T>) -> T {
+    let end = Instant::now() + PATIENCE;
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        if let Some(e) = events.recv_timeout(left) {
+            if let Some(t) = pick(e) {
+                return t;
+            }
+        }
+    }
+    panic!("no matching event within {PATIENCE:?}");
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn loaded(events: &StoreEvents) -> (String, u64, Result<Option<CharacterRecord>, StoreError>) {
+    wait_for(events, |e| match e {
+        StoreEvent::Loaded {
+            account,
+            tag,
+            result,
+        } => Some((account, tag, result)),
+        _ => None,
+    })
+}
+
+fn committed(events: &StoreEvents) -> LootTx {
+    wait_for(events, |e| match e {
+        StoreEvent::LootCommitted(tx) => Some(tx),
+        _ => None,
+    })
+}
+
+fn health(events: &StoreEvents, want: Health) {
+    wait_for(events, |e| (e == StoreEvent::Health(want)).then_some(()));
+}
+
+#[test]
+fn load_save_and_loot_round_trip() {
+    let (writer, ctl, h, ev) = start(cfg());
+    h.load("ann", 42).unwrap();
+    assert_eq!(loaded(&ev), ("ann".into(), 42, Ok(None)));
+
+    h.save_now(rec("ann", 0));
+    wait_until("the logout save", || ctl.character("ann").is_some());
+
+    h.commit_loot(loot(1, "ann", 10)).unwrap();
+    let tx = committed(&ev);
+    assert_eq!(tx.tx_id, 1);
+    assert_eq!(
+        ctl.ledger(),
+        vec![1],
+        "committed before it was acknowledged"
+    );
+
+    ctl.insert(rec("bob", 5));
+    h.load("bob", 1).unwrap();
+    assert_eq!(loaded(&ev).2, Ok(Some(rec("bob", 5))));
+    let report = writer.shutdown(PATIENCE);
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(report.stats.loot_committed, 1);
+}
+
+#[test]
+fn dirty_records_wait_for_the_interval_then_are_written() {
+    let (writer, ctl, h, _ev) = start(WriterConfig {
+        flush_interval: Duration::from_millis(300),
+        ..cfg()
+    });
+    let t = Instant::now();
+    h.mark_dirty(rec("ann", 1));
+    h.mark_dirty_all((0..50).map(|i| rec("ann", i)));
+    wait_until("the flush", || ctl.character("ann").is_some());
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "written after {:?}, before the interval",
+        t.elapsed()
+    );
+    assert_eq!(ctl.character("ann").unwrap().gold, 49, "latest wins");
+    assert_eq!(ctl.calls().len(), 1, "one batch for fifty updates");
+    writer.shutdown(PATIENCE);
+}
+
+#[test]
+fn loot_is_acknowledged_only_after_the_database_returns() {
+    let (writer, ctl, h, ev) = start(cfg());
+    ctl.set_down(true);
+    h.commit_loot(loot(1, "ann", 10)).unwrap();
+    h.commit_loot(loot(2, "ann", 20)).unwrap();
+    health(&ev, Health::Degraded);
+    assert_eq!(h.health(), Health::Degraded);
+    assert!(h.stats().degraded);
+    // Retried while down, never acknowledged.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(ev
+        .try_iter()
+        .all(|e| !matches!(e, StoreEvent::LootCommitted(_))));
+    assert!(h.stats().failures >= 2, "retried: {:?}", h.stats());
+    assert!(ctl.ledger().is_empty());
+
+    ctl.set_down(false);
+    let first = committed(&ev);
+    let second = committed(&ev);
+    assert_eq!((first.tx_id, second.tx_id), (1, 2), "in order");
+    assert_eq!(ctl.ledger(), vec![1, 2]);
+    assert_eq!(ctl.character("ann").unwrap().gold, 20);
+    wait_until("healthy", || h.health() == Health::Healthy);
+    writer.shutdown(PATIENCE);
+}
+
+#[test]
+fn queue_caps_refuse_with_store_full_and_movement_is_never_refused() {
+    let (writer, ctl, h, ev) = start(WriterConfig {
+        max_pending_loot: 2,
+        max_pending_loads: 1,
+        max_pending_saves: 1,
+        ..cfg()
+    });
+    ctl.set_down(true);
+    h.commit_loot(loot(1, "ann", 1)).unwrap();
+    h.commit_loot(loot(2, "ann", 2)).unwrap();
+    assert!(!h.accepts_value());
+    match h.commit_loot(loot(3, "ann", 3)) {
+        Err(SubmitError::StoreFull(tx)) => assert_eq!(tx.tx_id, 3, "given back"),
+        other => panic!("expected StoreFull, got {other:?}"),
+    }
+
+    h.load("x", 1).unwrap();
+    assert_eq!(h.load("y", 2), Err(SubmitError::StoreFull(())));
+    assert!(!h.accepts_logins());
+
+    // Movement is served whatever the queues hold.
+    for i in 0..1_000 {
+        h.mark_dirty(rec(&format!("p{}", i % 10), i));
+    }
+    assert!(h.stats().refused >= 2);
+
+    ctl.set_down(false);
+    assert_eq!(loaded(&ev).0, "x", "the waiting load is served");
+    wait_until("everything written", || {
+        let s = h.stats();
+        s.loot_pending == 0 && s.loads_pending == 0
+    });
+    assert!(h.accepts_value() && h.accepts_logins());
+    h.commit_loot(loot(3, "ann", 3)).unwrap();
+    writer.shutdown(PATIENCE);
+}
+
+#[test]
+fn unsaved_logouts_past_their_cap_refuse_logins() {
+    let (writer, ctl, h, _ev) = start(WriterConfig {
+        max_pending_saves: 2,
+        ..cfg()
+    });
+    ctl.set_down(true);
+    h.save_now(rec("a", 1));
+    h.save_now(rec("b", 1));
+    wait_until("both held", || h.stats().saves_pending == 2);
+    assert!(!h.accepts_logins());
+    assert_eq!(h.load("c", 0), Err(SubmitError::StoreFull(())));
+    ctl.set_down(false);
+    wait_until("written", || h.stats().saves_pending == 0);
+    assert!(h.accepts_logins());
+    writer.shutdown(PATIENCE);
+}
+
+#[test]
+fn each_shard_gets_its_own_answers_and_everyone_gets_health() {
+    let (db, ctl) = FakeBackend::new();
+    let writer = StoreWriter::start(db, cfg()).unwrap();
+    let wakes = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    let w0 = wakes[0].clone();
+    let w1 = wakes[1].clone();
+    let (h0, ev0) = writer.client(Some(Box::new(move || {
+        w0.fetch_add(1, Ordering::SeqCst);
+    })));
+    let (h1, ev1) = writer.client(Some(Box::new(move || {
+        w1.fetch_add(1, Ordering::SeqCst);
+    })));
+    h0.commit_loot(loot(1, "ann", 1)).unwrap();
+    h1.commit_loot(loot((1 << 56) | 1, "bob", 1)).unwrap();
+    assert_eq!(committed(&ev0).character, "ann");
+    assert_eq!(committed(&ev1).character, "bob");
+    assert!(ev0.try_recv().is_none() && ev1.try_recv().is_none());
+    // The wake comes right after the events are pushed.
+    wait_until("both shards woken", || {
+        wakes.iter().all(|w| w.load(Ordering::SeqCst) >= 1)
+    });
+
+    ctl.set_down(true);
+    h0.save_now(rec("ann", 1));
+    health(&ev0, Health::Degraded);
+    health(&ev1, Health::Degraded);
+    ctl.set_down(false);
+    health(&ev0, Health::Healthy);
+    health(&ev1, Health::Healthy);
+    writer.shutdown(PATIENCE);
+}
+
+#[test]
+fn a_login_on_another_shard_sees_a_logout_not_yet_written() {
+    let (db, ctl) = FakeBackend::new();
+    let writer = StoreWriter::start(db, cfg()).unwrap();
+    let (h0, _ev0) = writer.client(None);
+    let (h1, ev1) = writer.client(None);
+    ctl.set_down(true);
+    h0.save_now(rec("ann", 77));
+    h1.load("ann", 5).unwrap();
+    assert_eq!(loaded(&ev1).2, Ok(Some(rec("ann", 77))));
+    ctl.set_down(false);
+    writer.shutdown(PATIENCE);
+    assert_eq!(ctl.character("ann").unwrap().gold, 77);
+}
+
+#[test]
+fn shutdown_flushes_everything_held() {
+    let (writer, ctl, h, _ev) = start(cfg()); // 60 s interval: nothing flushed yet
+    for i in 0..20 {
+        h.mark_dirty(rec(&format!("p{i}"), i));
+    }
+    h.commit_loot(loot(1, "p0", 100)).unwrap();
+    let report = writer.shutdown(PATIENCE);
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(ctl.character_count(), 20);
+    assert_eq!(ctl.character("p0").unwrap().gold, 100);
+    assert_eq!(ctl.ledger(), vec![1]);
+    // Closed afterwards.
+    assert_eq!(h.load("a", 0), Err(SubmitError::Closed(())));
+    assert!(matches!(
+        h.commit_loot(loot(2, "a", 1)),
+        Err(SubmitError::Closed(_))
+    ));
+    assert!(!h.accepts_logins() && !h.accepts_value());
+}
+
+#[test]
+fn shutdown_during_an_outage_reports_what_was_not_written() {
+    let (writer, ctl, h, _ev) = start(cfg());
+    ctl.set_down(true);
+    h.mark_dirty(rec("ann", 1));
+    h.save_now(rec("bob", 2));
+    h.commit_loot(loot(1, "ann", 9)).unwrap();
+    let t = Instant::now();
+    let report = writer.shutdown(Duration::from_millis(300));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "bounded by the deadline"
+    );
+    assert!(!report.is_complete());
+    let names: Vec<_> = report.unwritten.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, vec!["ann", "bob"]);
+    assert_eq!(report.unwritten[0].gold, 9, "the record carries the loot");
+    assert_eq!(report.uncommitted.len(), 1);
+    assert!(ctl.ledger().is_empty());
+}
+
+#[test]
+fn a_slow_database_never_blocks_the_handle() {
+    let (writer, ctl, h, ev) = start(cfg());
+    ctl.set_latency(Duration::from_millis(1_000));
+    h.save_now(rec("ann", 1)); // the writer is now inside a one-second call
+    std::thread::sleep(Duration::from_millis(20));
+    let t = Instant::now();
+    for i in 0..1_000 {
+        h.mark_dirty(rec("ann", i));
+        h.save_now(rec("bob", i));
+    }
+    h.load("ann", 1).unwrap();
+    h.commit_loot(loot(1, "ann", 5)).unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "handle calls waited: {:?}",
+        t.elapsed()
+    );
+    let _ = loaded(&ev);
+    ctl.set_latency(Duration::ZERO);
+    writer.shutdown(PATIENCE);
+}
+
+/// Random outages under a steady stream of work: whatever was acknowledged
+/// is in the database, and at the end every character's last state is.
+#[test]
+fn nothing_acknowledged_is_lost_across_outages() {
+    let (writer, ctl, h, ev) = start(WriterConfig {
+        flush_interval: Duration::from_millis(20),
+        ..cfg()
+    });
+    // A small deterministic generator: no seed from the OS.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rand = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut last = std::collections::HashMap::new();
+    for i in 0..5 {
+        let c = rec(&format!("p{i}"), 0);
+        h.save_now(c.clone());
+        last.insert(c.name.clone(), c);
+    }
+    let mut acked = vec![];
+    let mut gold = 0;
+    for step in 0..600u64 {
+        let r = rand();
+        if r % 50 == 0 {
+            ctl.set_down(true);
+        } else if r % 50 == 1 {
+            ctl.set_down(false);
+        }
+        if r % 7 == 0 {
+            ctl.fail_next(1);
+        }
+        if r % 11 == 0 {
+            ctl.lose_next_commit_answer();
+        }
+        let name = format!("p{}", r % 5);
+        if step % 3 == 0 {
+            gold += 1;
+            let tx = loot(step + 1, &name, gold);
+            if h.commit_loot(tx).is_ok() {
+                let mut c: CharacterRecord = last[&name].clone();
+                c.gold = gold;
+                c.inventory = loot(0, "", 0).inventory;
+                last.insert(name.clone(), c);
+            }
+        } else {
+            let mut c: CharacterRecord = last[&name].clone();
+            c.hp = (step % 100) as i32;
+            if step % 10 == 0 {
+                h.save_now(c.clone());
+            } else {
+                h.mark_dirty(c.clone());
+            }
+            last.insert(name, c);
+        }
+        for e in ev.try_iter() {
+            if let StoreEvent::LootCommitted(tx) = e {
+                acked.push(tx.tx_id);
+            }
+        }
+        if step % 50 == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    ctl.set_down(false);
+    let report = writer.shutdown(PATIENCE);
+    assert!(report.is_complete(), "{report:?}");
+    for e in ev.try_iter() {
+        if let StoreEvent::LootCommitted(tx) = e {
+            acked.push(tx.tx_id);
+        }
+    }
+    let ledger = ctl.ledger();
+    for id in &acked {
+        assert!(
+            ledger.contains(id),
+            "acknowledged tx {id} not in the ledger"
+        );
+    }
+    let mut sorted = ledger.clone();
+    sorted.dedup();
+    assert_eq!(sorted.len(), ledger.len(), "a tx applied twice");
+    assert!(!acked.is_empty());
+    for (name, c) in &last {
+        assert_eq!(ctl.character(name).as_ref(), Some(c), "{name}");
+    }
+}
+
+#[test]
+fn a_writer_dropped_without_shutdown_still_flushes() {
+    let (writer, ctl, h, _ev) = start(cfg());
+    h.mark_dirty(rec("ann", 3));
+    drop(writer);
+    assert_eq!(ctl.character("ann").unwrap().gold, 3);
+}
