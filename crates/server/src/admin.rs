@@ -18,11 +18,16 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
         .with_state(metrics)
 }
 
-async fn healthz() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        "{\"status\":\"ok\"}\n",
-    )
+/// `{"status":"ok"}`, or `{"status":"degraded","storage":"unavailable"}`
+/// while storage is away (the server still plays; writes are held). Both
+/// answer 200: the process is up and serving players either way.
+async fn healthz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    let body = if metrics.storage_degraded.get() != 0 {
+        "{\"status\":\"degraded\",\"storage\":\"unavailable\"}\n"
+    } else {
+        "{\"status\":\"ok\"}\n"
+    };
+    ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
 async fn render_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {

@@ -39,6 +39,11 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Where the server keeps its data.
     pub data_dir: PathBuf,
+    /// Character storage: `postgres://USER@HOST:PORT/DB` or `sqlite:PATH`.
+    /// Unset: the embedded SQLite file `tether.db` in `data_dir`.
+    pub store: Option<String>,
+    /// Write-behind interval for positions and hp (loot is committed at once).
+    pub flush_interval_ms: u64,
     pub auth: AuthMode,
     /// HMAC secret for ticket auth (required when auth = "ticket").
     pub ticket_secret: Option<String>,
@@ -93,6 +98,8 @@ impl Default for Config {
             listen: "127.0.0.1:7777".parse().unwrap(),
             admin_listen: "127.0.0.1:7780".parse().unwrap(),
             data_dir: PathBuf::from("./data"),
+            store: None,
+            flush_interval_ms: 5_000,
             auth: AuthMode::Dev,
             ticket_secret: None,
             takeover: TakeoverPolicy::TakeOver,
@@ -134,6 +141,12 @@ pub struct Overrides {
     /// Data directory [default: ./data].
     #[arg(long, env = "TETHER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Character storage: postgres://USER@HOST:PORT/DB or sqlite:PATH [default: sqlite in the data dir].
+    #[arg(long, env = "TETHER_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+    /// Write-behind interval for positions and hp, ms [default: 5000].
+    #[arg(long, env = "TETHER_FLUSH_INTERVAL_MS")]
+    pub flush_interval_ms: Option<u64>,
     /// Authentication: dev (any name) or ticket (signed tickets) [default: dev].
     #[arg(long, env = "TETHER_AUTH")]
     pub auth: Option<AuthMode>,
@@ -218,6 +231,17 @@ macro_rules! apply {
 }
 
 impl Config {
+    /// The storage spec in use: `store`, or SQLite in the data dir.
+    pub fn store_spec(&self) -> String {
+        match &self.store {
+            Some(spec) => spec.clone(),
+            None => format!(
+                "sqlite:{}",
+                tether_store::default_sqlite_path(&self.data_dir).display()
+            ),
+        }
+    }
+
     /// Defaults, then the file named by `--config` (if any), then overrides.
     pub fn load(ov: Overrides) -> Result<Config, ConfigError> {
         let mut cfg = match &ov.config {
@@ -233,12 +257,16 @@ impl Config {
         if ov.ticket_secret.is_some() {
             cfg.ticket_secret = ov.ticket_secret;
         }
+        if ov.store.is_some() {
+            cfg.store = ov.store;
+        }
         apply!(
             cfg,
             ov,
             listen,
             admin_listen,
             data_dir,
+            flush_interval_ms,
             auth,
             takeover,
             pvp,
@@ -292,6 +320,9 @@ impl Config {
         }
         if self.replay_cap_frames < tether_session::FRAMES_PER_PAGE {
             return err("replay_cap_frames must hold at least one page (32 frames)");
+        }
+        if !(100..=600_000).contains(&self.flush_interval_ms) {
+            return err("flush_interval_ms must be 100..=600000");
         }
         if self.write_queue_cap_bytes < 4096 {
             return err("write_queue_cap_bytes must be at least 4096");

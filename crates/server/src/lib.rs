@@ -8,7 +8,8 @@
 //! - [`shard`]: shard threads: a `World` and its players' sessions.
 //! - [`link`]: the lock-free rings and wake-ups between the two.
 //! - [`directory`]: which shard holds which account.
-//! - [`store`]: where characters are kept between sessions.
+//! - characters are stored by `tether-store` (SQLite by default,
+//!   PostgreSQL for production) through a writer thread off the world loop.
 //! - [`metrics`], [`admin`]: counters and the admin HTTP endpoint.
 //!
 //! # Data flow
@@ -31,28 +32,30 @@ pub mod link;
 pub mod metrics;
 pub mod net;
 pub mod shard;
-pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tether_store::{Backend, StoreWriter, WriterConfig};
 use tether_world::{World, WorldConfig};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::link::{IoLink, IoWaker, ShardLink, ShardWaker, RING_CAPACITY};
 use crate::metrics::Metrics;
 use crate::shard::{Bus, Shard, BUS_CAPACITY};
-use crate::store::{MemoryStore, Store};
 
 /// Listen backlog: connections the kernel queues before accept. Large, so a
 /// burst of thousands of (re)connects is queued rather than refused.
 const LISTEN_BACKLOG: i32 = 8192;
+
+/// Longest a shutdown waits for storage to take the last writes.
+const STORE_SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
 
 /// A running server.
 pub struct ServerHandle {
@@ -65,6 +68,7 @@ pub struct ServerHandle {
     threads: Vec<JoinHandle<()>>,
     admin_stop: Option<tokio::sync::oneshot::Sender<()>>,
     admin_thread: Option<JoinHandle<()>>,
+    store: Option<StoreWriter>,
 }
 
 impl ServerHandle {
@@ -86,6 +90,15 @@ impl ServerHandle {
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+        // The shards saved every character on their way out; make it durable.
+        if let Some(store) = self.store.take() {
+            let report = store.shutdown(STORE_SHUTDOWN_BOUND);
+            if report.is_complete() {
+                info!("storage flushed");
+            } else {
+                warn!(?report, "storage could not be flushed completely");
+            }
         }
         if let Some(stop) = self.admin_stop.take() {
             let _ = stop.send(());
@@ -118,15 +131,47 @@ fn bind_game_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
 }
 
 /// Starts every thread of a server and returns once it is listening.
+///
+/// Opens the configured storage first (SQLite in the data dir unless
+/// `store` names another); an unreachable database stops the start.
 pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
-    start_with_store(cfg, Arc::new(MemoryStore::default()))
-}
-
-/// [`start`] with a given character store.
-pub fn start_with_store(cfg: Config, store: Arc<dyn Store>) -> anyhow::Result<ServerHandle> {
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    let spec = cfg.store_spec();
+    let backend = tether_store::open(&spec)
+        .with_context(|| format!("cannot open storage {}", redact(&spec)))?;
+    info!(store = %redact(&spec), "storage open");
+    start_with_backend(cfg, backend)
+}
+
+/// A store spec for logs: a PostgreSQL URL without its password.
+fn redact(spec: &str) -> String {
+    match (spec.find("://"), spec.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &spec[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &spec[..scheme + 3], &spec[at..]),
+                None => spec.to_string(),
+            }
+        }
+        _ => spec.to_string(),
+    }
+}
+
+/// [`start`] with a given storage backend (tests use an in-memory one).
+pub fn start_with_backend(cfg: Config, backend: Box<dyn Backend>) -> anyhow::Result<ServerHandle> {
+    cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    let store = StoreWriter::start(
+        backend,
+        WriterConfig {
+            flush_interval: Duration::from_millis(cfg.flush_interval_ms),
+            ..WriterConfig::default()
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("cannot start the storage writer: {e}"))?;
     let cfg = Arc::new(cfg);
     let clock = Instant::now();
     let metrics = Arc::new(Metrics::new());
@@ -216,6 +261,8 @@ pub fn start_with_store(cfg: Config, store: Arc<dyn Store>) -> anyhow::Result<Se
     world_cfg.seed = cfg.world_seed;
     for (s, (links, bus_rx)) in shard_side.into_iter().zip(bus_rxs).enumerate() {
         let world = World::new(world_cfg.clone(), s as u8);
+        let waker = shard_wakers[s].clone();
+        let (store_handle, store_events) = store.client(Some(Box::new(move || waker.wake())));
         let shard = Shard::new(
             s as u16,
             cfg.clone(),
@@ -225,7 +272,8 @@ pub fn start_with_store(cfg: Config, store: Arc<dyn Store>) -> anyhow::Result<Se
             bus.clone(),
             bus_rx,
             directory.clone(),
-            store.clone(),
+            store_handle,
+            store_events,
             metrics.clone(),
             shutdown.clone(),
             clock,
@@ -294,5 +342,6 @@ pub fn start_with_store(cfg: Config, store: Arc<dyn Store>) -> anyhow::Result<Se
         threads,
         admin_stop: Some(admin_stop),
         admin_thread: Some(admin_thread),
+        store: Some(store),
     })
 }

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub duplicate_inputs: Counter,
     /// Duration of a world tick (monster AI, timers), seconds.
     pub tick_seconds: Histogram,
+    /// 1 while storage is unreachable (writes held and retried), else 0.
+    pub storage_degraded: Gauge,
 }
 
 impl Metrics {
@@ -66,6 +68,7 @@ impl Metrics {
             tick_seconds: Histogram::new([
                 0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1,
             ]),
+            storage_degraded: Gauge::default(),
             registry: Registry::default(),
         };
         macro_rules! reg {
@@ -125,6 +128,11 @@ impl Metrics {
             "tether_duplicate_inputs",
             "Re-sent inputs dropped as already applied",
             duplicate_inputs
+        );
+        reg!(
+            "tether_storage_degraded",
+            "1 while storage is unreachable and writes are held",
+            storage_degraded
         );
         reg!(
             "tether_world_tick_seconds",

@@ -30,14 +30,14 @@ use tether_session::{
     InputVerdict, PagePool, ResumePlan, ResumeRefused, ResumeToken, ServerSession, SessionConfig,
     SessionId, SessionState, TimerEvent,
 };
-use tether_world::{CharacterRecord, EntityId, Outbox, World};
+use tether_store::{Health, StoreEvent, StoreEvents, StoreHandle};
+use tether_world::{CharacterRecord, EntityId, LootTx, Outbox, World};
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, TakeoverPolicy};
 use crate::directory::Directory;
 use crate::link::{close_frame, ConnRef, IoLink, ShardWaker, ToIo, ToShard};
 use crate::metrics::{labels, Metrics};
-use crate::store::Store;
 
 /// Messages taken from one I/O ring before looking at the others, so one
 /// busy I/O thread cannot starve the rest.
@@ -52,6 +52,9 @@ const OUTBOUND_OVERFLOW_CAP: usize = 256 * 1024;
 /// shards is dropped (a whisper's sender gets RATE_LIMITED; world chat to
 /// that shard is lost).
 pub const BUS_CAPACITY: usize = 4096;
+
+/// What a login refused for storage is told to wait before trying again.
+const STORAGE_RETRY_AFTER_MS: u32 = 2_000;
 
 /// Idle pages kept by the replay page pool (~1 MiB of page vectors); more are
 /// given back to the allocator.
@@ -119,7 +122,17 @@ pub struct Shard {
     bus: Bus,
     bus_rx: Receiver<BusMsg>,
     directory: Arc<Directory>,
-    store: Arc<dyn Store>,
+    store: StoreHandle,
+    store_events: StoreEvents,
+    /// Logins waiting for their character from storage, by load tag.
+    loading: HashMap<u64, (ConnRef, String)>,
+    loading_by_conn: HashMap<ConnRef, u64>,
+    next_load_tag: u64,
+    /// Loot storage could not take yet (its queue was full), oldest first.
+    /// While it is not empty, attacks are refused, so it stays small.
+    loot_retry: VecDeque<LootTx>,
+    /// Scratch for write-behind records.
+    dirty: Vec<CharacterRecord>,
     metrics: Arc<Metrics>,
     shutdown: Arc<AtomicBool>,
     clock: Instant,
@@ -138,7 +151,8 @@ impl Shard {
         bus: Bus,
         bus_rx: Receiver<BusMsg>,
         directory: Arc<Directory>,
-        store: Arc<dyn Store>,
+        store: StoreHandle,
+        store_events: StoreEvents,
         metrics: Arc<Metrics>,
         shutdown: Arc<AtomicBool>,
         clock: Instant,
@@ -174,6 +188,12 @@ impl Shard {
             bus_rx,
             directory,
             store,
+            store_events,
+            loading: HashMap::new(),
+            loading_by_conn: HashMap::new(),
+            next_load_tag: 1,
+            loot_retry: VecDeque::new(),
+            dirty: Vec::new(),
             metrics,
             shutdown,
             clock,
@@ -204,6 +224,11 @@ impl Shard {
             while let Ok(msg) = self.bus_rx.try_recv() {
                 worked = true;
                 self.on_bus(msg);
+            }
+            while let Some(event) = self.store_events.try_recv() {
+                worked = true;
+                self.refresh_now();
+                self.on_store_event(event);
             }
             if self.refresh_now() >= self.next_tick {
                 self.tick();
@@ -252,6 +277,10 @@ impl Shard {
                 }
             }
             ToShard::Closed { conn, why } => {
+                if let Some(tag) = self.loading_by_conn.remove(&conn) {
+                    // Its Loaded event finds no login and releases the claim.
+                    self.loading.remove(&tag);
+                }
                 if let Some(idx) = self.by_conn.remove(&conn) {
                     debug!(
                         shard = self.index,
@@ -314,18 +343,74 @@ impl Shard {
             );
             return;
         }
-        let record = self
-            .store
-            .load(&account)
-            .unwrap_or_else(|| CharacterRecord {
-                name: account.clone(),
-                pos: None,
-                hp: 0,
-                level: 1,
-                xp: 0,
-                gold: 0,
-                inventory: Vec::new(),
-            });
+        if !self.store.accepts_logins() {
+            self.refuse_for_storage(conn, &account);
+            return;
+        }
+        // The character comes from storage asynchronously; the world loop
+        // goes on meanwhile and the login finishes in `on_loaded`.
+        let tag = self.next_load_tag;
+        self.next_load_tag += 1;
+        if self.store.load(&account, tag).is_err() {
+            self.refuse_for_storage(conn, &account);
+            return;
+        }
+        self.loading.insert(tag, (conn, account));
+        self.loading_by_conn.insert(conn, tag);
+    }
+
+    fn refuse_for_storage(&mut self, conn: ConnRef, account: &str) {
+        if !self.by_account.contains_key(account) {
+            self.directory.release(account, self.index);
+        }
+        self.close_retry(
+            conn,
+            CloseCode::StorageUnavailable,
+            "storage is unavailable; retry later",
+            STORAGE_RETRY_AFTER_MS,
+        );
+    }
+
+    fn on_loaded(
+        &mut self,
+        account: String,
+        tag: u64,
+        result: Result<Option<CharacterRecord>, tether_store::StoreError>,
+    ) {
+        let Some((conn, _)) = self.loading.remove(&tag) else {
+            // The connection went away while loading.
+            if !self.by_account.contains_key(&account) && !self.is_loading(&account) {
+                self.directory.release(&account, self.index);
+            }
+            return;
+        };
+        self.loading_by_conn.remove(&conn);
+        let record = match result {
+            Ok(record) => record,
+            Err(e) => {
+                warn!(shard = self.index, %account, error = %e, "character load failed");
+                self.refuse_for_storage(conn, &account);
+                return;
+            }
+        };
+        if self.by_account.contains_key(&account) {
+            // Another login of this account finished loading first: this
+            // one takes that session over (or is refused), as usual.
+            self.login(conn, account);
+            return;
+        }
+        self.route_outbox();
+        let now = self.now;
+        let is_new = record.is_none();
+        let record = record.unwrap_or_else(|| CharacterRecord {
+            name: account.clone(),
+            pos: None,
+            hp: 0,
+            level: 1,
+            xp: 0,
+            gold: 0,
+            inventory: Vec::new(),
+        });
         let id = ((self.index as u64) << 56) | self.next_session;
         self.next_session += 1;
         let session = ServerSession::new(id, Self::new_token(), now, self.session_cfg.clone());
@@ -347,14 +432,47 @@ impl Shard {
         // Welcome goes out before the world's snapshot frames: the joiner's
         // frames are routed after this returns.
         let entity = self.world.join(now, record, &mut self.outbox);
-        if let Some(created) = self.world.character(entity) {
-            // A new character exists from its first login on, so loot
-            // committed during its first session has a record to land in.
-            self.store.save(&created);
+        if is_new {
+            if let Some(created) = self.world.character(entity) {
+                // A new character exists from its first login on, so loot
+                // committed during its first session has a record to land in.
+                self.store.save_now(created);
+            }
         }
         self.sessions[idx].entity = entity;
         self.by_entity.insert(entity, idx);
         self.welcome(idx, false);
+    }
+
+    fn is_loading(&self, account: &str) -> bool {
+        self.loading.values().any(|(_, a)| a == account)
+    }
+
+    fn on_store_event(&mut self, event: StoreEvent) {
+        match event {
+            StoreEvent::Loaded {
+                account,
+                tag,
+                result,
+            } => self.on_loaded(account, tag, result),
+            StoreEvent::LootCommitted(tx) => self.world.loot_committed(&tx, &mut self.outbox),
+            StoreEvent::LootRejected { tx, error } => {
+                // Never confirmed to the player; the store logged and counted it.
+                warn!(shard = self.index, tx = tx.tx_id, character = %tx.character, %error, "loot rejected by storage");
+            }
+            StoreEvent::Health(health) => {
+                let degraded = health == Health::Degraded;
+                if degraded {
+                    warn!(
+                        shard = self.index,
+                        "storage degraded: holding writes and retrying"
+                    );
+                } else {
+                    info!(shard = self.index, "storage healthy again");
+                }
+                self.metrics.storage_degraded.set(i64::from(degraded));
+            }
+        }
     }
 
     fn welcome(&mut self, idx: usize, took_over: bool) {
@@ -493,10 +611,23 @@ impl Shard {
         slot.session.heard_from(now);
         match slot.session.check_input(input.seq, now) {
             Ok(InputVerdict::Apply) => {
-                if let Some(cmd) = input.cmd {
-                    let entity = slot.entity;
-                    self.world
-                        .apply(now, entity, input.seq, cmd, &mut self.outbox);
+                let entity = slot.entity;
+                match input.cmd {
+                    Some(pb::input::Cmd::Attack(_))
+                        if !self.store.accepts_value() || !self.loot_retry.is_empty() =>
+                    {
+                        // A kill would create loot that cannot be made
+                        // durable now; movement and chat still work.
+                        self.command_error(
+                            entity,
+                            input.seq,
+                            pb::CommandErrorCode::CommandErrorStorageUnavailable,
+                        );
+                    }
+                    Some(cmd) => self
+                        .world
+                        .apply(now, entity, input.seq, cmd, &mut self.outbox),
+                    None => {}
                 }
             }
             Ok(InputVerdict::Duplicate) => {
@@ -566,7 +697,7 @@ impl Shard {
             .dec();
         self.metrics.logouts.inc();
         if let Some(record) = self.world.leave(now, slot.entity, &mut self.outbox) {
-            self.store.save(&record);
+            self.store.save_now(record);
         }
         slot.session.release(&mut self.pool);
         self.by_entity.remove(&slot.entity);
@@ -588,6 +719,13 @@ impl Shard {
         let started = Instant::now();
         let now = self.now;
         self.world.tick(now, &mut self.outbox);
+        // Write-behind: hand storage what changed; it coalesces per character
+        // and writes every flush interval, off this thread.
+        self.world.take_dirty(&mut self.dirty);
+        if !self.dirty.is_empty() {
+            self.store.mark_dirty_all(self.dirty.drain(..));
+        }
+        self.retry_loot();
         let mut expired = Vec::new();
         let mut cut = Vec::new();
         let mut acks = Vec::new();
@@ -698,15 +836,35 @@ impl Shard {
                 }
             }
             let loot = std::mem::take(&mut self.outbox.loot);
-            for tx in &loot {
-                self.store.commit_loot(tx);
-                self.world.loot_committed(tx, &mut self.outbox);
+            for tx in loot {
+                self.commit_loot(tx);
             }
             if self.outbox.frames.is_empty()
                 && self.outbox.world_chat.is_empty()
                 && self.outbox.remote_whispers.is_empty()
                 && self.outbox.loot.is_empty()
             {
+                return;
+            }
+        }
+    }
+
+    /// Hands a loot transaction to storage; the player hears of it once it
+    /// is committed (StoreEvent::LootCommitted).
+    fn commit_loot(&mut self, tx: LootTx) {
+        if !self.loot_retry.is_empty() {
+            self.loot_retry.push_back(tx);
+            return;
+        }
+        if let Err(e) = self.store.commit_loot(tx) {
+            self.loot_retry.push_back(e.into_inner());
+        }
+    }
+
+    fn retry_loot(&mut self) {
+        while let Some(tx) = self.loot_retry.pop_front() {
+            if let Err(e) = self.store.commit_loot(tx) {
+                self.loot_retry.push_front(e.into_inner());
                 return;
             }
         }
@@ -763,11 +921,15 @@ impl Shard {
     }
 
     fn close(&mut self, conn: ConnRef, code: CloseCode, message: &str) {
+        self.close_retry(conn, code, message, 0);
+    }
+
+    fn close_retry(&mut self, conn: ConnRef, code: CloseCode, message: &str, retry_after_ms: u32) {
         self.metrics
             .closed_by_server
             .get_or_create(&labels(&[("reason", code.as_str_name())]))
             .inc();
-        let frame = close_frame(code, message, 0);
+        let frame = close_frame(code, message, retry_after_ms);
         self.send_io(conn, ToIo::Close { conn, frame });
     }
 
@@ -820,6 +982,10 @@ impl Shard {
     /// Shutdown: save every character, tell every client the server is
     /// restarting, and tell the I/O threads this shard is done.
     fn stop(&mut self) {
+        let loading: Vec<ConnRef> = self.loading.drain().map(|(_, (conn, _))| conn).collect();
+        for conn in loading {
+            self.close(conn, CloseCode::ServerShutdown, "server shutting down");
+        }
         let all: Vec<usize> = self.sessions.iter().map(|(i, _)| i).collect();
         let n = all.len();
         for idx in all {

@@ -5,7 +5,7 @@ mod common;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use common::{place, server, TestClient};
+use common::{place, server, stored, TestClient};
 use tether_proto::pb::{self, client_message, input::Cmd, server_message::Msg, CloseCode};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -218,16 +218,8 @@ fn a_kill_puts_loot_in_the_killers_inventory() {
         close_code(&hunter.recv_until(WAIT, |m| matches!(m, Msg::Close(_)))),
         Some(CloseCode::Logout)
     );
-    let saved = store_load(&store, "Hunter");
+    let saved = stored(&store, "Hunter", |r| r.gold == loot.total_gold);
     assert_eq!(saved.gold, loot.total_gold);
-}
-
-fn store_load(
-    store: &tether_server::store::MemoryStore,
-    name: &str,
-) -> tether_world::CharacterRecord {
-    use tether_server::store::Store;
-    store.load(name).expect("saved character")
 }
 
 #[test]

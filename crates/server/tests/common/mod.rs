@@ -4,17 +4,17 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tether_proto::pb::{self, client_message, input::Cmd, server_message::Msg};
 use tether_proto::{decode_server, encode_frame, split_frame, MAX_PAYLOAD_LEN};
 use tether_server::config::Config;
-use tether_server::store::{MemoryStore, Store};
 use tether_server::ServerHandle;
+use tether_store::fake::{FakeBackend, FakeControl};
 
-/// A server on free loopback ports with a small map, and its store.
-pub fn server(tweak: impl FnOnce(&mut Config)) -> (ServerHandle, Arc<MemoryStore>) {
+/// A server on free loopback ports with a small map, over an in-memory
+/// store the test controls (seed characters, read them back, cut it).
+pub fn server(tweak: impl FnOnce(&mut Config)) -> (ServerHandle, FakeControl) {
     let dir = std::env::temp_dir().join(format!(
         "tether-test-{}-{}",
         std::process::id(),
@@ -28,9 +28,9 @@ pub fn server(tweak: impl FnOnce(&mut Config)) -> (ServerHandle, Arc<MemoryStore
         ..Config::default()
     };
     tweak(&mut cfg);
-    let store = Arc::new(MemoryStore::default());
-    let handle = tether_server::start_with_store(cfg, store.clone()).expect("server starts");
-    (handle, store)
+    let (backend, control) = FakeBackend::new();
+    let handle = tether_server::start_with_backend(cfg, Box::new(backend)).expect("server starts");
+    (handle, control)
 }
 
 pub struct TestClient {
@@ -181,8 +181,8 @@ impl TestClient {
 
 /// A saved character at a chosen position, for tests that need players in
 /// each other's view.
-pub fn place(store: &MemoryStore, name: &str, x: f32, y: f32) {
-    store.save(&tether_world::CharacterRecord {
+pub fn place(store: &FakeControl, name: &str, x: f32, y: f32) {
+    store.insert(tether_world::CharacterRecord {
         name: name.into(),
         pos: Some((x, y)),
         hp: 0,
@@ -191,4 +191,24 @@ pub fn place(store: &MemoryStore, name: &str, x: f32, y: f32) {
         gold: 0,
         inventory: Vec::new(),
     });
+}
+
+/// Waits (up to 5 s) for storage to hold `name` with a check passing: saves
+/// are written behind, off the game loop.
+pub fn stored(
+    store: &FakeControl,
+    name: &str,
+    check: impl Fn(&tether_world::CharacterRecord) -> bool,
+) -> tether_world::CharacterRecord {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(r) = store.character(name) {
+            if check(&r) || Instant::now() > deadline {
+                return r;
+            }
+        } else if Instant::now() > deadline {
+            panic!("{name} never reached storage");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
