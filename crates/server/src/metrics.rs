@@ -142,6 +142,13 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// Moves `tether_sessions{state}` (`"active"` or `"zombie"`) by `delta`.
+    pub fn add_sessions(&self, state: &'static str, delta: i64) {
+        self.sessions
+            .get_or_create(&labels(&[("state", state)]))
+            .inc_by(delta);
+    }
+
     /// The whole exposition, process metrics included.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8192);

@@ -424,10 +424,7 @@ impl Shard {
         self.by_id.insert(id, idx);
         self.by_account.insert(account, idx);
         self.directory.add_population(self.index, 1);
-        self.metrics
-            .sessions
-            .get_or_create(&labels(&[("state", "active")]))
-            .inc();
+        self.metrics.add_sessions("active", 1);
         self.metrics.logins.inc();
         // Welcome goes out before the world's snapshot frames: the joiner's
         // frames are routed after this returns.
@@ -657,27 +654,15 @@ impl Shard {
         if slot.session.state() == SessionState::Live {
             slot.session.detach(now);
             let entity = slot.entity;
-            self.metrics
-                .sessions
-                .get_or_create(&labels(&[("state", "active")]))
-                .dec();
-            self.metrics
-                .sessions
-                .get_or_create(&labels(&[("state", "zombie")]))
-                .inc();
+            self.metrics.add_sessions("active", -1);
+            self.metrics.add_sessions("zombie", 1);
             self.world.set_link_dead(entity, true, &mut self.outbox);
         }
     }
 
     fn gauge_zombie_to_active(&self) {
-        self.metrics
-            .sessions
-            .get_or_create(&labels(&[("state", "zombie")]))
-            .dec();
-        self.metrics
-            .sessions
-            .get_or_create(&labels(&[("state", "active")]))
-            .inc();
+        self.metrics.add_sessions("zombie", -1);
+        self.metrics.add_sessions("active", 1);
     }
 
     /// Logs the character out: saves it, frees the session, closes its
@@ -691,10 +676,7 @@ impl Shard {
         } else {
             "zombie"
         };
-        self.metrics
-            .sessions
-            .get_or_create(&labels(&[("state", state)]))
-            .dec();
+        self.metrics.add_sessions(state, -1);
         self.metrics.logouts.inc();
         if let Some(record) = self.world.leave(now, slot.entity, &mut self.outbox) {
             self.store.save_now(record);
