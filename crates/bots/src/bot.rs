@@ -6,8 +6,22 @@
 //! second. What every scenario counts the same way (frames, pongs and their
 //! round trip, kills, command errors, disconnects, resumes, inputs lost) is
 //! counted here; the brain only decides what to send.
+//!
+//! Besides playing, a bot follows its [`Script`]: the faults it inflicts on
+//! itself, at instants known in advance so that no coordinator has to reach
+//! into thousands of tasks:
+//!
+//! - the reconnect storm: close the socket at one instant shared by all bots;
+//! - `--chaos`: close the socket at random (a Poisson process per bot; the
+//!   bots together close `--chaos` sockets a second);
+//! - soak churn: every so often drop and resume, log out and come back, walk
+//!   away until the zombie session expires and log in fresh, or keep going.
+//!
+//! A socket the bot closes itself is not an error: the client resumes, the
+//! resume is counted in `resumed`, and the time from the drop until the first
+//! counted frame after the resume goes to [`Shared::resumes`].
 
-use std::sync::atomic::{AtomicI64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +32,8 @@ use tether_client::{
 };
 use tokio::time::{sleep_until, Instant};
 
-use crate::stats::{Counters, RttHistograms, RttSample, Tally};
+use crate::scenario::soak::{self, Action};
+use crate::stats::{Counters, ResumeTimes, RttHistograms, RttSample, Tally};
 
 /// How often a bot adds its tally to the shared counters.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -26,6 +41,9 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// While the connection is down the brain sleeps; the bot looks again this
 /// often (the client wakes it earlier with `Resumed`).
 const PAUSED_TICK: Duration = Duration::from_millis(250);
+
+/// While a soak player is away, it looks at the run's phase this often.
+const AWAY_TICK: Duration = Duration::from_millis(500);
 
 /// Where the run is. Bots read it on every timer wake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -48,6 +66,9 @@ pub struct Shared {
     pub rtt: RttHistograms,
     /// Sessions currently attached to a connection.
     pub connected: AtomicI64,
+    /// Drop-to-first-frame times of the sockets the bots closed themselves.
+    pub resumes: ResumeTimes,
+    pub storm: Storm,
 }
 
 impl Default for Shared {
@@ -58,6 +79,8 @@ impl Default for Shared {
             counters: Counters::default(),
             rtt: RttHistograms::default(),
             connected: AtomicI64::new(0),
+            resumes: ResumeTimes::default(),
+            storm: Storm::default(),
         }
     }
 }
@@ -85,6 +108,88 @@ impl Shared {
     }
 }
 
+/// The reconnect storm's bookkeeping. Every armed bot settles its part
+/// exactly once: it is `dropped` at the instant (then `completed` or
+/// `failed`), or `missed` it (not connected then, or gone before it).
+#[derive(Debug, Default)]
+pub struct Storm {
+    /// Armed bots that have not reached the instant yet.
+    pending: AtomicI64,
+    dropped: AtomicU64,
+    missed: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    /// The latest completion, µs after the storm instant.
+    last_us: AtomicU64,
+}
+
+/// The storm's figures at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StormReport {
+    pub pending: i64,
+    /// Sessions whose socket was closed at the instant.
+    pub dropped: u64,
+    /// Bots that were not connected at the instant (or never got there).
+    pub missed: u64,
+    /// Dropped sessions that resumed and received a counted frame.
+    pub completed: u64,
+    /// Dropped sessions whose client ended before that.
+    pub failed: u64,
+    /// When the last completion happened, µs after the instant.
+    pub last_us: u64,
+}
+
+impl StormReport {
+    /// Every bot has acted on the storm and every dropped session has an
+    /// outcome.
+    pub fn settled(&self) -> bool {
+        self.pending <= 0 && self.completed + self.failed >= self.dropped
+    }
+
+    /// The time until 100 % of `clients` sessions had resumed and received a
+    /// frame; `None` unless every one of them was dropped and came back.
+    pub fn all_back_ms(&self, clients: usize) -> Option<f64> {
+        (self.dropped == clients as u64 && self.completed == self.dropped)
+            .then(|| crate::stats::round3(self.last_us as f64 / 1000.0))
+    }
+}
+
+impl Storm {
+    /// `n` bots will take part.
+    pub fn arm(&self, n: usize) {
+        self.pending.fetch_add(n as i64, Relaxed);
+    }
+
+    pub fn report(&self) -> StormReport {
+        StormReport {
+            pending: self.pending.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+            missed: self.missed.load(Relaxed),
+            completed: self.completed.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            last_us: self.last_us.load(Relaxed),
+        }
+    }
+
+    fn reached(&self, dropped: bool) {
+        if dropped {
+            self.dropped.fetch_add(1, Relaxed);
+        } else {
+            self.missed.fetch_add(1, Relaxed);
+        }
+        self.pending.fetch_sub(1, Relaxed);
+    }
+
+    fn complete(&self, us: u64) {
+        self.last_us.fetch_max(us, Relaxed);
+        self.completed.fetch_add(1, Relaxed);
+    }
+
+    fn fail(&self) {
+        self.failed.fetch_add(1, Relaxed);
+    }
+}
+
 /// Where a brain's commands go: the client, or a recorder in tests.
 pub trait Outbox {
     fn send(&mut self, cmd: Command) -> Result<u32, SendError>;
@@ -93,6 +198,24 @@ pub trait Outbox {
 impl Outbox for Client {
     fn send(&mut self, cmd: Command) -> Result<u32, SendError> {
         Client::send(self, cmd)
+    }
+}
+
+/// The client as the brain's outbox, counting the pings that go out so
+/// their pongs can be checked off.
+struct Counted<'a> {
+    client: &'a mut Client,
+    pings_out: &'a mut i64,
+}
+
+impl Outbox for Counted<'_> {
+    fn send(&mut self, cmd: Command) -> Result<u32, SendError> {
+        let ping = matches!(cmd, Command::Ping { .. });
+        let r = self.client.send(cmd);
+        if ping && r.is_ok() {
+            *self.pings_out += 1;
+        }
+        r
     }
 }
 
@@ -115,16 +238,44 @@ pub trait Brain: Send + 'static {
     ) -> Instant;
 }
 
-/// How one bot's run ended.
-enum End {
+/// The faults and churn one bot inflicts on itself (see the module docs).
+#[derive(Debug, Clone, Default)]
+pub struct Script {
+    /// Reconnect storm: close the socket at this instant.
+    pub storm_at: Option<Instant>,
+    /// Chaos: this bot's socket closes per second (its share of `--chaos`),
+    /// while the run is in its measured window.
+    pub chaos_rate: f64,
+    /// Soak: average play time between two actions.
+    pub soak_cycle: Option<Duration>,
+}
+
+/// How one client's life ended.
+enum Life {
     /// The run is over: drain and log out.
     Drain,
     /// The client ended on its own (error, or logged out by the server).
     Ended,
+    /// Soak: leave (with a logout, or by walking away) and log in again
+    /// after `away`.
+    Leave { logout: bool, away: Duration },
+}
+
+/// A socket the bot closed itself, until the first frame after the resume.
+#[derive(Debug, Clone, Copy)]
+struct Awaiting {
+    since: Instant,
+    /// When `Resumed` / `Resynced` arrived; the next counted frame
+    /// completes it.
+    resumed_at: Option<Instant>,
+    /// This is the storm's drop.
+    storm: bool,
 }
 
 struct Bot<'a> {
     shared: &'a Shared,
+    script: Script,
+    rng: SmallRng,
     tally: Tally,
     /// Round-trip samples since the last flush (about one a second).
     rtt: Vec<RttSample>,
@@ -132,9 +283,16 @@ struct Bot<'a> {
     live: bool,
     /// Client counters at the last flush.
     seen: ClientStats,
+    /// Pings sent by the current client whose pong has not arrived.
+    pings_out: i64,
+    /// Still has to act on the storm.
+    storm_armed: bool,
+    awaiting: Option<Awaiting>,
+    next_chaos: Option<Instant>,
 }
 
 /// Runs player `index` from `start_at` until the run drains.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_bot<B: Brain>(
     index: usize,
     start_at: Instant,
@@ -142,141 +300,415 @@ pub async fn run_bot<B: Brain>(
     mut brain: B,
     shared: Arc<Shared>,
     drain: Duration,
-    mut rng: SmallRng,
+    rng: SmallRng,
+    script: Script,
 ) {
-    sleep_until(start_at).await;
-    if shared.phase() >= Phase::Drain {
-        return;
-    }
     let mut bot = Bot {
         shared: &shared,
+        storm_armed: script.storm_at.is_some(),
+        script,
+        rng,
         tally: Tally::default(),
         rtt: Vec::with_capacity(4),
         me: 0,
         live: false,
         seen: ClientStats::default(),
+        pings_out: 0,
+        awaiting: None,
+        next_chaos: None,
     };
-    let mut client = match Client::connect(cfg).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::debug!(index, error = %e, "login failed");
-            bot.tally.errors += 1;
-            bot.tally.connect_failures += match e {
-                ClientError::GaveUp { attempts, .. } => u64::from(attempts),
-                _ => 1,
-            };
-            shared.counters.add(&bot.tally);
-            return;
-        }
-    };
-    bot.me = client.entity_id();
-    bot.set_live(true);
-    bot.tally.logins += 1;
-    let now = Instant::now();
-    let mut wake = brain.on_login(&client, now);
-    // Random phase, so the shared counters see a steady trickle.
-    let mut next_flush = now + FLUSH_EVERY.mul_f64(rng.random::<f64>());
-
-    let end = loop {
-        match client.next_event_until(wake.min(next_flush)).await {
-            Some(Ok(Event::Deadline)) => {
-                let now = Instant::now();
-                if now >= next_flush {
-                    bot.flush(&client);
-                    next_flush = now + FLUSH_EVERY;
-                }
-                if shared.phase() >= Phase::Drain {
-                    break End::Drain;
-                }
-                if now >= wake {
-                    wake = if client.is_live() {
-                        brain.on_tick(&mut client, &mut bot.tally, &shared, now)
-                    } else {
-                        now + PAUSED_TICK
-                    };
-                }
-            }
-            Some(Ok(ev)) => {
-                if bot.on_event(ev, &mut brain).is_some() {
-                    break End::Ended;
-                }
-            }
-            Some(Err(e)) => {
-                tracing::debug!(index, error = %e, "client ended");
+    sleep_until(start_at).await;
+    let mut lives = 0u64;
+    // The previous life left without resuming: the next login must find
+    // no session (it was logged out, or expired).
+    let mut expect_fresh = false;
+    while shared.phase() < Phase::Drain {
+        let mut cfg = cfg.clone();
+        cfg.seed = cfg
+            .seed
+            .map(|s| s ^ lives.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        lives += 1;
+        let mut client = match Client::connect(cfg).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(index, error = %e, "login failed");
                 bot.tally.errors += 1;
-                break End::Ended;
+                bot.tally.connect_failures += match e {
+                    ClientError::GaveUp { attempts, .. } => u64::from(attempts),
+                    _ => 1,
+                };
+                break;
             }
-            None => break End::Ended,
+        };
+        if expect_fresh && client.welcome().took_over {
+            tracing::debug!(index, "the old session was still there");
+            bot.tally.stale_sessions += 1;
+            bot.tally.errors += 1;
         }
-    };
-
-    if let End::Drain = end {
-        // Stop sending; give the server `drain` to acknowledge what it got.
-        let deadline = Instant::now() + drain;
-        let mut ended = false;
-        while client.unacked_inputs() > 0 && !ended {
-            match client.next_event_until(deadline).await {
-                Some(Ok(Event::Deadline)) => break,
-                Some(Ok(ev)) => ended = bot.on_event(ev, &mut brain).is_some(),
-                Some(Err(_)) => {
-                    bot.tally.errors += 1;
-                    ended = true;
+        match bot.play(&mut client, &mut brain).await {
+            Life::Drain => {
+                bot.settle(&mut client, &mut brain, Instant::now() + drain, false)
+                    .await;
+                bot.logout(&mut client, &mut brain).await;
+                bot.end_life(&client);
+                break;
+            }
+            Life::Ended => {
+                bot.end_life(&client);
+                break;
+            }
+            Life::Leave { logout, away } => {
+                // Wait for the acks (and pongs) of what was sent, so that
+                // anything still missing afterwards is a real loss.
+                bot.settle(&mut client, &mut brain, Instant::now() + drain, !logout)
+                    .await;
+                if logout {
+                    bot.logout(&mut client, &mut brain).await;
                 }
-                None => ended = true,
-            }
-        }
-        bot.tally.inputs_lost += client.unacked_inputs() as u64;
-        if !ended {
-            client.logout();
-            while let Some(ev) = client.next_event().await {
-                match ev {
-                    Ok(Event::LoggedOut) => break,
-                    Ok(Event::Game(g)) => bot.count_game(&g, false),
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!(index, error = %e, "logout failed");
-                        bot.tally.errors += 1;
-                        break;
-                    }
+                bot.end_life(&client);
+                // Without a logout, dropping the client closes the socket:
+                // the session stays behind as a zombie until it expires.
+                drop(client);
+                expect_fresh = true;
+                if !bot.away(away).await {
+                    break;
                 }
             }
         }
-    } else {
-        bot.tally.inputs_lost += client.unacked_inputs() as u64;
+    }
+    if bot.storm_armed {
+        bot.storm_armed = false;
+        shared.storm.reached(false);
     }
     bot.set_live(false);
-    bot.flush(&client);
+    bot.flush(None);
 }
 
 impl Bot<'_> {
+    /// Plays one client's life until the run drains, the client ends, or a
+    /// soak action takes the player away.
+    async fn play<B: Brain>(&mut self, client: &mut Client, brain: &mut B) -> Life {
+        self.me = client.entity_id();
+        self.seen = ClientStats::default();
+        self.pings_out = 0;
+        self.set_live(true);
+        self.tally.logins += 1;
+        let now = Instant::now();
+        let mut wake = brain.on_login(client, now);
+        if self.storm_armed && self.script.storm_at.is_some_and(|t| now >= t) {
+            // Logged in after the instant: not part of the storm.
+            self.storm_armed = false;
+            self.shared.storm.reached(false);
+        }
+        if self.script.chaos_rate > 0.0 && self.next_chaos.is_none_or(|t| t < now) {
+            // First life, or back from away: no burst of overdue kills.
+            self.next_chaos = Some(now + self.chaos_gap());
+        }
+        let mut next_soak = self
+            .script
+            .soak_cycle
+            .map(|c| now + soak::play_time(c, &mut self.rng));
+        // Random phase, so the shared counters see a steady trickle.
+        let mut next_flush = now + FLUSH_EVERY.mul_f64(self.rng.random::<f64>());
+
+        loop {
+            let mut until = wake.min(next_flush);
+            for t in [self.storm_due(), self.next_chaos, next_soak]
+                .into_iter()
+                .flatten()
+            {
+                until = until.min(t);
+            }
+            match client.next_event_until(until).await {
+                Some(Ok(Event::Deadline)) => {
+                    let now = Instant::now();
+                    if now >= next_flush {
+                        self.flush(Some(client));
+                        next_flush = now + FLUSH_EVERY;
+                    }
+                    if self.shared.phase() >= Phase::Drain {
+                        return Life::Drain;
+                    }
+                    self.storm_tick(client, now);
+                    self.chaos_tick(client, now);
+                    if let (Some(due), Some(cycle)) = (next_soak, self.script.soak_cycle) {
+                        if now >= due {
+                            next_soak = Some(now + soak::play_time(cycle, &mut self.rng));
+                            match soak::pick(&mut self.rng) {
+                                Action::Stay => self.tally.soak_stays += 1,
+                                Action::DropResume => {
+                                    if self.awaiting.is_none() && self.cut(client, now, false) {
+                                        self.tally.soak_drops += 1;
+                                    }
+                                }
+                                Action::LogoutReturn => {
+                                    self.tally.soak_logouts += 1;
+                                    let away = soak::away_time(cycle, &mut self.rng);
+                                    return Life::Leave { logout: true, away };
+                                }
+                                Action::ExpireReturn => {
+                                    self.tally.soak_expiries += 1;
+                                    let grace = Duration::from_millis(u64::from(
+                                        client.welcome().resume_grace_ms,
+                                    ));
+                                    let away = soak::expiry_wait(grace, &mut self.rng);
+                                    return Life::Leave {
+                                        logout: false,
+                                        away,
+                                    };
+                                }
+                            }
+                        }
+                    }
+                    if now >= wake {
+                        wake = if client.is_live() {
+                            let mut out = Counted {
+                                client: &mut *client,
+                                pings_out: &mut self.pings_out,
+                            };
+                            brain.on_tick(&mut out, &mut self.tally, self.shared, now)
+                        } else {
+                            now + PAUSED_TICK
+                        };
+                    }
+                }
+                Some(Ok(ev)) => {
+                    if self.on_event(ev, brain, client).is_some() {
+                        return Life::Ended;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(me = self.me, error = %e, "client ended");
+                    self.tally.errors += 1;
+                    return Life::Ended;
+                }
+                None => return Life::Ended,
+            }
+        }
+    }
+
+    /// Sends nothing more and waits, up to `deadline`, until the session is
+    /// live and the server has acknowledged every input (and, with
+    /// `pongs`, answered every ping).
+    async fn settle<B: Brain>(
+        &mut self,
+        client: &mut Client,
+        brain: &mut B,
+        deadline: Instant,
+        pongs: bool,
+    ) {
+        while !client.is_ended()
+            && (client.unacked_inputs() > 0 || !client.is_live() || (pongs && self.pings_out > 0))
+        {
+            match client.next_event_until(deadline).await {
+                Some(Ok(Event::Deadline)) => break,
+                Some(Ok(ev)) => {
+                    if self.on_event(ev, brain, client).is_some() {
+                        break;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(me = self.me, error = %e, "client ended while settling");
+                    self.tally.errors += 1;
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Logs out and waits for the server's `Close` (frames queued before it
+    /// still arrive and are counted).
+    async fn logout<B: Brain>(&mut self, client: &mut Client, brain: &mut B) {
+        if client.is_ended() {
+            return;
+        }
+        client.logout();
+        while let Some(ev) = client.next_event().await {
+            match ev {
+                Ok(Event::LoggedOut) => break,
+                Ok(Event::Game(g)) => {
+                    self.count_game(&g, false);
+                    brain.on_game(&g);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(me = self.me, error = %e, "logout failed");
+                    self.tally.errors += 1;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// One client's life is over: count what it never got back.
+    fn end_life(&mut self, client: &Client) {
+        self.tally.inputs_lost += client.unacked_inputs() as u64;
+        self.tally.pongs_missing += self.pings_out.max(0) as u64;
+        self.pings_out = 0;
+        if let Some(a) = self.awaiting.take() {
+            if a.storm {
+                self.shared.storm.fail();
+            }
+        }
+        self.set_live(false);
+        self.flush(Some(client));
+        self.seen = ClientStats::default();
+    }
+
+    /// Soak: stays away for `away`. `false` when the run started draining
+    /// meanwhile.
+    async fn away(&mut self, away: Duration) -> bool {
+        let back = Instant::now() + away;
+        loop {
+            if self.shared.phase() >= Phase::Drain {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= back {
+                return true;
+            }
+            sleep_until(back.min(now + AWAY_TICK)).await;
+        }
+    }
+
+    fn storm_due(&self) -> Option<Instant> {
+        if self.storm_armed {
+            self.script.storm_at
+        } else {
+            None
+        }
+    }
+
+    /// At the storm's instant: close the socket.
+    fn storm_tick(&mut self, client: &mut Client, now: Instant) {
+        if self.storm_due().is_none_or(|t| now < t) {
+            return;
+        }
+        self.storm_armed = false;
+        // A chaos drop still waiting for its first frame gives way: the
+        // storm's measurement takes over.
+        let dropped = client.is_live() && self.cut(client, now, true);
+        if dropped {
+            self.tally.storm_drops += 1;
+            tracing::debug!(
+                me = self.me,
+                late_us = now
+                    .saturating_duration_since(self.script.storm_at.unwrap_or(now))
+                    .as_micros() as u64,
+                "storm drop"
+            );
+        }
+        self.shared.storm.reached(dropped);
+    }
+
+    /// Chaos: when this bot's next kill is due, close the socket (only in
+    /// the measured window, and only a live one not already coming back).
+    fn chaos_tick(&mut self, client: &mut Client, now: Instant) {
+        let Some(due) = self.next_chaos else {
+            return;
+        };
+        if now < due {
+            return;
+        }
+        self.next_chaos = Some(due.max(now) + self.chaos_gap());
+        if self.shared.phase() == Phase::Measure
+            && client.is_live()
+            && self.awaiting.is_none()
+            && self.cut(client, now, false)
+        {
+            self.tally.chaos_kills += 1;
+        }
+    }
+
+    /// The wait until this bot's next chaos kill: exponential, so the kills
+    /// of all bots together form a Poisson process at `--chaos` a second.
+    fn chaos_gap(&mut self) -> Duration {
+        exp_gap(self.script.chaos_rate, &mut self.rng)
+    }
+
+    /// Closes the socket without logout; `true` if there was one to close.
+    fn cut(&mut self, client: &mut Client, now: Instant, storm: bool) -> bool {
+        let before = client.stats().disconnects;
+        client.drop_connection();
+        if client.stats().disconnects == before {
+            return false;
+        }
+        self.awaiting = Some(Awaiting {
+            since: if storm {
+                self.script.storm_at.unwrap_or(now)
+            } else {
+                now
+            },
+            resumed_at: None,
+            storm,
+        });
+        true
+    }
+
     /// Counts a lifecycle or game event and passes it to the brain.
     /// `Some(())` when the client has ended.
-    fn on_event<B: Brain>(&mut self, ev: Event, brain: &mut B) -> Option<()> {
+    fn on_event<B: Brain>(&mut self, ev: Event, brain: &mut B, client: &mut Client) -> Option<()> {
         match ev {
             Event::Game(g) => {
                 self.count_game(&g, true);
                 brain.on_game(&g);
+                if let Some(a) = self.awaiting {
+                    if let Some(resumed_at) = a.resumed_at {
+                        self.awaiting = None;
+                        let us = |t: Instant| {
+                            u64::try_from(t.saturating_duration_since(a.since).as_micros())
+                                .unwrap_or(u64::MAX)
+                        };
+                        let back_us = us(Instant::now());
+                        self.shared.resumes.record(back_us);
+                        if a.storm {
+                            tracing::debug!(
+                                me = self.me,
+                                resumed_us = us(resumed_at),
+                                back_us,
+                                "back from the storm"
+                            );
+                            self.shared.storm.complete(back_us);
+                        }
+                    }
+                }
             }
             Event::Paused(reason) => {
                 self.tally.disconnects += 1;
                 // The server closing us (slow consumer, heartbeat, rate
                 // limit...) or going silent is a failure; a plain EOF or
-                // reset is counted as a disconnect only.
+                // reset, or a drop of our own, is counted as a disconnect
+                // only.
                 if matches!(reason, PauseReason::Closed { .. } | PauseReason::Silent) {
                     self.tally.errors += 1;
                 }
                 tracing::debug!(me = self.me, ?reason, "connection lost");
+                if let Some(a) = &mut self.awaiting {
+                    a.resumed_at = None;
+                }
                 self.set_live(false);
             }
-            Event::Resumed { .. } => {
+            Event::Resumed { .. } | Event::Resynced { .. } => {
                 self.tally.resumed += 1;
+                if matches!(ev, Event::Resynced { .. }) {
+                    self.tally.snapshots += 1;
+                    brain.on_resynced();
+                }
                 self.set_live(true);
-            }
-            Event::Resynced { .. } => {
-                self.tally.resumed += 1;
-                self.tally.snapshots += 1;
-                brain.on_resynced();
-                self.set_live(true);
+                if let Some(a) = &mut self.awaiting {
+                    a.resumed_at = Some(Instant::now());
+                    // A round trip right away: its pong is a post-resume
+                    // frame even for a player nobody and nothing is near.
+                    let client_time = self.shared.now_us(Instant::now());
+                    let mut out = Counted {
+                        client,
+                        pings_out: &mut self.pings_out,
+                    };
+                    if out.send(Command::Ping { client_time }).is_ok() {
+                        self.tally.pings += 1;
+                    }
+                }
             }
             Event::LoggedOut => {
                 // Nobody asked: the server ended the session.
@@ -293,6 +725,7 @@ impl Bot<'_> {
         match g {
             GameEvent::Pong(p) => {
                 self.tally.pongs += 1;
+                self.pings_out -= 1;
                 let phase = self.shared.phase();
                 if record_rtt && phase != Phase::Drain {
                     let now_us = self.shared.now_us(Instant::now());
@@ -322,17 +755,87 @@ impl Bot<'_> {
 
     /// Hands the tally, the client's frame counts and the round-trip
     /// samples to the shared totals.
-    fn flush(&mut self, client: &Client) {
-        let s = client.stats();
-        self.tally.frames_in += s.frames_in - self.seen.frames_in;
-        self.tally.frames_out += s.frames_out - self.seen.frames_out;
-        let failures = s.connect_failures - self.seen.connect_failures;
-        self.tally.connect_failures += failures;
-        self.tally.errors += failures;
-        self.seen = s;
+    fn flush(&mut self, client: Option<&Client>) {
+        if let Some(client) = client {
+            let s = client.stats();
+            self.tally.frames_in += s.frames_in - self.seen.frames_in;
+            self.tally.frames_out += s.frames_out - self.seen.frames_out;
+            let failures = s.connect_failures - self.seen.connect_failures;
+            self.tally.connect_failures += failures;
+            self.tally.errors += failures;
+            self.seen = s;
+        }
         self.shared.counters.add(&self.tally);
         self.tally = Tally::default();
         self.shared.rtt.record(&self.rtt);
         self.rtt.clear();
+    }
+}
+
+/// An exponentially distributed wait with `rate` events a second (the gap
+/// of a Poisson process); effectively never for a rate of 0.
+pub fn exp_gap(rate: f64, rng: &mut SmallRng) -> Duration {
+    if rate <= 0.0 {
+        return Duration::from_secs(365 * 24 * 3600);
+    }
+    // 1 - U is in (0, 1]: the logarithm is finite.
+    let u: f64 = 1.0 - rng.random::<f64>();
+    Duration::from_secs_f64((-u.ln() / rate).min(365.0 * 24.0 * 3600.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn chaos_gaps_average_one_over_the_rate() {
+        let mut rng = SmallRng::seed_from_u64(9);
+        let n = 20_000;
+        let total: f64 = (0..n).map(|_| exp_gap(0.02, &mut rng).as_secs_f64()).sum();
+        let mean = total / n as f64;
+        // 1 / 0.02 = 50 s, within 3 %.
+        assert!((mean - 50.0).abs() < 1.5, "{mean}");
+        assert!(exp_gap(0.0, &mut rng) > Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn storm_settles_and_times_the_last_session() {
+        let s = Storm::default();
+        s.arm(3);
+        assert!(!s.report().settled());
+        s.reached(true);
+        s.reached(true);
+        s.reached(true);
+        assert!(!s.report().settled());
+        s.complete(1_500);
+        s.complete(900);
+        assert!(!s.report().settled());
+        assert_eq!(s.report().all_back_ms(3), None);
+        s.complete(1_200);
+        let r = s.report();
+        assert!(r.settled());
+        assert_eq!(r.all_back_ms(3), Some(1.5));
+        // One bot that never took part: not 100 %.
+        assert_eq!(r.all_back_ms(4), None);
+    }
+
+    #[test]
+    fn a_failed_session_settles_but_is_not_back() {
+        let s = Storm::default();
+        s.arm(2);
+        s.reached(true);
+        s.reached(false);
+        s.complete(10);
+        let r = s.report();
+        assert!(r.settled());
+        assert_eq!((r.dropped, r.missed), (1, 1));
+        assert_eq!(r.all_back_ms(2), None);
+        let s = Storm::default();
+        s.arm(1);
+        s.reached(true);
+        s.fail();
+        assert!(s.report().settled());
+        assert_eq!(s.report().all_back_ms(1), None);
     }
 }

@@ -68,6 +68,47 @@ pub struct Args {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+
+    /// Chaos: close random bots' sockets (without logout, as a network
+    /// failure would) at this many per second across the run, while they
+    /// play (the measured window). The clients resume by themselves; the
+    /// resumes are counted in `resumed`, and a drop is not an error. Works
+    /// with every scenario.
+    #[arg(long, default_value_t = 0.0, value_name = "RATE")]
+    pub chaos: f64,
+
+    /// The first reconnect attempt after a lost connection waits a random
+    /// time in [0, this] (ms; later attempts double it, up to 5 s). It
+    /// spreads a mass reconnect without adding seconds to it.
+    #[arg(long, default_value_t = 200, value_name = "MS")]
+    pub reconnect_window_ms: u64,
+
+    /// `reconnect-storm`: seconds played after the ramp before every
+    /// socket is closed at one instant.
+    #[arg(long, default_value_t = 3.0, value_name = "SECS")]
+    pub storm_after: f64,
+
+    /// `soak`: server RSS and open file descriptors are sampled from
+    /// `--admin` this often (seconds).
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub sample_secs: f64,
+
+    /// `soak`: seconds from the start of the run (the ramp included) after
+    /// which RSS and descriptors must stop growing; the level at that point
+    /// is the reference.
+    #[arg(long, default_value_t = 300.0, value_name = "SECS")]
+    pub warmup_secs: f64,
+
+    /// `soak`: growth over the warm-up level, in %, above which the run
+    /// fails (exit code 3).
+    #[arg(long, default_value_t = 10.0, value_name = "PCT")]
+    pub growth_limit_pct: f64,
+
+    /// `soak`: a player plays this long on average (uniformly 0.5x to 1.5x)
+    /// before its next action (drop and resume, log out and come back, stay
+    /// away past the zombie grace and log in fresh, or keep playing).
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    pub soak_cycle_secs: f64,
 }
 
 /// What the players do. Each scenario is one module under `scenario/`.
@@ -75,12 +116,23 @@ pub struct Args {
 pub enum Scenario {
     /// Log in over the ramp, then move, attack, chat and ping (BENCH.md).
     Standard,
+    /// Standard players; `--storm-after` seconds after the ramp every
+    /// socket is closed at one instant (no logout) and the time until every
+    /// session has resumed and received a frame is measured.
+    ReconnectStorm,
+    /// Standard players that, each on its own irregular schedule, drop and
+    /// resume, log out and come back, or stay away until their zombie
+    /// session expires; the server's RSS and descriptors are sampled and
+    /// must not grow after the warm-up (needs `--admin`).
+    Soak,
 }
 
 impl Scenario {
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Standard => "standard",
+            Scenario::ReconnectStorm => "reconnect-storm",
+            Scenario::Soak => "soak",
         }
     }
 }
@@ -98,6 +150,55 @@ impl Args {
             self.drain >= 0.0 && self.drain <= 60.0,
             "--drain must be 0-60 s"
         );
+        anyhow::ensure!(
+            self.chaos.is_finite() && self.chaos >= 0.0,
+            "--chaos must be a rate >= 0 (sockets closed per second)"
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&self.reconnect_window_ms),
+            "--reconnect-window-ms must be 1-10000"
+        );
+        match self.scenario {
+            Scenario::Standard => {}
+            Scenario::ReconnectStorm => {
+                anyhow::ensure!(
+                    self.storm_after.is_finite() && self.storm_after >= 0.0,
+                    "--storm-after must be >= 0"
+                );
+                anyhow::ensure!(
+                    self.storm_after < self.duration as f64,
+                    "--storm-after ({} s) must fall inside --duration ({} s)",
+                    self.storm_after,
+                    self.duration
+                );
+            }
+            Scenario::Soak => {
+                anyhow::ensure!(
+                    self.admin.is_some(),
+                    "--scenario soak samples the server's RSS and descriptors: give --admin"
+                );
+                anyhow::ensure!(
+                    self.sample_secs >= 0.1 && self.sample_secs <= 3600.0,
+                    "--sample-secs must be 0.1-3600"
+                );
+                anyhow::ensure!(
+                    self.soak_cycle_secs >= 0.5 && self.soak_cycle_secs <= 86_400.0,
+                    "--soak-cycle-secs must be 0.5-86400"
+                );
+                anyhow::ensure!(
+                    self.growth_limit_pct > 0.0 && self.growth_limit_pct.is_finite(),
+                    "--growth-limit-pct must be > 0"
+                );
+                let run_s = (self.ramp + self.duration) as f64;
+                anyhow::ensure!(
+                    self.warmup_secs >= 0.0 && self.warmup_secs + 2.0 * self.sample_secs <= run_s,
+                    "--warmup-secs ({} s) must leave at least two samples (--sample-secs {}) before the run ends at {} s (ramp + duration)",
+                    self.warmup_secs,
+                    self.sample_secs,
+                    run_s
+                );
+            }
+        }
         let last = self.first_index + self.clients - 1;
         for name in [self.name(self.first_index), self.name(last)] {
             anyhow::ensure!(
@@ -129,6 +230,53 @@ mod tests {
         assert_eq!(a.threads, 2);
         assert_eq!(a.scenario, Scenario::Standard);
         assert!(a.admin.is_none());
+        assert_eq!(a.chaos, 0.0);
+        assert_eq!(a.sample_secs, 10.0);
+        assert_eq!(a.warmup_secs, 300.0);
+        assert_eq!(a.growth_limit_pct, 10.0);
+        a.validate().unwrap();
+    }
+
+    #[test]
+    fn scenario_flags_are_checked() {
+        let a = Args::parse_from(["tether-bots", "--scenario", "reconnect-storm"]);
+        assert_eq!(a.scenario.name(), "reconnect-storm");
+        a.validate().unwrap();
+        let a = Args::parse_from([
+            "tether-bots",
+            "--scenario",
+            "reconnect-storm",
+            "--duration",
+            "2",
+            "--storm-after",
+            "3",
+        ]);
+        assert!(a.validate().is_err());
+        // Soak needs the admin endpoint and room after the warm-up.
+        let a = Args::parse_from(["tether-bots", "--scenario", "soak", "--duration", "60"]);
+        assert!(a.validate().is_err());
+        let soak = |warmup: &str| {
+            Args::parse_from([
+                "tether-bots",
+                "--scenario",
+                "soak",
+                "--admin",
+                "127.0.0.1:7780",
+                "--duration",
+                "60",
+                "--ramp",
+                "5",
+                "--sample-secs",
+                "2",
+                "--warmup-secs",
+                warmup,
+            ])
+        };
+        soak("20").validate().unwrap();
+        assert!(soak("300").validate().is_err());
+        let a = Args::parse_from(["tether-bots", "--chaos=-1"]);
+        assert!(a.validate().is_err());
+        let a = Args::parse_from(["tether-bots", "--chaos", "20"]);
         a.validate().unwrap();
     }
 

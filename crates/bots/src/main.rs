@@ -3,12 +3,17 @@
 //! One process drives thousands of scripted players, each a tokio task that
 //! owns a `tether_client::Client` and wakes on one timer. It prints progress
 //! on stderr once a second and, at the end, exactly one JSON object on
-//! stdout (the fields BENCH.md lists, and a few more). It exits non-zero only
-//! when the run could not start (the server cannot be reached at all, bad
-//! flags); otherwise the JSON tells the story.
+//! stdout (the fields BENCH.md lists, and a few more). Exit codes: 0 when the
+//! run completed (the JSON tells the story), 1 when it could not start (the
+//! server cannot be reached at all), 2 for bad flags, 3 when `soak` found the
+//! server's memory or descriptors growing (`"growth_ok":false`), so that CI
+//! fails loudly.
 //!
 //! ```text
 //! tether-bots --clients 1000 --duration 60 --ramp 10 --admin 127.0.0.1:7780
+//! tether-bots --scenario reconnect-storm --clients 5000 --admin 127.0.0.1:7780
+//! tether-bots --clients 1000 --duration 60 --chaos 20
+//! tether-bots --scenario soak --clients 2000 --duration 1800 --admin 127.0.0.1:7780
 //! ```
 //!
 //! # Layout
@@ -16,10 +21,13 @@
 //! - `cli`: the flags.
 //! - `run`: one run — spawn, ramp, measured window, drain, summary;
 //!   the progress line.
-//! - `scenario`: what the players do, one module per scenario
-//!   (`scenario::standard`).
+//! - `scenario`: what the players do (`scenario::standard`, `scenario::soak`)
+//!   and the faults each bot is scripted to inflict on itself (storm, chaos,
+//!   churn).
 //! - `bot`: the per-player task around a scenario's `Brain`: lifecycle,
-//!   counting, drain and logout; the run-wide `Shared` state.
+//!   counting, faults, drain and logout; the run-wide `Shared` state (the
+//!   storm's bookkeeping included).
+//! - `growth`: the soak's verdict on the server's RSS and descriptors.
 //! - `view`: a bot's picture of the world (itself and the entities in view).
 //! - `stats`: counters (per-bot tallies flushed into shared atomics) and the
 //!   round-trip HDR histograms.
@@ -31,6 +39,7 @@
 mod admin;
 mod bot;
 mod cli;
+mod growth;
 mod procstat;
 mod run;
 mod scenario;
@@ -77,7 +86,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run::run(args)) {
         Ok(summary) => {
             println!("{}", summary.to_json_line());
-            ExitCode::SUCCESS
+            ExitCode::from(summary.exit_code())
         }
         Err(e) => {
             eprintln!("tether-bots: {e:#}");

@@ -8,6 +8,13 @@
 //! ```
 //!
 //! Progress goes to stderr once a second throughout.
+//!
+//! `reconnect-storm` ends its window early: once every session that was
+//! dropped at the storm's instant is back (or gave up), plus
+//! [`STORM_TAIL`] of play, or at `--duration`, whichever comes first.
+//! `soak` samples the server every `--sample-secs` from the start to the
+//! window's end, checks after the drain that no connection is left, and
+//! judges the growth ([`crate::growth`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,11 +30,12 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::admin::{self, ServerSample};
 use crate::bot::{Phase, Shared};
-use crate::cli::Args;
+use crate::cli::{Args, Scenario};
+use crate::growth::{self, Sample};
 use crate::procstat;
 use crate::scenario;
-use crate::stats::Tally;
-use crate::summary::{Measured, Summary};
+use crate::stats::{round1, Tally};
+use crate::summary::{Measured, SoakOutcome, Summary};
 
 /// How long the bots keep trying to reach the server before calling it a
 /// fatal setup error (covers a server that is still starting).
@@ -36,6 +44,14 @@ const PREFLIGHT_FOR: Duration = Duration::from_secs(5);
 /// Beyond `--drain`, what the drain may take: every client's logout wait
 /// (`ClientConfig::logout_timeout`, 3 s) plus slack for a loaded machine.
 const DRAIN_SLACK: Duration = Duration::from_secs(8);
+
+/// After the storm's last session is back, play on this long (the resumed
+/// sessions' inputs flow and are acknowledged) before the window ends.
+pub const STORM_TAIL: Duration = Duration::from_secs(1);
+
+/// After the drain, how long the soak waits for the server to show no game
+/// connection left.
+const DRAIN_CHECK_FOR: Duration = Duration::from_secs(5);
 
 /// Runs the scenario and returns its summary. Errors only on fatal setup
 /// problems (the server cannot be reached at all, unsupported options).
@@ -52,6 +68,15 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
     let mut set = JoinSet::new();
     scenario::spawn(&args, seed, &shared, t0, &mut set);
     let mut progress = Progress::new(shared.clone(), args.clients, args.quiet, t0);
+    let sampler = match (args.scenario, args.admin) {
+        (Scenario::Soak, Some(addr)) => Some(Sampler::start(
+            addr,
+            Duration::from_secs_f64(args.sample_secs),
+            t0,
+            shared.clone(),
+        )),
+        _ => None,
+    };
 
     // Ramp.
     progress
@@ -64,11 +89,30 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
     let cpu_start = procstat::cpu_seconds();
     let at_start = shared.counters.snapshot();
     let window_start = Instant::now();
+    let window_end = window_start + Duration::from_secs(args.duration);
     progress.mark_window();
-    if !progress.interrupted {
+    if args.scenario == Scenario::ReconnectStorm {
+        let storm_at = scenario::storm_instant(&args, t0);
+        progress.until(storm_at.min(window_end), "measure").await;
         progress
-            .until(window_start + Duration::from_secs(args.duration), "measure")
+            .until_or(window_end, "storm", || shared.storm.report().settled())
             .await;
+        let r = shared.storm.report();
+        if !progress.quiet {
+            eprintln!(
+                "tether-bots: storm: {} dropped, {} back, {} failed, {} not connected at the instant; last back after {:.1} ms",
+                r.dropped,
+                r.completed,
+                r.failed,
+                r.missed,
+                r.last_us as f64 / 1000.0
+            );
+        }
+        progress
+            .until((Instant::now() + STORM_TAIL).min(window_end), "measure")
+            .await;
+    } else {
+        progress.until(window_end, "measure").await;
     }
     let window_s = window_start.elapsed().as_secs_f64();
     let at_end = shared.counters.snapshot();
@@ -76,12 +120,42 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
     let connected = shared.connected();
     let rtt = shared.rtt.summary(true);
     let server_end = scrape(args.admin).await;
+    let samples = match sampler {
+        Some(s) => Some(s.stop(server_end, t0, connected).await),
+        None => None,
+    };
 
     // Drain: stop sending, wait for acks, log out.
     shared.set_phase(Phase::Drain);
     let drain_deadline = Instant::now() + Duration::from_secs_f64(args.drain) + DRAIN_SLACK;
     progress.drain(&mut set, drain_deadline).await;
     let at_exit = shared.counters.snapshot();
+
+    let soak = match samples {
+        Some(samples) => {
+            let after_drain = match args.admin {
+                Some(addr) => connections_after_drain(addr).await,
+                None => None,
+            };
+            let (ok, g) = growth::judge(
+                &samples,
+                args.warmup_secs,
+                args.growth_limit_pct,
+                after_drain,
+            );
+            if !ok {
+                for f in &g.failures {
+                    eprintln!("tether-bots: soak: GROWTH: {f}");
+                }
+            }
+            Some(SoakOutcome {
+                samples,
+                growth_ok: ok,
+                growth: Some(g),
+            })
+        }
+        None => None,
+    };
 
     Ok(Summary::build(&Measured {
         scenario: args.scenario.name(),
@@ -97,7 +171,92 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
         rtt,
         server: server_start.zip(server_end),
         bots_cpu: cpu_start.zip(cpu_end),
+        chaos_rate: args.chaos,
+        resumes: shared.resumes.summary(),
+        storm: (args.scenario == Scenario::ReconnectStorm).then(|| shared.storm.report()),
+        soak,
     }))
+}
+
+/// Once every bot has left: polls the server until no game connection is
+/// open (or [`DRAIN_CHECK_FOR`] passed). Returns (connections, sessions)
+/// as last read; `None` when the server could not be read.
+async fn connections_after_drain(addr: SocketAddr) -> Option<(f64, f64)> {
+    let until = Instant::now() + DRAIN_CHECK_FOR;
+    let mut last = None;
+    loop {
+        if let Some(s) = scrape(Some(addr)).await {
+            last = Some((s.connections, s.sessions_active + s.sessions_zombie));
+            if s.connections <= 0.0 {
+                return last;
+            }
+        }
+        if Instant::now() >= until {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Reads the server every `every` into a curve (soak).
+struct Sampler {
+    task: tokio::task::JoinHandle<()>,
+    samples: Arc<std::sync::Mutex<Vec<Sample>>>,
+}
+
+impl Sampler {
+    fn start(addr: SocketAddr, every: Duration, t0: Instant, shared: Arc<Shared>) -> Sampler {
+        let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = samples.clone();
+        let task = tokio::spawn(async move {
+            let mut next = t0;
+            let mut warned = false;
+            loop {
+                sleep_until(next).await;
+                let at = Instant::now();
+                match admin::scrape(addr).await {
+                    Ok(s) => {
+                        let sample = to_sample(&s, at, t0, shared.connected());
+                        out.lock().unwrap_or_else(|p| p.into_inner()).push(sample);
+                    }
+                    Err(e) if !warned => {
+                        warned = true;
+                        eprintln!("tether-bots: warning: cannot sample {addr}/metrics: {e:#}");
+                    }
+                    Err(_) => {}
+                }
+                next += every;
+                let now = Instant::now();
+                if next <= now {
+                    // A slow scrape: skip the missed slots.
+                    next = now + every;
+                }
+            }
+        });
+        Sampler { task, samples }
+    }
+
+    /// Stops sampling; the window's last reading (`end`) closes the curve.
+    async fn stop(self, end: Option<ServerSample>, t0: Instant, players: i64) -> Vec<Sample> {
+        self.task.abort();
+        let _ = self.task.await;
+        let mut v = std::mem::take(&mut *self.samples.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Some(s) = end {
+            v.push(to_sample(&s, Instant::now(), t0, players));
+        }
+        v
+    }
+}
+
+fn to_sample(s: &ServerSample, at: Instant, t0: Instant, players: i64) -> Sample {
+    Sample {
+        t: crate::stats::round3(at.saturating_duration_since(t0).as_secs_f64()),
+        rss_mb: round1(s.rss_bytes / (1024.0 * 1024.0)),
+        fds: s.open_fds,
+        sessions: s.sessions_active + s.sessions_zombie,
+        connections: s.connections,
+        players,
+    }
 }
 
 /// Fails when the game port cannot be reached at all.
@@ -128,6 +287,9 @@ async fn scrape(admin: Option<SocketAddr>) -> Option<ServerSample> {
         }
     }
 }
+
+/// How often [`Progress::until_or`] looks at its condition.
+const POLL: Duration = Duration::from_millis(20);
 
 /// The once-a-second progress line, and Ctrl-C.
 struct Progress {
@@ -166,8 +328,14 @@ impl Progress {
 
     /// Prints progress until `end` (or Ctrl-C).
     async fn until(&mut self, end: Instant, label: &str) {
-        while !self.interrupted && Instant::now() < end {
-            let wake = self.next.min(end);
+        self.until_or(end, label, || false).await
+    }
+
+    /// Prints progress until `end`, Ctrl-C, or `done()` (looked at every
+    /// [`POLL`]).
+    async fn until_or(&mut self, end: Instant, label: &str, done: impl Fn() -> bool) {
+        while !self.interrupted && Instant::now() < end && !done() {
+            let wake = self.next.min(end).min(Instant::now() + POLL);
             tokio::select! {
                 _ = sleep_until(wake) => {}
                 _ = &mut self.ctrl_c => {
@@ -219,7 +387,7 @@ impl Progress {
         }
         let rtt = self.shared.rtt.summary(self.shared.phase() != Phase::Ramp);
         eprintln!(
-            "tether-bots {:>5.0}s {:<7} connected {}/{}  in {:.0}/s  out {:.0}/s  rtt p99 {:.2} ms  errors {}  disconnects {}",
+            "tether-bots {:>5.0}s {:<7} connected {}/{}  in {:.0}/s  out {:.0}/s  rtt p99 {:.2} ms  errors {}  disconnects {}  resumed {}",
             now.duration_since(self.t0).as_secs_f64(),
             label,
             self.shared.connected(),
@@ -230,6 +398,7 @@ impl Progress {
             rtt.p99,
             t.errors,
             t.disconnects,
+            t.resumed,
         );
     }
 }

@@ -76,8 +76,30 @@ counters! {
     resumed,
     /// Resumes that fell back to a snapshot.
     snapshots,
-    /// Inputs never acknowledged by the end of the run.
+    /// Inputs sent and never acknowledged as applied: counted per client
+    /// at the end of the run, and before a soak player logs out or walks
+    /// away, after waiting (`--drain`) for the acks.
     inputs_lost,
+    /// Pings whose `Pong` never arrived (a stricter check than the acks:
+    /// the effect of the input was seen). Pongs produced while a session
+    /// was a zombie are legitimately gone after a snapshot resume.
+    pongs_missing,
+    /// Sockets closed by `--chaos`.
+    chaos_kills,
+    /// Sockets closed by the reconnect storm.
+    storm_drops,
+    /// Soak: sockets closed to drop and resume.
+    soak_drops,
+    /// Soak: log out, come back later.
+    soak_logouts,
+    /// Soak: walk away without logout, log in fresh after the zombie grace.
+    soak_expiries,
+    /// Soak: keep playing.
+    soak_stays,
+    /// Soak: a login after a logout, or after staying away past the zombie
+    /// grace, found the old session still there (`Welcome.took_over`): it
+    /// did not end (also an error).
+    stale_sessions,
     /// `CommandError` frames (cooldown, out of range, ...): game rules, not
     /// failures.
     command_errors,
@@ -159,6 +181,33 @@ impl RttSummary {
             max: ms(h.max()),
             samples: h.len(),
         }
+    }
+}
+
+/// How long the sessions the bots cut themselves took to come back: from
+/// closing the socket until the first counted frame after the resume, in
+/// microseconds.
+pub struct ResumeTimes {
+    inner: Mutex<Histogram<u64>>,
+}
+
+impl Default for ResumeTimes {
+    fn default() -> Self {
+        ResumeTimes {
+            inner: Mutex::new(new_rtt_histogram()),
+        }
+    }
+}
+
+impl ResumeTimes {
+    pub fn record(&self, us: u64) {
+        let mut h = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        h.saturating_record(us.max(1));
+    }
+
+    pub fn summary(&self) -> RttSummary {
+        let h = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        RttSummary::of(&h)
     }
 }
 

@@ -4,6 +4,8 @@
 use serde::Serialize;
 
 use crate::admin::ServerSample;
+use crate::bot::StormReport;
+use crate::growth::{Growth, Sample};
 use crate::procstat::cpu_pct;
 use crate::stats::{round1, RttSummary, Tally};
 
@@ -28,6 +30,22 @@ pub struct Measured {
     pub server: Option<(ServerSample, ServerSample)>,
     /// This process's CPU seconds at the window's start and end.
     pub bots_cpu: Option<(f64, f64)>,
+    /// `--chaos`.
+    pub chaos_rate: f64,
+    /// Drop-to-first-frame times of the sockets the bots closed themselves.
+    pub resumes: RttSummary,
+    /// `reconnect-storm`: the storm's outcome.
+    pub storm: Option<StormReport>,
+    /// `soak`: the samples and the verdict.
+    pub soak: Option<SoakOutcome>,
+}
+
+/// What the soak's runner hands to the summary.
+#[derive(Debug, Clone, Default)]
+pub struct SoakOutcome {
+    pub samples: Vec<Sample>,
+    pub growth_ok: bool,
+    pub growth: Option<Growth>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -77,6 +95,58 @@ pub struct Summary {
     pub server_open_fds: f64,
     pub seed: u64,
     pub threads: usize,
+    // Faults (any scenario):
+    /// `--chaos`: sockets closed per second.
+    pub chaos_rate: f64,
+    pub chaos_kills: u64,
+    /// From a socket the bots closed themselves (chaos, storm, soak) until
+    /// the first counted frame after the resume, ms.
+    pub resume_ms: RttSummary,
+    pub pongs_missing: u64,
+    /// Logins after a logout or an expiry that found the old session.
+    pub stale_sessions: u64,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub storm: Option<StormFields>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub soak: Option<SoakFields>,
+}
+
+/// `reconnect-storm`'s fields.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StormFields {
+    /// From the drop until 100 % of the sessions had resumed and received a
+    /// counted frame; `null` when not every session came back.
+    pub resume_all_ms: Option<f64>,
+    /// Sessions whose socket was closed at the instant.
+    pub storm_dropped: u64,
+    /// Of those, back with a frame.
+    pub storm_resumed: u64,
+    /// Bots not connected at the instant.
+    pub storm_missed: u64,
+    /// Dropped sessions whose client ended without coming back.
+    pub storm_failed: u64,
+}
+
+/// `soak`'s fields.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SoakFields {
+    /// No growth of RSS or descriptors after the warm-up (exit code 3 when
+    /// `false`).
+    pub growth_ok: bool,
+    pub growth: Option<Growth>,
+    pub soak_actions: SoakActions,
+    pub server_rss_peak_mb: f64,
+    /// The curve: one server reading every `--sample-secs`.
+    pub samples: Vec<Sample>,
+}
+
+/// What the soak players did, over the run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SoakActions {
+    pub keep_playing: u64,
+    pub drop_resume: u64,
+    pub logout_return: u64,
+    pub expire_return: u64,
 }
 
 impl Summary {
@@ -144,6 +214,39 @@ impl Summary {
             server_open_fds: fds,
             seed: m.seed,
             threads: m.threads,
+            chaos_rate: m.chaos_rate,
+            chaos_kills: all.chaos_kills,
+            resume_ms: m.resumes,
+            pongs_missing: all.pongs_missing,
+            stale_sessions: all.stale_sessions,
+            storm: m.storm.map(|r| StormFields {
+                resume_all_ms: r.all_back_ms(m.clients),
+                storm_dropped: r.dropped,
+                storm_resumed: r.completed,
+                storm_missed: r.missed,
+                storm_failed: r.failed,
+            }),
+            soak: m.soak.as_ref().map(|o| SoakFields {
+                growth_ok: o.growth_ok,
+                growth: o.growth.clone(),
+                soak_actions: SoakActions {
+                    keep_playing: all.soak_stays,
+                    drop_resume: all.soak_drops,
+                    logout_return: all.soak_logouts,
+                    expire_return: all.soak_expiries,
+                },
+                server_rss_peak_mb: o.samples.iter().map(|s| s.rss_mb).fold(0.0, f64::max),
+                samples: o.samples.clone(),
+            }),
+        }
+    }
+
+    /// The process exit code the summary calls for: 3 when the soak found
+    /// growth, else 0.
+    pub fn exit_code(&self) -> u8 {
+        match &self.soak {
+            Some(s) if !s.growth_ok => 3,
+            _ => 0,
         }
     }
 
@@ -217,6 +320,7 @@ mod tests {
             },
             server: None,
             bots_cpu: Some((1.0, 3.0)),
+            ..Measured::default()
         }
     }
 
@@ -288,6 +392,76 @@ mod tests {
         assert_eq!(s.server_cpu_pct, 75.0);
         assert_eq!(s.server_rss_mb, 64.0);
         assert_eq!(s.bots_in_pps, 1000.0);
+    }
+
+    #[test]
+    fn storm_fields_only_for_the_storm() {
+        let line = Summary::build(&measured()).to_json_line();
+        assert!(!line.contains("resume_all_ms"), "{line}");
+        assert!(!line.contains("growth_ok"), "{line}");
+        let mut m = measured();
+        m.scenario = "reconnect-storm";
+        m.storm = Some(StormReport {
+            dropped: 100,
+            completed: 100,
+            last_us: 1_234_567,
+            ..StormReport::default()
+        });
+        let line = Summary::build(&m).to_json_line();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["resume_all_ms"], 1234.567);
+        assert_eq!(v["storm_dropped"], 100);
+        // Not everyone came back: present, and null.
+        m.storm = Some(StormReport {
+            dropped: 100,
+            completed: 99,
+            failed: 1,
+            ..StormReport::default()
+        });
+        let v: serde_json::Value =
+            serde_json::from_str(&Summary::build(&m).to_json_line()).unwrap();
+        assert!(v["resume_all_ms"].is_null());
+        assert_eq!(v["storm_failed"], 1);
+        assert_eq!(Summary::build(&m).exit_code(), 0);
+    }
+
+    #[test]
+    fn soak_fields_carry_the_curve_and_the_verdict() {
+        let mut m = measured();
+        m.scenario = "soak";
+        let samples = vec![
+            Sample {
+                t: 0.0,
+                rss_mb: 10.0,
+                fds: 30.0,
+                sessions: 9.0,
+                connections: 9.0,
+                players: 9,
+            },
+            Sample {
+                t: 10.0,
+                rss_mb: 12.5,
+                fds: 31.0,
+                sessions: 10.0,
+                connections: 10.0,
+                players: 10,
+            },
+        ];
+        m.soak = Some(SoakOutcome {
+            samples,
+            growth_ok: false,
+            growth: None,
+        });
+        let s = Summary::build(&m);
+        assert_eq!(s.exit_code(), 3);
+        let v: serde_json::Value = serde_json::from_str(&s.to_json_line()).unwrap();
+        assert_eq!(v["growth_ok"], false);
+        assert_eq!(v["server_rss_peak_mb"], 12.5);
+        let first = &v["samples"][0];
+        for key in ["t", "rss_mb", "fds", "sessions"] {
+            assert!(first[key].is_number(), "samples[0].{key}");
+        }
+        assert_eq!(v["samples"].as_array().unwrap().len(), 2);
     }
 
     #[test]

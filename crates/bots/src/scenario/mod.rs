@@ -4,13 +4,18 @@
 //! the run (a mass disconnect, an attack beside the legit load).
 //!
 //! - [`standard`]: the headline load.
+//! - `reconnect-storm`: standard players whose [`Script`] closes every
+//!   socket at one instant, [`storm_instant`]; the runner waits until every
+//!   session is back and reports `resume_all_ms`.
+//! - [`soak`]: standard players that churn through drop / resume / logout /
+//!   expiry; the runner samples the server and judges growth.
+//! - `--chaos RATE` adds random socket kills to any of them (also through
+//!   the [`Script`]).
 //!
-//! Slots for BENCH.md's other scenarios: `reconnect-storm` (standard players
-//! plus a coordinator that calls `Client::drop_connection` on all of them at
-//! one instant and times the resumes), `soak` (players that churn through
-//! join / drop / resume / logout), and the attack scenarios (`--attack NAME`
-//! beside standard players).
+//! Slot for BENCH.md's attack scenarios: `--attack NAME` beside standard
+//! players.
 
+pub mod soak;
 pub mod standard;
 
 use std::sync::Arc;
@@ -20,14 +25,32 @@ use tether_client::{ClientConfig, Login, ReconnectPolicy};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::bot::Shared;
+use crate::bot::{Script, Shared};
 use crate::cli::{Args, Scenario};
 
 /// Spawns the scenario's players into `set`.
 pub fn spawn(args: &Args, seed: u64, shared: &Arc<Shared>, t0: Instant, set: &mut JoinSet<()>) {
-    match args.scenario {
-        Scenario::Standard => standard::spawn(args, seed, shared, t0, set),
+    let script = script(args, t0);
+    if script.storm_at.is_some() {
+        shared.storm.arm(args.clients);
     }
+    standard::spawn(args, seed, shared, t0, set, &script);
+}
+
+/// What every bot of the run inflicts on itself.
+pub fn script(args: &Args, t0: Instant) -> Script {
+    Script {
+        storm_at: (args.scenario == Scenario::ReconnectStorm).then(|| storm_instant(args, t0)),
+        chaos_rate: args.chaos / args.clients.max(1) as f64,
+        soak_cycle: (args.scenario == Scenario::Soak)
+            .then(|| Duration::from_secs_f64(args.soak_cycle_secs)),
+    }
+}
+
+/// The reconnect storm's instant: `--storm-after` seconds into the measured
+/// window (which starts when the ramp ends).
+pub fn storm_instant(args: &Args, t0: Instant) -> Instant {
+    t0 + Duration::from_secs(args.ramp) + Duration::from_secs_f64(args.storm_after)
 }
 
 /// Bytes per read for a bot's client: a bot sees a few hundred frames a
@@ -46,7 +69,12 @@ pub fn client_config(args: &Args, index: usize, seed: u64) -> ClientConfig {
     cfg.reconnect = ReconnectPolicy {
         // A loaded server answers logins late; give the ramp room.
         max_attempts: 10,
-        base_delay: Duration::from_millis(200),
+        // The first attempt after a loss waits a random time within the
+        // window: thousands of bots that lost their sockets at one instant
+        // (the storm) come back spread over it rather than in one burst,
+        // and none of them waits more than the window. Later attempts
+        // double it.
+        base_delay: Duration::from_millis(args.reconnect_window_ms),
         max_delay: Duration::from_secs(5),
         jitter_first: true,
     };

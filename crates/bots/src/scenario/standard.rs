@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::{client_config, mix, start_time};
-use crate::bot::{run_bot, Brain, Outbox, Shared};
+use crate::bot::{run_bot, Brain, Outbox, Script, Shared};
 use crate::cli::Args;
 use crate::stats::Tally;
 use crate::view::View;
@@ -291,8 +291,16 @@ pub fn clamp_to_map(p: (f32, f32), world: &pb::WorldInfo) -> (f32, f32) {
     (p.0.clamp(lo_x, hi_x), p.1.clamp(lo_y, hi_y))
 }
 
-/// Spawns the run's players: player `i` logs in at its slot of the ramp.
-pub fn spawn(args: &Args, seed: u64, shared: &Arc<Shared>, t0: Instant, set: &mut JoinSet<()>) {
+/// Spawns the run's players: player `i` logs in at its slot of the ramp and
+/// follows `script`.
+pub fn spawn(
+    args: &Args,
+    seed: u64,
+    shared: &Arc<Shared>,
+    t0: Instant,
+    set: &mut JoinSet<()>,
+    script: &Script,
+) {
     let plan = Plan::new(args.move_hz);
     let drain = Duration::from_secs_f64(args.drain);
     for i in 0..args.clients {
@@ -312,6 +320,7 @@ pub fn spawn(args: &Args, seed: u64, shared: &Arc<Shared>, t0: Instant, set: &mu
             shared.clone(),
             drain,
             rng,
+            script.clone(),
         ));
     }
 }
