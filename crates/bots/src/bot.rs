@@ -22,7 +22,7 @@
 //! counted frame after the resume goes to [`Shared::resumes`].
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rand::{rngs::SmallRng, Rng};
@@ -32,6 +32,7 @@ use tether_client::{
 };
 use tokio::time::{sleep_until, Instant};
 
+use crate::ledger::{self, Ledger};
 use crate::scenario::soak::{self, Action};
 use crate::stats::{Counters, ResumeTimes, RttHistograms, RttSample, Tally};
 
@@ -69,6 +70,9 @@ pub struct Shared {
     /// Drop-to-first-frame times of the sockets the bots closed themselves.
     pub resumes: ResumeTimes,
     pub storm: Storm,
+    /// `--ledger`: where every `LootGranted` is written (set before the bots
+    /// start).
+    pub ledger: OnceLock<Ledger>,
 }
 
 impl Default for Shared {
@@ -81,6 +85,7 @@ impl Default for Shared {
             connected: AtomicI64::new(0),
             resumes: ResumeTimes::default(),
             storm: Storm::default(),
+            ledger: OnceLock::new(),
         }
     }
 }
@@ -274,6 +279,8 @@ struct Awaiting {
 
 struct Bot<'a> {
     shared: &'a Shared,
+    /// The character's name, for the ledger.
+    character: String,
     script: Script,
     rng: SmallRng,
     tally: Tally,
@@ -305,6 +312,7 @@ pub async fn run_bot<B: Brain>(
 ) {
     let mut bot = Bot {
         shared: &shared,
+        character: ledger::character_of(&cfg.login),
         storm_armed: script.storm_at.is_some(),
         script,
         rng,
@@ -319,9 +327,9 @@ pub async fn run_bot<B: Brain>(
     };
     sleep_until(start_at).await;
     let mut lives = 0u64;
-    // The previous life left without resuming: the next login must find
-    // no session (it was logged out, or expired).
-    let mut expect_fresh = false;
+    // The previous life left without resuming (how, when, for how long):
+    // the next login must find no session (it was logged out, or expired).
+    let mut expect_fresh: Option<(&str, Instant, Duration)> = None;
     while shared.phase() < Phase::Drain {
         let mut cfg = cfg.clone();
         cfg.seed = cfg
@@ -340,10 +348,19 @@ pub async fn run_bot<B: Brain>(
                 break;
             }
         };
-        if expect_fresh && client.welcome().took_over {
-            tracing::debug!(index, "the old session was still there");
-            bot.tally.stale_sessions += 1;
-            bot.tally.errors += 1;
+        if let Some((after, left_at, away)) = expect_fresh.take() {
+            if client.welcome().took_over {
+                tracing::warn!(
+                    index,
+                    after,
+                    away_ms = left_at.elapsed().as_millis() as u64,
+                    planned_ms = away.as_millis() as u64,
+                    grace_ms = client.welcome().resume_grace_ms,
+                    "a login found the old session still there"
+                );
+                bot.tally.stale_sessions += 1;
+                bot.tally.errors += 1;
+            }
         }
         match bot.play(&mut client, &mut brain).await {
             Life::Drain => {
@@ -362,14 +379,23 @@ pub async fn run_bot<B: Brain>(
                 // anything still missing afterwards is a real loss.
                 bot.settle(&mut client, &mut brain, Instant::now() + drain, !logout)
                     .await;
-                if logout {
+                let mut away = away;
+                let mut left = if logout { "logout" } else { "expiry" };
+                if logout && client.is_live() {
                     bot.logout(&mut client, &mut brain).await;
+                } else if logout {
+                    // Still reconnecting: a logout cannot reach the server,
+                    // so the session stays behind as a zombie. Come back
+                    // only once it has expired.
+                    let grace = Duration::from_millis(u64::from(client.welcome().resume_grace_ms));
+                    away = away.max(soak::expiry_wait(grace, &mut bot.rng));
+                    left = "expiry (logout while reconnecting)";
                 }
                 bot.end_life(&client);
                 // Without a logout, dropping the client closes the socket:
                 // the session stays behind as a zombie until it expires.
                 drop(client);
-                expect_fresh = true;
+                expect_fresh = Some((left, Instant::now(), away));
                 if !bot.away(away).await {
                     break;
                 }
@@ -739,6 +765,14 @@ impl Bot<'_> {
                 self.tally.kills += 1;
             }
             GameEvent::CommandError(_) => self.tally.command_errors += 1,
+            GameEvent::Loot(l) => {
+                if let Some(ledger) = self.shared.ledger.get() {
+                    if let Err(e) = ledger.record(&self.character, l) {
+                        tracing::warn!(error = %e, path = %ledger.path().display(), "cannot write the ledger");
+                        self.tally.errors += 1;
+                    }
+                }
+            }
             GameEvent::Correction(_) => self.tally.corrections += 1,
             _ => {}
         }

@@ -6,8 +6,9 @@
 //! sockets (FIN or RST) once a random number of bytes has gone one way
 //! (client to server or back, often in the middle of a frame, sometimes
 //! inside the `Resume` / `Resumed` handshake), or go silent (forward nothing
-//! more but keep both sockets open, a half-open link that only the heartbeat
-//! timeouts notice). `TETHER_FAULT_SEED=N` replays a chosen fault sequence
+//! more, one way or both, but keep the sockets open: a half-open link that
+//! only the heartbeat timeouts notice, and that the server still holds when
+//! the client resumes on a new connection). `TETHER_FAULT_SEED=N` replays a chosen fault sequence
 //! (the timing of the rest still varies run to run).
 //!
 //! The faults run for 8 to 15 s (until there was a kill, three resumes and
@@ -51,8 +52,8 @@ use tether_client::{
 };
 use tether_proto::pb::{client_message, input::Cmd, server_message::Msg};
 use tether_proto::{decode_client, split_frame, MAX_PAYLOAD_LEN};
-use tether_server::store::{MemoryStore, Store};
 use tether_server::ServerHandle;
+use tether_store::fake::FakeControl as TestStore;
 
 // ---------------------------------------------------------------------------
 // The fault-injecting proxy (std threads, blocking sockets)
@@ -88,9 +89,15 @@ enum Fault {
     /// Once `after` bytes went `dir`, close both sockets: FIN, or RST when
     /// `reset`.
     Cut { dir: Dir, after: u64, reset: bool },
-    /// Once `after` bytes went `dir`, forward nothing more either way and
-    /// keep both sockets open until one end closes.
-    Silence { dir: Dir, after: u64 },
+    /// Once `after` bytes went `dir`, forward nothing more from the server
+    /// and, unless `deaf`, nothing more from the client either. Both
+    /// sockets stay open; when the client gives up on the link and closes
+    /// its socket, the server is not told (as if the FIN were lost too), so
+    /// it still holds a half-open connection until its heartbeat timeout, or
+    /// until the client's resume on a new connection takes the session over.
+    /// `deaf`: the server keeps hearing the client (inputs are applied, the
+    /// answers go nowhere) and never times out on its own.
+    Silence { dir: Dir, after: u64, deaf: bool },
 }
 
 struct Proxy {
@@ -118,7 +125,10 @@ struct Pipe {
     client: TcpStream,
     server: TcpStream,
     dead: AtomicBool,
+    /// Nothing is forwarded either way.
     silent: AtomicBool,
+    /// Nothing is forwarded from the server to the client.
+    deaf: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -208,6 +218,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<ProxyShared>) {
             server,
             dead: AtomicBool::new(false),
             silent: AtomicBool::new(false),
+            deaf: AtomicBool::new(false),
         });
         {
             let mut pipes = lock(&shared.pipes);
@@ -238,7 +249,7 @@ fn pick_fault(rng: &mut SmallRng) -> Fault {
             after: rng.random_range(0..48),
             reset,
         },
-        20..85 => Fault::Cut {
+        20..75 => Fault::Cut {
             dir,
             after: rng.random_range(0..1_500),
             reset,
@@ -246,6 +257,7 @@ fn pick_fault(rng: &mut SmallRng) -> Fault {
         _ => Fault::Silence {
             dir,
             after: rng.random_range(0..1_500),
+            deaf: rng.random_bool(0.5),
         },
     }
 }
@@ -272,7 +284,7 @@ impl Pipe {
 /// What a pump does after forwarding (part of) a chunk.
 enum After {
     Cut(bool),
-    Silence,
+    Silence { deaf: bool },
     CutForAttack,
 }
 
@@ -282,7 +294,7 @@ fn pump(pipe: Arc<Pipe>, dir: Dir, fault: Fault, shared: Arc<ProxyShared>) {
         Dir::Down => (&pipe.server, &pipe.client),
     };
     let mut budget = match fault {
-        Fault::Cut { dir: d, after, .. } | Fault::Silence { dir: d, after } if d == dir => {
+        Fault::Cut { dir: d, after, .. } | Fault::Silence { dir: d, after, .. } if d == dir => {
             Some(after)
         }
         _ => None,
@@ -291,11 +303,19 @@ fn pump(pipe: Arc<Pipe>, dir: Dir, fault: Fault, shared: Arc<ProxyShared>) {
     let mut buf = vec![0u8; 4096];
     loop {
         let n = from.read(&mut buf).unwrap_or(0);
+        let quiet = pipe.silent.load(SeqCst) || pipe.deaf.load(SeqCst);
+        if n == 0 && dir == Dir::Up && quiet && !pipe.dead.load(SeqCst) {
+            // The client gave up on a link that went quiet. The server is
+            // not told: its side stays open (the other pump keeps draining
+            // it) until the server closes it.
+            let _ = pipe.client.shutdown(Shutdown::Both);
+            return;
+        }
         if n == 0 || pipe.dead.load(SeqCst) {
             pipe.kill(false);
             return;
         }
-        if pipe.silent.load(SeqCst) {
+        if pipe.silent.load(SeqCst) || (dir == Dir::Down && pipe.deaf.load(SeqCst)) {
             continue;
         }
         let chunk = &buf[..n];
@@ -319,7 +339,8 @@ fn pump(pipe: Arc<Pipe>, dir: Dir, fault: Fault, shared: Arc<ProxyShared>) {
                 forward = left as usize;
                 then = Some(match fault {
                     Fault::Cut { reset, .. } => After::Cut(reset),
-                    _ => After::Silence,
+                    Fault::Silence { deaf, .. } => After::Silence { deaf },
+                    Fault::None => unreachable!("no budget without a fault"),
                 });
             } else {
                 budget = Some(left.saturating_sub(n as u64));
@@ -341,9 +362,13 @@ fn pump(pipe: Arc<Pipe>, dir: Dir, fault: Fault, shared: Arc<ProxyShared>) {
                 pipe.kill(reset);
                 return;
             }
-            Some(After::Silence) => {
+            Some(After::Silence { deaf }) => {
                 shared.faults.fetch_add(1, SeqCst);
-                pipe.silent.store(true, SeqCst);
+                if deaf {
+                    pipe.deaf.store(true, SeqCst);
+                } else {
+                    pipe.silent.store(true, SeqCst);
+                }
                 budget = None;
             }
             Some(After::CutForAttack) => {
@@ -875,9 +900,14 @@ fn seed() -> u64 {
         .unwrap_or(0x7e7e_2024)
 }
 
+/// The character `name` as the server's storage holds it.
+fn saved(store: &TestStore, name: &str) -> Option<tether_world::CharacterRecord> {
+    store.character(name)
+}
+
 /// A server whose heartbeat timeout is short, so that a silent link is
 /// noticed (by both sides) within the test's time.
-fn fault_server() -> (ServerHandle, Arc<MemoryStore>) {
+fn fault_server() -> (ServerHandle, TestStore) {
     server(|cfg| {
         cfg.world_players = 20;
         cfg.heartbeat_interval_ms = 500;
@@ -887,7 +917,7 @@ fn fault_server() -> (ServerHandle, Arc<MemoryStore>) {
 
 /// Looks around the map with throwaway characters for a living monster,
 /// preferring the weakest seen, and saves `name` standing next to it.
-fn place_near_monster(srv: &ServerHandle, store: &MemoryStore, name: &str) {
+fn place_near_monster(srv: &ServerHandle, store: &TestStore, name: &str) {
     let mut best: Option<pb::EntityAppear> = None;
     let spots = [
         None,
@@ -1009,8 +1039,25 @@ async fn settle_and_log_out(client: &mut Client, p: &mut Player, proxy: &Proxy) 
 }
 
 /// The client's view against the store's record and a fresh login.
-fn compare_with_server(srv: &ServerHandle, store: &MemoryStore, name: &str, mine: &Character) {
-    let rec = store.load(name).expect("the character is saved");
+fn compare_with_server(srv: &ServerHandle, store: &TestStore, name: &str, mine: &Character) {
+    // Saves are written behind the world loop: wait (up to 5 s) for the
+    // logout's save to land before comparing.
+    let as_character = |rec: &tether_world::CharacterRecord| Character {
+        pos: rec.pos.expect("a saved position"),
+        hp: rec.hp,
+        level: rec.level,
+        xp: rec.xp,
+        gold: rec.gold,
+        inventory: stacks(&rec.inventory),
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let rec = loop {
+        let rec = saved(store, name).expect("the character is saved");
+        if &as_character(&rec) == mine || std::time::Instant::now() > deadline {
+            break rec;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
     let saved = Character {
         pos: rec.pos.expect("a saved position"),
         hp: rec.hp,
@@ -1170,7 +1217,7 @@ fn a_kill_while_disconnected_is_confirmed_by_replay() {
                     p.attack(&mut client);
                 } else {
                     tries += 1;
-                    let gold_before = store.load(name).map_or(0, |r| r.gold);
+                    let gold_before = saved(&store, name).map_or(0, |r| r.gold);
                     let kills_before = p.kills;
                     proxy.set_mode(Mode::CutAfterAttack);
                     assert!(p.attack(&mut client).is_some(), "the attack is sent");
@@ -1187,7 +1234,7 @@ fn a_kill_while_disconnected_is_confirmed_by_replay() {
                         )
                         .await;
                         if proxy.mode() == Mode::Refuse
-                            && store.load(name).is_some_and(|r| r.gold > gold_before)
+                            && saved(&store, name).is_some_and(|r| r.gold > gold_before)
                         {
                             committed = true;
                             break;
@@ -1202,7 +1249,7 @@ fn a_kill_while_disconnected_is_confirmed_by_replay() {
                     }
                     proxy.set_mode(Mode::Calm);
                     if committed {
-                        let expected = store.load(name).unwrap().gold;
+                        let expected = saved(&store, name).unwrap().gold;
                         let resumes_before = p.resumes;
                         let until = Instant::now() + Duration::from_secs(5);
                         while p.loot.iter().all(|l| l.total_gold != expected) {
