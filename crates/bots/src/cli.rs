@@ -109,6 +109,20 @@ pub struct Args {
     /// away past the zombie grace and log in fresh, or keep playing).
     #[arg(long, default_value_t = 30.0, value_name = "SECS")]
     pub soak_cycle_secs: f64,
+
+    /// Append every durable confirmation the bots receive (`LootGranted`:
+    /// character, gold, items, tx id) to FILE, one JSON line each, written
+    /// as it arrives so that it survives the server or the bots being
+    /// killed mid-run.
+    #[arg(long, value_name = "FILE")]
+    pub ledger: Option<std::path::PathBuf>,
+
+    /// Instead of a run: log every character in FILE (a `--ledger`) in,
+    /// check that its gold and items hold at least what the ledger
+    /// confirmed, print one JSON line with `checked` and `missing`; exit
+    /// code 4 when anything is missing.
+    #[arg(long, value_name = "FILE", conflicts_with = "ledger")]
+    pub verify_ledger: Option<std::path::PathBuf>,
 }
 
 /// What the players do. Each scenario is one module under `scenario/`.

@@ -7,13 +7,15 @@
 //! run completed (the JSON tells the story), 1 when it could not start (the
 //! server cannot be reached at all), 2 for bad flags, 3 when `soak` found the
 //! server's memory or descriptors growing (`"growth_ok":false`), so that CI
-//! fails loudly.
+//! fails loudly, 4 when `--verify-ledger` found confirmed loot missing.
 //!
 //! ```text
 //! tether-bots --clients 1000 --duration 60 --ramp 10 --admin 127.0.0.1:7780
 //! tether-bots --scenario reconnect-storm --clients 5000 --admin 127.0.0.1:7780
 //! tether-bots --clients 1000 --duration 60 --chaos 20
 //! tether-bots --scenario soak --clients 2000 --duration 1800 --admin 127.0.0.1:7780
+//! tether-bots --clients 200 --duration 60 --ledger ledger.jsonl
+//! tether-bots --verify-ledger ledger.jsonl
 //! ```
 //!
 //! # Layout
@@ -28,6 +30,8 @@
 //!   counting, faults, drain and logout; the run-wide `Shared` state (the
 //!   storm's bookkeeping included).
 //! - `growth`: the soak's verdict on the server's RSS and descriptors.
+//! - `ledger`: `--ledger` (every durable confirmation, appended to a file)
+//!   and `--verify-ledger` (the characters hold at least that).
 //! - `view`: a bot's picture of the world (itself and the entities in view).
 //! - `stats`: counters (per-bot tallies flushed into shared atomics) and the
 //!   round-trip HDR histograms.
@@ -40,6 +44,7 @@ mod admin;
 mod bot;
 mod cli;
 mod growth;
+mod ledger;
 mod procstat;
 mod run;
 mod scenario;
@@ -83,6 +88,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(path) = args.verify_ledger.clone() {
+        return match runtime.block_on(ledger::verify(args.addr, &path, args.quiet)) {
+            Ok(verdict) => {
+                println!("{}", verdict.to_json_line());
+                ExitCode::from(verdict.exit_code())
+            }
+            Err(e) => {
+                eprintln!("tether-bots: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(run::run(args)) {
         Ok(summary) => {
             println!("{}", summary.to_json_line());

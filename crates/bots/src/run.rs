@@ -64,6 +64,10 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
         .seed
         .unwrap_or_else(|| SmallRng::from_os_rng().random());
     let shared = Arc::new(Shared::default());
+    if let Some(path) = &args.ledger {
+        let ledger = crate::ledger::Ledger::open(path)?;
+        let _ = shared.ledger.set(ledger);
+    }
     let t0 = Instant::now();
     let mut set = JoinSet::new();
     scenario::spawn(&args, seed, &shared, t0, &mut set);
