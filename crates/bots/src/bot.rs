@@ -758,6 +758,7 @@ impl Bot<'_> {
                     self.rtt.push(RttSample {
                         us: now_us.saturating_sub(p.client_time),
                         in_window: phase == Phase::Measure,
+                        during_attack: self.shared.rtt.attack_on(),
                     });
                 }
             }

@@ -123,6 +123,10 @@ pub struct Args {
     /// code 4 when anything is missing.
     #[arg(long, value_name = "FILE", conflicts_with = "ledger")]
     pub verify_ledger: Option<std::path::PathBuf>,
+
+    /// `--attack NAME` and its settings (docs/ATTACKS.md).
+    #[command(flatten)]
+    pub attack: crate::attack::AttackArgs,
 }
 
 /// What the players do. Each scenario is one module under `scenario/`.
@@ -213,6 +217,7 @@ impl Args {
                 );
             }
         }
+        self.attack.validate(self.duration)?;
         let last = self.first_index + self.clients - 1;
         for name in [self.name(self.first_index), self.name(last)] {
             anyhow::ensure!(

@@ -16,6 +16,7 @@
 //! tether-bots --scenario soak --clients 2000 --duration 1800 --admin 127.0.0.1:7780
 //! tether-bots --clients 200 --duration 60 --ledger ledger.jsonl
 //! tether-bots --verify-ledger ledger.jsonl
+//! tether-bots --clients 2000 --duration 50 --attack connflood --attack-rate 2000 --admin 127.0.0.1:7780
 //! ```
 //!
 //! # Layout
@@ -35,12 +36,16 @@
 //! - `view`: a bot's picture of the world (itself and the entities in view).
 //! - `stats`: counters (per-bot tallies flushed into shared atomics) and the
 //!   round-trip HDR histograms.
+//! - `attack`: `--attack NAME`, BENCH.md's attacks beside the legit
+//!   players (own thread, own source addresses, own counters) and what
+//!   they did to the legit players.
 //! - `admin`: scraping the server's `/metrics`.
 //! - `procstat`: this process's CPU time and open-file limit.
 //! - `summary`: the final JSON object.
 #![deny(unsafe_code)]
 
 mod admin;
+mod attack;
 mod bot;
 mod cli;
 mod growth;

@@ -94,6 +94,20 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
     let at_start = shared.counters.snapshot();
     let window_start = Instant::now();
     let window_end = window_start + Duration::from_secs(args.duration);
+    let attack = crate::attack::start(
+        crate::attack::Setup {
+            args: &args.attack,
+            target: args.addr,
+            admin: args.admin,
+            clients: args.clients,
+            duration_s: args.duration,
+            seed,
+            quiet: args.quiet,
+            window_start,
+            window_end,
+        },
+        &shared,
+    )?;
     progress.mark_window();
     if args.scenario == Scenario::ReconnectStorm {
         let storm_at = scenario::storm_instant(&args, t0);
@@ -124,6 +138,10 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
     let connected = shared.connected();
     let rtt = shared.rtt.summary(true);
     let server_end = scrape(args.admin).await;
+    let attack = match attack {
+        Some(a) => Some(a.finish().await),
+        None => None,
+    };
     let samples = match sampler {
         Some(s) => Some(s.stop(server_end, t0, connected).await),
         None => None,
@@ -179,6 +197,7 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
         resumes: shared.resumes.summary(),
         storm: (args.scenario == Scenario::ReconnectStorm).then(|| shared.storm.report()),
         soak,
+        attack,
     }))
 }
 

@@ -7,7 +7,7 @@
 //! go the same way into one [`RttHistograms`] behind a mutex: one lock per
 //! bot per second.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use hdrhistogram::Histogram;
@@ -116,15 +116,22 @@ pub fn new_rtt_histogram() -> Histogram<u64> {
 }
 
 /// Round-trip samples: those taken inside the measured window, and the rest
-/// (ramp), kept apart so the window's figures are not diluted.
+/// (ramp), kept apart so the window's figures are not diluted. With
+/// `--attack`, the samples taken while the attack runs also go to a third
+/// histogram (they stay in the window's too).
 pub struct RttHistograms {
     inner: Mutex<(Histogram<u64>, Histogram<u64>)>,
+    attack: Mutex<Histogram<u64>>,
+    /// An attack is running now: bots mark the pongs they receive.
+    attack_on: AtomicBool,
 }
 
 impl Default for RttHistograms {
     fn default() -> Self {
         RttHistograms {
             inner: Mutex::new((new_rtt_histogram(), new_rtt_histogram())),
+            attack: Mutex::new(new_rtt_histogram()),
+            attack_on: AtomicBool::new(false),
         }
     }
 }
@@ -135,6 +142,8 @@ pub struct RttSample {
     pub us: u64,
     /// Taken inside the measured window.
     pub in_window: bool,
+    /// Taken while an attack ran ([`RttHistograms::attack_on`]).
+    pub during_attack: bool,
 }
 
 impl RttHistograms {
@@ -147,6 +156,30 @@ impl RttHistograms {
             let h = if s.in_window { &mut g.0 } else { &mut g.1 };
             h.saturating_record(s.us.max(1));
         }
+        drop(g);
+        if samples.iter().any(|s| s.during_attack) {
+            let mut h = self.attack.lock().unwrap_or_else(|p| p.into_inner());
+            for s in samples.iter().filter(|s| s.during_attack) {
+                h.saturating_record(s.us.max(1));
+            }
+        }
+    }
+
+    /// Whether an attack runs now (what a bot writes in
+    /// [`RttSample::during_attack`]).
+    pub fn attack_on(&self) -> bool {
+        self.attack_on.load(Relaxed)
+    }
+
+    /// The attack starts (`true`) or stops.
+    pub fn set_attack_on(&self, on: bool) {
+        self.attack_on.store(on, Relaxed);
+    }
+
+    /// The summary of the samples taken while the attack ran.
+    pub fn attack_summary(&self) -> RttSummary {
+        let h = self.attack.lock().unwrap_or_else(|p| p.into_inner());
+        RttSummary::of(&h)
     }
 
     /// The window's summary (`window`), or the ramp's.
@@ -250,12 +283,14 @@ mod tests {
             .map(|i| RttSample {
                 us: i * 1000,
                 in_window: true,
+                during_attack: i > 990,
             })
             .collect();
         rtt.record(&samples);
         rtt.record(&[RttSample {
             us: 5,
             in_window: false,
+            during_attack: false,
         }]);
         let s = rtt.summary(true);
         assert_eq!(s.samples, 1000);
@@ -266,6 +301,10 @@ mod tests {
         assert!((s.max - 1000.0).abs() <= 1.0, "{s:?}");
         assert_eq!(rtt.summary(false).samples, 1);
         assert_eq!(rtt.summary(false).max, 0.005);
+        // The attack's histogram holds only the marked samples.
+        let a = rtt.attack_summary();
+        assert_eq!(a.samples, 10);
+        assert!((a.p50 - 995.0).abs() <= 1.0, "{a:?}");
     }
 
     #[test]
@@ -282,6 +321,7 @@ mod tests {
         rtt.record(&[RttSample {
             us: u64::MAX,
             in_window: true,
+            during_attack: false,
         }]);
         let s = rtt.summary(true);
         assert!(s.max >= 59_000.0, "{s:?}");

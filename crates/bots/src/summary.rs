@@ -38,6 +38,8 @@ pub struct Measured {
     pub storm: Option<StormReport>,
     /// `soak`: the samples and the verdict.
     pub soak: Option<SoakOutcome>,
+    /// `--attack`: the attack's report.
+    pub attack: Option<crate::attack::AttackReport>,
 }
 
 /// What the soak's runner hands to the summary.
@@ -109,6 +111,9 @@ pub struct Summary {
     pub storm: Option<StormFields>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub soak: Option<SoakFields>,
+    /// `--attack`: BENCH.md's attack fields and `attack_detail`.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub attack: Option<crate::attack::AttackFields>,
 }
 
 /// `reconnect-storm`'s fields.
@@ -226,6 +231,7 @@ impl Summary {
                 storm_missed: r.missed,
                 storm_failed: r.failed,
             }),
+            attack: m.attack.as_ref().map(|a| a.fields(m.soak.is_none())),
             soak: m.soak.as_ref().map(|o| SoakFields {
                 growth_ok: o.growth_ok,
                 growth: o.growth.clone(),
