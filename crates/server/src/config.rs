@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub use crate::guard::FloodAction;
+
 /// How players prove who they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -90,6 +92,63 @@ pub struct Config {
     pub input_ack_delay_ms: u64,
     /// Log filter (tracing's EnvFilter syntax), e.g. "info" or "tether=debug".
     pub log: String,
+
+    // ----- defences (docs/OPERATIONS.md, "Under attack") -----------------
+    /// Listen backlog asked of the kernel (capped by net.core.somaxconn).
+    /// Large, so a burst of thousands of (re)connects is queued, not refused.
+    pub listen_backlog: u32,
+    /// Addresses (CIDR) exempt from the per-IP limits, strikes and bans; the
+    /// global caps still apply. Default: exactly 127.0.0.1 and ::1, so
+    /// load tests from one loopback address work while other loopback
+    /// addresses (127.0.0.2, ...) are limited like any peer.
+    pub trusted_cidrs: Vec<String>,
+    /// New connections a second per source IP (token bucket refill).
+    pub connect_rate_per_ip: f64,
+    /// New connections one IP may open at once (token bucket size).
+    pub connect_burst_per_ip: u32,
+    /// Open connections per source IP (players behind one NAT share it).
+    pub max_conns_per_ip: u32,
+    /// Connections that have not sent Hello / Resume yet, server-wide; when
+    /// full, the oldest of them is closed to make room.
+    pub max_pending_handshakes: usize,
+    /// Hello / Resume a second per source IP.
+    pub login_rate_per_ip: f64,
+    pub login_burst_per_ip: u32,
+    /// Hello a second, server-wide (each one loads a character from storage).
+    pub login_rate_global: f64,
+    pub login_burst_global: u32,
+    /// Resume a second, server-wide (a reconnect storm resumes everyone at once).
+    pub resume_rate_global: f64,
+    pub resume_burst_global: u32,
+    /// Strikes (malformed frames, protocol violations, handshake timeouts,
+    /// failed auth, input floods) within `strike_window_ms` that ban an IP.
+    /// 0 disables bans.
+    pub strikes_to_ban: u32,
+    pub strike_window_ms: u64,
+    /// How long a ban lasts.
+    pub ban_ms: u64,
+    /// Source addresses the guard remembers at most (idle ones are forgotten).
+    pub max_tracked_ips: usize,
+    /// Client messages (Input, Ack) a second per connection; over it they
+    /// are dropped (an Input keeps its number but loses its command).
+    pub input_rate: f64,
+    /// Messages a connection may send at once (a resume re-sends up to the
+    /// client's 1024 kept inputs in one go).
+    pub input_burst: u32,
+    /// Messages over the allowance tolerated (refilling at `input_rate`)
+    /// before `input_flood_action`.
+    pub input_flood_tolerance: u32,
+    /// Sustained input flood: drop (keep dropping), zombie (cut the
+    /// connection; the session can resume) or kick (end the session).
+    pub input_flood_action: FloodAction,
+    /// A shard whose ticks start this late (3 in a row) enters protect mode.
+    pub protect_tick_lag_ms: u64,
+    /// Resident memory budget, bytes: protect mode from 90 % of it (0: off).
+    pub protect_memory_bytes: u64,
+    /// Calm time (ticks on time, memory under 80 %) before protect mode ends.
+    pub protect_calm_ms: u64,
+    /// `retry_after_ms` given to logins refused in protect mode.
+    pub protect_retry_after_ms: u32,
 }
 
 impl Default for Config {
@@ -121,6 +180,30 @@ impl Default for Config {
             write_queue_cap_bytes: 256 * 1024,
             input_ack_delay_ms: 500,
             log: "info".into(),
+            listen_backlog: 8192,
+            trusted_cidrs: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            connect_rate_per_ip: 20.0,
+            connect_burst_per_ip: 40,
+            max_conns_per_ip: 64,
+            max_pending_handshakes: 10_000,
+            login_rate_per_ip: 5.0,
+            login_burst_per_ip: 20,
+            login_rate_global: 2_000.0,
+            login_burst_global: 5_000,
+            resume_rate_global: 10_000.0,
+            resume_burst_global: 10_000,
+            strikes_to_ban: 10,
+            strike_window_ms: 60_000,
+            ban_ms: 300_000,
+            max_tracked_ips: 100_000,
+            input_rate: 60.0,
+            input_burst: 1_200,
+            input_flood_tolerance: 600,
+            input_flood_action: FloodAction::Zombie,
+            protect_tick_lag_ms: 250,
+            protect_memory_bytes: 0,
+            protect_calm_ms: 10_000,
+            protect_retry_after_ms: 5_000,
         }
     }
 }
@@ -210,6 +293,78 @@ pub struct Overrides {
     /// Log filter, e.g. info, debug, tether_server=trace [default: info].
     #[arg(long, env = "TETHER_LOG")]
     pub log: Option<String>,
+    /// Listen backlog (the kernel caps it at net.core.somaxconn) [default: 8192].
+    #[arg(long, env = "TETHER_LISTEN_BACKLOG")]
+    pub listen_backlog: Option<u32>,
+    /// Comma-separated CIDRs exempt from per-IP limits and bans; "" for none [default: 127.0.0.1/32,::1/128].
+    #[arg(long, env = "TETHER_TRUSTED_CIDRS", value_delimiter = ',')]
+    pub trusted_cidrs: Option<Vec<String>>,
+    /// New connections a second per source IP [default: 20].
+    #[arg(long, env = "TETHER_CONNECT_RATE_PER_IP")]
+    pub connect_rate_per_ip: Option<f64>,
+    /// New connections one IP may open at once [default: 40].
+    #[arg(long, env = "TETHER_CONNECT_BURST_PER_IP")]
+    pub connect_burst_per_ip: Option<u32>,
+    /// Open connections per source IP [default: 64].
+    #[arg(long, env = "TETHER_MAX_CONNS_PER_IP")]
+    pub max_conns_per_ip: Option<u32>,
+    /// Connections not logged in yet, server-wide; the oldest is closed to make room [default: 10000].
+    #[arg(long, env = "TETHER_MAX_PENDING_HANDSHAKES")]
+    pub max_pending_handshakes: Option<usize>,
+    /// Hello / Resume a second per source IP [default: 5].
+    #[arg(long, env = "TETHER_LOGIN_RATE_PER_IP")]
+    pub login_rate_per_ip: Option<f64>,
+    /// Hello / Resume one IP may send at once [default: 20].
+    #[arg(long, env = "TETHER_LOGIN_BURST_PER_IP")]
+    pub login_burst_per_ip: Option<u32>,
+    /// Hello a second, server-wide [default: 2000].
+    #[arg(long, env = "TETHER_LOGIN_RATE_GLOBAL")]
+    pub login_rate_global: Option<f64>,
+    /// Hello at once, server-wide [default: 5000].
+    #[arg(long, env = "TETHER_LOGIN_BURST_GLOBAL")]
+    pub login_burst_global: Option<u32>,
+    /// Resume a second, server-wide [default: 10000].
+    #[arg(long, env = "TETHER_RESUME_RATE_GLOBAL")]
+    pub resume_rate_global: Option<f64>,
+    /// Resume at once, server-wide [default: 10000].
+    #[arg(long, env = "TETHER_RESUME_BURST_GLOBAL")]
+    pub resume_burst_global: Option<u32>,
+    /// Strikes within the strike window that ban an IP; 0 disables bans [default: 10].
+    #[arg(long, env = "TETHER_STRIKES_TO_BAN")]
+    pub strikes_to_ban: Option<u32>,
+    /// Strike window, ms [default: 60000].
+    #[arg(long, env = "TETHER_STRIKE_WINDOW_MS")]
+    pub strike_window_ms: Option<u64>,
+    /// Ban length, ms [default: 300000].
+    #[arg(long, env = "TETHER_BAN_MS")]
+    pub ban_ms: Option<u64>,
+    /// Source addresses remembered at most [default: 100000].
+    #[arg(long, env = "TETHER_MAX_TRACKED_IPS")]
+    pub max_tracked_ips: Option<usize>,
+    /// Client messages (Input, Ack) a second per connection [default: 60].
+    #[arg(long, env = "TETHER_INPUT_RATE")]
+    pub input_rate: Option<f64>,
+    /// Client messages a connection may send at once [default: 1200].
+    #[arg(long, env = "TETHER_INPUT_BURST")]
+    pub input_burst: Option<u32>,
+    /// Messages over the allowance tolerated before the flood action [default: 600].
+    #[arg(long, env = "TETHER_INPUT_FLOOD_TOLERANCE")]
+    pub input_flood_tolerance: Option<u32>,
+    /// Sustained input flood: drop, zombie (cut; session resumable) or kick [default: zombie].
+    #[arg(long, env = "TETHER_INPUT_FLOOD_ACTION")]
+    pub input_flood_action: Option<FloodAction>,
+    /// Tick lag that (3 ticks in a row) puts a shard in protect mode, ms [default: 250].
+    #[arg(long, env = "TETHER_PROTECT_TICK_LAG_MS")]
+    pub protect_tick_lag_ms: Option<u64>,
+    /// Memory budget, bytes: protect mode from 90 % of it; 0 is off [default: 0].
+    #[arg(long, env = "TETHER_PROTECT_MEMORY_BYTES")]
+    pub protect_memory_bytes: Option<u64>,
+    /// Calm time before protect mode ends, ms [default: 10000].
+    #[arg(long, env = "TETHER_PROTECT_CALM_MS")]
+    pub protect_calm_ms: Option<u64>,
+    /// retry_after_ms told to logins refused in protect mode [default: 5000].
+    #[arg(long, env = "TETHER_PROTECT_RETRY_AFTER_MS")]
+    pub protect_retry_after_ms: Option<u32>,
 }
 
 /// A setting that cannot work, found before anything starts.
@@ -286,7 +441,31 @@ impl Config {
             zombie_replay_cap_frames,
             write_queue_cap_bytes,
             input_ack_delay_ms,
-            log
+            log,
+            listen_backlog,
+            trusted_cidrs,
+            connect_rate_per_ip,
+            connect_burst_per_ip,
+            max_conns_per_ip,
+            max_pending_handshakes,
+            login_rate_per_ip,
+            login_burst_per_ip,
+            login_rate_global,
+            login_burst_global,
+            resume_rate_global,
+            resume_burst_global,
+            strikes_to_ban,
+            strike_window_ms,
+            ban_ms,
+            max_tracked_ips,
+            input_rate,
+            input_burst,
+            input_flood_tolerance,
+            input_flood_action,
+            protect_tick_lag_ms,
+            protect_memory_bytes,
+            protect_calm_ms,
+            protect_retry_after_ms
         );
         cfg.validate()?;
         Ok(cfg)
@@ -326,6 +505,41 @@ impl Config {
         }
         if self.write_queue_cap_bytes < 4096 {
             return err("write_queue_cap_bytes must be at least 4096");
+        }
+        if !(1..=65535).contains(&self.listen_backlog) {
+            return err("listen_backlog must be 1..=65535");
+        }
+        crate::guard::GuardConfig::from_config(self).map_err(ConfigError)?;
+        let rates = [
+            ("connect_rate_per_ip", self.connect_rate_per_ip),
+            ("login_rate_per_ip", self.login_rate_per_ip),
+            ("login_rate_global", self.login_rate_global),
+            ("resume_rate_global", self.resume_rate_global),
+            ("input_rate", self.input_rate),
+        ];
+        for (name, rate) in rates {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(ConfigError(format!("{name} must be a positive number")));
+            }
+        }
+        let bursts = [
+            ("connect_burst_per_ip", self.connect_burst_per_ip),
+            ("login_burst_per_ip", self.login_burst_per_ip),
+            ("login_burst_global", self.login_burst_global),
+            ("resume_burst_global", self.resume_burst_global),
+            ("input_burst", self.input_burst),
+            ("max_conns_per_ip", self.max_conns_per_ip),
+        ];
+        for (name, burst) in bursts {
+            if burst == 0 {
+                return Err(ConfigError(format!("{name} must be at least 1")));
+            }
+        }
+        if self.max_pending_handshakes == 0 || self.max_tracked_ips == 0 {
+            return err("max_pending_handshakes and max_tracked_ips must be at least 1");
+        }
+        if self.protect_tick_lag_ms == 0 {
+            return err("protect_tick_lag_ms must be at least 1");
         }
         Ok(())
     }

@@ -8,6 +8,8 @@
 //! - [`shard`]: shard threads: a `World` and its players' sessions.
 //! - [`link`]: the lock-free rings and wake-ups between the two.
 //! - [`directory`]: which shard holds which account.
+//! - [`guard`]: the DDoS defences as plain data: per-IP admission, login
+//!   rates, strikes and bans, input allowances, protect mode.
 //! - characters are stored by `tether-store` (SQLite by default,
 //!   PostgreSQL for production) through a writer thread off the world loop.
 //! - [`metrics`], [`admin`]: counters and the admin HTTP endpoint.
@@ -28,6 +30,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod directory;
+pub mod guard;
 pub mod link;
 pub mod metrics;
 pub mod net;
@@ -46,13 +49,10 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::directory::Directory;
+use crate::guard::{Defences, Guard, GuardConfig};
 use crate::link::{IoLink, IoWaker, ShardLink, ShardWaker, RING_CAPACITY};
 use crate::metrics::Metrics;
 use crate::shard::{Bus, Shard, BUS_CAPACITY};
-
-/// Listen backlog: connections the kernel queues before accept. Large, so a
-/// burst of thousands of (re)connects is queued rather than refused.
-const LISTEN_BACKLOG: i32 = 8192;
 
 /// Longest a shutdown waits for storage to take the last writes.
 const STORE_SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
@@ -62,6 +62,9 @@ pub struct ServerHandle {
     pub game_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub metrics: Arc<Metrics>,
+    /// The guard (bans, per-IP state) and protect mode, as the admin
+    /// endpoint sees them.
+    pub defences: Arc<Defences>,
     shutdown: Arc<AtomicBool>,
     shard_wakers: Vec<Arc<ShardWaker>>,
     io_wakers: Vec<Arc<IoWaker>>,
@@ -117,7 +120,7 @@ impl Drop for ServerHandle {
     }
 }
 
-fn bind_game_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+fn bind_game_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     // SO_REUSEADDR only: restarting right after a stop must not wait out
@@ -126,7 +129,8 @@ fn bind_game_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
+    // The kernel caps the backlog at net.core.somaxconn (docs/OPERATIONS.md).
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
     Ok(socket.into())
 }
 
@@ -176,10 +180,12 @@ pub fn start_with_backend(cfg: Config, backend: Box<dyn Backend>) -> anyhow::Res
     let clock = Instant::now();
     let metrics = Arc::new(Metrics::new());
     let directory = Arc::new(Directory::new(cfg.shards));
+    let guard_cfg = GuardConfig::from_config(&cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let defences = Arc::new(Defences::new(Guard::new(guard_cfg, 0), cfg.shards));
     let shutdown = Arc::new(AtomicBool::new(false));
 
     // Listeners first, so a taken port fails before any thread starts.
-    let first = bind_game_listener(cfg.listen)
+    let first = bind_game_listener(cfg.listen, cfg.listen_backlog)
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let game_addr = first.local_addr()?;
     // Every I/O thread watches the same listening socket (a duplicated
@@ -275,6 +281,7 @@ pub fn start_with_backend(cfg: Config, backend: Box<dyn Backend>) -> anyhow::Res
             store_handle,
             store_events,
             metrics.clone(),
+            defences.clone(),
             shutdown.clone(),
             clock,
         );
@@ -295,6 +302,7 @@ pub fn start_with_backend(cfg: Config, backend: Box<dyn Backend>) -> anyhow::Res
             links,
             directory.clone(),
             metrics.clone(),
+            defences.clone(),
             shutdown.clone(),
             clock,
         )?;
@@ -306,7 +314,11 @@ pub fn start_with_backend(cfg: Config, backend: Box<dyn Backend>) -> anyhow::Res
     }
 
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let router = admin::router(metrics.clone());
+    let router = admin::router(admin::AdminState {
+        metrics: metrics.clone(),
+        defences: defences.clone(),
+        clock,
+    });
     let admin_thread = std::thread::Builder::new()
         .name("tether-admin".into())
         .spawn(move || {
@@ -336,6 +348,7 @@ pub fn start_with_backend(cfg: Config, backend: Box<dyn Backend>) -> anyhow::Res
         game_addr,
         admin_addr,
         metrics,
+        defences,
         shutdown,
         shard_wakers,
         io_wakers,

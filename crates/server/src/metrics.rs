@@ -42,6 +42,21 @@ pub struct Metrics {
     pub tick_seconds: Histogram,
     /// 1 while storage is unreachable (writes held and retried), else 0.
     pub storage_degraded: Gauge,
+    /// Connections closed at accept by the guard, by reason.
+    pub refused_connections: Family<Labels, Counter>,
+    /// Hello / Resume refused before reaching a shard, by reason.
+    pub logins_refused: Family<Labels, Counter>,
+    /// Misbehaviour counted against a source address, by kind.
+    pub strikes: Family<Labels, Counter>,
+    pub bans: Counter,
+    /// Addresses banned now.
+    pub banned_ips: Gauge,
+    /// Shards in protect mode now (0 normally).
+    pub protect_mode: Gauge,
+    /// Protect mode entered / left, by direction (`to="on"|"off"`).
+    pub protect_transitions: Family<Labels, Counter>,
+    /// Client messages dropped over their connection's allowance, by reason.
+    pub inputs_dropped: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -69,6 +84,14 @@ impl Metrics {
                 0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1,
             ]),
             storage_degraded: Gauge::default(),
+            refused_connections: Family::default(),
+            logins_refused: Family::default(),
+            strikes: Family::default(),
+            bans: Counter::default(),
+            banned_ips: Gauge::default(),
+            protect_mode: Gauge::default(),
+            protect_transitions: Family::default(),
+            inputs_dropped: Family::default(),
             registry: Registry::default(),
         };
         macro_rules! reg {
@@ -135,6 +158,42 @@ impl Metrics {
             storage_degraded
         );
         reg!(
+            "tether_refused_connections",
+            "Connections closed at accept by the guard, by reason",
+            refused_connections
+        );
+        reg!(
+            "tether_logins_refused",
+            "Hello / Resume refused by rate limits or protect mode, by reason",
+            logins_refused
+        );
+        reg!(
+            "tether_strikes",
+            "Misbehaviour counted against a source address, by kind",
+            strikes
+        );
+        reg!("tether_bans", "Source addresses banned", bans);
+        reg!(
+            "tether_banned_ips",
+            "Source addresses banned now",
+            banned_ips
+        );
+        reg!(
+            "tether_protect_mode",
+            "Shards in protect mode (new logins refused, zombie timers frozen)",
+            protect_mode
+        );
+        reg!(
+            "tether_protect_transitions",
+            "Protect mode entered (to=on) or left (to=off)",
+            protect_transitions
+        );
+        reg!(
+            "tether_inputs_dropped",
+            "Client messages dropped over their connection's allowance",
+            inputs_dropped
+        );
+        reg!(
             "tether_world_tick_seconds",
             "World tick duration",
             tick_seconds
@@ -175,6 +234,16 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Resident memory of this process in bytes, from /proc (0 if unreadable).
+/// Cheaper than [`ProcessStats::read`]: one small file.
+pub fn rss_bytes() -> u64 {
+    let page = unsafe_free_sysconf(libc::_SC_PAGESIZE).max(1) as u64;
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * page)
 }
 
 /// CPU time, resident memory and descriptors of this process, from /proc.

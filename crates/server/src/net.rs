@@ -15,10 +15,15 @@
 //! and this thread's overflow for it are full; writing never blocks: a
 //! connection whose backlog passes `write_queue_cap_bytes` is cut and its
 //! session turns zombie, keeping its frames for replay.
+//!
+//! The defences are decided in [`crate::guard`]; this thread only asks it,
+//! cheapest question first: at accept (before any buffer is allocated for
+//! the peer), at the first frame (before any crypto or storage), and per
+//! message through the connection's own [`InputAllowance`] (no lock).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -34,6 +39,9 @@ use tracing::{debug, warn};
 use crate::auth;
 use crate::config::Config;
 use crate::directory::Directory;
+use crate::guard::{
+    Defences, FloodAction, InputAllowance, InputLimit, InputVerdict, LoginKind, Refusal, Strike,
+};
 use crate::link::{close_frame, ConnLoss, ConnRef, IoWaker, ShardLink, ToIo, ToShard};
 use crate::metrics::{labels, Metrics};
 
@@ -69,10 +77,27 @@ const IDLE_POLL_MS: u64 = 100;
 /// How long a shutdown waits for write queues to drain.
 const SHUTDOWN_FLUSH_MS: u64 = 2_000;
 
+/// How often the guard's per-IP table is swept (expired bans, idle peers).
+const GUARD_SWEEP_MS: u64 = 1_000;
+
+/// `retry_after_ms` for refusals that have no natural wait (per-IP
+/// connection cap, pending handshakes full).
+const BUSY_RETRY_AFTER_MS: u32 = 1_000;
+
+/// `retry_after_ms` for a connection cut for flooding.
+const FLOOD_RETRY_AFTER_MS: u32 = 1_000;
+
 struct Conn {
     stream: TcpStream,
     generation: u32,
     peer: SocketAddr,
+    ip: IpAddr,
+    /// Counted by the guard as not logged in yet.
+    pending: bool,
+    /// Input / Ack allowance (token buckets; no lock, no allocation).
+    allowance: InputAllowance,
+    /// Already struck for flooding (one strike per connection).
+    flooded: bool,
     /// None until a Hello / Resume bound the connection to a shard.
     shard: Option<u16>,
     /// The unparsed tail of the last read (a partial frame).
@@ -102,6 +127,9 @@ pub struct IoThread {
     shards_stopped: usize,
     directory: Arc<Directory>,
     metrics: Arc<Metrics>,
+    defences: Arc<Defences>,
+    input_limit: InputLimit,
+    next_sweep_ms: u64,
     shutdown: Arc<AtomicBool>,
     clock: Instant,
     scratch: Vec<u8>,
@@ -117,6 +145,7 @@ pub struct IoThread {
     bytes_in: u64,
     bytes_out: u64,
     writes: u64,
+    inputs_dropped: u64,
 }
 
 impl IoThread {
@@ -130,6 +159,7 @@ impl IoThread {
         shards: Vec<ShardLink>,
         directory: Arc<Directory>,
         metrics: Arc<Metrics>,
+        defences: Arc<Defences>,
         shutdown: Arc<AtomicBool>,
         clock: Instant,
     ) -> io::Result<IoThread> {
@@ -137,6 +167,11 @@ impl IoThread {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let n = shards.len();
+        let input_limit = InputLimit {
+            rate: cfg.input_rate,
+            burst: cfg.input_burst as f64,
+            flood_tolerance: cfg.input_flood_tolerance as f64,
+        };
         Ok(IoThread {
             id,
             cfg,
@@ -151,6 +186,9 @@ impl IoThread {
             shards_stopped: 0,
             directory,
             metrics,
+            defences,
+            input_limit,
+            next_sweep_ms: 0,
             shutdown,
             clock,
             scratch: vec![0; READ_CHUNK],
@@ -164,6 +202,7 @@ impl IoThread {
             bytes_in: 0,
             bytes_out: 0,
             writes: 0,
+            inputs_dropped: 0,
         })
     }
 
@@ -225,6 +264,7 @@ impl IoThread {
             }
             self.retry_pending_reads();
             self.expire_handshakes();
+            self.sweep_guard();
             if self.accept_paused_until != 0 && self.now_ms() >= self.accept_paused_until {
                 self.accept_paused_until = 0;
                 self.accept_all();
@@ -271,6 +311,27 @@ impl IoThread {
             m.bytes_out.inc_by(std::mem::take(&mut self.bytes_out));
             m.writes.inc_by(std::mem::take(&mut self.writes));
         }
+        if self.inputs_dropped > 0 {
+            m.inputs_dropped
+                .get_or_create(&labels(&[("reason", "rate")]))
+                .inc_by(std::mem::take(&mut self.inputs_dropped));
+        }
+    }
+
+    /// Once a second (first I/O thread only): expired bans end, idle peers
+    /// are forgotten, the banned-IPs gauge follows.
+    fn sweep_guard(&mut self) {
+        if self.id != 0 {
+            return;
+        }
+        let now = self.now_ms();
+        if now < self.next_sweep_ms {
+            return;
+        }
+        self.next_sweep_ms = now + GUARD_SWEEP_MS;
+        let mut guard = self.defences.guard();
+        guard.sweep(now);
+        self.metrics.banned_ips.set(guard.banned_ips() as i64);
     }
 
     // ----- accepting -------------------------------------------------------
@@ -302,13 +363,25 @@ impl IoThread {
         }
     }
 
+    /// A new connection: the guard's checks come before anything is
+    /// allocated or registered for it.
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
         let total = self.metrics.connections.get();
         if total >= self.cfg.max_connections as i64 {
             self.metrics
-                .closed_by_server
+                .refused_connections
                 .get_or_create(&labels(&[("reason", "max_connections")]))
                 .inc();
+            return; // dropping the stream closes it
+        }
+        let now = self.now_ms();
+        let ip = peer.ip();
+        let mut verdict = self.defences.guard().admit(ip, now);
+        if verdict == Err(Refusal::PendingHandshakes) && self.evict_oldest_handshake() {
+            verdict = self.defences.guard().admit(ip, now);
+        }
+        if let Err(refusal) = verdict {
+            self.refuse(&mut stream, refusal);
             return; // dropping the stream closes it
         }
         let _ = stream.set_nodelay(true);
@@ -320,6 +393,7 @@ impl IoThread {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             warn!(error = %e, "cannot register connection");
+            self.defences.guard().release(ip, true);
             return;
         }
         let generation = self.next_generation;
@@ -328,6 +402,10 @@ impl IoThread {
             stream,
             generation,
             peer,
+            ip,
+            pending: true,
+            allowance: InputAllowance::new(&self.input_limit, now),
+            flooded: false,
             shard: None,
             rbuf: Vec::new(),
             wq: VecDeque::new(),
@@ -348,6 +426,79 @@ impl IoThread {
         self.on_readable(slot);
     }
 
+    /// Counts a refusal at accept and tells the peer why with one small
+    /// non-blocking write (if the socket takes it; nothing else is spent).
+    fn refuse(&mut self, stream: &mut TcpStream, refusal: Refusal) {
+        self.metrics
+            .refused_connections
+            .get_or_create(&labels(&[("reason", refusal.reason())]))
+            .inc();
+        let (code, message, retry) = match refusal {
+            Refusal::Banned { retry_after_ms } => {
+                (CloseCode::Banned, "address banned", retry_after_ms)
+            }
+            Refusal::ConnectRate { retry_after_ms } => (
+                CloseCode::RateLimited,
+                "too many connections from this address",
+                retry_after_ms,
+            ),
+            Refusal::PerIpConnections => (
+                CloseCode::RateLimited,
+                "too many connections from this address",
+                BUSY_RETRY_AFTER_MS as u64,
+            ),
+            Refusal::PendingHandshakes | Refusal::IpTableFull => (
+                CloseCode::ServerBusy,
+                "server busy",
+                BUSY_RETRY_AFTER_MS as u64,
+            ),
+        };
+        let frame = close_frame(code, message, retry.min(u32::MAX as u64) as u32);
+        let _ = stream.write(&frame);
+    }
+
+    /// Makes room under `max_pending_handshakes` by closing this thread's
+    /// oldest connection that has not logged in yet. False if it has none.
+    fn evict_oldest_handshake(&mut self) -> bool {
+        while let Some((_, slot, generation)) = self.handshakes.pop_front() {
+            let live = match self.conns.get(slot) {
+                Some(c) => c.generation == generation && c.pending && !c.closing,
+                None => false,
+            };
+            if live {
+                self.close_with(
+                    slot,
+                    CloseCode::HandshakeTimeout,
+                    "too many connections waiting to log in",
+                );
+                // Its pending count goes when it is removed (at once when
+                // the Close could be written).
+                return !self.conns.contains(slot) || !self.conns[slot].pending;
+            }
+        }
+        false
+    }
+
+    /// Counts misbehaviour against the connection's source address; enough
+    /// of it within the window bans the address.
+    fn strike(&mut self, slot: usize, why: Strike) {
+        let Some(conn) = self.conns.get(slot) else {
+            return;
+        };
+        let ip = conn.ip;
+        let now = self.now_ms();
+        self.metrics
+            .strikes
+            .get_or_create(&labels(&[("reason", why.reason())]))
+            .inc();
+        let mut guard = self.defences.guard();
+        if let Some(ban_ms) = guard.strike(ip, why, now) {
+            self.metrics.bans.inc();
+            warn!(%ip, ban_ms, last = why.reason(), "address banned");
+        }
+        self.metrics.banned_ips.set(guard.banned_ips() as i64);
+    }
+
     fn expire_handshakes(&mut self) {
         let now = self.now_ms();
         while let Some(&(deadline, slot, generation)) = self.handshakes.front() {
@@ -360,6 +511,7 @@ impl IoThread {
                 None => true,
             };
             if !stale {
+                self.strike(slot, Strike::HandshakeTimeout);
                 self.close_with(
                     slot,
                     CloseCode::HandshakeTimeout,
@@ -485,9 +637,10 @@ impl IoThread {
             self.conns[slot].rbuf = carried;
         }
         self.frames_in += msgs.len() as u64;
+        let now = self.now_ms();
         let mut open = true;
         for msg in msgs.drain(..) {
-            if open && !self.handle(slot, msg) {
+            if open && !self.handle(slot, msg, now) {
                 open = false;
             }
         }
@@ -504,11 +657,12 @@ impl IoThread {
 
     fn reject(&mut self, slot: usize, e: &DecodeError) {
         debug!(peer = %self.conns[slot].peer, error = %e, "bad frame");
+        self.strike(slot, Strike::Malformed);
         self.close_with(slot, e.close_code(), &e.to_string());
     }
 
     /// Handles one decoded message. Returns false if the connection closed.
-    fn handle(&mut self, slot: usize, msg: tether_proto::pb::ClientMessage) -> bool {
+    fn handle(&mut self, slot: usize, msg: tether_proto::pb::ClientMessage, now: u64) -> bool {
         let conn = &self.conns[slot];
         let cref = ConnRef {
             io: self.id,
@@ -520,7 +674,26 @@ impl IoThread {
         };
         match (conn.shard, body) {
             (None, Msg::Hello(hello)) => {
+                // Cheapest first: protect mode (an atomic), the login rates
+                // (the guard), then the version, then credentials (crypto).
+                if self.defences.protecting() {
+                    self.metrics
+                        .logins_refused
+                        .get_or_create(&labels(&[("reason", "protect")]))
+                        .inc();
+                    self.close_with_retry(
+                        slot,
+                        CloseCode::ServerBusy,
+                        "server busy; retry later",
+                        self.cfg.protect_retry_after_ms,
+                    );
+                    return false;
+                }
+                if !self.admit_login(slot, LoginKind::Hello, now) {
+                    return false;
+                }
                 if hello.protocol_version != tether_proto::PROTOCOL_VERSION {
+                    self.strike(slot, Strike::AuthFailed);
                     self.close_with(
                         slot,
                         CloseCode::UnsupportedVersion,
@@ -551,12 +724,20 @@ impl IoThread {
                         true
                     }
                     Err(e) => {
+                        if e.close_code() == CloseCode::AuthFailed {
+                            self.strike(slot, Strike::AuthFailed);
+                        }
                         self.close_with(slot, e.close_code(), e.message());
                         false
                     }
                 }
             }
             (None, Msg::Resume(resume)) => {
+                // Resumes are admitted in protect mode: they bring existing
+                // players back and cost no storage.
+                if !self.admit_login(slot, LoginKind::Resume, now) {
+                    return false;
+                }
                 let shard = (resume.session_id >> 56) as usize;
                 if shard >= self.shards.len() {
                     self.metrics
@@ -571,6 +752,7 @@ impl IoThread {
                 true
             }
             (None, _) => {
+                self.strike(slot, Strike::Protocol);
                 self.close_with(
                     slot,
                     CloseCode::ProtocolError,
@@ -578,11 +760,24 @@ impl IoThread {
                 );
                 false
             }
-            (Some(shard), Msg::Input(input)) => {
+            (Some(shard), Msg::Input(mut input)) => {
+                match self.allowance(slot, now) {
+                    InputVerdict::Pass => {}
+                    // The input keeps its number (the session's sequence
+                    // stays whole) but loses its command.
+                    InputVerdict::Drop => input.cmd = None,
+                    InputVerdict::Flood => return self.flood(slot, shard, cref),
+                }
                 self.send_to_shard(shard, ToShard::Input { conn: cref, input });
                 true
             }
             (Some(shard), Msg::Ack(ack)) => {
+                match self.allowance(slot, now) {
+                    InputVerdict::Pass => {}
+                    // Acks are cumulative: a later one covers this one.
+                    InputVerdict::Drop => return true,
+                    InputVerdict::Flood => return self.flood(slot, shard, cref),
+                }
                 self.send_to_shard(
                     shard,
                     ToShard::Ack {
@@ -597,6 +792,7 @@ impl IoThread {
                 true
             }
             (Some(_), Msg::Hello(_) | Msg::Resume(_)) => {
+                self.strike(slot, Strike::Protocol);
                 self.close_with(
                     slot,
                     CloseCode::ProtocolError,
@@ -605,6 +801,72 @@ impl IoThread {
                 false
             }
         }
+    }
+
+    /// The login rate limits for a connection's first frame. On refusal the
+    /// connection is closed with RATE_LIMITED and a retry hint.
+    fn admit_login(&mut self, slot: usize, kind: LoginKind, now: u64) -> bool {
+        let ip = self.conns[slot].ip;
+        let verdict = self.defences.guard().login(ip, kind, now);
+        match verdict {
+            Ok(()) => {
+                self.conns[slot].pending = false;
+                true
+            }
+            Err(refusal) => {
+                self.metrics
+                    .logins_refused
+                    .get_or_create(&labels(&[("reason", refusal.reason())]))
+                    .inc();
+                let retry = refusal.retry_after_ms().clamp(1, u32::MAX as u64) as u32;
+                self.close_with_retry(
+                    slot,
+                    CloseCode::RateLimited,
+                    "too many logins; retry later",
+                    retry,
+                );
+                false
+            }
+        }
+    }
+
+    /// One message against the connection's allowance; drops are counted.
+    fn allowance(&mut self, slot: usize, now: u64) -> InputVerdict {
+        let conn = &mut self.conns[slot];
+        match conn.allowance.check(&self.input_limit, now) {
+            InputVerdict::Pass => InputVerdict::Pass,
+            InputVerdict::Drop => {
+                self.inputs_dropped += 1;
+                InputVerdict::Drop
+            }
+            InputVerdict::Flood => {
+                self.inputs_dropped += 1;
+                if self.cfg.input_flood_action != FloodAction::Drop {
+                    return InputVerdict::Flood;
+                }
+                if !std::mem::replace(&mut conn.flooded, true) {
+                    self.strike(slot, Strike::InputFlood);
+                }
+                InputVerdict::Drop
+            }
+        }
+    }
+
+    /// A sustained flood with the zombie or kick action: strike, and close
+    /// with RATE_LIMITED (kick also ends the session). Returns false (closed).
+    fn flood(&mut self, slot: usize, shard: u16, cref: ConnRef) -> bool {
+        debug!(peer = %self.conns[slot].peer, "input flood; cutting the connection");
+        self.strike(slot, Strike::InputFlood);
+        if self.cfg.input_flood_action == FloodAction::Kick {
+            self.send_to_shard(shard, ToShard::Logout { conn: cref });
+        }
+        self.close_with_retry(
+            slot,
+            CloseCode::RateLimited,
+            "input over the allowance",
+            FLOOD_RETRY_AFTER_MS,
+        );
+        false
     }
 
     fn send_to_shard(&mut self, shard: u16, msg: ToShard) {
@@ -685,6 +947,17 @@ impl IoThread {
                 .closed_by_server
                 .get_or_create(&labels(&[("reason", "slow_consumer")]))
                 .inc();
+            // Best effort: finish the frame on the wire and add a Close, in
+            // one non-blocking write; a full socket gets nothing more.
+            let close = close_frame(CloseCode::SlowConsumer, "write backlog over the cap", 0);
+            let head_rest: &[u8] = if conn.wq_head_written > 0 {
+                &conn.wq[0][conn.wq_head_written..]
+            } else {
+                &[]
+            };
+            let _ = conn
+                .stream
+                .write_vectored(&[IoSlice::new(head_rest), IoSlice::new(&close)]);
             self.lose(slot, ConnLoss::SlowConsumer);
             return;
         }
@@ -766,6 +1039,16 @@ impl IoThread {
     /// The server closes the connection with a code: queue the Close frame,
     /// tell the shard, and close once it is flushed.
     fn close_with(&mut self, slot: usize, code: CloseCode, message: &str) {
+        self.close_with_retry(slot, code, message, 0);
+    }
+
+    fn close_with_retry(
+        &mut self,
+        slot: usize,
+        code: CloseCode,
+        message: &str,
+        retry_after_ms: u32,
+    ) {
         let reason = code.as_str_name();
         self.metrics
             .closed_by_server
@@ -777,7 +1060,7 @@ impl IoThread {
         };
         conn.shard = None;
         conn.rbuf = Vec::new();
-        let frame = close_frame(code, message, 0);
+        let frame = close_frame(code, message, retry_after_ms);
         conn.wq_bytes += frame.len();
         conn.wq.push_back(frame);
         conn.closing = true;
@@ -812,6 +1095,7 @@ impl IoThread {
         if let Some(mut conn) = self.conns.try_remove(slot) {
             let _ = self.poll.registry().deregister(&mut conn.stream);
             self.metrics.connections.dec();
+            self.defences.guard().release(conn.ip, conn.pending);
         }
     }
 }

@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Config, TakeoverPolicy};
 use crate::directory::Directory;
+use crate::guard::{Defences, ProtectConfig, ProtectMode, ProtectOverride};
 use crate::link::{close_frame, ConnRef, IoLink, ShardWaker, ToIo, ToShard};
 use crate::metrics::{labels, Metrics};
 
@@ -55,6 +56,10 @@ pub const BUS_CAPACITY: usize = 4096;
 
 /// What a login refused for storage is told to wait before trying again.
 const STORAGE_RETRY_AFTER_MS: u32 = 2_000;
+
+/// How often resident memory is read for protect mode (when a memory
+/// budget is set): one small /proc read a second.
+const RSS_SAMPLE_MS: u64 = 1_000;
 
 /// Idle pages kept by the replay page pool (~1 MiB of page vectors); more are
 /// given back to the allocator.
@@ -134,6 +139,13 @@ pub struct Shard {
     /// Scratch for write-behind records.
     dirty: Vec<CharacterRecord>,
     metrics: Arc<Metrics>,
+    defences: Arc<Defences>,
+    protect_cfg: ProtectConfig,
+    /// Protect mode as tick lag and memory say (before any override).
+    protect_auto: ProtectMode,
+    /// Protect mode in force: logins refused, zombie grace frozen.
+    protecting: bool,
+    next_rss_ms: u64,
     shutdown: Arc<AtomicBool>,
     clock: Instant,
     next_tick: u64,
@@ -154,9 +166,15 @@ impl Shard {
         store: StoreHandle,
         store_events: StoreEvents,
         metrics: Arc<Metrics>,
+        defences: Arc<Defences>,
         shutdown: Arc<AtomicBool>,
         clock: Instant,
     ) -> Shard {
+        let protect_cfg = ProtectConfig {
+            tick_lag_ms: cfg.protect_tick_lag_ms,
+            memory_budget_bytes: cfg.protect_memory_bytes,
+            calm_ms: cfg.protect_calm_ms,
+        };
         let session_cfg = SessionConfig {
             replay_cap_frames: cfg.replay_cap_frames,
             zombie_replay_cap_frames: cfg.zombie_replay_cap_frames,
@@ -195,6 +213,11 @@ impl Shard {
             loot_retry: VecDeque::new(),
             dirty: Vec::new(),
             metrics,
+            defences,
+            protect_cfg,
+            protect_auto: ProtectMode::default(),
+            protecting: false,
+            next_rss_ms: 0,
             shutdown,
             clock,
             next_tick: 0,
@@ -413,7 +436,10 @@ impl Shard {
         });
         let id = ((self.index as u64) << 56) | self.next_session;
         self.next_session += 1;
-        let session = ServerSession::new(id, Self::new_token(), now, self.session_cfg.clone());
+        let mut session = ServerSession::new(id, Self::new_token(), now, self.session_cfg.clone());
+        if self.protecting {
+            session.set_grace_frozen(true, now);
+        }
         let idx = self.sessions.insert(SessionSlot {
             session,
             entity: 0,
@@ -700,6 +726,10 @@ impl Shard {
     fn tick(&mut self) {
         let started = Instant::now();
         let now = self.now;
+        // How late this tick starts: the loop's backlog, the first sign of
+        // overload. Protect mode is decided before any timer fires.
+        let lag = now.saturating_sub(self.next_tick);
+        self.update_protect(now, lag);
         self.world.tick(now, &mut self.outbox);
         // Write-behind: hand storage what changed; it coalesces per character
         // and writes every flush interval, off this thread.
@@ -750,6 +780,48 @@ impl Shard {
         self.metrics
             .tick_seconds
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Feeds protect mode one tick's lag (and memory, once a second when a
+    /// budget is set); applies an operator's override; on a change, freezes
+    /// or thaws every zombie's grace timer.
+    fn update_protect(&mut self, now: u64, lag: u64) {
+        let rss = if self.protect_cfg.memory_budget_bytes > 0 && now >= self.next_rss_ms {
+            self.next_rss_ms = now + RSS_SAMPLE_MS;
+            Some(crate::metrics::rss_bytes())
+        } else {
+            None
+        };
+        self.protect_auto.observe(&self.protect_cfg, now, lag, rss);
+        let want = match self.defences.protect_override() {
+            ProtectOverride::Auto => self.protect_auto.is_on(),
+            ProtectOverride::On => true,
+            ProtectOverride::Off => false,
+        };
+        if want == self.protecting {
+            return;
+        }
+        self.protecting = want;
+        self.defences
+            .set_shard_protecting(self.index as usize, want);
+        let to = if want { "on" } else { "off" };
+        self.metrics
+            .protect_transitions
+            .get_or_create(&labels(&[("to", to)]))
+            .inc();
+        self.metrics.protect_mode.inc_by(if want { 1 } else { -1 });
+        if want {
+            warn!(
+                shard = self.index,
+                tick_lag_ms = lag,
+                "protect mode on: new logins refused, zombie timers frozen"
+            );
+        } else {
+            info!(shard = self.index, "protect mode off");
+        }
+        for (_, slot) in self.sessions.iter_mut() {
+            slot.session.set_grace_frozen(want, now);
+        }
     }
 
     // ----- outbound --------------------------------------------------------
