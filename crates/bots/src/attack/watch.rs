@@ -18,8 +18,9 @@ pub struct Recovery {
     pub min_live: Option<i64>,
     /// The most live at once within [`LOST_AFTER_S`] after the end.
     pub after_max: Option<i64>,
-    /// The last sample.
+    /// The last sample, and when it was taken (seconds after the end).
     pub last: Option<i64>,
+    pub last_at: Option<f64>,
     /// Seconds after the end when every session of `before` was live again
     /// (0 when they all were at the end).
     pub recovered_at: Option<f64>,
@@ -34,16 +35,21 @@ impl Recovery {
     pub fn observe(&mut self, since_end: f64, live: i64) {
         let before = *self.before.get_or_insert(live);
         self.min_live = Some(self.min_live.map_or(live, |m| m.min(live)));
-        self.last = Some(live);
         if since_end >= 0.0 {
             self.observed_after = self.observed_after.max(since_end);
             if since_end <= LOST_AFTER_S {
                 self.after_max = Some(self.after_max.map_or(live, |m| m.max(live)));
             }
             if self.recovered_at.is_none() && live >= before {
-                self.recovered_at = Some(since_end);
+                // Everyone was still there when the attack ended: nothing
+                // to recover from.
+                let all_at_end = self.last_at.is_some_and(|t| t < 0.0)
+                    && self.last.is_some_and(|l| l >= before);
+                self.recovered_at = Some(if all_at_end { 0.0 } else { since_end });
             }
         }
+        self.last = Some(live);
+        self.last_at = Some(since_end);
     }
 
     /// Legit sessions live at the start that were not all live again at
@@ -66,13 +72,13 @@ mod tests {
     fn untouched_players_recover_at_once() {
         let mut r = Recovery::default();
         for t in -20..=15 {
-            r.observe(t as f64, 100);
+            r.observe(t as f64 + 0.05, 100);
         }
         assert_eq!(r.before, Some(100));
         assert_eq!(r.min_live, Some(100));
         assert_eq!(r.recovered_at, Some(0.0));
         assert_eq!(r.lost(), 0);
-        assert_eq!(r.observed_after, 15.0);
+        assert_eq!(r.observed_after, 15.05);
     }
 
     #[test]
