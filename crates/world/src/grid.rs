@@ -27,14 +27,14 @@ pub const MAX_GRID_CELLS: usize = 1 << 20;
 /// Where an entity lives in the world's storage: a player slot or a monster
 /// index. Cheap to copy, meaningful only inside one [`crate::World`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Handle {
+pub enum Handle {
     Player(u32),
     Monster(u32),
 }
 
 /// One entity in a cell.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct CellEntry {
+pub struct CellEntry {
     pub id: EntityId,
     pub x: f32,
     pub y: f32,
@@ -50,7 +50,7 @@ struct Loc {
 
 /// The inclusive range of cells a query walks.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct CellRect {
+pub struct CellRect {
     cx0: u32,
     cx1: u32,
     cy0: u32,
@@ -68,7 +68,7 @@ pub fn within(r2: f32, ax: f32, ay: f32, bx: f32, by: f32) -> bool {
 }
 
 /// Uniform grid of cells over the map.
-pub(crate) struct InterestGrid {
+pub struct InterestGrid {
     inv_cell: f32,
     cols: u32,
     rows: u32,
