@@ -43,8 +43,8 @@ impl Recovery {
             if self.recovered_at.is_none() && live >= before {
                 // Everyone was still there when the attack ended: nothing
                 // to recover from.
-                let all_at_end = self.last_at.is_some_and(|t| t < 0.0)
-                    && self.last.is_some_and(|l| l >= before);
+                let all_at_end =
+                    self.last_at.is_some_and(|t| t < 0.0) && self.last.is_some_and(|l| l >= before);
                 self.recovered_at = Some(if all_at_end { 0.0 } else { since_end });
             }
         }
