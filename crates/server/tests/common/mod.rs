@@ -46,7 +46,43 @@ pub struct TestClient {
 
 impl TestClient {
     pub fn connect(addr: SocketAddr) -> TestClient {
-        let stream = TcpStream::connect(addr).expect("connect");
+        TestClient::from_stream(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// Connects from a chosen loopback source address (127.0.0.2, ...), so
+    /// a test's attacker has an address of its own; `rcvbuf` shrinks the
+    /// socket's receive buffer (a slow reader fills up sooner).
+    pub fn connect_from(source: &str, addr: SocketAddr, rcvbuf: Option<usize>) -> TestClient {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        if let Some(size) = rcvbuf {
+            socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
+        }
+        let src: SocketAddr = format!("{source}:0").parse().expect("source address");
+        socket.bind(&src.into()).expect("bind the source address");
+        socket.connect(&addr.into()).expect("connect");
+        TestClient::from_stream(socket.into())
+    }
+
+    /// Sends Hello with `name` (dev auth) and returns the answer; on a
+    /// Welcome the session's ids are kept.
+    pub fn hello(&mut self, name: &str) -> Option<Msg> {
+        self.send(client_message::Msg::Hello(pb::Hello {
+            protocol_version: 1,
+            auth: Some(pb::hello::Auth::DevName(name.into())),
+            client: "test".into(),
+        }));
+        let reply = self.recv();
+        if let Some(Msg::Welcome(w)) = &reply {
+            self.session_id = w.session_id;
+            self.token = w.resume_token.clone();
+            self.entity = w.entity_id;
+            self.world = w.world.clone();
+        }
+        reply
+    }
+
+    pub fn from_stream(stream: TcpStream) -> TestClient {
         stream.set_nodelay(true).unwrap();
         TestClient {
             stream,
