@@ -46,6 +46,9 @@ pub struct Config {
     pub store: Option<String>,
     /// Write-behind interval for positions and hp (loot is committed at once).
     pub flush_interval_ms: u64,
+    /// On SIGTERM / SIGINT, how long storage may take to write what it holds
+    /// before the server exits anyway (logging what it could not write).
+    pub shutdown_timeout_ms: u64,
     pub auth: AuthMode,
     /// HMAC secret for ticket auth (required when auth = "ticket").
     pub ticket_secret: Option<String>,
@@ -159,6 +162,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             store: None,
             flush_interval_ms: 5_000,
+            shutdown_timeout_ms: 10_000,
             auth: AuthMode::Dev,
             ticket_secret: None,
             takeover: TakeoverPolicy::TakeOver,
@@ -230,6 +234,9 @@ pub struct Overrides {
     /// Write-behind interval for positions and hp, ms [default: 5000].
     #[arg(long, env = "TETHER_FLUSH_INTERVAL_MS")]
     pub flush_interval_ms: Option<u64>,
+    /// On SIGTERM, the longest wait for storage to take the last writes, ms [default: 10000].
+    #[arg(long, env = "TETHER_SHUTDOWN_TIMEOUT_MS")]
+    pub shutdown_timeout_ms: Option<u64>,
     /// Authentication: dev (any name) or ticket (signed tickets) [default: dev].
     #[arg(long, env = "TETHER_AUTH")]
     pub auth: Option<AuthMode>,
@@ -422,6 +429,7 @@ impl Config {
             admin_listen,
             data_dir,
             flush_interval_ms,
+            shutdown_timeout_ms,
             auth,
             takeover,
             pvp,
@@ -502,6 +510,9 @@ impl Config {
         }
         if !(100..=600_000).contains(&self.flush_interval_ms) {
             return err("flush_interval_ms must be 100..=600000");
+        }
+        if !(100..=600_000).contains(&self.shutdown_timeout_ms) {
+            return err("shutdown_timeout_ms must be 100..=600000");
         }
         if self.write_queue_cap_bytes < 4096 {
             return err("write_queue_cap_bytes must be at least 4096");

@@ -54,9 +54,6 @@ use crate::link::{IoLink, IoWaker, ShardLink, ShardWaker, RING_CAPACITY};
 use crate::metrics::Metrics;
 use crate::shard::{Bus, Shard, BUS_CAPACITY};
 
-/// Longest a shutdown waits for storage to take the last writes.
-const STORE_SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
-
 /// A running server.
 pub struct ServerHandle {
     pub game_addr: SocketAddr,
@@ -72,6 +69,9 @@ pub struct ServerHandle {
     admin_stop: Option<tokio::sync::oneshot::Sender<()>>,
     admin_thread: Option<JoinHandle<()>>,
     store: Option<StoreWriter>,
+    /// Longest a shutdown waits for storage to take the last writes
+    /// (`shutdown_timeout_ms`).
+    store_shutdown_bound: Duration,
 }
 
 impl ServerHandle {
@@ -96,7 +96,7 @@ impl ServerHandle {
         }
         // The shards saved every character on their way out; make it durable.
         if let Some(store) = self.store.take() {
-            let report = store.shutdown(STORE_SHUTDOWN_BOUND);
+            let report = store.shutdown(self.store_shutdown_bound);
             if report.is_complete() {
                 info!("storage flushed");
             } else {
@@ -356,5 +356,6 @@ pub fn start_with_backend(cfg: Config, backend: Box<dyn Backend>) -> anyhow::Res
         admin_stop: Some(admin_stop),
         admin_thread: Some(admin_thread),
         store: Some(store),
+        store_shutdown_bound: Duration::from_millis(cfg.shutdown_timeout_ms),
     })
 }
