@@ -471,6 +471,33 @@ mod tests {
     }
 
     #[test]
+    fn attack_fields_only_with_an_attack() {
+        let line = Summary::build(&measured()).to_json_line();
+        for key in ["\"attack\"", "legit_lost", "recovery_s", "attack_detail"] {
+            assert!(!line.contains(key), "{key} in {line}");
+        }
+        let mut m = measured();
+        m.attack = Some(crate::attack::AttackReport::example());
+        let line = Summary::build(&m).to_json_line();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        // BENCH.md's attack fields, at the top level.
+        assert_eq!(v["attack"], "connflood");
+        assert!(v["legit_rtt_p99_ms_during"].is_number());
+        assert_eq!(v["legit_lost"], 0);
+        assert!(v["recovery_s"].is_number());
+        assert_eq!(v["server_rss_peak_mb"], 150.0);
+        assert!(v["attack_detail"]["attackers"]["close_codes"].is_object());
+        assert!(line.starts_with("{\"scenario\":\"standard\","));
+        // With the soak's own server_rss_peak_mb: once at the top level,
+        // once in attack_detail.
+        m.soak = Some(SoakOutcome::default());
+        let line = Summary::build(&m).to_json_line();
+        assert_eq!(line.matches("\"server_rss_peak_mb\"").count(), 2, "{line}");
+        let top: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&line).unwrap();
+        assert!(top.contains_key("attack_detail"));
+    }
+
+    #[test]
     fn an_empty_window_divides_by_nothing() {
         let mut m = measured();
         m.window_s = 0.0;

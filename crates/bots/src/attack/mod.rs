@@ -727,6 +727,54 @@ pub struct AttackFields {
 }
 
 impl AttackReport {
+    #[cfg(test)]
+    /// A filled-in report for tests of the summary.
+    pub fn example() -> AttackReport {
+        AttackReport {
+            name: "connflood",
+            unit: "connections",
+            rate_requested: 1000.0,
+            rate_achieved: 987.5,
+            start_s: 15.0,
+            duration_s: 20.0,
+            sources: 1,
+            max_conns: 17_744,
+            legit_rtt_ms_during: RttSummary {
+                p50: 1.0,
+                p99: 7.5,
+                p999: 9.0,
+                max: 12.0,
+                samples: 40_000,
+            },
+            legit_rtt_samples_during: 40_000,
+            legit_before: 2000,
+            legit_min_live: 1990,
+            legit_after_max: 2000,
+            legit_lost: 0,
+            recovery_s: Some(1.25),
+            observed_after_s: 15.0,
+            server_rss_before_mb: Some(100.0),
+            server_rss_peak_mb: Some(150.0),
+            server_rss_ratio: Some(1.5),
+            server_connections_peak: Some(7000.0),
+            attackers: AttackerCounts {
+                attempts: 19_750,
+                connected: 19_700,
+                refused: 50,
+                local_errors: 0,
+                capped: 0,
+                skipped: 0,
+                held_peak: 5000,
+                sent: 0,
+                bytes_sent: 0,
+                welcomes: 0,
+                closed_by_server: 15_000,
+                closed_silently: 100,
+                close_codes: [("HANDSHAKE_TIMEOUT".to_string(), 14_900)].into(),
+            },
+        }
+    }
+
     /// The summary's fields; `rss_top_level: false` when another part of
     /// the summary already prints `server_rss_peak_mb`.
     pub fn fields(&self, rss_top_level: bool) -> AttackFields {
@@ -817,55 +865,9 @@ mod tests {
         assert_eq!(default_max_conns(1024, 2_000), 0);
     }
 
-    fn report() -> AttackReport {
-        AttackReport {
-            name: "connflood",
-            unit: "connections",
-            rate_requested: 1000.0,
-            rate_achieved: 987.5,
-            start_s: 15.0,
-            duration_s: 20.0,
-            sources: 1,
-            max_conns: 17_744,
-            legit_rtt_ms_during: RttSummary {
-                p50: 1.0,
-                p99: 7.5,
-                p999: 9.0,
-                max: 12.0,
-                samples: 40_000,
-            },
-            legit_rtt_samples_during: 40_000,
-            legit_before: 2000,
-            legit_min_live: 1990,
-            legit_after_max: 2000,
-            legit_lost: 0,
-            recovery_s: Some(1.25),
-            observed_after_s: 15.0,
-            server_rss_before_mb: Some(100.0),
-            server_rss_peak_mb: Some(150.0),
-            server_rss_ratio: Some(1.5),
-            server_connections_peak: Some(7000.0),
-            attackers: AttackerCounts {
-                attempts: 19_750,
-                connected: 19_700,
-                refused: 50,
-                local_errors: 0,
-                capped: 0,
-                skipped: 0,
-                held_peak: 5000,
-                sent: 0,
-                bytes_sent: 0,
-                welcomes: 0,
-                closed_by_server: 15_000,
-                closed_silently: 100,
-                close_codes: [("HANDSHAKE_TIMEOUT".to_string(), 14_900)].into(),
-            },
-        }
-    }
-
     #[test]
     fn fields_follow_bench_md() {
-        let v = serde_json::to_value(report().fields(true)).unwrap();
+        let v = serde_json::to_value(AttackReport::example().fields(true)).unwrap();
         assert_eq!(v["attack"], "connflood");
         assert_eq!(v["legit_rtt_p99_ms_during"], 7.5);
         assert_eq!(v["legit_lost"], 0);
@@ -889,11 +891,107 @@ mod tests {
         assert_eq!(d["legit_rtt_ms_during"]["p99"], 7.5);
         assert_eq!(d["attackers"]["close_codes"]["HANDSHAKE_TIMEOUT"], 14_900);
         // The soak prints its own server_rss_peak_mb.
-        let v = serde_json::to_value(report().fields(false)).unwrap();
+        let v = serde_json::to_value(AttackReport::example().fields(false)).unwrap();
         assert!(v.get("server_rss_peak_mb").is_none());
         // Nobody back: recovery is null, not 0.
-        let mut r = report();
+        let mut r = AttackReport::example();
         r.recovery_s = None;
         assert!(serde_json::to_value(r.fields(true)).unwrap()["recovery_s"].is_null());
+    }
+
+    /// A short `garbage` attack through `start` / `finish` against a
+    /// listener that answers everything with `Close{PROTOCOL_ERROR}`: the
+    /// attackers come from the source address, their closes are counted by
+    /// code, and the legit side is watched.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_short_garbage_attack_against_a_fake_server() {
+        use std::collections::HashSet;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peers = Arc::new(Mutex::new(HashSet::new()));
+        let seen = peers.clone();
+        tokio::spawn(async move {
+            let close = tether_proto::encode_frame(&tether_proto::pb::ServerMessage {
+                msg: Some(tether_proto::pb::server_message::Msg::Close(
+                    tether_proto::pb::Close {
+                        code: tether_proto::pb::CloseCode::ProtocolError as i32,
+                        message: "bad".into(),
+                        retry_after_ms: 0,
+                    },
+                )),
+            });
+            while let Ok((mut s, peer)) = listener.accept().await {
+                seen.lock().unwrap().insert(peer.ip());
+                let close = close.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s.write_all(&close).await;
+                });
+            }
+        });
+        let args = parse(&[
+            "--attack",
+            "garbage",
+            "--attack-rate",
+            "200",
+            "--attack-source",
+            "127.0.0.2-127.0.0.3",
+            "--attack-start",
+            "0",
+            "--attack-duration",
+            "0.5",
+            "--attack-max-conns",
+            "50",
+        ]);
+        args.validate(1).unwrap();
+        let shared = Arc::new(Shared::default());
+        let now = Instant::now();
+        let attack = start(
+            Setup {
+                args: &args,
+                target: addr,
+                admin: None,
+                clients: 0,
+                duration_s: 1,
+                seed: 7,
+                quiet: true,
+                window_start: now,
+                window_end: now + Duration::from_secs(1),
+            },
+            &shared,
+        )
+        .unwrap()
+        .expect("--attack was given");
+        // The attack ends by itself; finish waits for it.
+        tokio::time::sleep_until(now + Duration::from_secs(1)).await;
+        let r = attack.finish().await;
+        assert_eq!(r.name, "garbage");
+        let a = &r.attackers;
+        assert!(a.attempts > 0, "{r:?}");
+        // A connect cut short by the attack's end has no outcome.
+        assert!(
+            a.connected + a.refused + a.local_errors <= a.attempts,
+            "{r:?}"
+        );
+        assert!(a.bytes_sent > 0, "{r:?}");
+        assert!(
+            a.close_codes.get("PROTOCOL_ERROR").copied().unwrap_or(0) > 0,
+            "{r:?}"
+        );
+        assert!(a.held_peak <= 50);
+        assert!(r.rate_achieved > 0.0);
+        // Only the source addresses reached the server.
+        let peers = peers.lock().unwrap().clone();
+        let sources: HashSet<IpAddr> = ["127.0.0.2", "127.0.0.3"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert!(!peers.is_empty() && peers.is_subset(&sources), "{peers:?}");
+        // No legit players, none lost; the attack flag is down again.
+        assert_eq!(r.legit_lost, 0);
+        assert!(!shared.rtt.attack_on());
+        assert!(r.server_rss_peak_mb.is_none());
     }
 }
