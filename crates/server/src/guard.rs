@@ -547,7 +547,7 @@ impl Guard {
                 remaining_ms: p.banned_until_ms - now_ms,
             })
             .collect();
-        out.sort_by(|a, b| b.remaining_ms.cmp(&a.remaining_ms));
+        out.sort_by_key(|b| std::cmp::Reverse(b.remaining_ms));
         out
     }
 
@@ -574,7 +574,7 @@ impl Guard {
                 p.banned_until_ms = 0;
                 ended += 1;
             }
-            let keep = p.conns > 0
+            p.conns > 0
                 || p.banned_until_ms != 0
                 || (p.strikes > 0
                     && now_ms.saturating_sub(p.strike_window_start_ms) <= cfg.strike_window_ms)
@@ -583,8 +583,7 @@ impl Guard {
                     .is_full(cfg.connect_rate_per_ip, cfg.connect_burst_per_ip, now_ms)
                 || !p
                     .login
-                    .is_full(cfg.login_rate_per_ip, cfg.login_burst_per_ip, now_ms);
-            keep
+                    .is_full(cfg.login_rate_per_ip, cfg.login_burst_per_ip, now_ms)
         });
         self.active_bans -= ended;
     }

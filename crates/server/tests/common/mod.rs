@@ -77,7 +77,7 @@ impl TestClient {
             self.session_id = w.session_id;
             self.token = w.resume_token.clone();
             self.entity = w.entity_id;
-            self.world = w.world.clone();
+            self.world = w.world;
         }
         reply
     }
