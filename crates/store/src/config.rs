@@ -50,6 +50,14 @@ pub struct WriterConfig {
     /// within five seconds, and a dead one costs one attempt per five
     /// seconds.
     pub backoff_max: Duration,
+    /// One database call under way longer than this reports the store
+    /// degraded until it returns: a database that keeps its connections open
+    /// but has stopped answering (frozen, or a stalled link that still
+    /// acknowledges packets) is an outage too, though no error ever comes
+    /// back. Default 5 s: many times what a batch write takes, and under
+    /// the PostgreSQL backend's 10 s TCP timeout, so a frozen database and
+    /// a dead link are reported alike.
+    pub stall_after: Duration,
 }
 
 impl Default for WriterConfig {
@@ -64,6 +72,7 @@ impl Default for WriterConfig {
             load_timeout: Duration::from_secs(3),
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            stall_after: Duration::from_secs(5),
         }
     }
 }

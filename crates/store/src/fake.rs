@@ -35,6 +35,7 @@ struct State {
     lose_next_commit_answer: bool,
     rejected: BTreeSet<String>,
     latency: Duration,
+    hold: bool,
     characters: BTreeMap<String, CharacterRecord>,
     ledger: Vec<u64>,
     calls: Vec<FakeCall>,
@@ -94,6 +95,12 @@ impl FakeControl {
         lock(&self.state).rejected.insert(name.to_string());
     }
 
+    /// While held (`true`), every call waits at its start until released:
+    /// a database that keeps its connections but has stopped answering.
+    pub fn set_hold(&self, hold: bool) {
+        lock(&self.state).hold = hold;
+    }
+
     /// Each call sleeps this long first (a slow database).
     pub fn set_latency(&self, latency: Duration) {
         lock(&self.state).latency = latency;
@@ -133,8 +140,12 @@ impl FakeControl {
 }
 
 impl FakeBackend {
-    /// Records the call, sleeps the latency, and fails it if told to.
+    /// Waits while held, records the call, sleeps the latency, and fails
+    /// it if told to.
     fn enter(&self, call: FakeCall) -> Result<MutexGuard<'_, State>, StoreError> {
+        while lock(&self.state).hold {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let latency = lock(&self.state).latency;
         if !latency.is_zero() {
             std::thread::sleep(latency);

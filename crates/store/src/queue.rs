@@ -143,7 +143,7 @@ impl WriteBehind {
         }
     }
 
-    #[cfg(test)]
+    /// The database's state as the queue last saw it.
     pub fn health(&self) -> Health {
         self.health
     }

@@ -18,6 +18,14 @@
 //! The events channels have no cap of their own; they are bounded by the
 //! ones above: one event per load and per loot transaction submitted, plus
 //! one per health change.
+//!
+//! A database can also hang without failing (frozen, or a link that still
+//! acknowledges packets but carries nothing): the call never returns and no
+//! error says "outage". A small watch thread (`tether-store-watch`) looks at
+//! the call under way; past [`WriterConfig::stall_after`] it reports
+//! [`Health::Degraded`] itself, and the writer reports healthy again when
+//! the call comes back (or the queue takes over if it failed). Its event
+//! is not followed by a wake: a shard sees it at its next loop.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -41,6 +49,11 @@ pub type Wake = Box<dyn Fn() + Send>;
 /// How long dropping a [`StoreWriter`] without calling
 /// [`StoreWriter::shutdown`] keeps trying to write what it holds.
 pub const DROP_FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The longest the stall watch sleeps between two looks at the call under
+/// way (shorter when `stall_after` is short): a stall is reported at most
+/// this late.
+const STALL_POLL: Duration = Duration::from_millis(250);
 
 type DirtyMap = HashMap<String, DirtyEntry>;
 
@@ -79,6 +92,31 @@ struct Shared {
     max_pending_loot: usize,
     max_pending_loads: usize,
     max_pending_saves: usize,
+    stall_after: Duration,
+    /// The backend call under way, for the stall watch.
+    watch: Mutex<Watch>,
+    /// The writer thread has ended: the watch stops too.
+    done: AtomicBool,
+}
+
+/// The backend call under way, as the stall watch sees it.
+#[derive(Default)]
+struct Watch {
+    /// When the call started; `None` between calls.
+    since: Option<Instant>,
+    /// The watch reported this call as a stall (it turned the store
+    /// degraded).
+    stalled: bool,
+    /// A call reported as a stall has returned: the writer reports healthy
+    /// again unless the call failed (then the queue has its own outage).
+    cleared: bool,
+    /// Every client's events channel (one per shard), for the watch's own
+    /// `Degraded` event.
+    events: Vec<Sender<StoreEvent>>,
+}
+
+fn watch(shared: &Shared) -> MutexGuard<'_, Watch> {
+    shared.watch.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Why a handle refused a request. The request is given back.
@@ -142,6 +180,7 @@ pub struct StoreWriter {
     shared: Arc<Shared>,
     next_client: AtomicU32,
     thread: Option<JoinHandle<ShutdownReport>>,
+    watch_thread: Option<JoinHandle<()>>,
 }
 
 impl StoreWriter {
@@ -157,12 +196,18 @@ impl StoreWriter {
             max_pending_loot: cfg.max_pending_loot,
             max_pending_loads: cfg.max_pending_loads,
             max_pending_saves: cfg.max_pending_saves,
+            stall_after: cfg.stall_after,
+            watch: Mutex::new(Watch::default()),
+            done: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel();
         let driver = Driver {
             rx,
             core: WriteBehind::new(cfg, stats, Instant::now()),
-            backend,
+            backend: Timed {
+                inner: backend,
+                shared: shared.clone(),
+            },
             clients: HashMap::new(),
             shared: shared.clone(),
             deadline: None,
@@ -172,11 +217,24 @@ impl StoreWriter {
             .name("tether-store".into())
             .spawn(move || driver.run())
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
+        let watched = shared.clone();
+        let watch_thread = match std::thread::Builder::new()
+            .name("tether-store-watch".into())
+            .spawn(move || watch_stalls(&watched))
+        {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // Storage works without it; only a hang goes unreported.
+                tracing::warn!(error = %e, "cannot start the storage stall watch");
+                None
+            }
+        };
         Ok(StoreWriter {
             tx,
             shared,
             next_client: AtomicU32::new(0),
             thread: Some(thread),
+            watch_thread,
         })
     }
 
@@ -228,11 +286,95 @@ impl StoreWriter {
         let _ = self.tx.send(Request::Shutdown {
             deadline: Instant::now() + within,
         });
-        thread.join().unwrap_or_else(|_| ShutdownReport {
+        let report = thread.join().unwrap_or_else(|_| ShutdownReport {
             writer_panicked: true,
             stats: self.shared.stats.snapshot(),
             ..ShutdownReport::default()
-        })
+        });
+        if let Some(w) = self.watch_thread.take() {
+            // The writer has ended (`done` is set): wake the watch to see it.
+            self.shared.done.store(true, Ordering::SeqCst);
+            w.thread().unpark();
+            let _ = w.join();
+        }
+        report
+    }
+}
+
+/// The stall watch's loop (see the module docs): until the writer ends,
+/// reports a backend call under way past `stall_after` as an outage.
+fn watch_stalls(shared: &Shared) {
+    let poll = (shared.stall_after / 4).clamp(Duration::from_millis(1), STALL_POLL);
+    while !shared.done.load(Ordering::SeqCst) {
+        std::thread::park_timeout(poll);
+        let mut w = watch(shared);
+        let Some(since) = w.since else {
+            continue;
+        };
+        if w.stalled || since.elapsed() < shared.stall_after {
+            continue;
+        }
+        // Already degraded: the queue is handling an outage and said so.
+        if shared.stats.degraded.swap(true, Ordering::Relaxed) {
+            continue;
+        }
+        w.stalled = true;
+        tracing::warn!(
+            stalled_ms = since.elapsed().as_millis() as u64,
+            "storage call not answered: degraded until it returns"
+        );
+        for events in &w.events {
+            let _ = events.send(StoreEvent::Health(Health::Degraded));
+        }
+    }
+}
+
+/// The backend, with each call marked for the stall watch.
+struct Timed<B> {
+    inner: B,
+    shared: Arc<Shared>,
+}
+
+impl<B: Backend> Timed<B> {
+    fn call<T>(&mut self, f: impl FnOnce(&mut B) -> T) -> T {
+        watch(&self.shared).since = Some(Instant::now());
+        let result = f(&mut self.inner);
+        let mut w = watch(&self.shared);
+        w.since = None;
+        if std::mem::take(&mut w.stalled) {
+            w.cleared = true;
+        }
+        result
+    }
+}
+
+impl<B: Backend> Backend for Timed<B> {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn migrate(&mut self) -> Result<u32, StoreError> {
+        self.call(|b| b.migrate())
+    }
+
+    fn load(&mut self, account: &str) -> Result<Option<CharacterRecord>, StoreError> {
+        self.call(|b| b.load(account))
+    }
+
+    fn save_batch(&mut self, records: &[CharacterRecord]) -> Result<(), StoreError> {
+        self.call(|b| b.save_batch(records))
+    }
+
+    fn commit_loot(&mut self, tx: &LootTx) -> Result<crate::LootOutcome, StoreError> {
+        self.call(|b| b.commit_loot(tx))
+    }
+
+    fn commit_loot_batch(&mut self, txs: &[LootTx]) -> Result<usize, StoreError> {
+        self.call(|b| b.commit_loot_batch(txs))
+    }
+
+    fn ping(&mut self) -> Result<(), StoreError> {
+        self.call(|b| b.ping())
     }
 }
 
@@ -455,6 +597,7 @@ struct CloseOnExit(Arc<Shared>);
 impl Drop for CloseOnExit {
     fn drop(&mut self) {
         self.0.closed.store(true, Ordering::SeqCst);
+        self.0.done.store(true, Ordering::SeqCst);
         if std::thread::panicking() {
             self.0.stats.degraded.store(true, Ordering::Relaxed);
             tracing::error!("store writer thread panicked; storage is closed");
@@ -465,7 +608,7 @@ impl Drop for CloseOnExit {
 struct Driver<B> {
     rx: Receiver<Request>,
     core: WriteBehind,
-    backend: B,
+    backend: Timed<B>,
     clients: HashMap<ClientId, ClientSlot>,
     shared: Arc<Shared>,
     /// Set by shutdown: stop when idle or at this time.
@@ -503,6 +646,7 @@ impl<B: Backend> Driver<B> {
             loop {
                 let more = self.core.step(Instant::now(), &mut self.backend);
                 self.route();
+                self.after_stall();
                 if !more || self.past_deadline() {
                     break;
                 }
@@ -560,6 +704,7 @@ impl<B: Backend> Driver<B> {
                 wake,
                 dirty,
             } => {
+                watch(&self.shared).events.push(events.clone());
                 self.clients.insert(
                     id,
                     ClientSlot {
@@ -609,6 +754,21 @@ impl<B: Backend> Driver<B> {
     fn route(&mut self) {
         let events: Vec<_> = self.core.take_events().collect();
         deliver(&self.clients, events);
+    }
+
+    /// A call the stall watch reported has returned. If the queue is
+    /// healthy (the call succeeded), say so; if it failed, the queue
+    /// reported the outage itself and will report its end.
+    fn after_stall(&mut self) {
+        let cleared = std::mem::take(&mut watch(&self.shared).cleared);
+        if cleared && self.core.health() == Health::Healthy {
+            self.shared.stats.degraded.store(false, Ordering::Relaxed);
+            tracing::info!("storage answering again");
+            deliver(
+                &self.clients,
+                vec![(Target::All, StoreEvent::Health(Health::Healthy))],
+            );
+        }
     }
 }
 

@@ -444,3 +444,73 @@ fn a_writer_dropped_without_shutdown_still_flushes() {
     drop(writer);
     assert_eq!(ctl.character("ann").unwrap().gold, 3);
 }
+
+/// Collects events until every one of `want` has been seen (in any order);
+/// the others are dropped.
+fn wait_all(events: &StoreEvents, want: &[StoreEvent]) {
+    let mut left: Vec<&StoreEvent> = want.iter().collect();
+    while !left.is_empty() {
+        wait_for(events, |e| {
+            let i = left.iter().position(|w| **w == e)?;
+            left.remove(i);
+            Some(())
+        });
+    }
+}
+
+#[test]
+fn a_database_that_stops_answering_is_reported_degraded_until_it_answers() {
+    let (writer, ctl, h, ev) = start(WriterConfig {
+        stall_after: Duration::from_millis(20),
+        ..cfg()
+    });
+    // The database keeps the call and never answers: no error comes back.
+    ctl.set_hold(true);
+    h.commit_loot(loot(1, "ann", 10)).unwrap();
+    health(&ev, Health::Degraded);
+    assert_eq!(h.health(), Health::Degraded);
+    assert!(ctl.ledger().is_empty(), "nothing committed while it hangs");
+
+    // It answers again: the loot is committed and acknowledged, and the
+    // store says so.
+    ctl.set_hold(false);
+    let tx = loot(1, "ann", 10);
+    wait_all(
+        &ev,
+        &[
+            StoreEvent::LootCommitted(tx),
+            StoreEvent::Health(Health::Healthy),
+        ],
+    );
+    assert_eq!(h.health(), Health::Healthy);
+    assert_eq!(ctl.ledger(), vec![1]);
+    assert!(writer.shutdown(PATIENCE).is_complete());
+}
+
+#[test]
+fn a_hung_call_that_then_fails_stays_degraded_until_the_database_is_back() {
+    let (writer, ctl, h, ev) = start(WriterConfig {
+        stall_after: Duration::from_millis(20),
+        ..cfg()
+    });
+    ctl.set_hold(true);
+    h.commit_loot(loot(1, "ann", 10)).unwrap();
+    health(&ev, Health::Degraded);
+    // The hung call ends in an error (the connection finally dropped) and
+    // the database stays away for a while: still degraded, loot held.
+    ctl.set_down(true);
+    ctl.set_hold(false);
+    wait_until("the failed call was retried", || ctl.calls().len() >= 3);
+    assert_eq!(h.health(), Health::Degraded);
+    assert!(ctl.ledger().is_empty());
+    ctl.set_down(false);
+    wait_all(
+        &ev,
+        &[
+            StoreEvent::LootCommitted(loot(1, "ann", 10)),
+            StoreEvent::Health(Health::Healthy),
+        ],
+    );
+    assert_eq!(h.health(), Health::Healthy);
+    assert!(writer.shutdown(PATIENCE).is_complete());
+}
