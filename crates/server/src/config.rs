@@ -186,12 +186,12 @@ impl Default for Config {
             log: "info".into(),
             listen_backlog: 8192,
             trusted_cidrs: vec!["127.0.0.1/32".into(), "::1/128".into()],
-            connect_rate_per_ip: 20.0,
-            connect_burst_per_ip: 40,
+            connect_rate_per_ip: 10.0,
+            connect_burst_per_ip: 20,
             max_conns_per_ip: 64,
             max_pending_handshakes: 10_000,
-            login_rate_per_ip: 5.0,
-            login_burst_per_ip: 20,
+            login_rate_per_ip: 2.0,
+            login_burst_per_ip: 10,
             login_rate_global: 2_000.0,
             login_burst_global: 5_000,
             resume_rate_global: 10_000.0,
@@ -306,10 +306,10 @@ pub struct Overrides {
     /// Comma-separated CIDRs exempt from per-IP limits and bans; "" for none [default: 127.0.0.1/32,::1/128].
     #[arg(long, env = "TETHER_TRUSTED_CIDRS", value_delimiter = ',')]
     pub trusted_cidrs: Option<Vec<String>>,
-    /// New connections a second per source IP [default: 20].
+    /// New connections a second per source IP [default: 10].
     #[arg(long, env = "TETHER_CONNECT_RATE_PER_IP")]
     pub connect_rate_per_ip: Option<f64>,
-    /// New connections one IP may open at once [default: 40].
+    /// New connections one IP may open at once [default: 20].
     #[arg(long, env = "TETHER_CONNECT_BURST_PER_IP")]
     pub connect_burst_per_ip: Option<u32>,
     /// Open connections per source IP [default: 64].
@@ -318,10 +318,10 @@ pub struct Overrides {
     /// Connections not logged in yet, server-wide; the oldest is closed to make room [default: 10000].
     #[arg(long, env = "TETHER_MAX_PENDING_HANDSHAKES")]
     pub max_pending_handshakes: Option<usize>,
-    /// Hello / Resume a second per source IP [default: 5].
+    /// Hello / Resume a second per source IP [default: 2].
     #[arg(long, env = "TETHER_LOGIN_RATE_PER_IP")]
     pub login_rate_per_ip: Option<f64>,
-    /// Hello / Resume one IP may send at once [default: 20].
+    /// Hello / Resume one IP may send at once [default: 10].
     #[arg(long, env = "TETHER_LOGIN_BURST_PER_IP")]
     pub login_burst_per_ip: Option<u32>,
     /// Hello a second, server-wide [default: 2000].
@@ -580,6 +580,52 @@ mod tests {
         assert!(cfg.pvp);
         assert_eq!(cfg.shards, 2, "a flag overrides the file");
         assert_eq!(cfg.admin_listen, Config::default().admin_listen);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn defence_settings_from_a_file_and_their_checks() {
+        let dir = std::env::temp_dir().join(format!("tether-cfg3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.toml");
+        std::fs::write(
+            &path,
+            "trusted_cidrs = [\"10.0.0.0/8\"]\ninput_flood_action = \"kick\"\nmax_conns_per_ip = 8\n",
+        )
+        .unwrap();
+        let cfg = Config::load(Overrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(cfg.trusted_cidrs, vec!["10.0.0.0/8".to_string()]);
+        assert_eq!(cfg.input_flood_action, FloodAction::Kick);
+        assert_eq!(cfg.max_conns_per_ip, 8);
+        // An empty list trusts nobody; a bad CIDR stops the start.
+        let cfg = Config::load(Overrides {
+            trusted_cidrs: Some(vec![String::new()]),
+            ..Default::default()
+        })
+        .unwrap();
+        let guard = crate::guard::GuardConfig::from_config(&cfg).unwrap();
+        assert!(!guard.is_trusted("127.0.0.1".parse().unwrap()));
+        let e = Config::load(Overrides {
+            trusted_cidrs: Some(vec!["10.0.0.0/40".into()]),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.0.contains("trusted_cidrs"), "{e}");
+        let e = Config::load(Overrides {
+            input_rate: Some(0.0),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.0.contains("input_rate"), "{e}");
+        // The defaults trust exactly 127.0.0.1 and ::1.
+        let guard = crate::guard::GuardConfig::from_config(&Config::default()).unwrap();
+        assert!(guard.is_trusted("127.0.0.1".parse().unwrap()));
+        assert!(guard.is_trusted("::1".parse().unwrap()));
+        assert!(!guard.is_trusted("127.0.0.2".parse().unwrap()));
         std::fs::remove_dir_all(dir).ok();
     }
 
