@@ -45,6 +45,10 @@ const FLOOD_TICK: Duration = Duration::from_millis(10);
 const RELOGIN_PAUSE: Duration = Duration::from_millis(250);
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(2);
 
+/// `msgflood`: a write the server has not taken in this long ends the
+/// session's life (the attacker logs in again).
+const STALLED_WRITE: Duration = Duration::from_secs(1);
+
 /// Held `loginflood` sessions (`--attack-keep`) acknowledge this often,
 /// well within the server's heartbeat timeout.
 const KEEP_ACK_EVERY: Duration = Duration::from_secs(1);
@@ -68,6 +72,8 @@ pub struct Counters {
     pub local_errors: AtomicU64,
     /// Actions not started because `--attack-max-conns` were held.
     pub capped: AtomicU64,
+    /// `msgflood` inputs given up because a session fell behind its pace.
+    pub skipped: AtomicU64,
     /// Inputs (`msgflood`) or `Hello`s (`loginflood`) written.
     pub sent: AtomicU64,
     pub bytes_sent: AtomicU64,
@@ -92,6 +98,7 @@ impl Default for Counters {
             refused: AtomicU64::new(0),
             local_errors: AtomicU64::new(0),
             capped: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             welcomes: AtomicU64::new(0),
@@ -486,16 +493,19 @@ async fn flood_session(ctx: &Ctx, src: IpAddr, rate: f64) -> Option<Duration> {
                 if now >= ctx.end {
                     return None;
                 }
+                let skipped = pacer.skipped();
                 let n = pacer.due(now - start);
+                ctx.c.skipped.fetch_add(pacer.skipped() - skipped, Relaxed);
                 out.clear();
                 for _ in 0..n {
                     seq = seq.wrapping_add(1);
                     wire::ping(&mut out, seq, frames, seq.into());
                 }
                 if !out.is_empty() {
-                    // A server that stops reading must not stall the
-                    // reads (its Close would go unseen).
-                    match timeout(Duration::from_secs(1), wr.write_all(&out)).await {
+                    // A server that stops reading for a second ends this
+                    // life: a write cut short leaves half a frame on the
+                    // wire, so the connection cannot carry another.
+                    match timeout(STALLED_WRITE, wr.write_all(&out)).await {
                         Ok(Ok(())) => {
                             ctx.c.sent.fetch_add(n, Relaxed);
                             ctx.c.wrote(out.len());
@@ -504,7 +514,7 @@ async fn flood_session(ctx: &Ctx, src: IpAddr, rate: f64) -> Option<Duration> {
                             ctx.c.server_closed(close);
                             return None;
                         }
-                        Err(_) => {}
+                        Err(_) => return None,
                     }
                 }
                 next = now + FLOOD_TICK;

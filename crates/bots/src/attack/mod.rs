@@ -637,7 +637,7 @@ impl Attack {
                 refused: c.refused.load(Relaxed),
                 local_errors: c.local_errors.load(Relaxed),
                 capped: c.capped.load(Relaxed),
-                skipped: driven.skipped,
+                skipped: driven.skipped + c.skipped.load(Relaxed),
                 held_peak: c.held_peak.load(Relaxed),
                 sent: c.sent.load(Relaxed),
                 bytes_sent: c.bytes_sent.load(Relaxed),
