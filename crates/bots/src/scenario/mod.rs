@@ -12,8 +12,8 @@
 //! - `--chaos RATE` adds random socket kills to any of them (also through
 //!   the [`Script`]).
 //!
-//! Slot for BENCH.md's attack scenarios: `--attack NAME` beside standard
-//! players.
+//! BENCH.md's attack scenarios are not scenarios of their own: `--attack
+//! NAME` runs beside any of these (`crate::attack`).
 
 pub mod soak;
 pub mod standard;
