@@ -136,8 +136,10 @@ for round in $(seq 1 "$rounds"); do
     if [[ -n "${count:-}" ]]; then
         ((count >= logins)) || fail "round $round: $count characters in the database after the crash, $logins had logged in"
         log "round $round: $count characters back; the least recently saved one $((kill_ms - oldest)) ms before the kill (flush interval ${flush_ms} ms)"
+    elif [[ -z "$store" ]]; then
+        fail "round $round: cannot read the SQLite database $tmp/data/tether.db"
     else
-        log "round $round: cannot read the database directly (no psql?): characters checked through the ledger only"
+        log "round $round: no psql to read the database with: characters checked through the ledger only"
     fi
 
     verify_ledger "$ledger"

@@ -65,9 +65,6 @@ cleanup() {
     for p in "${extra_pids[@]}"; do
         stop "$p"
     done
-    if [[ -n "${on_cleanup:-}" ]]; then
-        "$on_cleanup" || true
-    fi
     rm -rf "$tmp"
 }
 trap cleanup EXIT
