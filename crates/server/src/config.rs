@@ -82,6 +82,10 @@ pub struct Config {
     pub heartbeat_interval_ms: u64,
     /// How long a session survives without a connection.
     pub zombie_grace_ms: u64,
+    /// The grace of a zombie that never applied an input (logged in and
+    /// dropped, as a login flood does); not frozen by protect mode. At or
+    /// above `zombie_grace_ms` it changes nothing.
+    pub unplayed_zombie_grace_ms: u64,
     /// Counted frames kept per session for replay after a resume.
     pub replay_cap_frames: usize,
     /// Frames kept for replay while a session is a zombie; past them a
@@ -179,6 +183,7 @@ impl Default for Config {
             heartbeat_timeout_ms: 15_000,
             heartbeat_interval_ms: 2_000,
             zombie_grace_ms: 120_000,
+            unplayed_zombie_grace_ms: 10_000,
             replay_cap_frames: 4096,
             zombie_replay_cap_frames: 1024,
             write_queue_cap_bytes: 256 * 1024,
@@ -285,6 +290,9 @@ pub struct Overrides {
     /// Zombie session grace period, ms [default: 120000].
     #[arg(long, env = "TETHER_ZOMBIE_GRACE_MS")]
     pub zombie_grace_ms: Option<u64>,
+    /// Grace of a zombie that never sent an input, ms [default: 10000].
+    #[arg(long, env = "TETHER_UNPLAYED_ZOMBIE_GRACE_MS")]
+    pub unplayed_zombie_grace_ms: Option<u64>,
     /// Frames kept per session for replay [default: 4096].
     #[arg(long, env = "TETHER_REPLAY_CAP_FRAMES")]
     pub replay_cap_frames: Option<usize>,
@@ -445,6 +453,7 @@ impl Config {
             heartbeat_timeout_ms,
             heartbeat_interval_ms,
             zombie_grace_ms,
+            unplayed_zombie_grace_ms,
             replay_cap_frames,
             zombie_replay_cap_frames,
             write_queue_cap_bytes,

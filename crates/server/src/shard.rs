@@ -741,7 +741,19 @@ impl Shard {
         let mut expired = Vec::new();
         let mut cut = Vec::new();
         let mut acks = Vec::new();
+        let unplayed_grace = self.cfg.unplayed_zombie_grace_ms;
         for (idx, slot) in self.sessions.iter_mut() {
+            // A zombie that never applied an input (logged in and left, the
+            // way a login flood does) has nothing to come back to: it gets
+            // the short grace, frozen or not, so such sessions cannot pile up.
+            if let SessionState::Zombie { since_ms } = slot.session.state() {
+                if slot.session.last_applied_input() == 0
+                    && now.saturating_sub(since_ms) >= unplayed_grace
+                {
+                    expired.push(idx);
+                    continue;
+                }
+            }
             while let Some(event) = slot.session.handle_timeout(now) {
                 match event {
                     TimerEvent::HeartbeatTimeout => cut.push(idx),

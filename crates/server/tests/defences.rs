@@ -526,3 +526,26 @@ fn a_slow_reader_is_cut_to_zombie_and_resumes() {
     let (_, reply) = resume(srv.game_addr, &sloth, "127.0.0.11");
     assert!(matches!(reply, Some(Msg::Resumed(_))), "{reply:?}");
 }
+
+#[test]
+fn login_and_leave_zombies_get_the_short_grace() {
+    let (srv, _) = server(|cfg| cfg.unplayed_zombie_grace_ms = 200);
+    let mut legit = TestClient::login(srv.game_addr, "Legit");
+    // A login flood's leftovers: Hello, Welcome, gone.
+    let mut flood = TestClient::connect_from("127.0.0.12", srv.game_addr, None);
+    assert!(matches!(flood.hello("Drive_by"), Some(Msg::Welcome(_))));
+    // A real player who played, then lost the connection.
+    let mut player = TestClient::login(srv.game_addr, "Player");
+    assert!(plays(&mut player, 1));
+    flood.stream.shutdown(std::net::Shutdown::Both).unwrap();
+    player.stream.shutdown(std::net::Shutdown::Both).unwrap();
+    assert_eq!(
+        wait_metric(&srv, "tether_zombie_expiries_total", |v| v >= 1),
+        1
+    );
+    let (_, reply) = resume(srv.game_addr, &flood, "127.0.0.12");
+    assert_eq!(close_code(&reply), Some(CloseCode::ResumeRefused));
+    let (_, reply) = resume(srv.game_addr, &player, "127.0.0.1");
+    assert!(matches!(reply, Some(Msg::Resumed(_))), "{reply:?}");
+    assert!(plays(&mut legit, 2));
+}
