@@ -10,8 +10,12 @@
 #   confirmed (0 missing).
 #
 # This runs CRASH_ROUNDS times on the same data and ledger (the later rounds
-# log the same characters back in after the previous crash), then stops the
-# server with SIGTERM, which must end it cleanly.
+# log the same characters back in after the previous crash). Then the
+# graceful stop: with every player online, SIGTERM must end the server
+# cleanly (status 0, within 15 s) after saving every one of them (the
+# server runs this phase with a write-behind interval far longer than the
+# phase, so only the save on the way out can have written them), and the
+# ledger must still verify.
 #
 #   scripts/crash-test.sh [--store URL] [SERVER_BINARY [BOTS_BINARY]]
 #
@@ -63,27 +67,70 @@ esac
 # A prefix unique to this run: c + 5 hex digits + _ (names stay <= 24 chars).
 prefix="$(printf 'c%05x_' $(((RANDOM << 15 | RANDOM) & 0xfffff)))"
 ledger="$tmp/ledger.jsonl"
-server_args=(--data-dir "$tmp/data" --world-players "$clients" --flush-interval-ms "$flush_ms" --log warn)
-[[ -n "$store" ]] && server_args+=(--store "$store")
+base_args=(--data-dir "$tmp/data" --world-players "$clients" --log warn)
+[[ -n "$store" ]] && base_args+=(--store "$store")
+server_args=("${base_args[@]}" --flush-interval-ms "$flush_ms")
 
-# Prints "COUNT OLDEST_UPDATED_AT_MS" for the run's characters, read from
-# the database (nothing when it cannot be read: no psql for PostgreSQL).
+# Prints "COUNT OLDEST_UPDATED_AT_MS SAVED_SINCE" for the run's characters,
+# read from the database: how many, when the least recently saved one was
+# written, and how many were written at or after unix ms $1 (0 if not
+# given). Nothing when it cannot be read (no psql for PostgreSQL).
 store_characters() {
+    local since="${1:-0}"
     if [[ -z "$store" ]]; then
-        DB="$tmp/data/tether.db" PREFIX="$prefix" "$python" -c '
+        DB="$tmp/data/tether.db" PREFIX="$prefix" SINCE="$since" "$python" -c '
 import os, sqlite3
 db = sqlite3.connect("file:" + os.environ["DB"] + "?mode=ro", uri=True, timeout=10)
 p = os.environ["PREFIX"]
-n, oldest = db.execute(
-    "SELECT COUNT(*), COALESCE(MIN(updated_at), 0) FROM characters WHERE substr(name, 1, ?) = ?",
-    (len(p), p)).fetchone()
-print(n, oldest)
+print(*db.execute(
+    "SELECT COUNT(*), COALESCE(MIN(updated_at), 0), COALESCE(SUM(updated_at >= ?), 0) "
+    "FROM characters WHERE substr(name, 1, ?) = ?",
+    (int(os.environ["SINCE"]), len(p), p)).fetchone())
 '
     elif command -v psql >/dev/null; then
         psql "$store" -X -A -t -F ' ' -v ON_ERROR_STOP=1 -c \
-            "SELECT COUNT(*), COALESCE(MIN(updated_at), 0) FROM characters WHERE substr(name, 1, ${#prefix}) = '$prefix'" \
+            "SELECT COUNT(*), COALESCE(MIN(updated_at), 0), COUNT(*) FILTER (WHERE updated_at >= $since) FROM characters WHERE substr(name, 1, ${#prefix}) = '$prefix'" \
             2>>"$tmp/psql.log"
     fi
+}
+
+# Starts the bots on this run's characters, appending to the ledger.
+start_bots() {
+    "$bots" --addr "127.0.0.1:$game_port" --clients "$clients" --ramp 3 --duration 600 \
+        --name-prefix "$prefix" --seed "$1" --ledger "$ledger" --quiet \
+        >>"$tmp/bots.json" 2>>"$tmp/bots.log" &
+    bots_pid=$!
+}
+
+# Lets the bots play until at least $2 confirmations arrived since the ledger
+# held $1 lines, and for at least kill_after seconds; sets `played`.
+play_until() {
+    local before="$1" want="$2" started="$SECONDS" got
+    while true; do
+        kill -0 "$server_pid" 2>/dev/null || fail "$phase: the server died"
+        kill -0 "$bots_pid" 2>/dev/null || fail "$phase: the bots ended"
+        got=$(($(lines_in "$ledger") - before))
+        played=$((SECONDS - started))
+        if ((got >= want && played >= kill_after)); then
+            return 0
+        fi
+        ((played < loot_wait)) || fail "$phase: only $got confirmations after ${played}s of play"
+        nap 0.5
+    done
+}
+
+# SIGTERM; the server must exit by itself with status 0 within 15 s.
+stop_gracefully() {
+    local status=0
+    kill -TERM "$server_pid"
+    for _ in $(seq 1 150); do
+        kill -0 "$server_pid" 2>/dev/null || break
+        nap 0.1
+    done
+    kill -0 "$server_pid" 2>/dev/null && fail "$phase: the server did not stop within 15 s of SIGTERM"
+    wait "$server_pid" || status=$?
+    server_pid=""
+    ((status == 0)) || fail "$phase: the server exited with status $status after SIGTERM"
 }
 
 now_ms() { "$python" -c 'import time; print(int(time.time() * 1000))'; }
@@ -93,27 +140,14 @@ start_server "${server_args[@]}"
 wait_health ok 30 || fail "the server did not report healthy after starting"
 
 for round in $(seq 1 "$rounds"); do
+    phase="round $round"
     before="$(lines_in "$ledger")"
     # Logins so far on this server (the previous round's check logged in).
     logins_before="$(metric tether_logins_total)"
-    started="$SECONDS"
-    "$bots" --addr "127.0.0.1:$game_port" --clients "$clients" --ramp 3 --duration 600 \
-        --name-prefix "$prefix" --seed "$((seed + round))" --ledger "$ledger" --quiet \
-        >>"$tmp/bots.json" 2>>"$tmp/bots.log" &
-    bots_pid=$!
+    start_bots "$((seed + round))"
     # Play until enough loot was confirmed in this round, and long enough
     # that every player is past its login and into the write-behind.
-    while true; do
-        kill -0 "$server_pid" 2>/dev/null || fail "round $round: the server died before the kill"
-        kill -0 "$bots_pid" 2>/dev/null || fail "round $round: the bots ended before the kill"
-        got=$(($(lines_in "$ledger") - before))
-        played=$((SECONDS - started))
-        if ((got >= min_loot && played >= kill_after)); then
-            break
-        fi
-        ((played < loot_wait)) || fail "round $round: only $got confirmations after ${played}s of play"
-        nap 0.5
-    done
+    play_until "$before" "$min_loot"
     logins="$(metric tether_logins_total)"
     [[ -n "$logins" && -n "$logins_before" ]] || fail "round $round: cannot read tether_logins_total"
     logins=$((logins - logins_before))
@@ -123,8 +157,10 @@ for round in $(seq 1 "$rounds"); do
     server_pid=""
     # Confirmations already on their way reach the bots; then they go too.
     nap 1
-    kill -KILL "$bots_pid" 2>/dev/null || true
-    wait "$bots_pid" 2>/dev/null || true
+    {
+        kill -KILL "$bots_pid" || true
+        wait "$bots_pid" || true
+    } 2>/dev/null
     bots_pid=""
     log "round $round: killed the server after ${played}s of play, $logins logins, $(($(lines_in "$ledger") - before)) confirmations in the ledger this round"
 
@@ -132,7 +168,7 @@ for round in $(seq 1 "$rounds"); do
     wait_health ok 30 || fail "round $round: the restarted server did not report healthy"
 
     # Every character that logged in is back.
-    read -r count oldest < <(store_characters || true) || true
+    read -r count oldest _ < <(store_characters || true) || true
     if [[ -n "${count:-}" ]]; then
         ((count >= logins)) || fail "round $round: $count characters in the database after the crash, $logins had logged in"
         log "round $round: $count characters back; the least recently saved one $((kill_ms - oldest)) ms before the kill (flush interval ${flush_ms} ms)"
@@ -145,15 +181,35 @@ for round in $(seq 1 "$rounds"); do
     verify_ledger "$ledger"
 done
 
-# A clean stop after all that: SIGTERM, saved, exit 0.
-kill -TERM "$server_pid"
-status=0
-for _ in $(seq 1 150); do
-    kill -0 "$server_pid" 2>/dev/null || break
-    nap 0.1
-done
-kill -0 "$server_pid" 2>/dev/null && fail "the server did not stop within 15 s of SIGTERM"
-wait "$server_pid" || status=$?
-server_pid=""
-((status == 0)) || fail "the server exited with status $status after SIGTERM"
+# The graceful stop, under load. A write-behind interval far longer than
+# the phase: whatever is written after the SIGTERM was written by the stop.
+phase="graceful stop"
+stop_gracefully
+start_server "${base_args[@]}" --flush-interval-ms 600000
+wait_health ok 30 || fail "$phase: the server did not report healthy"
+before="$(lines_in "$ledger")"
+logins_before="$(metric tether_logins_total)"
+start_bots "$((seed + rounds + 1))"
+play_until "$before" 1
+logins="$(metric tether_logins_total)"
+[[ -n "$logins" && -n "$logins_before" ]] || fail "$phase: cannot read tether_logins_total"
+logins=$((logins - logins_before))
+term_ms="$(now_ms)"
+stop_gracefully
+{
+    kill -KILL "$bots_pid" || true
+    wait "$bots_pid" || true
+} 2>/dev/null
+bots_pid=""
+start_server "${server_args[@]}"
+wait_health ok 30 || fail "$phase: the restarted server did not report healthy"
+read -r count _ saved < <(store_characters "$term_ms" || true) || true
+if [[ -n "${saved:-}" ]]; then
+    ((saved >= logins)) || fail "$phase: $saved characters written after SIGTERM, $logins were online"
+    log "$phase: exit 0; all $logins players online at SIGTERM were saved on the way out ($saved written after it)"
+elif [[ -z "$store" ]]; then
+    fail "$phase: cannot read the SQLite database $tmp/data/tether.db"
+fi
+verify_ledger "$ledger"
+stop_gracefully
 log "passed ($backend)"
