@@ -1,10 +1,11 @@
-//! Storage as players see it: characters survive a restart, and a storage
-//! outage degrades health and refuses new logins without stopping play.
+//! Storage as players see it: characters survive a restart, a storage
+//! outage degrades health and refuses new logins without stopping play, and
+//! loot won during an outage is confirmed only once it is stored.
 
 mod common;
 
 use std::io::Read;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{place, server, stored, TestClient};
 use tether_proto::pb::{self, client_message, input::Cmd, server_message::Msg, CloseCode};
@@ -123,4 +124,86 @@ fn a_storage_outage_degrades_health_refuses_new_logins_and_keeps_play() {
     }
     assert!(healthy, "healthz recovers");
     stored(&store, "Bystander", |_| true);
+}
+
+/// A monster in view of a scout: logs scouts in (at a saved spot, then at
+/// the map's centre) until one sees a live monster.
+fn find_monster(
+    srv: &tether_server::ServerHandle,
+    store: &tether_store::fake::FakeControl,
+) -> pb::EntityAppear {
+    let live_monster = |m: Msg| match m {
+        Msg::Appear(a) if a.kind == pb::EntityKind::Monster as i32 && !a.dead => Some(a),
+        _ => None,
+    };
+    let mut scout = TestClient::login(srv.game_addr, "Scout");
+    let world = scout.world.unwrap();
+    if let Some(m) = scout
+        .drain(Duration::from_millis(300))
+        .into_iter()
+        .find_map(live_monster)
+    {
+        return m;
+    }
+    place(store, "Scout2", world.width / 2.0, world.height / 2.0);
+    let mut s2 = TestClient::login(srv.game_addr, "Scout2");
+    s2.drain(Duration::from_millis(300))
+        .into_iter()
+        .find_map(live_monster)
+        .expect("a monster in view of the map centre")
+}
+
+#[test]
+fn loot_won_during_an_outage_is_confirmed_only_once_stored() {
+    let (srv, store) = server(|cfg| cfg.world_players = 20);
+    let mut monster = find_monster(&srv, &store);
+    place(&store, "Hunter", monster.x, monster.y);
+    let mut hunter = TestClient::login(srv.game_addr, "Hunter");
+    store.set_down(true);
+
+    // Fight until the monster dies: no LootGranted may come while the
+    // database is away.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut killed = false;
+    let mut next_attack = Instant::now();
+    while Instant::now() < deadline && !killed {
+        if Instant::now() >= next_attack {
+            hunter.input(Cmd::Attack(pb::Attack { target: monster.id }));
+            next_attack = Instant::now() + Duration::from_millis(1100);
+        }
+        match hunter.recv_within(Duration::from_millis(100)) {
+            Some(Msg::Move(mv)) if mv.id == monster.id => {
+                monster.x = mv.x;
+                monster.y = mv.y;
+            }
+            Some(Msg::Death(d)) if d.id == monster.id => {
+                assert_eq!(d.killer, hunter.entity);
+                killed = true;
+            }
+            Some(Msg::Death(d)) if d.id == hunter.entity => {
+                hunter.input(Cmd::Respawn(pb::Respawn {}));
+            }
+            Some(Msg::Loot(l)) => panic!("loot confirmed while storage is down: {l:?}"),
+            _ => {}
+        }
+    }
+    assert!(killed, "the monster died within a minute");
+    // Showing that something does not happen takes a wait.
+    let meanwhile = hunter.drain(Duration::from_millis(500));
+    assert!(
+        !meanwhile.iter().any(|m| matches!(m, Msg::Loot(_))),
+        "loot confirmed while storage is down"
+    );
+    assert!(store.ledger().is_empty(), "nothing committed while down");
+
+    // The database returns: the held transaction is committed, then
+    // confirmed, and it is what the database holds.
+    store.set_down(false);
+    let loot = match hunter.recv_until(Duration::from_secs(30), |m| matches!(m, Msg::Loot(_))) {
+        Some(Msg::Loot(l)) => l,
+        other => panic!("no LootGranted after storage returned: {other:?}"),
+    };
+    assert_eq!(store.ledger().len(), 1, "committed before it was confirmed");
+    let saved = stored(&store, "Hunter", |r| r.gold >= loot.total_gold);
+    assert!(saved.gold >= loot.total_gold);
 }
