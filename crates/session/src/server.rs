@@ -67,7 +67,10 @@ pub struct SessionConfig {
     ///
     /// Default 1024: about 30 s of the standard load (~35 frames/s per
     /// player), which covers Wi-Fi blips and handovers by replay, for at most
-    /// 32 KiB of frame handles per zombie.
+    /// 32 KiB of frame handles per zombie. Once the cap has let go of a frame
+    /// the zombie missed, no resume can be a replay any more: the zombie then
+    /// drops what it holds and keeps nothing more until it is resumed (with
+    /// a snapshot), so a long absence costs no frame memory at all.
     pub zombie_replay_cap_frames: usize,
     /// The client must be heard from at least this often (any frame), or
     /// [`TimerEvent::HeartbeatTimeout`] fires and the caller detaches it.
@@ -254,6 +257,12 @@ pub struct ServerSession {
     replay: ReplayBuffer,
     frames_acked: u64,
     frames_evicted: u64,
+    /// The number the first frame pushed after the last detach got: frames
+    /// from here on never reached a socket.
+    detached_next: u64,
+    /// A zombie that let go of a frame it never sent: replay is impossible,
+    /// so frames are numbered but not kept until the session goes live.
+    replay_abandoned: bool,
     last_applied: u32,
     /// Inputs applied since the last `InputAck`, and when that ack is due.
     inputs_unacked: u32,
@@ -282,6 +291,8 @@ impl ServerSession {
             replay: ReplayBuffer::new(),
             frames_acked: 0,
             frames_evicted: 0,
+            detached_next: 1,
+            replay_abandoned: false,
             last_applied: 0,
             inputs_unacked: 0,
             input_ack_due_ms: None,
@@ -368,6 +379,14 @@ impl ServerSession {
         while self.replay.len() > cap {
             self.frames_evicted += self.replay.evict_oldest_page(pool) as u64;
         }
+        let zombie = matches!(self.state, SessionState::Zombie { .. });
+        if zombie && (self.replay_abandoned || self.replay.first() > self.detached_next) {
+            // A frame the client cannot have received is gone, so the next
+            // resume is a snapshot whatever is kept: keep nothing.
+            self.frames_evicted += self.replay.len() as u64;
+            self.replay.clear(pool);
+            self.replay_abandoned = true;
+        }
         self.last_counted_push_ms = now_ms;
         number
     }
@@ -440,6 +459,7 @@ impl ServerSession {
             return;
         }
         self.state = SessionState::Zombie { since_ms: now_ms };
+        self.detached_next = self.replay.next();
         self.grace_used_ms = 0;
         self.grace_running_since_ms = (!self.grace_frozen).then_some(now_ms);
     }
@@ -553,6 +573,7 @@ impl ServerSession {
 
     fn go_live(&mut self, now_ms: u64) {
         self.state = SessionState::Live;
+        self.replay_abandoned = false;
         self.last_heard_ms = now_ms;
         self.heartbeat_reported = false;
         // `Resumed` / `Welcome` tell the client the last applied input.
@@ -773,6 +794,40 @@ mod tests {
         assert!(s.replay_evicted() > 0);
         let plan = s.resume(&tok(1).0, 10, tok(2), &mut pool, T0).unwrap();
         assert_eq!(plan, ResumePlan::Snapshot { frames_base: 61 });
+        assert_eq!(pool.in_use(), 0);
+    }
+
+    #[test]
+    fn a_zombie_past_replay_keeps_no_frames_until_it_resumes() {
+        let mut pool = PagePool::new(16);
+        let mut s = ServerSession::new(
+            7,
+            tok(1),
+            T0,
+            SessionConfig {
+                zombie_replay_cap_frames: 32,
+                ..cfg()
+            },
+        );
+        push(&mut s, &mut pool, 5, T0);
+        s.on_ack(5, &mut pool, T0).unwrap();
+        s.detach(T0);
+        // Frames 6..=37 fit the zombie cap and could still be replayed.
+        push(&mut s, &mut pool, 32, T0);
+        assert_eq!(s.replay_len(), 32);
+        // Frame 38 pushes 6 out: a frame the client never got is gone, so
+        // nothing more is worth keeping.
+        push(&mut s, &mut pool, 1, T0);
+        assert_eq!((s.replay_len(), pool.in_use()), (0, 0));
+        push(&mut s, &mut pool, 100, T0);
+        assert_eq!((s.replay_len(), pool.in_use()), (0, 0));
+        assert_eq!(s.frames_sent(), 138, "frames are still numbered");
+        let plan = s.resume(&tok(1).0, 5, tok(2), &mut pool, T0).unwrap();
+        assert_eq!(plan, ResumePlan::Snapshot { frames_base: 138 });
+        // Live again: frames are kept for replay as before.
+        push(&mut s, &mut pool, 3, T0);
+        assert_eq!(s.replay_len(), 3);
+        s.release(&mut pool);
         assert_eq!(pool.in_use(), 0);
     }
 
