@@ -5,16 +5,21 @@
 #
 #   scripts/bench.sh [--clients N] [--move-hz R] [--duration S] [--ramp S]
 #                    [--scenario NAME] [--server-args "..."] [--bots-args "..."]
-#                    [--vs-relay] [--limit-dir DIR]
+#                    [--vs-relay] [--limit-dir DIR] [--profile SECS]
 #
 # --vs-relay first runs ../shared/limit's logic-free relay and its load
 # generator at the same connection count and rate, then Tether, and prints
 # both with the ratios (Tether / relay).
+#
+# --profile SECS: a third of the way into the measured window, counts the
+# server's syscalls for SECS seconds (perf stat) while sampling its stacks
+# (perf record -g), then prints syscalls per message and where the CPU time
+# went (kernel vs Tether's own code, the top symbols). Needs `perf`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 clients=1000 move_hz=5 duration=30 ramp=10 scenario=standard
-server_args="" bots_args="" vs_relay=0 limit_dir="../shared/limit"
+server_args="" bots_args="" vs_relay=0 limit_dir="../shared/limit" profile=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --clients) clients=$2; shift 2 ;;
@@ -26,7 +31,8 @@ while [ $# -gt 0 ]; do
     --bots-args) bots_args=$2; shift 2 ;;
     --vs-relay) vs_relay=1; shift ;;
     --limit-dir) limit_dir=$2; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --profile) profile=$2; shift 2 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -43,7 +49,9 @@ cargo build --release -q -p tether-server -p tether-bots
 workdir=$(mktemp -d -t tether-bench.XXXXXX)
 server_pid=""
 relay_pid=""
+bots_pid=""
 cleanup() {
+  [ -n "$bots_pid" ] && kill "$bots_pid" 2>/dev/null || true
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
   [ -n "$relay_pid" ] && kill "$relay_pid" 2>/dev/null && wait "$relay_pid" 2>/dev/null || true
   rm -rf "$workdir"
@@ -90,12 +98,55 @@ for _ in $(seq 1 100); do
 done
 
 # shellcheck disable=SC2086
-summary=$(./target/release/tether-bots --addr "127.0.0.1:$port" --admin "127.0.0.1:$admin" \
+./target/release/tether-bots --addr "127.0.0.1:$port" --admin "127.0.0.1:$admin" \
   --scenario "$scenario" --clients "$clients" --move-hz "$move_hz" --duration "$duration" \
-  --ramp "$ramp" $bots_args)
+  --ramp "$ramp" $bots_args > "$workdir/bots.json" &
+bots_pid=$!
+if [ "$profile" != 0 ]; then
+  command -v perf >/dev/null || { echo "bench: --profile needs perf" >&2; exit 2; }
+  sleep $((ramp + duration / 3))
+  log "profiling the server for ${profile}s"
+  perf stat -x, -o "$workdir/perf.stat" -p "$server_pid" \
+    -e task-clock,raw_syscalls:sys_enter,syscalls:sys_enter_writev,syscalls:sys_enter_write \
+    -e syscalls:sys_enter_recvfrom,syscalls:sys_enter_read,syscalls:sys_enter_epoll_wait \
+    -e syscalls:sys_enter_futex -- sleep "$profile" 2>/dev/null &
+  stat_pid=$!
+  perf record -q -F 499 -g -p "$server_pid" -o "$workdir/perf.data" -- sleep "$profile" \
+    >/dev/null 2>&1 || log "perf record failed"
+  wait "$stat_pid" || log "perf stat failed"
+fi
+wait "$bots_pid"
+bots_pid=""
+summary=$(tail -1 "$workdir/bots.json")
 peak_kb=$(awk '/VmHWM/{print $2}' "/proc/$server_pid/status")
 kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
 server_pid=""
+
+if [ "$profile" != 0 ]; then
+  pps=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get("total_pps") or 0)' "$summary")
+  python3 - "$workdir/perf.stat" "$profile" "$pps" <<'PY' >&2
+import sys
+path, secs, pps = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+counts = {}
+for line in open(path):
+    f = line.strip().split(",")
+    if len(f) > 2 and f[0] and f[0][0].isdigit():
+        counts[f[2]] = float(f[0])
+msgs = pps * secs
+print(f"profile: {secs:.0f}s of the server at {pps:.0f} msgs/s delivered")
+cpu_ms = counts.get("task-clock", 0)
+print(f"profile: server CPU {cpu_ms / secs / 10:.1f} % of one core, {cpu_ms * 1000 / msgs if msgs else 0:.3f} us per message")
+for name, n in counts.items():
+    if name.startswith("raw_syscalls") or name.startswith("syscalls"):
+        per = n / msgs if msgs else 0
+        print(f"profile: {name.split(':')[-1]:<22} {n / secs:>10.0f} /s  {per:.4f} per message")
+PY
+  log "CPU by binary (kernel vs tether), then the top symbols:"
+  perf report -i "$workdir/perf.data" --no-children --sort dso -q --stdio -g none 2>/dev/null \
+    | grep -v '^$' | head -8 >&2 || true
+  perf report -i "$workdir/perf.data" --no-children --sort sym -q --stdio -g none 2>/dev/null \
+    | grep -v '^$' | head -30 >&2 || true
+fi
 
 python3 - "$summary" "$peak_kb" "$relay_result" "$machine" <<'PY'
 import json, sys
