@@ -183,7 +183,7 @@ impl Default for Config {
             heartbeat_timeout_ms: 15_000,
             heartbeat_interval_ms: 2_000,
             zombie_grace_ms: 120_000,
-            unplayed_zombie_grace_ms: 10_000,
+            unplayed_zombie_grace_ms: 5_000,
             replay_cap_frames: 4096,
             zombie_replay_cap_frames: 1024,
             write_queue_cap_bytes: 256 * 1024,
@@ -195,8 +195,8 @@ impl Default for Config {
             connect_burst_per_ip: 20,
             max_conns_per_ip: 64,
             max_pending_handshakes: 10_000,
-            login_rate_per_ip: 2.0,
-            login_burst_per_ip: 10,
+            login_rate_per_ip: 1.0,
+            login_burst_per_ip: 5,
             login_rate_global: 2_000.0,
             login_burst_global: 5_000,
             resume_rate_global: 10_000.0,
@@ -290,7 +290,7 @@ pub struct Overrides {
     /// Zombie session grace period, ms [default: 120000].
     #[arg(long, env = "TETHER_ZOMBIE_GRACE_MS")]
     pub zombie_grace_ms: Option<u64>,
-    /// Grace of a zombie that never sent an input, ms [default: 10000].
+    /// Grace of a zombie that never sent an input, ms [default: 5000].
     #[arg(long, env = "TETHER_UNPLAYED_ZOMBIE_GRACE_MS")]
     pub unplayed_zombie_grace_ms: Option<u64>,
     /// Frames kept per session for replay [default: 4096].
@@ -326,10 +326,10 @@ pub struct Overrides {
     /// Connections not logged in yet, server-wide; the oldest is closed to make room [default: 10000].
     #[arg(long, env = "TETHER_MAX_PENDING_HANDSHAKES")]
     pub max_pending_handshakes: Option<usize>,
-    /// Hello / Resume a second per source IP [default: 2].
+    /// Hello / Resume a second per source IP [default: 1].
     #[arg(long, env = "TETHER_LOGIN_RATE_PER_IP")]
     pub login_rate_per_ip: Option<f64>,
-    /// Hello / Resume one IP may send at once [default: 10].
+    /// Hello / Resume one IP may send at once [default: 5].
     #[arg(long, env = "TETHER_LOGIN_BURST_PER_IP")]
     pub login_burst_per_ip: Option<u32>,
     /// Hello a second, server-wide [default: 2000].

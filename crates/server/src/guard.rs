@@ -140,6 +140,12 @@ impl TokenBucket {
         }
     }
 
+    /// Whether a token is there now (refills, takes nothing).
+    pub fn has_token(&mut self, rate: f64, burst: f64, now_ms: u64) -> bool {
+        self.refill(rate, burst, now_ms);
+        self.tokens >= 1.0
+    }
+
     /// Milliseconds until one token is there (0 if there is one now).
     pub fn wait_ms(&self, rate: f64) -> u64 {
         if self.tokens >= 1.0 || rate <= 0.0 {
@@ -219,6 +225,10 @@ pub enum Refusal {
     ConnectRate { retry_after_ms: u64 },
     /// The address already has `max_conns_per_ip` connections open.
     PerIpConnections,
+    /// The address has no login left (its Hello / Resume bucket is empty),
+    /// so whatever this connection would send first would be refused:
+    /// refused before any buffer is spent on it.
+    LoginRate { retry_after_ms: u64 },
     /// `max_pending_handshakes` connections have not logged in yet (the
     /// caller may close its oldest one and try again).
     PendingHandshakes,
@@ -232,6 +242,7 @@ impl Refusal {
             Refusal::Banned { .. } => "banned",
             Refusal::ConnectRate { .. } => "connect_rate",
             Refusal::PerIpConnections => "per_ip_connections",
+            Refusal::LoginRate { .. } => "login_rate",
             Refusal::PendingHandshakes => "pending_handshakes",
             Refusal::IpTableFull => "ip_table_full",
         }
@@ -407,6 +418,14 @@ impl Guard {
             });
             if peer.conns >= cfg.max_conns_per_ip {
                 return Err(Refusal::PerIpConnections);
+            }
+            if !peer
+                .login
+                .has_token(cfg.login_rate_per_ip, cfg.login_burst_per_ip, now_ms)
+            {
+                return Err(Refusal::LoginRate {
+                    retry_after_ms: peer.login.wait_ms(cfg.login_rate_per_ip),
+                });
             }
             if !peer
                 .connect
@@ -946,6 +965,13 @@ mod tests {
         assert_eq!(g.pending(), 1, "a refused login stays pending until closed");
         g.release(a, true);
         assert_eq!(g.pending(), 0);
+        // With no login left, a new connection is refused at accept.
+        assert_eq!(
+            g.admit(a, 100),
+            Err(Refusal::LoginRate {
+                retry_after_ms: 400
+            })
+        );
         g.login(a, LoginKind::Hello, 500).unwrap();
     }
 

@@ -442,6 +442,11 @@ impl IoThread {
                 "too many connections from this address",
                 retry_after_ms,
             ),
+            Refusal::LoginRate { retry_after_ms } => (
+                CloseCode::RateLimited,
+                "too many logins from this address",
+                retry_after_ms,
+            ),
             Refusal::PerIpConnections => (
                 CloseCode::RateLimited,
                 "too many connections from this address",

@@ -285,8 +285,13 @@ fn logins_are_rate_limited_per_address() {
         ));
     }
     assert!(plays(&mut legit, 1));
+    // Refused at accept: with no login left, the address's next
+    // connection would only be refused at its Hello.
     assert_eq!(
-        metric(&srv, "tether_logins_refused_total{reason=\"rate_ip\"}"),
+        metric(
+            &srv,
+            "tether_refused_connections_total{reason=\"login_rate\"}"
+        ),
         1
     );
 }
