@@ -554,3 +554,26 @@ fn login_and_leave_zombies_get_the_short_grace() {
     assert!(matches!(reply, Some(Msg::Resumed(_))), "{reply:?}");
     assert!(plays(&mut legit, 2));
 }
+
+#[test]
+fn protect_mode_follows_the_memory_budget() {
+    // A budget the server is over from the start: protect mode comes on
+    // by itself, without an operator.
+    let (srv, _) = server(|cfg| cfg.protect_memory_bytes = 1);
+    assert_eq!(wait_metric(&srv, "tether_protect_mode", |v| v == 1), 1);
+    let mut c = TestClient::connect(srv.game_addr);
+    assert_eq!(
+        close_of(&c.hello("Anyone")).map(|c| c.0),
+        Some(CloseCode::ServerBusy)
+    );
+    assert_eq!(
+        metric(&srv, "tether_logins_refused_total{reason=\"protect\"}"),
+        1
+    );
+    // The operator can override it.
+    assert_eq!(http(srv.admin_addr, "PUT", "/protect", "off").0, 200);
+    assert_eq!(wait_metric(&srv, "tether_protect_mode", |v| v == 0), 0);
+    let mut legit = TestClient::login(srv.game_addr, "Legit");
+    assert!(plays(&mut legit, 1));
+    assert_eq!(http(srv.admin_addr, "PUT", "/protect", "sideways").0, 400);
+}

@@ -25,6 +25,10 @@ pub fn server(tweak: impl FnOnce(&mut Config)) -> (ServerHandle, FakeControl) {
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir,
         world_players: 50,
+        // Tests share a few busy cores: a stalled tick must not put the
+        // server in protect mode behind a test's back (the protect tests
+        // trigger it on purpose).
+        protect_tick_lag_ms: 60_000,
         ..Config::default()
     };
     tweak(&mut cfg);
