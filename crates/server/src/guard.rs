@@ -237,6 +237,28 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every reason, in [`Refusal::index`] order (for counting without a
+    /// label lookup per refusal).
+    pub const REASONS: [&'static str; 6] = [
+        "banned",
+        "connect_rate",
+        "per_ip_connections",
+        "login_rate",
+        "pending_handshakes",
+        "ip_table_full",
+    ];
+
+    pub fn index(&self) -> usize {
+        match self {
+            Refusal::Banned { .. } => 0,
+            Refusal::ConnectRate { .. } => 1,
+            Refusal::PerIpConnections => 2,
+            Refusal::LoginRate { .. } => 3,
+            Refusal::PendingHandshakes => 4,
+            Refusal::IpTableFull => 5,
+        }
+    }
+
     pub fn reason(&self) -> &'static str {
         match self {
             Refusal::Banned { .. } => "banned",
@@ -874,6 +896,20 @@ mod tests {
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("nonsense").is_err());
         assert_eq!(peer_key(ip("2001:db8::1:2")), peer_key(ip("2001:db8::ff")));
+    }
+
+    #[test]
+    fn refusal_reasons_line_up_with_their_index() {
+        for r in [
+            Refusal::Banned { retry_after_ms: 1 },
+            Refusal::ConnectRate { retry_after_ms: 1 },
+            Refusal::PerIpConnections,
+            Refusal::LoginRate { retry_after_ms: 1 },
+            Refusal::PendingHandshakes,
+            Refusal::IpTableFull,
+        ] {
+            assert_eq!(Refusal::REASONS[r.index()], r.reason());
+        }
     }
 
     #[test]

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
+use prost::Message;
 use slab::Slab;
 use tether_proto::pb::{client_message::Msg, CloseCode};
 use tether_proto::{decode_client, split_frame, DecodeError};
@@ -146,6 +147,8 @@ pub struct IoThread {
     bytes_out: u64,
     writes: u64,
     inputs_dropped: u64,
+    /// Refusals at accept by `Refusal::index`.
+    refused: [u64; Refusal::REASONS.len()],
 }
 
 impl IoThread {
@@ -203,6 +206,7 @@ impl IoThread {
             bytes_out: 0,
             writes: 0,
             inputs_dropped: 0,
+            refused: [0; Refusal::REASONS.len()],
         })
     }
 
@@ -310,6 +314,13 @@ impl IoThread {
             m.frames_out.inc_by(std::mem::take(&mut self.frames_out));
             m.bytes_out.inc_by(std::mem::take(&mut self.bytes_out));
             m.writes.inc_by(std::mem::take(&mut self.writes));
+        }
+        for (i, n) in self.refused.iter_mut().enumerate() {
+            if *n > 0 {
+                m.refused_connections
+                    .get_or_create(&labels(&[("reason", Refusal::REASONS[i])]))
+                    .inc_by(std::mem::take(n));
+            }
         }
         if self.inputs_dropped > 0 {
             m.inputs_dropped
@@ -428,38 +439,35 @@ impl IoThread {
 
     /// Counts a refusal at accept and tells the peer why with one small
     /// non-blocking write (if the socket takes it; nothing else is spent).
+    /// No allocation: the count is a local, the Close (no message text) is
+    /// encoded on the stack.
     fn refuse(&mut self, stream: &mut TcpStream, refusal: Refusal) {
-        self.metrics
-            .refused_connections
-            .get_or_create(&labels(&[("reason", refusal.reason())]))
-            .inc();
-        let (code, message, retry) = match refusal {
-            Refusal::Banned { retry_after_ms } => {
-                (CloseCode::Banned, "address banned", retry_after_ms)
+        self.refused[refusal.index()] += 1;
+        let (code, retry) = match refusal {
+            Refusal::Banned { retry_after_ms } => (CloseCode::Banned, retry_after_ms),
+            Refusal::ConnectRate { retry_after_ms } | Refusal::LoginRate { retry_after_ms } => {
+                (CloseCode::RateLimited, retry_after_ms)
             }
-            Refusal::ConnectRate { retry_after_ms } => (
-                CloseCode::RateLimited,
-                "too many connections from this address",
-                retry_after_ms,
-            ),
-            Refusal::LoginRate { retry_after_ms } => (
-                CloseCode::RateLimited,
-                "too many logins from this address",
-                retry_after_ms,
-            ),
-            Refusal::PerIpConnections => (
-                CloseCode::RateLimited,
-                "too many connections from this address",
-                BUSY_RETRY_AFTER_MS as u64,
-            ),
-            Refusal::PendingHandshakes | Refusal::IpTableFull => (
-                CloseCode::ServerBusy,
-                "server busy",
-                BUSY_RETRY_AFTER_MS as u64,
-            ),
+            Refusal::PerIpConnections => (CloseCode::RateLimited, BUSY_RETRY_AFTER_MS as u64),
+            Refusal::PendingHandshakes | Refusal::IpTableFull => {
+                (CloseCode::ServerBusy, BUSY_RETRY_AFTER_MS as u64)
+            }
         };
-        let frame = close_frame(code, message, retry.min(u32::MAX as u64) as u32);
-        let _ = stream.write(&frame);
+        let msg = tether_proto::pb::ServerMessage {
+            msg: Some(tether_proto::pb::server_message::Msg::Close(
+                tether_proto::pb::Close {
+                    code: code as i32,
+                    message: String::new(),
+                    retry_after_ms: retry.min(u32::MAX as u64) as u32,
+                },
+            )),
+        };
+        let mut frame = [0u8; 32];
+        let len = msg.encoded_len();
+        frame[..2].copy_from_slice(&(len as u16).to_le_bytes());
+        if msg.encode(&mut &mut frame[2..]).is_ok() {
+            let _ = stream.write(&frame[..2 + len]);
+        }
     }
 
     /// Makes room under `max_pending_handshakes` by closing this thread's
