@@ -46,6 +46,10 @@ const PAUSED_TICK: Duration = Duration::from_millis(250);
 /// While a soak player is away, it looks at the run's phase this often.
 const AWAY_TICK: Duration = Duration::from_millis(500);
 
+/// How long a player leaving mid-run (soak) waits at least for the server to
+/// acknowledge what it sent, before counting the rest as lost.
+const LEAVE_SETTLE: Duration = Duration::from_secs(10);
+
 /// Where the run is. Bots read it on every timer wake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
@@ -376,9 +380,17 @@ pub async fn run_bot<B: Brain>(
             }
             Life::Leave { logout, away } => {
                 // Wait for the acks (and pongs) of what was sent, so that
-                // anything still missing afterwards is a real loss.
-                bot.settle(&mut client, &mut brain, Instant::now() + drain, !logout)
-                    .await;
+                // anything still missing afterwards is a real loss. A player
+                // leaving mid-run can wait longer than the final drain: a
+                // loaded server's round trips can pass a couple of seconds.
+                let settle_for = drain.max(LEAVE_SETTLE);
+                bot.settle(
+                    &mut client,
+                    &mut brain,
+                    Instant::now() + settle_for,
+                    !logout,
+                )
+                .await;
                 let mut away = away;
                 let mut left = if logout { "logout" } else { "expiry" };
                 if logout && client.is_live() {

@@ -695,6 +695,21 @@ impl Shard {
     /// connection with `code` if it has one.
     fn end_session(&mut self, idx: usize, code: Option<CloseCode>) {
         self.route_outbox();
+        // A client logging out learns which of its inputs were applied
+        // before it goes: the last InputAck would otherwise wait for its
+        // delay and never be sent.
+        if code == Some(CloseCode::Logout) {
+            if let Some(slot) = self.sessions.get_mut(idx) {
+                let seq = slot.session.last_applied_input();
+                if seq > 0 && slot.conn.is_some() {
+                    slot.session.input_ack_sent(self.now);
+                    let frame = encode_frame(&pb::ServerMessage {
+                        msg: Some(Msg::InputAck(pb::InputAck { seq })),
+                    });
+                    self.deliver(idx, frame);
+                }
+            }
+        }
         let now = self.now;
         let mut slot = self.sessions.remove(idx);
         let state = if slot.conn.is_some() {

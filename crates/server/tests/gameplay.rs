@@ -151,6 +151,29 @@ fn ping_is_answered_through_the_world() {
 /// it and fights until it dies; the loot must arrive as a durable
 /// confirmation and be in the saved character.
 #[test]
+fn logout_says_which_inputs_were_applied() {
+    let (srv, _) = server(|_| {});
+    let mut c = TestClient::login(srv.game_addr, "Leaver");
+    let mut last = 0;
+    for t in 0..3 {
+        last = c.input(Cmd::Ping(pb::Ping { client_time: t }));
+    }
+    c.send(client_message::Msg::Logout(pb::Logout {}));
+    let mut acked = 0;
+    let close = c.recv_until(WAIT, |m| {
+        if let Msg::InputAck(a) = m {
+            acked = a.seq;
+        }
+        matches!(m, Msg::Close(_))
+    });
+    assert_eq!(close_code(&close), Some(CloseCode::Logout));
+    assert_eq!(
+        acked, last,
+        "an InputAck for the last input came before the Close"
+    );
+}
+
+#[test]
 fn a_kill_puts_loot_in_the_killers_inventory() {
     let (srv, store) = server(|cfg| cfg.world_players = 20);
     let mut scout = TestClient::login(srv.game_addr, "Scout");
