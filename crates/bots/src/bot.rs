@@ -77,6 +77,8 @@ pub struct Shared {
     /// `--ledger`: where every `LootGranted` is written (set before the bots
     /// start).
     pub ledger: OnceLock<Ledger>,
+    /// Close codes already reported in the log (bit per code).
+    close_codes_logged: AtomicU64,
 }
 
 impl Default for Shared {
@@ -90,7 +92,17 @@ impl Default for Shared {
             resumes: ResumeTimes::default(),
             storm: Storm::default(),
             ledger: OnceLock::new(),
+            close_codes_logged: AtomicU64::new(0),
         }
+    }
+}
+
+impl Shared {
+    /// Whether `code` is seen here for the first time (so it gets one log
+    /// line).
+    pub fn first_close_code(&self, code: tether_client::pb::CloseCode) -> bool {
+        let bit = 1u64 << ((code as i32).clamp(0, 63) as u32);
+        self.close_codes_logged.fetch_or(bit, Relaxed) & bit == 0
     }
 }
 
@@ -718,8 +730,21 @@ impl Bot<'_> {
                 // limit...) or going silent is a failure; a plain EOF or
                 // reset, or a drop of our own, is counted as a disconnect
                 // only.
-                if matches!(reason, PauseReason::Closed { .. } | PauseReason::Silent) {
-                    self.tally.errors += 1;
+                match &reason {
+                    PauseReason::Closed { code, .. } => {
+                        self.tally.errors += 1;
+                        self.tally.closed_by_server += 1;
+                        // One line per code and bot process is enough to
+                        // say why; the count is in the summary.
+                        if self.shared.first_close_code(*code) {
+                            tracing::warn!(me = self.me, ?reason, "the server closed a connection");
+                        }
+                    }
+                    PauseReason::Silent => {
+                        self.tally.errors += 1;
+                        self.tally.silences += 1;
+                    }
+                    _ => {}
                 }
                 tracing::debug!(me = self.me, ?reason, "connection lost");
                 if let Some(a) = &mut self.awaiting {

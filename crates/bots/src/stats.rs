@@ -72,6 +72,12 @@ counters! {
     connect_failures,
     /// Live connections lost (`Paused`).
     disconnects,
+    /// Of those, closed by the server with a `Close` frame (slow consumer,
+    /// heartbeat timeout, rate limit, shutdown...; also in `errors`).
+    closed_by_server,
+    /// Of those, given up by the client after the server went silent past
+    /// its heartbeat timeout (also in `errors`).
+    silences,
     /// Resumes, replay or snapshot.
     resumed,
     /// Resumes that fell back to a snapshot.

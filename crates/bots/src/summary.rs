@@ -78,6 +78,10 @@ pub struct Summary {
     pub errors: u64,
     pub disconnects: u64,
     // Beyond BENCH.md's minimum:
+    /// Disconnects the server decided (a `Close` frame), and those where the
+    /// client gave up on a silent server (both also in `errors`).
+    pub closed_by_server: u64,
+    pub silences: u64,
     /// `server` when the pps came from the admin counters, else `bots`.
     pub pps_source: &'static str,
     /// The bots' own view of the same rates, for the cross-check.
@@ -203,6 +207,8 @@ impl Summary {
             inputs_lost: all.inputs_lost,
             errors: all.errors,
             disconnects: all.disconnects,
+            closed_by_server: all.closed_by_server,
+            silences: all.silences,
             pps_source,
             bots_in_pps,
             bots_out_pps,

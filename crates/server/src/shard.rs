@@ -49,6 +49,14 @@ const INBOX_BATCH: usize = 4096;
 /// them to zombie instead (their frames stay in the replay buffers).
 const OUTBOUND_OVERFLOW_CAP: usize = 256 * 1024;
 
+/// Outbound messages held for an I/O thread past which the shard stops
+/// taking new inputs (backpressure): inputs are what make most frames, so
+/// while the I/O thread catches up they wait in the inbound rings, then in
+/// the clients' sockets (the I/O thread stops reading when the rings are
+/// full). Far below the cap, so a machine that is merely saturated slows
+/// its players down instead of cutting them.
+const OUTBOUND_HIGH_WATER: usize = OUTBOUND_OVERFLOW_CAP / 8;
+
 /// Cross-shard bus messages waiting per shard; beyond it, chat to other
 /// shards is dropped (a whisper's sender gets RATE_LIMITED; world chat to
 /// that shard is lost).
@@ -234,7 +242,11 @@ impl Shard {
         self.next_tick = self.refresh_now();
         loop {
             let mut worked = false;
+            let backlogged = self.outbound_backlogged();
             for io in 0..self.io.len() {
+                if backlogged {
+                    break;
+                }
                 for _ in 0..INBOX_BATCH {
                     let Ok(msg) = self.io[io].rx.pop() else {
                         break;
@@ -264,7 +276,11 @@ impl Shard {
                 self.stop();
                 return;
             }
-            if !worked {
+            if backlogged {
+                // Give the I/O threads a moment to drain what is held; new
+                // inputs must not wake this thread meanwhile.
+                std::thread::sleep(Duration::from_millis(1));
+            } else if !worked {
                 self.waker.set_sleeping(true);
                 if self.inbox_empty() {
                     let wait = self.next_tick.saturating_sub(self.refresh_now());
@@ -273,6 +289,13 @@ impl Shard {
                 self.waker.set_sleeping(false);
             }
         }
+    }
+
+    /// Whether an I/O thread is so far behind that new inputs should wait.
+    fn outbound_backlogged(&self) -> bool {
+        self.io_overflow
+            .iter()
+            .any(|q| q.len() >= OUTBOUND_HIGH_WATER)
     }
 
     fn inbox_empty(&self) -> bool {
