@@ -94,6 +94,10 @@ pub struct Config {
     /// Bytes queued for one connection before it is cut as a slow consumer
     /// (its session turns zombie and keeps its frames for replay).
     pub write_queue_cap_bytes: usize,
+    /// Most frames one gathering write (`writev`) carries, 1..=64. 1 writes
+    /// frame by frame (for comparison); more frames per call is what keeps a
+    /// busy server's syscall count down.
+    pub write_batch_frames: usize,
     /// Inputs acknowledged (InputAck) at the latest this long after they
     /// were applied. Longer means fewer frames, more inputs held by clients.
     pub input_ack_delay_ms: u64,
@@ -187,6 +191,7 @@ impl Default for Config {
             replay_cap_frames: 4096,
             zombie_replay_cap_frames: 1024,
             write_queue_cap_bytes: 256 * 1024,
+            write_batch_frames: 64,
             input_ack_delay_ms: 500,
             log: "info".into(),
             listen_backlog: 8192,
@@ -302,6 +307,9 @@ pub struct Overrides {
     /// Per-connection write backlog before the slow-consumer cut, bytes [default: 262144].
     #[arg(long, env = "TETHER_WRITE_QUEUE_CAP_BYTES")]
     pub write_queue_cap_bytes: Option<usize>,
+    /// Most frames per gathering write, 1..=64 [default: 64].
+    #[arg(long, env = "TETHER_WRITE_BATCH_FRAMES")]
+    pub write_batch_frames: Option<usize>,
     /// Longest delay before applied inputs are acknowledged, ms [default: 500].
     #[arg(long, env = "TETHER_INPUT_ACK_DELAY_MS")]
     pub input_ack_delay_ms: Option<u64>,
@@ -457,6 +465,7 @@ impl Config {
             replay_cap_frames,
             zombie_replay_cap_frames,
             write_queue_cap_bytes,
+            write_batch_frames,
             input_ack_delay_ms,
             log,
             listen_backlog,
@@ -525,6 +534,9 @@ impl Config {
         }
         if self.write_queue_cap_bytes < 4096 {
             return err("write_queue_cap_bytes must be at least 4096");
+        }
+        if !(1..=crate::net::MAX_IOV).contains(&self.write_batch_frames) {
+            return err("write_batch_frames must be 1..=64");
         }
         if !(1..=65535).contains(&self.listen_backlog) {
             return err("listen_backlog must be 1..=65535");

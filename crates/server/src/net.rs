@@ -57,10 +57,10 @@ const READ_CHUNK: usize = 64 * 1024;
 /// fast sender cannot starve the rest; the connection is revisited next turn.
 const READS_PER_EVENT: usize = 4;
 
-/// Frames per gathering write. Linux accepts up to 1024 iovecs; past ~64
-/// small frames one write already carries several KiB and more frames per
-/// call stop paying.
-const MAX_IOV: usize = 64;
+/// Most frames per gathering write (`write_batch_frames` picks up to this).
+/// Linux accepts up to 1024 iovecs; past ~64 small frames one write already
+/// carries several KiB and more frames per call stop paying.
+pub const MAX_IOV: usize = 64;
 
 /// Inbound messages held per shard when its ring is full, before this
 /// thread stops reading altogether.
@@ -998,6 +998,7 @@ impl IoThread {
     /// Writes as much of the queue as the socket takes, up to MAX_IOV frames
     /// per writev.
     fn flush(&mut self, slot: usize) {
+        let batch = self.cfg.write_batch_frames.clamp(1, MAX_IOV);
         loop {
             let Some(conn) = self.conns.get_mut(slot) else {
                 return;
@@ -1010,7 +1011,7 @@ impl IoThread {
             }
             let mut iov: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
             let mut n_iov = 0;
-            for (i, frame) in conn.wq.iter().take(MAX_IOV).enumerate() {
+            for (i, frame) in conn.wq.iter().take(batch).enumerate() {
                 let skip = if i == 0 { conn.wq_head_written } else { 0 };
                 iov[i] = IoSlice::new(&frame[skip..]);
                 n_iov += 1;
