@@ -19,9 +19,10 @@
 //!
 //! It prints the heap bytes per session in each state, measured as the
 //! allocator's live bytes above the empty server's, divided by the players.
-//! Kernel socket buffers are not heap: they are printed apart, from
-//! `/proc/net/sockstat` (all TCP sockets of the machine, both ends of each
-//! loopback connection), and are gone with the socket.
+//! Kernel memory is not heap: it is printed apart, machine-wide, both ends
+//! of each loopback connection together: the socket buffers from
+//! `/proc/net/sockstat`, and the kernel's slab caches (socket structures,
+//! files) from `/proc/meminfo`. It is all gone with the socket.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{ErrorKind, Read, Write};
@@ -168,6 +169,15 @@ fn tcp_mem_pages() -> u64 {
         .unwrap_or(0)
 }
 
+/// The kernel's slab caches, bytes, machine-wide.
+fn slab_bytes() -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("Slab:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
 fn heap_mib() -> f64 {
     LIVE.load(Relaxed) as f64 / (1024.0 * 1024.0)
 }
@@ -198,6 +208,7 @@ fn main() {
     thread::sleep(Duration::from_secs(1));
     let base = LIVE.load(Relaxed);
     let tcp_base = tcp_mem_pages();
+    let slab_base = slab_bytes();
     println!("empty server: {:.1} MiB of heap", heap_mib());
 
     // Logins, a hundred at a time (the server's login rate limits are
@@ -254,6 +265,12 @@ fn main() {
         "{active} live sessions: {:.1} MiB of heap, {:.0} bytes each (replay cap {replay_cap} frames)",
         live_bytes as f64 / 1048576.0,
         live_bytes as f64 / players as f64
+    );
+    let slab = slab_bytes().saturating_sub(slab_base);
+    println!(
+        "kernel slab, both ends of {players} loopback connections: {:.1} MiB ({:.0} bytes per connection)",
+        slab as f64 / 1048576.0,
+        slab as f64 / players as f64
     );
     let tcp_pages = tcp_mem_pages().saturating_sub(tcp_base);
     println!(

@@ -1051,20 +1051,12 @@ fn compare_with_server(srv: &ServerHandle, store: &TestStore, name: &str, mine: 
         inventory: stacks(&rec.inventory),
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let rec = loop {
-        let rec = saved(store, name).expect("the character is saved");
-        if &as_character(&rec) == mine || std::time::Instant::now() > deadline {
+    let saved = loop {
+        let rec = as_character(&saved(store, name).expect("the character is saved"));
+        if &rec == mine || std::time::Instant::now() > deadline {
             break rec;
         }
         thread::sleep(Duration::from_millis(20));
-    };
-    let saved = Character {
-        pos: rec.pos.expect("a saved position"),
-        hp: rec.hp,
-        level: rec.level,
-        xp: rec.xp,
-        gold: rec.gold,
-        inventory: stacks(&rec.inventory),
     };
     assert_eq!(mine, &saved, "client's view (left) vs the saved character");
 

@@ -26,6 +26,11 @@ use crate::view::View;
 /// early.
 const SPEED_MARGIN: f32 = 0.9;
 
+/// The most walking time one move may cover: the server's move budget holds
+/// one second's worth (PROTOCOL.md 11.1), so below 1 Hz a move covers at
+/// most that, not the whole period.
+const MOVE_BUDGET_SECS: f32 = 1.0;
+
 /// How close to a monster a bot walks, as a fraction of the attack range.
 const APPROACH: f32 = 0.6;
 
@@ -127,7 +132,7 @@ impl StandardBot {
 
     /// Longest legal move per tick.
     pub fn max_step(&self) -> f32 {
-        SPEED_MARGIN * self.world.move_speed / self.plan.move_hz()
+        SPEED_MARGIN * self.world.move_speed * (1.0 / self.plan.move_hz()).min(MOVE_BUDGET_SECS)
     }
 
     /// Where to move next.
@@ -405,6 +410,23 @@ mod tests {
             }
         }
         assert!(b.max_step() <= 0.9 * 5.0 / 5.0 + 1e-6);
+    }
+
+    #[test]
+    fn below_one_hertz_a_move_covers_at_most_the_servers_budget() {
+        let slow = Plan::new(0.5);
+        let fast = Plan::new(5.0);
+        let mut b = bot(4);
+        b.start(1, world(), Instant::now());
+        b.plan = slow;
+        // One second of walking at most (the server's budget), with the margin.
+        assert!((b.max_step() - 0.9 * 5.0).abs() < 1e-5, "{}", b.max_step());
+        b.plan = fast;
+        assert!(
+            (b.max_step() - 0.9 * 5.0 / 5.0).abs() < 1e-5,
+            "{}",
+            b.max_step()
+        );
     }
 
     #[test]
