@@ -34,6 +34,8 @@ target="${CARGO_TARGET_DIR:-$root/target}"
 server="${1:-$target/debug/tether}"
 bots="${2:-$target/debug/tether-bots}"
 python="${PYTHON:-python3}"
+# shellcheck source=common.sh
+source "$here/common.sh"
 
 clients="${SOAK_CLIENTS:-200}"
 secs="${SOAK_SECS:-60}"
@@ -57,19 +59,6 @@ done
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/tether-soak.XXXXXX")"
 server_pid=""
 bots_pid=""
-stop() {
-    local pid="$1"
-    [[ -n "$pid" ]] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
 cleanup() {
     stop "$bots_pid"
     stop "$server_pid"
@@ -79,39 +68,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Two distinct free loopback ports below the ephemeral range (the bots'
-# own connections take theirs from that range). Probed, released, then
-# used: a small race remains, so a failed start is retried.
-pick_ports() {
-    "$python" -c '
-import random, socket
-try:
-    lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-except (OSError, ValueError, IndexError):
-    lo = 32768
-ports = []
-for _ in range(200):
-    p = random.randint(10000, max(10001, lo - 1))
-    if p in ports:
-        continue
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", p))
-        ports.append(p)
-    except OSError:
-        pass
-    finally:
-        s.close()
-    if len(ports) == 2:
-        break
-while len(ports) < 2:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    ports.append(s.getsockname()[1])
-    s.close()
-print(*ports)
-'
-}
 
 start_server() {
     read -r game_port admin_port < <(pick_ports)

@@ -11,6 +11,8 @@
 # (sets `verdict`), and `extra_pids` (stopped on exit too).
 
 python="${python:-${PYTHON:-python3}}"
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 log() { echo "$name: $*" >&2; }
 die() {
@@ -43,20 +45,6 @@ extra_pids=()
 game_port=""
 admin_port=""
 
-# SIGTERM, then SIGKILL after 5 s; reaps the process.
-stop() {
-    local pid="$1"
-    [[ -n "$pid" ]] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
 cleanup() {
     [[ -n "$watchdog_pid" ]] && kill "$watchdog_pid" 2>/dev/null || true
     stop "$bots_pid"
@@ -71,57 +59,8 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Sleeps in the background and waits, so that a signal runs the traps at once
-# (bash defers them while a foreground command runs).
-nap() {
-    sleep "$1" &
-    wait $!
-}
+start_watchdog "$name" "$hard_timeout"
 
-# The watchdog: whatever hangs, the run ends (and cleans up) in time.
-(
-    trap 'kill "$nap_pid" 2>/dev/null; exit 0' TERM
-    sleep "$hard_timeout" &
-    nap_pid=$!
-    wait "$nap_pid"
-    echo "$name: FAILED: still running after ${hard_timeout}s, stopping" >&2
-    kill -TERM $$ 2>/dev/null
-) &
-watchdog_pid=$!
-
-# Two distinct free loopback ports below the ephemeral range (the bots' own
-# connections take theirs from that range). Probed, released, then used: a
-# small race remains, so a failed start is retried on new ports.
-pick_ports() {
-    "$python" -c '
-import random, socket
-try:
-    lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-except (OSError, ValueError, IndexError):
-    lo = 32768
-ports = []
-for _ in range(200):
-    p = random.randint(10000, max(10001, lo - 1))
-    if p in ports:
-        continue
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", p))
-        ports.append(p)
-    except OSError:
-        pass
-    finally:
-        s.close()
-    if len(ports) == 2:
-        break
-while len(ports) < 2:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    ports.append(s.getsockname()[1])
-    s.close()
-print(*ports)
-'
-}
 
 port_open() {
     "$python" -c "import socket; socket.create_connection(('127.0.0.1', $1), 0.2).close()" 2>/dev/null

@@ -29,6 +29,8 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=common.sh
+source "$root/scripts/common.sh"
 server="${1:-$root/target/debug/tether}"
 bots="${2:-$root/target/debug/tether-bots}"
 clients="${SYNFLOOD_CLIENTS:-200}"
@@ -73,19 +75,6 @@ watchdog_pid=""
 created_srv=0
 created_bots=0
 
-stop() {
-    local pid="$1"
-    [[ -n "$pid" ]] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
@@ -102,20 +91,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-nap() {
-    sleep "$1" &
-    wait $!
-}
-
-(
-    trap 'kill "$nap_pid" 2>/dev/null; exit 0' TERM
-    sleep "$hard_timeout" &
-    nap_pid=$!
-    wait "$nap_pid"
-    echo "synflood: FAILED: still running after ${hard_timeout}s, stopping" >&2
-    kill -TERM $$ 2>/dev/null
-) &
-watchdog_pid=$!
+start_watchdog synflood "$hard_timeout"
 
 # ---- hping3 -----------------------------------------------------------------
 

@@ -15,6 +15,8 @@ server="${1:-$root/target/debug/tether}"
 shift || true
 [[ "${1:-}" == "--" ]] && shift
 python="${PYTHON:-python3}"
+# shellcheck source=../../scripts/common.sh
+source "$root/scripts/common.sh"
 
 if [[ ! -x "$server" ]]; then
     echo "test_against_server: no server binary at $server (build it first: cargo build -p tether-server --bin tether)" >&2
@@ -25,17 +27,7 @@ tmp="$(mktemp -d "${TMPDIR:-/tmp}/tether-pytest.XXXXXX")"
 server_pid=""
 client_pid=""
 stop_server() {
-    if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
-        kill -TERM "$server_pid" 2>/dev/null || true
-        for _ in $(seq 1 50); do
-            kill -0 "$server_pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$server_pid" 2>/dev/null || true
-    fi
-    if [[ -n "$server_pid" ]]; then
-        wait "$server_pid" 2>/dev/null || true
-    fi
+    stop "$server_pid"
     server_pid=""
 }
 cleanup() {
@@ -50,40 +42,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Two distinct free ports, picked below the kernel's ephemeral range when it
-# can (outgoing connections of other processes take their ports from that
-# range and could grab ours between the probe and the server's bind). Probed,
-# released, then used: a small race remains, so a failed start is retried.
-pick_ports() {
-    "$python" -c '
-import random, socket
-try:
-    lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-except (OSError, ValueError, IndexError):
-    lo = 32768
-ports = []
-for _ in range(200):
-    p = random.randint(10000, max(10001, lo - 1))
-    if p in ports:
-        continue
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", p))
-        ports.append(p)
-    except OSError:
-        pass
-    finally:
-        s.close()
-    if len(ports) == 2:
-        break
-while len(ports) < 2:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    ports.append(s.getsockname()[1])
-    s.close()
-print(*ports)
-'
-}
 
 start_server() {
     read -r game_port admin_port < <(pick_ports)

@@ -1,0 +1,77 @@
+# Helpers shared by the test scripts (sourced, not run): stopping a process,
+# a signal-friendly sleep, a watchdog, and free loopback ports.
+#
+# `pick_ports` uses `$python` (default python3). `start_watchdog NAME SECS`
+# sets `watchdog_pid`; the sourcing script kills it in its cleanup.
+
+# SIGTERM, then SIGKILL after 5 s; reaps the process. No-op without a PID.
+stop() {
+    local pid="$1"
+    [[ -n "$pid" ]] || return 0
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+# Sleeps in the background and waits, so that a signal runs the traps at once
+# (bash defers them while a foreground command runs).
+nap() {
+    sleep "$1" &
+    wait $!
+}
+
+# The watchdog: whatever hangs, the run ends (and cleans up) after SECS.
+start_watchdog() {
+    local name="$1" secs="$2"
+    (
+        trap 'kill "$nap_pid" 2>/dev/null; exit 0' TERM
+        sleep "$secs" &
+        nap_pid=$!
+        wait "$nap_pid"
+        echo "$name: FAILED: still running after ${secs}s, stopping" >&2
+        kill -TERM $$ 2>/dev/null
+    ) &
+    watchdog_pid=$!
+}
+
+# Two distinct free loopback ports below the kernel's ephemeral range when it
+# can (other processes' outgoing connections take their ports from that
+# range and could grab ours between the probe and the server's bind).
+# Probed, released, then used: a small race remains, so callers retry a
+# failed start on new ports.
+pick_ports() {
+    "${python:-python3}" -c '
+import random, socket
+try:
+    lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+except (OSError, ValueError, IndexError):
+    lo = 32768
+ports = []
+for _ in range(200):
+    p = random.randint(10000, max(10001, lo - 1))
+    if p in ports:
+        continue
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+        ports.append(p)
+    except OSError:
+        pass
+    finally:
+        s.close()
+    if len(ports) == 2:
+        break
+while len(ports) < 2:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    ports.append(s.getsockname()[1])
+    s.close()
+print(*ports)
+'
+}
