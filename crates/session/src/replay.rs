@@ -247,6 +247,14 @@ impl ReplayBuffer {
         self.pages.iter().flatten().skip(self.head).take(self.len)
     }
 
+    /// Numbers a frame without keeping it (the buffer must be empty, as
+    /// after [`ReplayBuffer::clear`]): the next push gets the number after.
+    pub fn skip(&mut self) -> u64 {
+        debug_assert_eq!(self.len, 0, "skip only on an empty buffer");
+        self.first += 1;
+        self.first - 1
+    }
+
     /// Gives every page back. Numbering continues where it was.
     pub fn clear(&mut self, pool: &mut PagePool) {
         for page in self.pages.drain(..) {

@@ -368,6 +368,12 @@ impl ServerSession {
     /// oldest page go when over the cap. Whether to also write it to a socket
     /// is the caller's business (it is, when Live).
     pub fn push_frame(&mut self, frame: Bytes, pool: &mut PagePool, now_ms: u64) -> u64 {
+        self.last_counted_push_ms = now_ms;
+        if self.replay_abandoned {
+            // Past replay (only ever a zombie): numbered, not kept.
+            self.frames_evicted += 1;
+            return self.replay.skip();
+        }
         let number = self.replay.push(frame, pool);
         let cap = match self.state {
             SessionState::Live => self.cfg.replay_cap_frames,
@@ -380,14 +386,13 @@ impl ServerSession {
             self.frames_evicted += self.replay.evict_oldest_page(pool) as u64;
         }
         let zombie = matches!(self.state, SessionState::Zombie { .. });
-        if zombie && (self.replay_abandoned || self.replay.first() > self.detached_next) {
+        if zombie && self.replay.first() > self.detached_next {
             // A frame the client cannot have received is gone, so the next
             // resume is a snapshot whatever is kept: keep nothing.
             self.frames_evicted += self.replay.len() as u64;
             self.replay.clear(pool);
             self.replay_abandoned = true;
         }
-        self.last_counted_push_ms = now_ms;
         number
     }
 
