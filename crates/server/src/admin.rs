@@ -7,8 +7,8 @@
 //! |---|---|
 //! | `GET /healthz` | `{"status":"ok"}` or degraded storage |
 //! | `GET /metrics` | OpenMetrics text |
-//! | `GET /bans` | `[{"ip":"203.0.113.9","remaining_ms":291000}, ...]` |
-//! | `DELETE /bans/{ip}` | lifts a ban: 204, or 404 if the address was not banned |
+//! | `GET /bans` | `[{"ip":"203.0.113.9","remaining_ms":291000,"kernel":true}, ...]` (`kernel`: its SYNs are dropped by the kernel) |
+//! | `DELETE /bans/{ip}` | lifts a ban: 204, or 404 if the address was not banned (the kernel filter follows within a second) |
 //! | `GET /protect` | `{"override":"auto","shards_protecting":0}` |
 //! | `PUT /protect` | body `on`, `off` or `auto`: force protect mode, or let it follow load |
 
@@ -77,8 +77,8 @@ async fn list_bans(State(s): State<AdminState>) -> impl IntoResponse {
         .iter()
         .map(|b| {
             format!(
-                "{{\"ip\":\"{}\",\"remaining_ms\":{}}}",
-                b.ip, b.remaining_ms
+                "{{\"ip\":\"{}\",\"remaining_ms\":{},\"kernel\":{}}}",
+                b.ip, b.remaining_ms, b.filtered
             )
         })
         .collect();

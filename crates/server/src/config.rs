@@ -138,6 +138,9 @@ pub struct Config {
     pub strike_window_ms: u64,
     /// How long a ban lasts.
     pub ban_ms: u64,
+    /// Connects a banned IPv4 address may make (each refused with `BANNED`)
+    /// before the kernel drops its SYNs until the ban ends; 0: never.
+    pub ban_filter_after: u32,
     /// Source addresses the guard remembers at most (idle ones are forgotten).
     pub max_tracked_ips: usize,
     /// Client messages (Input, Ack) a second per connection; over it they
@@ -209,6 +212,7 @@ impl Default for Config {
             strikes_to_ban: 10,
             strike_window_ms: 60_000,
             ban_ms: 300_000,
+            ban_filter_after: 3,
             max_tracked_ips: 100_000,
             input_rate: 60.0,
             input_burst: 1_200,
@@ -361,6 +365,10 @@ pub struct Overrides {
     /// Ban length, ms [default: 300000].
     #[arg(long, env = "TETHER_BAN_MS")]
     pub ban_ms: Option<u64>,
+    /// Refused connects of a banned IPv4 address after which the kernel
+    /// drops its SYNs for the rest of the ban; 0: never [default: 3].
+    #[arg(long, env = "TETHER_BAN_FILTER_AFTER")]
+    pub ban_filter_after: Option<u32>,
     /// Source addresses remembered at most [default: 100000].
     #[arg(long, env = "TETHER_MAX_TRACKED_IPS")]
     pub max_tracked_ips: Option<usize>,
@@ -483,6 +491,7 @@ impl Config {
             strikes_to_ban,
             strike_window_ms,
             ban_ms,
+            ban_filter_after,
             max_tracked_ips,
             input_rate,
             input_burst,

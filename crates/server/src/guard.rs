@@ -28,6 +28,8 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Mutex;
 
+use crate::kernel_filter::{KernelFilter, MAX_FILTERED};
+
 /// A network in CIDR notation (`127.0.0.1/32`, `10.0.0.0/8`, `::1/128`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
@@ -180,6 +182,10 @@ pub struct GuardConfig {
     pub strikes_to_ban: u32,
     pub strike_window_ms: u64,
     pub ban_ms: u64,
+    /// Connects a banned address may still make (each refused with
+    /// `BANNED`) before the kernel drops its SYNs for the rest of the ban;
+    /// 0: never (every connect is accepted and refused).
+    pub ban_filter_after: u32,
     pub max_tracked_ips: usize,
 }
 
@@ -206,6 +212,7 @@ impl GuardConfig {
             strikes_to_ban: cfg.strikes_to_ban,
             strike_window_ms: cfg.strike_window_ms,
             ban_ms: cfg.ban_ms,
+            ban_filter_after: cfg.ban_filter_after,
             max_tracked_ips: cfg.max_tracked_ips,
         })
     }
@@ -340,6 +347,32 @@ struct Peer {
     strike_window_start_ms: u64,
     /// 0: not banned.
     banned_until_ms: u64,
+    /// Connects refused during the current ban.
+    refused_banned: u32,
+    /// The kernel drops this address's SYNs (see [`Guard::filter_epoch`]).
+    filtered: bool,
+}
+
+impl Peer {
+    fn new(cfg: &GuardConfig, now_ms: u64) -> Peer {
+        Peer {
+            conns: 0,
+            connect: TokenBucket::full(cfg.connect_burst_per_ip, now_ms),
+            login: TokenBucket::full(cfg.login_burst_per_ip, now_ms),
+            strikes: 0,
+            strike_window_start_ms: now_ms,
+            banned_until_ms: 0,
+            refused_banned: 0,
+            filtered: false,
+        }
+    }
+
+    /// Ends the ban. Returns whether the address was in the kernel filter.
+    fn unban(&mut self) -> bool {
+        self.banned_until_ms = 0;
+        self.refused_banned = 0;
+        std::mem::take(&mut self.filtered)
+    }
 }
 
 /// A ban as the admin endpoint lists it.
@@ -347,6 +380,8 @@ struct Peer {
 pub struct BanInfo {
     pub ip: IpAddr,
     pub remaining_ms: u64,
+    /// The kernel drops its SYNs (it kept connecting while banned).
+    pub filtered: bool,
 }
 
 /// Sweeps of the per-IP table run at most this often when it is full, so a
@@ -363,6 +398,10 @@ pub struct Guard {
     resume_global: TokenBucket,
     active_bans: usize,
     bans_total: u64,
+    /// Banned addresses the kernel filter should hold now.
+    filtered: usize,
+    /// Changes whenever that set does.
+    filter_epoch: u64,
     last_full_sweep_ms: Option<u64>,
 }
 
@@ -376,6 +415,8 @@ impl Guard {
             pending: 0,
             active_bans: 0,
             bans_total: 0,
+            filtered: 0,
+            filter_epoch: 0,
             last_full_sweep_ms: None,
         }
     }
@@ -404,6 +445,35 @@ impl Guard {
         self.peers.len()
     }
 
+    /// Banned addresses that kept connecting (`ban_filter_after` refusals)
+    /// and whose SYNs the kernel should drop until the ban ends.
+    pub fn filtered_ips(&self) -> usize {
+        self.filtered
+    }
+
+    /// Changes whenever the set of [`Guard::filtered_v4`] addresses does,
+    /// so the kernel filter is rebuilt only then.
+    pub fn filter_epoch(&self) -> u64 {
+        self.filter_epoch
+    }
+
+    /// Up to `max` IPv4 addresses for the kernel filter, longest ban left
+    /// first. IPv6 bans stay with the accept-time check.
+    pub fn filtered_v4(&self, now_ms: u64, max: usize) -> Vec<std::net::Ipv4Addr> {
+        let mut v: Vec<(u64, std::net::Ipv4Addr)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.filtered && p.banned_until_ms > now_ms)
+            .filter_map(|(ip, p)| match ip {
+                IpAddr::V4(v4) => Some((p.banned_until_ms, *v4)),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        v.sort_unstable_by_key(|&(until, ip)| (std::cmp::Reverse(until), ip));
+        v.truncate(max);
+        v.into_iter().map(|(_, ip)| ip).collect()
+    }
+
     /// A new connection from `ip`. On `Ok` it is counted (per IP and as
     /// pending) until [`Guard::release`]. Cheapest checks first.
     pub fn admit(&mut self, ip: IpAddr, now_ms: u64) -> Result<(), Refusal> {
@@ -413,11 +483,21 @@ impl Guard {
             if let Some(peer) = self.peers.get_mut(&key) {
                 if peer.banned_until_ms != 0 {
                     if now_ms < peer.banned_until_ms {
+                        peer.refused_banned = peer.refused_banned.saturating_add(1);
+                        let after = self.cfg.ban_filter_after;
+                        if after != 0 && !peer.filtered && peer.refused_banned >= after {
+                            peer.filtered = true;
+                            self.filtered += 1;
+                            self.filter_epoch += 1;
+                        }
                         return Err(Refusal::Banned {
                             retry_after_ms: peer.banned_until_ms - now_ms,
                         });
                     }
-                    peer.banned_until_ms = 0;
+                    if peer.unban() {
+                        self.filtered -= 1;
+                        self.filter_epoch += 1;
+                    }
                     self.active_bans -= 1;
                 }
             }
@@ -430,14 +510,10 @@ impl Guard {
                 return Err(Refusal::IpTableFull);
             }
             let cfg = &self.cfg;
-            let peer = self.peers.entry(key).or_insert_with(|| Peer {
-                conns: 0,
-                connect: TokenBucket::full(cfg.connect_burst_per_ip, now_ms),
-                login: TokenBucket::full(cfg.login_burst_per_ip, now_ms),
-                strikes: 0,
-                strike_window_start_ms: now_ms,
-                banned_until_ms: 0,
-            });
+            let peer = self
+                .peers
+                .entry(key)
+                .or_insert_with(|| Peer::new(cfg, now_ms));
             if peer.conns >= cfg.max_conns_per_ip {
                 return Err(Refusal::PerIpConnections);
             }
@@ -541,14 +617,10 @@ impl Guard {
             return None;
         }
         let cfg = &self.cfg;
-        let peer = self.peers.entry(key).or_insert_with(|| Peer {
-            conns: 0,
-            connect: TokenBucket::full(cfg.connect_burst_per_ip, now_ms),
-            login: TokenBucket::full(cfg.login_burst_per_ip, now_ms),
-            strikes: 0,
-            strike_window_start_ms: now_ms,
-            banned_until_ms: 0,
-        });
+        let peer = self
+            .peers
+            .entry(key)
+            .or_insert_with(|| Peer::new(cfg, now_ms));
         if peer.banned_until_ms > now_ms {
             return None; // already banned
         }
@@ -566,6 +638,7 @@ impl Guard {
             self.active_bans += 1;
         }
         peer.banned_until_ms = now_ms + cfg.ban_ms.max(1);
+        peer.refused_banned = 0;
         self.bans_total += 1;
         Some(cfg.ban_ms)
     }
@@ -586,6 +659,7 @@ impl Guard {
             .map(|(ip, p)| BanInfo {
                 ip: *ip,
                 remaining_ms: p.banned_until_ms - now_ms,
+                filtered: p.filtered,
             })
             .collect();
         out.sort_by_key(|b| std::cmp::Reverse(b.remaining_ms));
@@ -596,7 +670,10 @@ impl Guard {
     pub fn lift(&mut self, ip: IpAddr) -> bool {
         match self.peers.get_mut(&peer_key(ip)) {
             Some(p) if p.banned_until_ms != 0 => {
-                p.banned_until_ms = 0;
+                if p.unban() {
+                    self.filtered -= 1;
+                    self.filter_epoch += 1;
+                }
                 p.strikes = 0;
                 self.active_bans -= 1;
                 true
@@ -610,9 +687,12 @@ impl Guard {
     pub fn sweep(&mut self, now_ms: u64) {
         let cfg = &self.cfg;
         let mut ended = 0;
+        let mut unfiltered = 0;
         self.peers.retain(|_, p| {
             if p.banned_until_ms != 0 && p.banned_until_ms <= now_ms {
-                p.banned_until_ms = 0;
+                if p.unban() {
+                    unfiltered += 1;
+                }
                 ended += 1;
             }
             p.conns > 0
@@ -627,6 +707,10 @@ impl Guard {
                     .is_full(cfg.login_rate_per_ip, cfg.login_burst_per_ip, now_ms)
         });
         self.active_bans -= ended;
+        if unfiltered > 0 {
+            self.filtered -= unfiltered;
+            self.filter_epoch += 1;
+        }
     }
 }
 
@@ -804,6 +888,10 @@ pub struct Defences {
     /// One flag per shard: in protect mode now (set by the shard).
     protect: Vec<AtomicBool>,
     protect_override: AtomicU8,
+    /// The listener's ban filter; taken after `guard`, never before.
+    kernel: Mutex<KernelFilter>,
+    /// Accepted sockets inherit a filter now (read per accept, no lock).
+    kernel_attached: AtomicBool,
 }
 
 impl Defences {
@@ -812,7 +900,31 @@ impl Defences {
             guard: Mutex::new(guard),
             protect: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             protect_override: AtomicU8::new(ProtectOverride::Auto as u8),
+            kernel: Mutex::new(KernelFilter::default()),
+            kernel_attached: AtomicBool::new(false),
         }
+    }
+
+    /// Brings the listener's kernel filter up to the guard's filtered bans
+    /// if they changed (`guard` is this `Defences`' guard, held by the
+    /// caller). Returns the number of addresses filtered when it changed.
+    pub fn sync_kernel_filter(
+        &self,
+        guard: &Guard,
+        listener: &impl std::os::fd::AsFd,
+        now_ms: u64,
+    ) -> Option<usize> {
+        let mut k = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
+        let n = k.sync(listener, guard.filter_epoch(), || {
+            guard.filtered_v4(now_ms, MAX_FILTERED)
+        })?;
+        self.kernel_attached.store(k.attached(), Ordering::Relaxed);
+        Some(n)
+    }
+
+    /// Whether accepted sockets inherit the ban filter (and should drop it).
+    pub fn kernel_filter_attached(&self) -> bool {
+        self.kernel_attached.load(Ordering::Relaxed)
     }
 
     /// The guard; a panic elsewhere while it was held does not stop the
@@ -875,6 +987,7 @@ mod tests {
             strikes_to_ban: 3,
             strike_window_ms: 10_000,
             ban_ms: 60_000,
+            ban_filter_after: 2,
             max_tracked_ips: 4,
         }
     }
@@ -1033,7 +1146,8 @@ mod tests {
             g.bans(30_000),
             vec![BanInfo {
                 ip: a,
-                remaining_ms: 52_000
+                remaining_ms: 52_000,
+                filtered: false,
             }]
         );
         // Expired: admitted again, and the ban count follows.
@@ -1059,6 +1173,58 @@ mod tests {
         g.sweep(60_000);
         assert_eq!(g.banned_ips(), 0);
         assert!(!g.is_banned(b, 60_000));
+    }
+
+    #[test]
+    fn a_banned_address_that_keeps_connecting_goes_to_the_kernel_filter() {
+        let mut g = Guard::new(cfg(), 0); // ban_filter_after: 2
+        let a = ip("10.0.0.5");
+        let b = ip("10.0.0.6");
+        let v6 = ip("2001:db8::1");
+        for peer in [a, b, v6] {
+            for _ in 0..3 {
+                g.strike(peer, Strike::Malformed, 0);
+            }
+        }
+        let epoch = g.filter_epoch();
+        assert!(matches!(g.admit(a, 10), Err(Refusal::Banned { .. })));
+        assert_eq!((g.filtered_ips(), g.filter_epoch()), (0, epoch));
+        assert!(matches!(g.admit(a, 20), Err(Refusal::Banned { .. })));
+        assert_eq!(g.filtered_ips(), 1);
+        assert_ne!(g.filter_epoch(), epoch, "the set changed");
+        let epoch = g.filter_epoch();
+        assert!(matches!(g.admit(a, 30), Err(Refusal::Banned { .. })));
+        assert_eq!(g.filter_epoch(), epoch, "already filtered");
+        // IPv6 bans are counted but stay out of the IPv4 program.
+        for t in [40, 50] {
+            assert!(g.admit(v6, t).is_err());
+        }
+        assert_eq!(g.filtered_ips(), 2);
+        assert_eq!(
+            g.filtered_v4(60, 16),
+            vec!["10.0.0.5".parse::<std::net::Ipv4Addr>().unwrap()]
+        );
+        assert!(g.bans(60).iter().any(|x| x.ip == a && x.filtered));
+        assert!(g.bans(60).iter().any(|x| x.ip == b && !x.filtered));
+        // Lifting takes it out.
+        let epoch = g.filter_epoch();
+        assert!(g.lift(a));
+        assert_eq!(g.filtered_ips(), 1);
+        assert_ne!(g.filter_epoch(), epoch);
+        assert!(g.filtered_v4(70, 16).is_empty());
+        // A new ban starts counting refusals from zero.
+        for _ in 0..3 {
+            g.strike(a, Strike::Malformed, 100);
+        }
+        assert!(g.admit(a, 110).is_err());
+        assert!(g.filtered_v4(120, 16).is_empty());
+        assert!(g.admit(a, 130).is_err());
+        assert_eq!(g.filtered_v4(140, 16).len(), 1);
+        // Expiry at the sweep empties the filter.
+        let epoch = g.filter_epoch();
+        g.sweep(200_000);
+        assert_eq!((g.filtered_ips(), g.banned_ips()), (0, 0));
+        assert_ne!(g.filter_epoch(), epoch);
     }
 
     #[test]

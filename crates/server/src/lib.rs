@@ -31,6 +31,7 @@ pub mod auth;
 pub mod config;
 pub mod directory;
 pub mod guard;
+pub mod kernel_filter;
 pub mod link;
 pub mod metrics;
 pub mod net;

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub bans: Counter,
     /// Addresses banned now.
     pub banned_ips: Gauge,
+    /// Banned addresses whose SYNs the kernel drops now.
+    pub kernel_filtered_ips: Gauge,
     /// Shards in protect mode now (0 normally).
     pub protect_mode: Gauge,
     /// Protect mode entered / left, by direction (`to="on"|"off"`).
@@ -89,6 +91,7 @@ impl Metrics {
             strikes: Family::default(),
             bans: Counter::default(),
             banned_ips: Gauge::default(),
+            kernel_filtered_ips: Gauge::default(),
             protect_mode: Gauge::default(),
             protect_transitions: Family::default(),
             inputs_dropped: Family::default(),
@@ -177,6 +180,11 @@ impl Metrics {
             "tether_banned_ips",
             "Source addresses banned now",
             banned_ips
+        );
+        reg!(
+            "tether_kernel_filtered_ips",
+            "Banned source addresses whose SYNs the kernel drops now",
+            kernel_filtered_ips
         );
         reg!(
             "tether_protect_mode",

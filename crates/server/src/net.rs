@@ -41,8 +41,10 @@ use crate::auth;
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::guard::{
-    Defences, FloodAction, InputAllowance, InputLimit, InputVerdict, LoginKind, Refusal, Strike,
+    Defences, FloodAction, Guard, InputAllowance, InputLimit, InputVerdict, LoginKind, Refusal,
+    Strike,
 };
+use crate::kernel_filter;
 use crate::link::{close_frame, ConnLoss, ConnRef, IoWaker, ShardLink, ToIo, ToShard};
 use crate::metrics::{labels, Metrics};
 
@@ -343,6 +345,18 @@ impl IoThread {
         let mut guard = self.defences.guard();
         guard.sweep(now);
         self.metrics.banned_ips.set(guard.banned_ips() as i64);
+        self.sync_kernel_filter(&guard, now);
+    }
+
+    /// Puts the guard's filtered bans on the listener if they changed.
+    fn sync_kernel_filter(&self, guard: &Guard, now: u64) {
+        let Some(listener) = self.listener.as_ref() else {
+            return;
+        };
+        if let Some(n) = self.defences.sync_kernel_filter(guard, listener, now) {
+            self.metrics.kernel_filtered_ips.set(n as i64);
+            debug!(io = self.id, filtered = n, "kernel ban filter updated");
+        }
     }
 
     // ----- accepting -------------------------------------------------------
@@ -392,8 +406,16 @@ impl IoThread {
             verdict = self.defences.guard().admit(ip, now);
         }
         if let Err(refusal) = verdict {
+            if matches!(refusal, Refusal::Banned { .. }) {
+                // It may just have earned its place in the kernel filter.
+                let guard = self.defences.guard();
+                self.sync_kernel_filter(&guard, now);
+            }
             self.refuse(&mut stream, refusal);
             return; // dropping the stream closes it
+        }
+        if self.defences.kernel_filter_attached() {
+            kernel_filter::detach_inherited(&stream);
         }
         let _ = stream.set_nodelay(true);
         let entry = self.conns.vacant_entry();

@@ -245,6 +245,67 @@ fn malformed_frames_earn_a_ban_that_an_operator_can_lift() {
     assert!(matches!(back.hello("Reformed"), Some(Msg::Welcome(_))));
 }
 
+/// A bare TCP connect from `source`, bounded by `wait`: Err if it did not
+/// complete (its SYNs dropped).
+fn tcp_connect_from(source: &str, addr: SocketAddr, wait: Duration) -> std::io::Result<()> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    let src: SocketAddr = format!("{source}:0").parse().expect("source address");
+    socket.bind(&src.into())?;
+    socket.connect_timeout(&addr.into(), wait)
+}
+
+#[test]
+fn a_banned_address_that_keeps_connecting_is_dropped_by_the_kernel() {
+    let (srv, _) = server(|cfg| {
+        cfg.strikes_to_ban = 1;
+        cfg.ban_ms = 600_000;
+        cfg.ban_filter_after = 2;
+    });
+    let mut legit = TestClient::login(srv.game_addr, "Legit");
+    let mut a = TestClient::connect_from("127.0.0.9", srv.game_addr, None);
+    a.send_raw(&[0xff, 0xff, 1, 2, 3]).unwrap();
+    assert!(close_code(&a.recv()).is_some());
+    // Banned: the first connects are accepted and told why.
+    for _ in 0..2 {
+        let mut b = TestClient::connect_from("127.0.0.9", srv.game_addr, None);
+        assert_eq!(close_code(&b.recv()), Some(CloseCode::Banned));
+    }
+    assert_eq!(
+        wait_metric(&srv, "tether_kernel_filtered_ips", |v| v == 1),
+        1
+    );
+    // From now on its SYNs are dropped: the handshake never completes.
+    let banned_refusals = "tether_refused_connections_total{reason=\"banned\"}";
+    let refused_before = wait_metric(&srv, banned_refusals, |v| v == 2);
+    assert_eq!(refused_before, 2);
+    let err = tcp_connect_from("127.0.0.9", srv.game_addr, Duration::from_millis(400))
+        .expect_err("a filtered address cannot complete a handshake");
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    assert_eq!(
+        metric(&srv, banned_refusals),
+        refused_before,
+        "nothing reached accept"
+    );
+    // Everyone else connects and plays.
+    let mut other = TestClient::connect_from("127.0.0.10", srv.game_addr, None);
+    assert!(matches!(other.hello("Neighbour"), Some(Msg::Welcome(_))));
+    assert!(plays(&mut legit, 1));
+    let (_, body) = http(srv.admin_addr, "GET", "/bans", "");
+    assert!(body.contains("\"ip\":\"127.0.0.9\""), "{body}");
+    assert!(body.contains("\"kernel\":true"), "{body}");
+    // Lifted: the filter follows within the guard's sweep.
+    assert_eq!(http(srv.admin_addr, "DELETE", "/bans/127.0.0.9", "").0, 204);
+    assert_eq!(
+        wait_metric(&srv, "tether_kernel_filtered_ips", |v| v == 0),
+        0
+    );
+    tcp_connect_from("127.0.0.9", srv.game_addr, WAIT).expect("connects once lifted");
+    let mut back = TestClient::connect_from("127.0.0.9", srv.game_addr, None);
+    assert!(matches!(back.hello("Reformed"), Some(Msg::Welcome(_))));
+    assert!(plays(&mut legit, 2));
+}
+
 #[test]
 fn slow_handshakes_time_out_and_repeated_ones_are_banned() {
     let (srv, _) = server(|cfg| {
