@@ -323,6 +323,9 @@ pub enum Strike {
     AuthFailed,
     /// Sustained input far over the allowance.
     InputFlood,
+    /// Connected again before the retry-after of its last refusal by rate
+    /// had passed (a client honouring `retry_after_ms` never does).
+    IgnoredRetryAfter,
 }
 
 impl Strike {
@@ -333,6 +336,7 @@ impl Strike {
             Strike::HandshakeTimeout => "handshake_timeout",
             Strike::AuthFailed => "auth_failed",
             Strike::InputFlood => "input_flood",
+            Strike::IgnoredRetryAfter => "ignored_retry_after",
         }
     }
 }
@@ -349,6 +353,8 @@ struct Peer {
     banned_until_ms: u64,
     /// Connects refused during the current ban.
     refused_banned: u32,
+    /// The last refusal by rate told the peer to wait until then.
+    retry_at_ms: u64,
     /// The kernel drops this address's SYNs (see [`Guard::filter_epoch`]).
     filtered: bool,
 }
@@ -363,6 +369,7 @@ impl Peer {
             strike_window_start_ms: now_ms,
             banned_until_ms: 0,
             refused_banned: 0,
+            retry_at_ms: 0,
             filtered: false,
         }
     }
@@ -604,6 +611,26 @@ impl Guard {
         if let Some(peer) = self.peers.get_mut(&peer_key(ip)) {
             peer.conns = peer.conns.saturating_sub(1);
         }
+    }
+
+    /// Notes a connect from `ip` refused by rate ([`Refusal::ConnectRate`],
+    /// [`Refusal::LoginRate`]). True when it came before the retry-after of
+    /// the previous such refusal had passed: the peer ignores the server's
+    /// instructions, which the caller counts as a
+    /// [`Strike::IgnoredRetryAfter`]. Other refusals: false.
+    pub fn came_back_too_soon(&mut self, ip: IpAddr, refusal: &Refusal, now_ms: u64) -> bool {
+        let wait = match refusal {
+            Refusal::ConnectRate { retry_after_ms } | Refusal::LoginRate { retry_after_ms } => {
+                *retry_after_ms
+            }
+            _ => return false,
+        };
+        let Some(peer) = self.peers.get_mut(&peer_key(ip)) else {
+            return false;
+        };
+        let too_soon = now_ms < peer.retry_at_ms;
+        peer.retry_at_ms = now_ms + wait;
+        too_soon
     }
 
     /// Records misbehaviour by `ip`. Returns the ban's length when this
@@ -1225,6 +1252,43 @@ mod tests {
         g.sweep(200_000);
         assert_eq!((g.filtered_ips(), g.banned_ips()), (0, 0));
         assert_ne!(g.filter_epoch(), epoch);
+    }
+
+    #[test]
+    fn connecting_again_before_the_retry_after_counts_against_the_address() {
+        let mut g = Guard::new(cfg(), 0); // 10 connects/s, burst 5
+        let a = ip("10.0.0.3");
+        for _ in 0..3 {
+            let id = g.admit(a, 0);
+            assert_eq!(id, Ok(()));
+            g.release(a, true);
+        }
+        g.admit(a, 0).unwrap();
+        g.release(a, true);
+        g.admit(a, 0).unwrap();
+        g.release(a, true);
+        let r = g.admit(a, 0).unwrap_err();
+        assert_eq!(
+            r,
+            Refusal::ConnectRate {
+                retry_after_ms: 100
+            }
+        );
+        assert!(
+            !g.came_back_too_soon(a, &r, 0),
+            "first refusal: told to wait"
+        );
+        // Back after 50 ms of a 100 ms wait: ignored.
+        let r = g.admit(a, 50).unwrap_err();
+        assert!(g.came_back_too_soon(a, &r, 50));
+        // One that waited is admitted and nothing is held against it.
+        g.admit(a, 200).unwrap();
+        // Refusals that are not by rate never count.
+        assert!(!g.came_back_too_soon(a, &Refusal::PerIpConnections, 200));
+        assert!(
+            !g.came_back_too_soon(ip("10.9.9.9"), &r, 200),
+            "unknown address"
+        );
     }
 
     #[test]

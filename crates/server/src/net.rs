@@ -406,11 +406,13 @@ impl IoThread {
             verdict = self.defences.guard().admit(ip, now);
         }
         if let Err(refusal) = verdict {
-            if matches!(refusal, Refusal::Banned { .. }) {
-                // It may just have earned its place in the kernel filter.
-                let guard = self.defences.guard();
-                self.sync_kernel_filter(&guard, now);
+            let mut guard = self.defences.guard();
+            if guard.came_back_too_soon(ip, &refusal, now) {
+                self.strike_ip(&mut guard, ip, Strike::IgnoredRetryAfter, now);
             }
+            // It may just have earned its place in the kernel filter.
+            self.sync_kernel_filter(&guard, now);
+            drop(guard);
             self.refuse(&mut stream, refusal);
             return; // dropping the stream closes it
         }
@@ -522,11 +524,15 @@ impl IoThread {
         };
         let ip = conn.ip;
         let now = self.now_ms();
+        let mut guard = self.defences.guard();
+        self.strike_ip(&mut guard, ip, why, now);
+    }
+
+    fn strike_ip(&self, guard: &mut Guard, ip: IpAddr, why: Strike, now: u64) {
         self.metrics
             .strikes
             .get_or_create(&labels(&[("reason", why.reason())]))
             .inc();
-        let mut guard = self.defences.guard();
         if let Some(ban_ms) = guard.strike(ip, why, now) {
             self.metrics.bans.inc();
             warn!(%ip, ban_ms, last = why.reason(), "address banned");

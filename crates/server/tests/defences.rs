@@ -170,6 +170,39 @@ fn connect_rate_per_ip_refuses_at_accept() {
 }
 
 #[test]
+fn connecting_again_before_the_retry_after_earns_a_ban() {
+    let (srv, _) = server(|cfg| {
+        cfg.connect_burst_per_ip = 1;
+        cfg.connect_rate_per_ip = 0.01;
+        cfg.strikes_to_ban = 3;
+    });
+    let mut legit = TestClient::login(srv.game_addr, "Legit");
+    let _held = TestClient::connect_from("127.0.0.3", srv.game_addr, None);
+    // Told to wait about 100 s; it comes straight back, again and again.
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        let mut a = TestClient::connect_from("127.0.0.3", srv.game_addr, None);
+        codes.push(close_code(&a.recv()));
+    }
+    assert_eq!(
+        codes,
+        [
+            Some(CloseCode::RateLimited), // told to wait
+            Some(CloseCode::RateLimited), // strike 1
+            Some(CloseCode::RateLimited), // strike 2
+            Some(CloseCode::RateLimited), // strike 3: banned
+            Some(CloseCode::Banned),
+        ]
+    );
+    assert_eq!(
+        metric(&srv, "tether_strikes_total{reason=\"ignored_retry_after\"}"),
+        3
+    );
+    assert_eq!(metric(&srv, "tether_bans_total"), 1);
+    assert!(plays(&mut legit, 1));
+}
+
+#[test]
 fn a_full_handshake_table_closes_its_oldest_entry() {
     let (srv, _) = server(|cfg| cfg.max_pending_handshakes = 3);
     let mut idle: Vec<TestClient> = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
