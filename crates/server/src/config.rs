@@ -98,6 +98,10 @@ pub struct Config {
     /// frame by frame (for comparison); more frames per call is what keeps a
     /// busy server's syscall count down.
     pub write_batch_frames: usize,
+    /// How long a connection's first unwritten frame may wait for others to
+    /// share its write, ms (0..=100; 0: written at the next pass of the I/O
+    /// loop). More frames per write, fewer syscalls, that much more latency.
+    pub write_coalesce_ms: u64,
     /// Inputs acknowledged (InputAck) at the latest this long after they
     /// were applied. Longer means fewer frames, more inputs held by clients.
     pub input_ack_delay_ms: u64,
@@ -195,6 +199,7 @@ impl Default for Config {
             zombie_replay_cap_frames: 1024,
             write_queue_cap_bytes: 256 * 1024,
             write_batch_frames: 64,
+            write_coalesce_ms: 0,
             input_ack_delay_ms: 500,
             log: "info".into(),
             listen_backlog: 8192,
@@ -314,6 +319,10 @@ pub struct Overrides {
     /// Most frames per gathering write, 1..=64 [default: 64].
     #[arg(long, env = "TETHER_WRITE_BATCH_FRAMES")]
     pub write_batch_frames: Option<usize>,
+    /// Longest wait of a connection's first unwritten frame for others to
+    /// share its write, ms, 0..=100 [default: 0].
+    #[arg(long, env = "TETHER_WRITE_COALESCE_MS")]
+    pub write_coalesce_ms: Option<u64>,
     /// Longest delay before applied inputs are acknowledged, ms [default: 500].
     #[arg(long, env = "TETHER_INPUT_ACK_DELAY_MS")]
     pub input_ack_delay_ms: Option<u64>,
@@ -474,6 +483,7 @@ impl Config {
             zombie_replay_cap_frames,
             write_queue_cap_bytes,
             write_batch_frames,
+            write_coalesce_ms,
             input_ack_delay_ms,
             log,
             listen_backlog,
@@ -546,6 +556,9 @@ impl Config {
         }
         if !(1..=crate::net::MAX_IOV).contains(&self.write_batch_frames) {
             return err("write_batch_frames must be 1..=64");
+        }
+        if self.write_coalesce_ms > 100 {
+            return err("write_coalesce_ms must be 0..=100");
         }
         if !(1..=65535).contains(&self.listen_backlog) {
             return err("listen_backlog must be 1..=65535");

@@ -112,6 +112,12 @@ struct Conn {
     /// Close once the write queue is flushed.
     closing: bool,
     in_dirty_list: bool,
+    /// When it joined the dirty list (for `write_coalesce_ms`).
+    dirty_since_ms: u64,
+    /// The last write met a full socket: the next writable event flushes.
+    /// (Otherwise writable events, which come with every incoming packet,
+    /// are not a reason to write: the dirty list is.)
+    write_blocked: bool,
     /// A readable event was deferred (inbound paused or read budget spent).
     read_pending: bool,
 }
@@ -142,6 +148,8 @@ pub struct IoThread {
     read_pending: Vec<usize>,
     handshakes: VecDeque<(u64, usize, u32)>,
     accept_paused_until: u64,
+    /// The clock at the top of this pass of the loop.
+    loop_now_ms: u64,
     /// Per-iteration counts, added to the shared metrics once per iteration.
     frames_in: u64,
     frames_out: u64,
@@ -202,6 +210,7 @@ impl IoThread {
             read_pending: Vec::new(),
             handshakes: VecDeque::new(),
             accept_paused_until: 0,
+            loop_now_ms: 0,
             frames_in: 0,
             frames_out: 0,
             bytes_in: 0,
@@ -220,6 +229,7 @@ impl IoThread {
         let mut events = Events::with_capacity(EVENTS_CAP);
         let mut shutdown_deadline: Option<u64> = None;
         loop {
+            self.loop_now_ms = self.now_ms();
             self.drain_shard_rings();
             self.flush_dirty();
             self.push_overflow();
@@ -262,7 +272,9 @@ impl IoThread {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.on_readable(slot);
                         }
-                        if event.is_writable() {
+                        if event.is_writable()
+                            && self.conns.get(slot).is_some_and(|c| c.write_blocked)
+                        {
                             self.flush(slot);
                         }
                     }
@@ -292,6 +304,9 @@ impl IoThread {
         }
         if self.accept_paused_until != 0 {
             next = next.min(self.accept_paused_until);
+        }
+        if let Some(c) = self.dirty.first().and_then(|&slot| self.conns.get(slot)) {
+            next = next.min(c.dirty_since_ms + self.cfg.write_coalesce_ms);
         }
         Some(Duration::from_millis(next.saturating_sub(now)))
     }
@@ -448,6 +463,8 @@ impl IoThread {
             wq_head_written: 0,
             closing: false,
             in_dirty_list: false,
+            dirty_since_ms: 0,
+            write_blocked: false,
             read_pending: false,
         });
         self.handshakes.push_back((
@@ -1004,17 +1021,39 @@ impl IoThread {
         }
         if !conn.in_dirty_list {
             conn.in_dirty_list = true;
+            conn.dirty_since_ms = self.loop_now_ms;
             self.dirty.push(slot);
         }
     }
 
+    /// Writes the connections with frames queued: all of them, or with
+    /// `write_coalesce_ms`, those whose first frame has waited that long
+    /// (the list is in the order they joined it, so the due ones are a
+    /// prefix).
     fn flush_dirty(&mut self) {
-        let dirty = std::mem::take(&mut self.dirty);
+        let delay = self.cfg.write_coalesce_ms;
+        let mut dirty = std::mem::take(&mut self.dirty);
+        if delay > 0 {
+            let now = self.now_ms();
+            let due = dirty
+                .iter()
+                .position(|&slot| {
+                    self.conns
+                        .get(slot)
+                        .is_some_and(|c| c.in_dirty_list && c.dirty_since_ms + delay > now)
+                })
+                .unwrap_or(dirty.len());
+            let waiting = dirty.split_off(due);
+            self.dirty = waiting;
+        }
         for &slot in &dirty {
             if let Some(c) = self.conns.get_mut(slot) {
                 c.in_dirty_list = false;
             }
             self.flush(slot);
+        }
+        if delay > 0 {
+            return;
         }
         let mut dirty = dirty;
         dirty.clear();
@@ -1050,6 +1089,7 @@ impl IoThread {
                     return;
                 }
                 Ok(mut written) => {
+                    conn.write_blocked = false;
                     self.writes += 1;
                     self.bytes_out += written as u64;
                     conn.wq_bytes -= written;
@@ -1066,7 +1106,10 @@ impl IoThread {
                         }
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.write_blocked = true;
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
                     self.lose(slot, ConnLoss::Peer);

@@ -147,6 +147,48 @@ fn ping_is_answered_through_the_world() {
     assert!(matches!(pong, Some(Msg::Pong(p)) if p.client_time == 4242));
 }
 
+/// The value of a counter in the server's metrics text, 0 if absent.
+fn counter(srv: &tether_server::ServerHandle, name: &str) -> u64 {
+    srv.metrics
+        .render()
+        .lines()
+        .find_map(|l| {
+            let (n, v) = l.rsplit_once(' ')?;
+            (n == name).then(|| v.parse::<f64>().ok())?
+        })
+        .map_or(0, |v| v as u64)
+}
+
+#[test]
+fn write_coalescing_delivers_everything_in_fewer_writes() {
+    let (srv, _) = server(|cfg| cfg.write_coalesce_ms = 80);
+    let mut c = TestClient::login(srv.game_addr, "Batcher");
+    std::thread::sleep(Duration::from_millis(200));
+    let (frames0, writes0) = (
+        counter(&srv, "tether_frames_out_total"),
+        counter(&srv, "tether_writes_total"),
+    );
+    // Five pings 10 ms apart: each answered on its own by the world (each
+    // pong its own write without coalescing); within the 80 ms their pongs
+    // wait for each other.
+    for t in 1..=5u64 {
+        c.input(Cmd::Ping(pb::Ping { client_time: t }));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for t in 1..=5u64 {
+        let pong = c.recv_until(WAIT, |m| matches!(m, Msg::Pong(_)));
+        assert!(
+            matches!(pong, Some(Msg::Pong(p)) if p.client_time == t),
+            "{pong:?}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let frames = counter(&srv, "tether_frames_out_total") - frames0;
+    let writes = counter(&srv, "tether_writes_total") - writes0;
+    assert!(frames >= 5, "{frames} frames");
+    assert!(writes * 2 <= frames, "{frames} frames in {writes} writes");
+}
+
 /// Finds a monster by logging a scout in, then puts the hunter right next to
 /// it and fights until it dies; the loot must arrive as a durable
 /// confirmation and be in the saved character.
