@@ -1055,7 +1055,6 @@ impl IoThread {
         if delay > 0 {
             return;
         }
-        let mut dirty = dirty;
         dirty.clear();
         if self.dirty.is_empty() {
             self.dirty = dirty;
