@@ -407,11 +407,11 @@ class TetherClient:
     """One session, over one connection at a time.
 
     Counted frames are counted in `frames_received`; acks go out piggybacked on
-    inputs or as a standalone Ack (32 frames, 250 ms, or keep-alive). Inputs are
+    inputs or as a standalone Ack (32 frames, 1000 ms, or keep-alive). Inputs are
     numbered from 1 and kept in `unacked` until an InputAck covers them."""
 
     ACK_EVERY_FRAMES = 32
-    ACK_DELAY_MS = 250.0
+    ACK_DELAY_MS = 1000.0
     MAX_UNACKED_INPUTS = 1024
 
     def __init__(self, host: str, port: int, log=print, verbose: bool = False):

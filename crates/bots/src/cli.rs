@@ -42,6 +42,12 @@ pub struct Args {
     #[arg(long, default_value_t = 5.0)]
     pub move_hz: f64,
 
+    /// How long a bot lets received frames wait for an acknowledgement
+    /// (standalone `Ack`, or carried by its next input), ms [default: the
+    /// client library's, 1000].
+    #[arg(long, value_name = "MS")]
+    pub ack_delay_ms: Option<u64>,
+
     /// Character names are `{prefix}{index}` (1-24 chars of [A-Za-z0-9_]).
     #[arg(long, default_value = "bot")]
     pub name_prefix: String,

@@ -79,6 +79,9 @@ pub fn client_config(args: &Args, index: usize, seed: u64) -> ClientConfig {
         jitter_first: true,
     };
     cfg.handshake_timeout = Duration::from_secs(15);
+    if let Some(ms) = args.ack_delay_ms {
+        cfg.session.ack_delay_ms = ms;
+    }
     cfg.seed = Some(mix(seed, index as u64, 0));
     cfg
 }
