@@ -36,6 +36,7 @@ pub mod link;
 pub mod metrics;
 pub mod net;
 pub mod shard;
+pub mod uring;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

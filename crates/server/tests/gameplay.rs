@@ -189,6 +189,34 @@ fn write_coalescing_delivers_everything_in_fewer_writes() {
     assert!(writes * 2 <= frames, "{frames} frames in {writes} writes");
 }
 
+#[test]
+fn io_uring_sends_reach_everyone() {
+    let (srv, store) = server(|cfg| cfg.io_uring = true);
+    place(&store, "Uma", 60.0, 60.0);
+    place(&store, "Ray", 62.0, 60.0);
+    let mut uma = TestClient::login(srv.game_addr, "Uma");
+    let mut ray = TestClient::login(srv.game_addr, "Ray");
+    let ray_id = ray.entity;
+    assert!(uma
+        .recv_until(WAIT, |m| matches!(m, Msg::Appear(a) if a.id == ray_id))
+        .is_some());
+    std::thread::sleep(Duration::from_millis(300));
+    for t in 1..=20u64 {
+        ray.input(Cmd::Ping(pb::Ping { client_time: t }));
+    }
+    ray.input(Cmd::Move(pb::Move { x: 63.0, y: 60.0 }));
+    for t in 1..=20u64 {
+        let pong = ray.recv_until(WAIT, |m| matches!(m, Msg::Pong(_)));
+        assert!(
+            matches!(pong, Some(Msg::Pong(p)) if p.client_time == t),
+            "{pong:?}"
+        );
+    }
+    let moved = uma.recv_until(WAIT, |m| matches!(m, Msg::Move(mv) if mv.id == ray_id));
+    assert!(moved.is_some(), "Uma sees Ray move");
+    assert!(counter(&srv, "tether_writes_total") > 0);
+}
+
 /// Finds a monster by logging a scout in, then puts the hunter right next to
 /// it and fights until it dies; the loot must arrive as a durable
 /// confirmation and be in the saved character.
