@@ -344,6 +344,7 @@ pub fn start_with_backend(cfg: Config, backend: Box<dyn Backend>) -> anyhow::Res
         admin = %admin_addr,
         io_threads = cfg.io_threads,
         shards = cfg.shards,
+        io_uring = cfg.io_uring,
         "tether listening"
     );
     Ok(ServerHandle {

@@ -1,4 +1,4 @@
-//! Batched sends through io_uring (`io_uring = true`): the writes of every
+//! Batched sends through io_uring (`io_uring`, on by default): the writes of every
 //! connection due in one pass of the I/O loop go to the kernel in one
 //! `io_uring_enter` instead of one `writev` each.
 //!

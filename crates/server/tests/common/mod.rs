@@ -29,8 +29,9 @@ pub fn server(tweak: impl FnOnce(&mut Config)) -> (ServerHandle, FakeControl) {
         // server in protect mode behind a test's back (the protect tests
         // trigger it on purpose).
         protect_tick_lag_ms: 60_000,
-        // TETHER_TEST_IO_URING=1 runs every test with the io_uring send path.
-        io_uring: std::env::var("TETHER_TEST_IO_URING").is_ok_and(|v| v == "1"),
+        // TETHER_TEST_IO_URING=0 runs every test with `writev` sends
+        // instead of io_uring (CI runs the server's tests both ways).
+        io_uring: std::env::var("TETHER_TEST_IO_URING").as_deref() != Ok("0"),
         ..Config::default()
     };
     tweak(&mut cfg);
