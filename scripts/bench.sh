@@ -109,7 +109,7 @@ if [ "$profile" != 0 ]; then
   perf stat -x, -o "$workdir/perf.stat" -p "$server_pid" \
     -e task-clock,raw_syscalls:sys_enter,syscalls:sys_enter_writev,syscalls:sys_enter_write \
     -e syscalls:sys_enter_recvfrom,syscalls:sys_enter_read,syscalls:sys_enter_epoll_wait \
-    -e syscalls:sys_enter_futex -- sleep "$profile" 2>/dev/null &
+    -e syscalls:sys_enter_futex,syscalls:sys_enter_io_uring_enter -- sleep "$profile" 2>/dev/null &
   stat_pid=$!
   perf record -q -F 499 -g -p "$server_pid" -o "$workdir/perf.data" -- sleep "$profile" \
     >/dev/null 2>&1 || log "perf record failed"
@@ -119,6 +119,9 @@ wait "$bots_pid"
 bots_pid=""
 summary=$(tail -1 "$workdir/bots.json")
 peak_kb=$(awk '/VmHWM/{print $2}' "/proc/$server_pid/status")
+# The server's own counts over the whole run: frames per send (writev or
+# io_uring), which perf's syscall counts cannot see for io_uring.
+metrics=$(curl -sf "http://127.0.0.1:$admin/metrics" || true)
 kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
 server_pid=""
 
@@ -148,10 +151,18 @@ PY
     | grep -v '^$' | head -30 >&2 || true
 fi
 
-python3 - "$summary" "$peak_kb" "$relay_result" "$machine" <<'PY'
+python3 - "$summary" "$peak_kb" "$relay_result" "$machine" "$metrics" <<'PY'
 import json, sys
-summary, peak_kb, relay, machine = sys.argv[1], int(sys.argv[2] or 0), sys.argv[3], sys.argv[4]
+summary, peak_kb, relay, machine, metrics = sys.argv[1], int(sys.argv[2] or 0), sys.argv[3], sys.argv[4], sys.argv[5]
 t = json.loads(summary)
+m = {}
+for line in metrics.splitlines():
+    if line and not line.startswith("#") and " " in line:
+        k, v = line.rsplit(" ", 1)
+        m[k] = float(v)
+if m.get("tether_writes_total"):
+    t["server_sends"] = m["tether_writes_total"]
+    t["frames_per_send"] = round(m.get("tether_frames_out_total", 0) / m["tether_writes_total"], 2)
 t["server_rss_peak_mb"] = round(peak_kb / 1024, 1)
 t["machine"] = machine
 pps = t.get("total_pps") or 0
