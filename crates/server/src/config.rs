@@ -108,6 +108,10 @@ pub struct Config {
     /// less CPU per message and a lower p99 at 10,000 players and 0.7
     /// moves/s, about the same at 5 moves/s (docs/BENCHMARKS.md).
     pub io_uring: bool,
+    /// Before the I/O thread blocks in epoll, it polls without waiting for up
+    /// to this long, µs (0..=10000; 0: block at once). Trades a core's idle
+    /// time for wake-up latency.
+    pub busy_poll_us: u64,
     /// Inputs acknowledged (InputAck) at the latest this long after they
     /// were applied. Longer means fewer frames, more inputs held by clients.
     pub input_ack_delay_ms: u64,
@@ -207,6 +211,7 @@ impl Default for Config {
             write_batch_frames: 64,
             write_coalesce_ms: 0,
             io_uring: true,
+            busy_poll_us: 0,
             input_ack_delay_ms: 500,
             log: "info".into(),
             listen_backlog: 8192,
@@ -334,6 +339,10 @@ pub struct Overrides {
     /// per connection [default: true].
     #[arg(long, env = "TETHER_IO_URING")]
     pub io_uring: Option<bool>,
+    /// Spin polling for up to this long before blocking, µs, 0..=10000
+    /// [default: 0].
+    #[arg(long, env = "TETHER_BUSY_POLL_US")]
+    pub busy_poll_us: Option<u64>,
     /// Longest delay before applied inputs are acknowledged, ms [default: 500].
     #[arg(long, env = "TETHER_INPUT_ACK_DELAY_MS")]
     pub input_ack_delay_ms: Option<u64>,
@@ -496,6 +505,7 @@ impl Config {
             write_batch_frames,
             write_coalesce_ms,
             io_uring,
+            busy_poll_us,
             input_ack_delay_ms,
             log,
             listen_backlog,
@@ -571,6 +581,9 @@ impl Config {
         }
         if self.write_coalesce_ms > 100 {
             return err("write_coalesce_ms must be 0..=100");
+        }
+        if self.busy_poll_us > 10_000 {
+            return err("busy_poll_us must be 0..=10000");
         }
         if !(1..=65535).contains(&self.listen_backlog) {
             return err("listen_backlog must be 1..=65535");

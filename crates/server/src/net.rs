@@ -267,18 +267,21 @@ impl IoThread {
             }
 
             let timeout = self.poll_timeout();
-            self.waker.set_polling(true);
-            let timeout = if self.shard_rings_have_work() {
-                Some(Duration::ZERO)
-            } else {
-                timeout
-            };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    warn!(io = self.id, error = %e, "epoll failed");
+            let spun = timeout != Some(Duration::ZERO) && self.spin(&mut events);
+            if !spun {
+                self.waker.set_polling(true);
+                let timeout = if self.shard_rings_have_work() {
+                    Some(Duration::ZERO)
+                } else {
+                    timeout
+                };
+                if let Err(e) = self.poll.poll(&mut events, timeout) {
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        warn!(io = self.id, error = %e, "epoll failed");
+                    }
                 }
+                self.waker.set_polling(false);
             }
-            self.waker.set_polling(false);
 
             for event in events.iter() {
                 match event.token() {
@@ -307,6 +310,31 @@ impl IoThread {
         // Whatever is left is closed by dropping the sockets.
         self.metrics.connections.dec_by(self.conns.len() as i64);
         self.publish_counts();
+    }
+
+    /// `busy_poll_us`: before blocking, polls without waiting for up to that
+    /// long (the shards push without waking a spinning thread; their rings
+    /// are checked here). True when it found sockets ready or ring work.
+    fn spin(&mut self, events: &mut Events) -> bool {
+        let us = self.cfg.busy_poll_us;
+        if us == 0 {
+            return false;
+        }
+        let until = Instant::now() + Duration::from_micros(us);
+        loop {
+            if let Err(e) = self.poll.poll(events, Some(Duration::ZERO)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    warn!(io = self.id, error = %e, "epoll failed");
+                }
+            }
+            if !events.is_empty() || self.shard_rings_have_work() {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
     }
 
     fn poll_timeout(&self) -> Option<Duration> {

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{place, server, TestClient};
+use common::{metric, place, server, TestClient};
 use tether_proto::pb::{self, client_message, input::Cmd, server_message::Msg, CloseCode};
 use tether_server::config::FloodAction;
 use tether_server::ServerHandle;
@@ -36,18 +36,6 @@ fn plays(c: &mut TestClient, t: u64) -> bool {
     c.input(Cmd::Ping(pb::Ping { client_time: t }));
     c.recv_until(WAIT, |m| matches!(m, Msg::Pong(p) if p.client_time == t))
         .is_some()
-}
-
-/// The value of one metric line (exact name with labels), 0 if absent.
-fn metric(srv: &ServerHandle, name: &str) -> u64 {
-    srv.metrics
-        .render()
-        .lines()
-        .find_map(|l| {
-            let (n, v) = l.rsplit_once(' ')?;
-            (n == name).then(|| v.parse::<f64>().ok())?
-        })
-        .map_or(0, |v| v as u64)
 }
 
 /// Polls a metric until `pred` holds or 10 s pass; returns the last value.

@@ -5,7 +5,7 @@ mod common;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use common::{place, server, stored, TestClient};
+use common::{metric, place, server, stored, TestClient};
 use tether_proto::pb::{self, client_message, input::Cmd, server_message::Msg, CloseCode};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -147,26 +147,14 @@ fn ping_is_answered_through_the_world() {
     assert!(matches!(pong, Some(Msg::Pong(p)) if p.client_time == 4242));
 }
 
-/// The value of a counter in the server's metrics text, 0 if absent.
-fn counter(srv: &tether_server::ServerHandle, name: &str) -> u64 {
-    srv.metrics
-        .render()
-        .lines()
-        .find_map(|l| {
-            let (n, v) = l.rsplit_once(' ')?;
-            (n == name).then(|| v.parse::<f64>().ok())?
-        })
-        .map_or(0, |v| v as u64)
-}
-
 #[test]
 fn write_coalescing_delivers_everything_in_fewer_writes() {
     let (srv, _) = server(|cfg| cfg.write_coalesce_ms = 80);
     let mut c = TestClient::login(srv.game_addr, "Batcher");
     std::thread::sleep(Duration::from_millis(200));
     let (frames0, writes0) = (
-        counter(&srv, "tether_frames_out_total"),
-        counter(&srv, "tether_writes_total"),
+        metric(&srv, "tether_frames_out_total"),
+        metric(&srv, "tether_writes_total"),
     );
     // Five pings 10 ms apart: each answered on its own by the world (each
     // pong its own write without coalescing); within the 80 ms their pongs
@@ -183,10 +171,25 @@ fn write_coalescing_delivers_everything_in_fewer_writes() {
         );
     }
     std::thread::sleep(Duration::from_millis(200));
-    let frames = counter(&srv, "tether_frames_out_total") - frames0;
-    let writes = counter(&srv, "tether_writes_total") - writes0;
+    let frames = metric(&srv, "tether_frames_out_total") - frames0;
+    let writes = metric(&srv, "tether_writes_total") - writes0;
     assert!(frames >= 5, "{frames} frames");
     assert!(writes * 2 <= frames, "{frames} frames in {writes} writes");
+}
+
+#[test]
+fn a_busy_polling_io_thread_serves_players() {
+    let (srv, _) = server(|cfg| cfg.busy_poll_us = 2_000);
+    let mut c = TestClient::login(srv.game_addr, "Spinner");
+    for t in 1..=3u64 {
+        c.input(Cmd::Ping(pb::Ping { client_time: t }));
+        let pong = c.recv_until(WAIT, |m| matches!(m, Msg::Pong(_)));
+        assert!(
+            matches!(pong, Some(Msg::Pong(p)) if p.client_time == t),
+            "{pong:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -214,7 +217,7 @@ fn io_uring_sends_reach_everyone() {
     }
     let moved = uma.recv_until(WAIT, |m| matches!(m, Msg::Move(mv) if mv.id == ray_id));
     assert!(moved.is_some(), "Uma sees Ray move");
-    assert!(counter(&srv, "tether_writes_total") > 0);
+    assert!(metric(&srv, "tether_writes_total") > 0);
 }
 
 /// Finds a monster by logging a scout in, then puts the hunter right next to

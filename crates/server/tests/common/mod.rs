@@ -40,6 +40,19 @@ pub fn server(tweak: impl FnOnce(&mut Config)) -> (ServerHandle, FakeControl) {
     (handle, control)
 }
 
+/// The value of one metric line of the server (exact name with labels), 0
+/// if absent.
+pub fn metric(srv: &ServerHandle, name: &str) -> u64 {
+    srv.metrics
+        .render()
+        .lines()
+        .find_map(|l| {
+            let (n, v) = l.rsplit_once(' ')?;
+            (n == name).then(|| v.parse::<f64>().ok())?
+        })
+        .map_or(0, |v| v as u64)
+}
+
 pub struct TestClient {
     pub stream: TcpStream,
     buf: Vec<u8>,
