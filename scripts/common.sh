@@ -1,5 +1,6 @@
 # Helpers shared by the test scripts (sourced, not run): stopping a process,
-# a signal-friendly sleep, a watchdog, and free loopback ports.
+# a signal-friendly sleep, a watchdog, free loopback ports, and a pair of
+# network namespaces joined by a veth pair.
 #
 # `pick_ports` uses `$python` (default python3). `start_watchdog NAME SECS`
 # sets `watchdog_pid`; the sourcing script kills it in its cleanup.
@@ -74,4 +75,31 @@ while len(ports) < 2:
     s.close()
 print(*ports)
 '
+}
+
+# Two network namespaces, `$ns_srv` and `$ns_bots`, joined by a veth pair
+# (`$veth_srv` at `$addr_srv/24`, `$veth_bots` at `$addr_bots/24`), each
+# with its loopback up. The pair is created directly inside the namespaces:
+# nothing appears on the host. Sets `created_srv` / `created_bots` as each
+# namespace exists (the caller's cleanup deletes them, and with them the
+# pair); calls the caller's `skip` if the host does not allow it. Uses
+# `$tmp` for error text.
+netns_pair() {
+    if ! ip netns add "$ns_srv" 2>"$tmp/err"; then
+        skip "ip netns is not permitted here ($(head -1 "$tmp/err"))"
+    fi
+    created_srv=1
+    if ! ip netns add "$ns_bots" 2>"$tmp/err"; then
+        skip "ip netns is not permitted here ($(head -1 "$tmp/err"))"
+    fi
+    created_bots=1
+    if ! ip link add "$veth_srv" netns "$ns_srv" type veth peer name "$veth_bots" netns "$ns_bots" 2>"$tmp/err"; then
+        skip "cannot create a veth pair ($(head -1 "$tmp/err"))"
+    fi
+    ip -n "$ns_srv" link set lo up
+    ip -n "$ns_bots" link set lo up
+    ip -n "$ns_srv" addr add "$addr_srv/24" dev "$veth_srv"
+    ip -n "$ns_bots" addr add "$addr_bots/24" dev "$veth_bots"
+    ip -n "$ns_srv" link set "$veth_srv" up
+    ip -n "$ns_bots" link set "$veth_bots" up
 }

@@ -106,23 +106,7 @@ command -v hping3 >/dev/null || skip "no hping3 (apt-get install hping3)"
 
 # ---- namespaces and the veth pair ----------------------------------------
 
-if ! ip netns add "$ns_srv" 2>"$tmp/err"; then
-    skip "ip netns is not permitted here ($(head -1 "$tmp/err"))"
-fi
-created_srv=1
-if ! ip netns add "$ns_bots" 2>"$tmp/err"; then
-    skip "ip netns is not permitted here ($(head -1 "$tmp/err"))"
-fi
-created_bots=1
-if ! ip link add "$veth_srv" netns "$ns_srv" type veth peer name "$veth_bots" netns "$ns_bots" 2>"$tmp/err"; then
-    skip "cannot create a veth pair ($(head -1 "$tmp/err"))"
-fi
-ip -n "$ns_srv" link set lo up
-ip -n "$ns_bots" link set lo up
-ip -n "$ns_srv" addr add "$addr_srv/24" dev "$veth_srv"
-ip -n "$ns_bots" addr add "$addr_bots/24" dev "$veth_bots"
-ip -n "$ns_srv" link set "$veth_srv" up
-ip -n "$ns_bots" link set "$veth_bots" up
+netns_pair
 # SYN-ACKs to the spoofed sources leave by the veth and are dropped on the
 # other side, as they would be lost on the internet.
 ip -n "$ns_srv" route add default dev "$veth_srv"
