@@ -154,6 +154,9 @@ pub struct IoThread {
     loop_now_ms: u64,
     /// `io_uring = true`: the batch the due writes go through.
     uring: Option<uring::SendBatch>,
+    /// The slots and results of the batch in flight (reused).
+    uring_sent: Vec<usize>,
+    uring_results: Vec<i32>,
     /// Per-iteration counts, added to the shared metrics once per iteration.
     frames_in: u64,
     frames_out: u64,
@@ -227,6 +230,8 @@ impl IoThread {
             accept_paused_until: 0,
             loop_now_ms: 0,
             uring,
+            uring_sent: Vec::with_capacity(uring::BATCH),
+            uring_results: Vec::with_capacity(uring::BATCH),
             frames_in: 0,
             frames_out: 0,
             bytes_in: 0,
@@ -1191,7 +1196,9 @@ impl IoThread {
         let Some(mut ring) = self.uring.take() else {
             return;
         };
-        let mut sent: Vec<usize> = Vec::with_capacity(uring::BATCH);
+        // Reused from pass to pass: no allocation per pass.
+        let mut sent = std::mem::take(&mut self.uring_sent);
+        let mut results = std::mem::take(&mut self.uring_results);
         let mut rest = due;
         while !rest.is_empty() {
             sent.clear();
@@ -1221,8 +1228,9 @@ impl IoThread {
                 unsafe { ring.push(conn.stream.as_raw_fd(), bufs) };
                 sent.push(slot);
             }
-            let results = match ring.submit() {
-                Ok(r) => r.to_vec(),
+            results.clear();
+            match ring.submit() {
+                Ok(r) => results.extend_from_slice(r),
                 Err(e) => {
                     warn!(io = self.id, error = %e, "io_uring submission failed; back to writev");
                     for &slot in &sent {
@@ -1233,7 +1241,7 @@ impl IoThread {
                     }
                     return; // the ring is dropped: writev from now on
                 }
-            };
+            }
             for (&slot, &r) in sent.iter().zip(&results) {
                 let result = if r >= 0 {
                     Ok(r as usize)
@@ -1246,6 +1254,8 @@ impl IoThread {
             }
         }
         self.uring = Some(ring);
+        self.uring_sent = sent;
+        self.uring_results = results;
     }
 
     // ----- closing ---------------------------------------------------------
