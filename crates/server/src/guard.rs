@@ -405,9 +405,7 @@ pub struct Guard {
     resume_global: TokenBucket,
     active_bans: usize,
     bans_total: u64,
-    /// Banned addresses the kernel filter should hold now.
-    filtered: usize,
-    /// Changes whenever that set does.
+    /// Changes whenever the set of filtered addresses does.
     filter_epoch: u64,
     last_full_sweep_ms: Option<u64>,
 }
@@ -422,7 +420,6 @@ impl Guard {
             pending: 0,
             active_bans: 0,
             bans_total: 0,
-            filtered: 0,
             filter_epoch: 0,
             last_full_sweep_ms: None,
         }
@@ -455,7 +452,7 @@ impl Guard {
     /// Banned addresses that kept connecting (`ban_filter_after` refusals)
     /// and whose SYNs the kernel should drop until the ban ends.
     pub fn filtered_ips(&self) -> usize {
-        self.filtered
+        self.peers.values().filter(|p| p.filtered).count()
     }
 
     /// Changes whenever the set of [`Guard::filtered_v4`] addresses does,
@@ -494,7 +491,6 @@ impl Guard {
                         let after = self.cfg.ban_filter_after;
                         if after != 0 && !peer.filtered && peer.refused_banned >= after {
                             peer.filtered = true;
-                            self.filtered += 1;
                             self.filter_epoch += 1;
                         }
                         return Err(Refusal::Banned {
@@ -502,7 +498,6 @@ impl Guard {
                         });
                     }
                     if peer.unban() {
-                        self.filtered -= 1;
                         self.filter_epoch += 1;
                     }
                     self.active_bans -= 1;
@@ -698,7 +693,6 @@ impl Guard {
         match self.peers.get_mut(&peer_key(ip)) {
             Some(p) if p.banned_until_ms != 0 => {
                 if p.unban() {
-                    self.filtered -= 1;
                     self.filter_epoch += 1;
                 }
                 p.strikes = 0;
@@ -714,12 +708,10 @@ impl Guard {
     pub fn sweep(&mut self, now_ms: u64) {
         let cfg = &self.cfg;
         let mut ended = 0;
-        let mut unfiltered = 0;
+        let mut unfiltered = false;
         self.peers.retain(|_, p| {
             if p.banned_until_ms != 0 && p.banned_until_ms <= now_ms {
-                if p.unban() {
-                    unfiltered += 1;
-                }
+                unfiltered |= p.unban();
                 ended += 1;
             }
             p.conns > 0
@@ -734,8 +726,7 @@ impl Guard {
                     .is_full(cfg.login_rate_per_ip, cfg.login_burst_per_ip, now_ms)
         });
         self.active_bans -= ended;
-        if unfiltered > 0 {
-            self.filtered -= unfiltered;
+        if unfiltered {
             self.filter_epoch += 1;
         }
     }
