@@ -474,8 +474,10 @@ impl IoThread {
             if guard.came_back_too_soon(ip, &refusal, now) {
                 self.strike_ip(&mut guard, ip, Strike::IgnoredRetryAfter, now);
             }
-            // It may just have earned its place in the kernel filter.
-            self.sync_kernel_filter(&guard, now);
+            if matches!(refusal, Refusal::Banned { .. }) {
+                // It may just have earned its place in the kernel filter.
+                self.sync_kernel_filter(&guard, now);
+            }
             drop(guard);
             self.refuse(&mut stream, refusal);
             return; // dropping the stream closes it
@@ -1082,38 +1084,36 @@ impl IoThread {
     fn flush_dirty(&mut self) {
         let delay = self.cfg.write_coalesce_ms;
         let mut dirty = std::mem::take(&mut self.dirty);
-        if delay > 0 {
+        let due = if delay == 0 {
+            dirty.len()
+        } else {
             let now = self.now_ms();
-            let due = dirty
+            dirty
                 .iter()
                 .position(|&slot| {
                     self.conns
                         .get(slot)
                         .is_some_and(|c| c.in_dirty_list && c.dirty_since_ms + delay > now)
                 })
-                .unwrap_or(dirty.len());
-            let waiting = dirty.split_off(due);
-            self.dirty = waiting;
-        }
-        for &slot in &dirty {
+                .unwrap_or(dirty.len())
+        };
+        for &slot in &dirty[..due] {
             if let Some(c) = self.conns.get_mut(slot) {
                 c.in_dirty_list = false;
             }
         }
         if self.uring.is_some() {
-            self.flush_batched(&dirty);
+            self.flush_batched(&dirty[..due]);
         } else {
-            for &slot in &dirty {
+            for &slot in &dirty[..due] {
                 self.flush(slot);
             }
         }
-        if delay > 0 {
-            return;
-        }
-        dirty.clear();
-        if self.dirty.is_empty() {
-            self.dirty = dirty;
-        }
+        // The ones still waiting stay first; any queued meanwhile follow.
+        // The list's buffer is reused: no allocation per pass.
+        dirty.drain(..due);
+        dirty.append(&mut self.dirty);
+        self.dirty = dirty;
     }
 
     /// Writes as much of the queue as the socket takes, up to MAX_IOV frames
