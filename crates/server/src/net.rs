@@ -70,6 +70,21 @@ pub const MAX_IOV: usize = 64;
 /// thread stops reading altogether.
 const INBOUND_OVERFLOW_CAP: usize = 16 * 1024;
 
+/// Bytes a connection may hold unparsed between its `Hello` and the
+/// shard's `Welcome` (the frames a client pipelines behind its Hello: the
+/// shard drops messages for a login still loading its character, so they
+/// wait here and are handled in order once the Welcome is queued). At the
+/// cap this connection's reading pauses and TCP pushes back on the client;
+/// nothing is dropped. 4 KiB hold some 300 pipelined inputs; the wait is
+/// one storage load. Never below one whole frame (`max_frame_len` + 2),
+/// so a Hello always fits while it is being read.
+const PIPELINED_BEFORE_WELCOME_CAP: usize = 4 * 1024;
+
+/// The first byte of a `Welcome` frame's payload: the key of
+/// `ServerMessage.welcome` (field 1, length-delimited), which the encoder
+/// writes first as it is the message's only field.
+const WELCOME_KEY: u8 = (1 << 3) | 2;
+
 /// Events per epoll_wait.
 const EVENTS_CAP: usize = 1024;
 
@@ -122,6 +137,9 @@ struct Conn {
     write_blocked: bool,
     /// A readable event was deferred (inbound paused or read budget spent).
     read_pending: bool,
+    /// Sent a Hello, no Welcome yet: what follows stays unparsed in
+    /// `rbuf` (see [`PIPELINED_BEFORE_WELCOME_CAP`]).
+    awaiting_welcome: bool,
 }
 
 pub struct IoThread {
@@ -517,6 +535,7 @@ impl IoThread {
             dirty_since_ms: 0,
             write_blocked: false,
             read_pending: false,
+            awaiting_welcome: false,
         });
         self.handshakes.push_back((
             self.now_ms() + self.cfg.handshake_timeout_ms,
@@ -651,7 +670,22 @@ impl IoThread {
             let Some(conn) = self.conns.get_mut(slot) else {
                 return;
             };
-            match conn.stream.read(&mut self.scratch) {
+            // Until the Welcome, a read takes no more than the connection
+            // may hold unparsed; at the cap reading waits for the Welcome.
+            let want = if conn.shard.is_none() || conn.awaiting_welcome {
+                let cap = PIPELINED_BEFORE_WELCOME_CAP
+                    .max(self.cfg.max_frame_len + tether_proto::FRAME_HEADER_LEN);
+                cap.saturating_sub(conn.rbuf.len()).min(READ_CHUNK)
+            } else {
+                READ_CHUNK
+            };
+            if want == 0 {
+                return; // `welcomed` reads on
+            }
+            match conn.stream.read(&mut self.scratch[..want]) {
+                // The peer's FIN behind its pipelined frames: they are
+                // handled after the Welcome, whose read meets the end again.
+                Ok(0) if conn.awaiting_welcome => return,
                 Ok(0) => {
                     self.lose(slot, ConnLoss::Peer);
                     return;
@@ -661,7 +695,7 @@ impl IoThread {
                     if !self.consume(slot, n) {
                         return; // closed
                     }
-                    if n < READ_CHUNK {
+                    if n < want {
                         return; // drained (edge-triggered: a short read means empty)
                     }
                 }
@@ -705,8 +739,9 @@ impl IoThread {
         let mut msgs = std::mem::take(&mut self.msg_scratch);
         let mut carried = std::mem::take(&mut self.conns[slot].rbuf);
         // Parse straight from the scratch buffer when nothing is carried over;
-        // only a trailing partial frame (at most one frame cap) is ever copied
-        // into the connection.
+        // only a trailing partial frame (at most one frame cap), or what
+        // waits behind a Hello for its Welcome, is ever copied into the
+        // connection.
         let from_scratch = carried.is_empty();
         if !from_scratch {
             carried.extend_from_slice(&self.scratch[..n]);
@@ -716,9 +751,15 @@ impl IoThread {
         } else {
             &carried
         };
+        let conn = &self.conns[slot];
+        let parse_max = match (conn.shard, conn.awaiting_welcome) {
+            (_, true) => 0,     // held until the Welcome
+            (None, false) => 1, // the Hello / Resume decides what follows
+            (Some(_), false) => usize::MAX,
+        };
         let mut pos = 0;
         let mut failure = None;
-        loop {
+        while msgs.len() < parse_max {
             match split_frame(&data[pos..], max) {
                 Ok(Some((payload, used))) => {
                     pos += used;
@@ -761,7 +802,28 @@ impl IoThread {
             self.reject(slot, &e);
             return false;
         }
+        let conn = &self.conns[slot];
+        if parse_max == 1 && conn.shard.is_some() && !conn.awaiting_welcome {
+            // A Resume bound the connection: the frames behind it go now.
+            return self.consume(slot, 0);
+        }
         true
+    }
+
+    /// The shard's Welcome is queued: the frames held behind the Hello are
+    /// handled, in order, and reading goes on (it may have paused at
+    /// [`PIPELINED_BEFORE_WELCOME_CAP`] or met the peer's FIN).
+    fn welcomed(&mut self, slot: usize) {
+        // `queue` may have cut the connection.
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if !std::mem::take(&mut conn.awaiting_welcome) {
+            return;
+        }
+        if self.consume(slot, 0) {
+            self.on_readable(slot);
+        }
     }
 
     fn reject(&mut self, slot: usize, e: &DecodeError) {
@@ -823,6 +885,7 @@ impl IoThread {
                     Ok(account) => {
                         let shard = self.directory.route_login(&account);
                         self.conns[slot].shard = Some(shard);
+                        self.conns[slot].awaiting_welcome = true;
                         self.send_to_shard(
                             shard,
                             ToShard::Login {
@@ -1021,7 +1084,12 @@ impl IoThread {
                 match msg {
                     ToIo::Frame { conn, frame } => {
                         if let Some(slot) = self.live_slot(conn) {
+                            let welcome =
+                                frame.get(tether_proto::FRAME_HEADER_LEN) == Some(&WELCOME_KEY);
                             self.queue(slot, frame);
+                            if welcome {
+                                self.welcomed(slot);
+                            }
                         }
                     }
                     ToIo::Close { conn, frame } => {
