@@ -32,7 +32,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use prost::Message;
 use slab::Slab;
 use tether_proto::pb::{client_message::Msg, CloseCode};
 use tether_proto::{decode_client, split_frame, DecodeError};
@@ -550,35 +549,62 @@ impl IoThread {
 
     /// Counts a refusal at accept and tells the peer why with one small
     /// non-blocking write (if the socket takes it; nothing else is spent).
-    /// No allocation: the count is a local, the Close (no message text) is
-    /// encoded on the stack.
+    /// No allocation: the count is a local, the Close (its text a static
+    /// string) is encoded on the stack.
     fn refuse(&mut self, stream: &mut TcpStream, refusal: Refusal) {
+        use prost::encoding::{encode_key, encode_varint, WireType};
         self.refused[refusal.index()] += 1;
-        let (code, retry) = match refusal {
-            Refusal::Banned { retry_after_ms } => (CloseCode::Banned, retry_after_ms),
-            Refusal::ConnectRate { retry_after_ms } | Refusal::LoginRate { retry_after_ms } => {
-                (CloseCode::RateLimited, retry_after_ms)
+        let (code, retry, text) = match refusal {
+            Refusal::Banned { retry_after_ms } => {
+                (CloseCode::Banned, retry_after_ms, "address banned")
             }
-            Refusal::PerIpConnections => (CloseCode::RateLimited, BUSY_RETRY_AFTER_MS as u64),
-            Refusal::PendingHandshakes | Refusal::IpTableFull => {
-                (CloseCode::ServerBusy, BUSY_RETRY_AFTER_MS as u64)
-            }
+            Refusal::ConnectRate { retry_after_ms } => (
+                CloseCode::RateLimited,
+                retry_after_ms,
+                "connecting too fast from this address; retry later",
+            ),
+            Refusal::LoginRate { retry_after_ms } => (
+                CloseCode::RateLimited,
+                retry_after_ms,
+                "no login left for this address; retry later",
+            ),
+            Refusal::PerIpConnections => (
+                CloseCode::RateLimited,
+                BUSY_RETRY_AFTER_MS as u64,
+                "too many connections from this address; retry later",
+            ),
+            Refusal::PendingHandshakes | Refusal::IpTableFull => (
+                CloseCode::ServerBusy,
+                BUSY_RETRY_AFTER_MS as u64,
+                "server busy; retry later",
+            ),
         };
-        let msg = tether_proto::pb::ServerMessage {
-            msg: Some(tether_proto::pb::server_message::Msg::Close(
-                tether_proto::pb::Close {
-                    code: code as i32,
-                    message: String::new(),
-                    retry_after_ms: retry.min(u32::MAX as u64) as u32,
-                },
-            )),
+        // Close { code = 1; message = 2; retry_after_ms = 3 }, by hand:
+        // prost would want an owned String for the text.
+        let mut close = [0u8; 96];
+        let close_len = {
+            let mut body: &mut [u8] = &mut close;
+            prost::encoding::int32::encode(1, &(code as i32), &mut body);
+            encode_key(2, WireType::LengthDelimited, &mut body);
+            encode_varint(text.len() as u64, &mut body);
+            body[..text.len()].copy_from_slice(text.as_bytes());
+            body = &mut body[text.len()..];
+            let retry = retry.min(u32::MAX as u64) as u32;
+            prost::encoding::uint32::encode(3, &retry, &mut body);
+            96 - body.len()
         };
-        let mut frame = [0u8; 32];
-        let len = msg.encoded_len();
-        frame[..2].copy_from_slice(&(len as u16).to_le_bytes());
-        if msg.encode(&mut &mut frame[2..]).is_ok() {
-            let _ = stream.write(&frame[..2 + len]);
-        }
+        // ServerMessage { close = 3 }, behind the frame header.
+        let mut frame = [0u8; 128];
+        let header = tether_proto::FRAME_HEADER_LEN;
+        let end = {
+            let mut payload: &mut [u8] = &mut frame[header..];
+            encode_key(3, WireType::LengthDelimited, &mut payload);
+            encode_varint(close_len as u64, &mut payload);
+            payload[..close_len].copy_from_slice(&close[..close_len]);
+            128 - payload.len() + close_len
+        };
+        frame[..header].copy_from_slice(&((end - header) as u16).to_le_bytes());
+        let _ = stream.write(&frame[..end]);
     }
 
     /// Makes room under `max_pending_handshakes` by closing this thread's

@@ -22,6 +22,14 @@ fn close_of(msg: &Option<Msg>) -> Option<(CloseCode, u32)> {
     }
 }
 
+/// The text of a Close ("" for anything else): every Close carries one.
+fn close_text(msg: &Option<Msg>) -> &str {
+    match msg {
+        Some(Msg::Close(c)) => &c.message,
+        _ => "",
+    }
+}
+
 fn close_code(msg: &Option<Msg>) -> Option<CloseCode> {
     close_of(msg).map(|(c, _)| c)
 }
@@ -108,9 +116,14 @@ fn per_ip_connection_cap_refuses_at_accept() {
     let _a1 = TestClient::connect_from("127.0.0.2", srv.game_addr, None);
     let _a2 = TestClient::connect_from("127.0.0.2", srv.game_addr, None);
     let mut a3 = TestClient::connect_from("127.0.0.2", srv.game_addr, None);
-    let (code, retry) = close_of(&a3.recv()).expect("a Close at accept");
+    let refusal = a3.recv();
+    let (code, retry) = close_of(&refusal).expect("a Close at accept");
     assert_eq!(code, CloseCode::RateLimited);
     assert!(retry > 0, "with a retry hint");
+    assert_eq!(
+        close_text(&refusal),
+        "too many connections from this address; retry later"
+    );
     // Another address is not affected, nor is the legit player.
     let mut other = TestClient::connect_from("127.0.0.3", srv.game_addr, None);
     assert!(matches!(other.hello("Other"), Some(Msg::Welcome(_))));
@@ -135,9 +148,14 @@ fn connect_rate_per_ip_refuses_at_accept() {
     let _a1 = TestClient::connect_from("127.0.0.2", srv.game_addr, None);
     let _a2 = TestClient::connect_from("127.0.0.2", srv.game_addr, None);
     let mut a3 = TestClient::connect_from("127.0.0.2", srv.game_addr, None);
-    let (code, retry) = close_of(&a3.recv()).expect("a Close at accept");
+    let refusal = a3.recv();
+    let (code, retry) = close_of(&refusal).expect("a Close at accept");
     assert_eq!(code, CloseCode::RateLimited);
     assert!(retry > 1000, "the hint says when a token is back: {retry}");
+    assert_eq!(
+        close_text(&refusal),
+        "connecting too fast from this address; retry later"
+    );
     // The trusted legit address is exempt: it reconnects at will.
     for i in 0..5 {
         let mut again = TestClient::connect(srv.game_addr);
@@ -245,8 +263,10 @@ fn malformed_frames_earn_a_ban_that_an_operator_can_lift() {
     }
     // The third strike banned the address: refused at accept.
     let mut banned = TestClient::connect_from("127.0.0.5", srv.game_addr, None);
-    let (code, retry) = close_of(&banned.recv()).expect("a Close at accept");
+    let refusal = banned.recv();
+    let (code, retry) = close_of(&refusal).expect("a Close at accept");
     assert_eq!(code, CloseCode::Banned);
+    assert_eq!(close_text(&refusal), "address banned");
     assert!(retry > 500_000, "retry_after_ms is the ban left: {retry}");
     assert_eq!(metric(&srv, "tether_bans_total"), 1);
     assert_eq!(metric(&srv, "tether_banned_ips"), 1);
@@ -358,9 +378,14 @@ fn logins_are_rate_limited_per_address() {
         assert!(matches!(a.hello(name), Some(Msg::Welcome(_))));
     }
     let mut a = TestClient::connect_from("127.0.0.7", srv.game_addr, None);
-    let (code, retry) = close_of(&a.hello("Bot3")).expect("a Close");
+    let refusal = a.hello("Bot3");
+    let (code, retry) = close_of(&refusal).expect("a Close");
     assert_eq!(code, CloseCode::RateLimited);
     assert!(retry > 1000, "{retry}");
+    assert_eq!(
+        close_text(&refusal),
+        "no login left for this address; retry later"
+    );
     // The trusted address is not limited per address.
     for name in ["Legit2", "Legit3", "Legit4"] {
         assert!(matches!(
