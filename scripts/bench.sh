@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Tether benchmark: builds release, starts `tether` on free ports with a
-# temporary data dir, runs `tether-bots` (BENCH.md scenario), prints the bots'
-# JSON summary with the server's peak RSS added, and stops what it started.
+# temporary data dir, runs `tether-bots` (a scenario of docs/BENCHMARKS.md),
+# prints the bots' JSON summary with the server's peak RSS added, and stops
+# what it started.
 #
 #   scripts/bench.sh [--clients N] [--move-hz R] [--duration S] [--ramp S]
 #                    [--scenario NAME] [--server-args "..."] [--bots-args "..."]
-#                    [--vs-relay] [--limit-dir DIR] [--profile SECS]
+#                    [--vs-relay] [--relay-dir DIR] [--profile SECS]
 #
-# --vs-relay first runs ../shared/limit's logic-free relay and its load
-# generator at the same connection count and rate, then Tether, and prints
-# both with the ratios (Tether / relay).
+# --vs-relay first runs the logic-free relay and its load generator
+# (bench/relay, a cargo project of its own; --relay-dir picks another copy)
+# at the same connection count and rate, then Tether, and prints both with
+# the ratios (Tether / relay). docs/BENCHMARKS.md has the load model.
+#
+# Binaries go to $CARGO_TARGET_DIR (default: target), the relay's to
+# $CARGO_TARGET_DIR/relay.
 #
 # --profile SECS: a third of the way into the measured window, counts the
 # server's syscalls for SECS seconds (perf stat) while sampling its stacks
@@ -19,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 clients=1000 move_hz=5 duration=30 ramp=10 scenario=standard
-server_args="" bots_args="" vs_relay=0 limit_dir="../shared/limit" profile=0
+server_args="" bots_args="" vs_relay=0 relay_dir="bench/relay" profile=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --clients) clients=$2; shift 2 ;;
@@ -30,9 +35,9 @@ while [ $# -gt 0 ]; do
     --server-args) server_args=$2; shift 2 ;;
     --bots-args) bots_args=$2; shift 2 ;;
     --vs-relay) vs_relay=1; shift ;;
-    --limit-dir) limit_dir=$2; shift 2 ;;
+    --relay-dir|--limit-dir) relay_dir=$2; shift 2 ;;
     --profile) profile=$2; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -45,6 +50,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 log "building release binaries"
 cargo build --release -q -p tether-server -p tether-bots
+target="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)"
 
 workdir=$(mktemp -d -t tether-bench.XXXXXX)
 server_pid=""
@@ -63,11 +69,11 @@ log "machine: $machine"
 
 relay_result=""
 if [ "$vs_relay" = 1 ]; then
-  [ -d "$limit_dir" ] || { echo "bench: no relay at $limit_dir" >&2; exit 2; }
-  log "building the reference relay ($limit_dir)"
-  CARGO_TARGET_DIR="$(pwd)/target/limit" cargo build --release -q --locked \
-    --manifest-path "$limit_dir/Cargo.toml"
-  lbin="$(pwd)/target/limit/release"
+  [ -f "$relay_dir/Cargo.toml" ] || { echo "bench: no relay at $relay_dir" >&2; exit 2; }
+  log "building the reference relay ($relay_dir)"
+  CARGO_TARGET_DIR="$target/relay" cargo build --release -q --locked \
+    --manifest-path "$relay_dir/Cargo.toml"
+  lbin="$target/relay/release"
   stats="$workdir/relay.stats"
   "$lbin/relay" --stats "$stats" --duration $((duration + ramp + 60)) --quiet &
   relay_pid=$!
@@ -87,7 +93,7 @@ port=$(free_port)
 admin=$(free_port)
 log "starting tether on 127.0.0.1:$port (admin $admin), world sized for $clients players"
 # shellcheck disable=SC2086
-./target/release/tether --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+"$target/release/tether" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
   --data-dir "$workdir/data" --world-players "$clients" --log warn $server_args \
   2> "$workdir/server.log" &
 server_pid=$!
@@ -98,7 +104,7 @@ for _ in $(seq 1 100); do
 done
 
 # shellcheck disable=SC2086
-./target/release/tether-bots --addr "127.0.0.1:$port" --admin "127.0.0.1:$admin" \
+"$target/release/tether-bots" --addr "127.0.0.1:$port" --admin "127.0.0.1:$admin" \
   --scenario "$scenario" --clients "$clients" --move-hz "$move_hz" --duration "$duration" \
   --ramp "$ramp" $bots_args > "$workdir/bots.json" &
 bots_pid=$!

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Soak smoke (BENCH.md, scenario `soak`, the CI version): 200 players join,
+# Soak smoke (docs/BENCHMARKS.md, scenario `soak`, the CI version): 200 players join,
 # play, drop and resume, log out and come back, and walk away until their
 # zombie sessions expire, for 60 s, while the server's RSS and open file
 # descriptors are sampled. Fails when the bots report growth after the
