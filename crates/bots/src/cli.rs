@@ -138,7 +138,7 @@ pub struct Args {
 /// What the players do. Each scenario is one module under `scenario/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
-    /// Log in over the ramp, then move, attack, chat and ping (BENCH.md).
+    /// Log in over the ramp, then move, attack, chat and ping (docs/BENCHMARKS.md).
     Standard,
     /// Standard players; `--storm-after` seconds after the ramp every
     /// socket is closed at one instant (no logout) and the time until every

@@ -3,7 +3,7 @@
 //! One process drives thousands of scripted players, each a tokio task that
 //! owns a `tether_client::Client` and wakes on one timer. It prints progress
 //! on stderr once a second and, at the end, exactly one JSON object on
-//! stdout (the fields BENCH.md lists, and a few more). Exit codes: 0 when the
+//! stdout (the fields docs/BENCHMARKS.md lists, and a few more). Exit codes: 0 when the
 //! run completed (the JSON tells the story), 1 when it could not start (the
 //! server cannot be reached at all), 2 for bad flags, 3 when `soak` found the
 //! server's memory or descriptors growing (`"growth_ok":false`), so that CI
@@ -36,7 +36,7 @@
 //! - `view`: a bot's picture of the world (itself and the entities in view).
 //! - `stats`: counters (per-bot tallies flushed into shared atomics) and the
 //!   round-trip HDR histograms.
-//! - `attack`: `--attack NAME`, BENCH.md's attacks beside the legit
+//! - `attack`: `--attack NAME`, docs/BENCHMARKS.md's attacks beside the legit
 //!   players (own thread, own source addresses, own counters) and what
 //!   they did to the legit players.
 //! - `admin`: scraping the server's `/metrics`.

@@ -1,5 +1,5 @@
-//! The one JSON object printed on stdout at the end of a run (BENCH.md, "The
-//! final summary line").
+//! The one JSON object printed on stdout at the end of a run
+//! (docs/BENCHMARKS.md, "The summary line").
 
 use serde::Serialize;
 
@@ -77,7 +77,7 @@ pub struct Summary {
     pub inputs_lost: u64,
     pub errors: u64,
     pub disconnects: u64,
-    // Beyond BENCH.md's minimum:
+    // Beyond docs/BENCHMARKS.md's minimum:
     /// Disconnects the server decided (a `Close` frame), and those where the
     /// client gave up on a silent server (both also in `errors`).
     pub closed_by_server: u64,
@@ -115,7 +115,7 @@ pub struct Summary {
     pub storm: Option<StormFields>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub soak: Option<SoakFields>,
-    /// `--attack`: BENCH.md's attack fields and `attack_detail`.
+    /// `--attack`: docs/BENCHMARKS.md's attack fields and `attack_detail`.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub attack: Option<crate::attack::AttackFields>,
 }
@@ -272,7 +272,7 @@ impl Summary {
 mod tests {
     use super::*;
 
-    /// BENCH.md's minimum fields, in its order.
+    /// docs/BENCHMARKS.md's minimum fields, in its order.
     const REQUIRED: &[&str] = &[
         "scenario",
         "clients",
@@ -486,7 +486,7 @@ mod tests {
         m.attack = Some(crate::attack::AttackReport::example());
         let line = Summary::build(&m).to_json_line();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        // BENCH.md's attack fields, at the top level.
+        // docs/BENCHMARKS.md's attack fields, at the top level.
         assert_eq!(v["attack"], "connflood");
         assert!(v["legit_rtt_p99_ms_during"].is_number());
         assert_eq!(v["legit_lost"], 0);

@@ -1,4 +1,4 @@
-//! BENCH.md's attack scenarios, fought beside legit players in the same
+//! docs/BENCHMARKS.md's attack scenarios, fought beside legit players in the same
 //! run: `--attack NAME --attack-rate N` works with every scenario.
 //!
 //! | attack | what one unit of `--attack-rate` is |
@@ -79,7 +79,7 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The attack flags (flattened into the bots' flags).
 #[derive(Debug, Clone, clap::Args)]
 pub struct AttackArgs {
-    /// Run an attack beside the legit players (BENCH.md's attack
+    /// Run an attack beside the legit players (docs/BENCHMARKS.md's attack
     /// scenarios; see docs/ATTACKS.md). Works with every scenario.
     #[arg(id = "attack", long = "attack", value_enum, value_name = "NAME")]
     pub kind: Option<AttackKind>,
@@ -145,7 +145,7 @@ pub struct AttackArgs {
     pub keep: bool,
 }
 
-/// BENCH.md's attacks.
+/// docs/BENCHMARKS.md's attacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AttackKind {
     Connflood,
@@ -713,7 +713,7 @@ pub struct AttackerCounts {
     pub close_codes: BTreeMap<String, u64>,
 }
 
-/// BENCH.md's attack fields (top level of the summary) and the detail.
+/// docs/BENCHMARKS.md's attack fields (top level of the summary) and the detail.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AttackFields {
     pub attack: &'static str,

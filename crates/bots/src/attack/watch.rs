@@ -5,8 +5,8 @@
 //! sampler that feeds it lives in [`super`].
 
 /// After the attack ends, a legit session has this long to be playing
-/// again before it counts as lost (BENCH.md: "within 10 s after the attack
-/// stops").
+/// again before it counts as lost (docs/BENCHMARKS.md: "within 10 s after
+/// the attack stops").
 pub const LOST_AFTER_S: f64 = 10.0;
 
 /// Live legit sessions over the attack and after it.

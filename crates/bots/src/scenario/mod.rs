@@ -12,7 +12,7 @@
 //! - `--chaos RATE` adds random socket kills to any of them (also through
 //!   the [`Script`]).
 //!
-//! BENCH.md's attack scenarios are not scenarios of their own: `--attack
+//! docs/BENCHMARKS.md's attack scenarios are not scenarios of their own: `--attack
 //! NAME` runs beside any of these (`crate::attack`).
 
 pub mod soak;

@@ -1,4 +1,4 @@
-//! Scenario `soak` (BENCH.md): standard players that churn.
+//! Scenario `soak` (docs/BENCHMARKS.md): standard players that churn.
 //!
 //! Every player plays for a while (uniformly 0.5x to 1.5x
 //! `--soak-cycle-secs`), then, on its own seeded schedule, does one of:

@@ -1,4 +1,4 @@
-//! Scenario `standard`, the headline load (BENCH.md).
+//! Scenario `standard`, the headline load (docs/BENCHMARKS.md).
 //!
 //! Every player, with random phase: moves `--move-hz` times a second to a
 //! nearby point at legal speed (towards the nearest visible monster if there
