@@ -1,25 +1,37 @@
-//! The storage backend trait, and what the backends share: how an inventory
-//! is written into one column, how game numbers fit SQL integers, and the
-//! schema version this build knows.
+//! The storage backend trait, and what the backends share: how a
+//! transaction id and a record version fit SQL integers, and the schema
+//! version this build knows.
 
-use tether_proto::pb;
-use tether_world::{CharacterRecord, LootTx};
+use tether_engine::{Record, Tx};
 
 use crate::StoreError;
 
 /// The schema version this build creates and understands. Each backend keeps
 /// its own list of migrations, numbered 1..=`SCHEMA_VERSION`.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// Version 2 replaced the MMO's typed tables with game-agnostic ones
+/// (`records`, `tx_ledger`) and carried the old rows over; see the crate
+/// docs' "Schema" section.
+pub const SCHEMA_VERSION: u32 = 2;
 
-/// Whether a loot transaction changed the database or had been applied
-/// already (a retry after an answer that was lost).
+/// The game a database's rows belong to when they came from schema 1, which
+/// knew only the MMO: migration 2 files every old row under this name.
+pub const LEGACY_GAME: &str = "mmo";
+
+/// Whether a transaction changed the database or had been applied already
+/// (a retry after an answer that was lost).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LootOutcome {
+pub enum TxOutcome {
     Applied,
     AlreadyApplied,
 }
 
-/// A database that holds Tether's durable state.
+/// A database that holds one game's durable state: a versioned byte record
+/// per account, and a ledger of transactions.
+///
+/// A backend is opened for one game ([`crate::open`]) and keys every row
+/// by that game's name, so several games can share one database without
+/// seeing each other's accounts or transactions.
 ///
 /// Blocking, and used only from the writer thread ([`crate::StoreWriter`]),
 /// which owns it: nothing here is ever called from a world thread. Every
@@ -31,36 +43,40 @@ pub trait Backend: Send {
     /// A short name for logs and metrics (`"sqlite"`, `"postgres"`).
     fn kind(&self) -> &'static str;
 
+    /// The game this backend was opened for: the first part of every key.
+    fn game(&self) -> &str;
+
     /// Brings the schema to [`SCHEMA_VERSION`], applying each missing
-    /// migration in its own transaction and recording it in
-    /// `schema_version`. Idempotent. Returns the version now in place.
+    /// migration and recording it in `schema_version`. Idempotent. Returns
+    /// the version now in place.
     fn migrate(&mut self) -> Result<u32, StoreError>;
 
-    /// The character of `account`, or `None` for an account never saved.
-    fn load(&mut self, account: &str) -> Result<Option<CharacterRecord>, StoreError>;
+    /// The record of `account` in this game, or `None` for an account never
+    /// saved.
+    fn load(&mut self, account: &str) -> Result<Option<Record>, StoreError>;
 
-    /// Writes these characters (and their accounts) in one transaction:
-    /// position, hp, level, experience, gold and inventory, as given.
-    fn save_batch(&mut self, records: &[CharacterRecord]) -> Result<(), StoreError>;
+    /// Writes these records whole (version and bytes, as given) in one
+    /// transaction. Within a batch, the last record of an account wins.
+    fn save_batch(&mut self, records: &[Record]) -> Result<(), StoreError>;
 
-    /// Commits one loot transaction: the character's gold and inventory
-    /// become the totals in `tx`, and a ledger row keyed by the transaction
-    /// id is written, in one database transaction. A transaction whose
-    /// ledger row exists already changes nothing, so a retry after an
-    /// ambiguous failure (committed, but the answer was lost) is harmless.
-    fn commit_loot(&mut self, tx: &LootTx) -> Result<LootOutcome, StoreError> {
-        let applied = self.commit_loot_batch(std::slice::from_ref(tx))?;
+    /// Commits one transaction: a ledger row keyed by the transaction id
+    /// is written and the account's record becomes `tx.record`, in one
+    /// database transaction. A transaction whose ledger row exists already
+    /// changes nothing, so a retry after an ambiguous failure (committed,
+    /// but the answer was lost) is harmless.
+    fn commit(&mut self, tx: &Tx) -> Result<TxOutcome, StoreError> {
+        let applied = self.commit_batch(std::slice::from_ref(tx))?;
         Ok(if applied == 1 {
-            LootOutcome::Applied
+            TxOutcome::Applied
         } else {
-            LootOutcome::AlreadyApplied
+            TxOutcome::AlreadyApplied
         })
     }
 
-    /// Commits several loot transactions, in order, in one database
-    /// transaction (one disk flush for all of them). Same idempotency as
-    /// [`Backend::commit_loot`]. Returns how many were newly applied.
-    fn commit_loot_batch(&mut self, txs: &[LootTx]) -> Result<usize, StoreError>;
+    /// Commits several transactions, in order, in one database transaction
+    /// (one disk flush for all of them). Same idempotency as
+    /// [`Backend::commit`]. Returns how many were newly applied.
+    fn commit_batch(&mut self, txs: &[Tx]) -> Result<usize, StoreError>;
 
     /// A cheap round trip to see whether the database is back.
     fn ping(&mut self) -> Result<(), StoreError>;
@@ -70,91 +86,64 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     fn kind(&self) -> &'static str {
         (**self).kind()
     }
+    fn game(&self) -> &str {
+        (**self).game()
+    }
     fn migrate(&mut self) -> Result<u32, StoreError> {
         (**self).migrate()
     }
-    fn load(&mut self, account: &str) -> Result<Option<CharacterRecord>, StoreError> {
+    fn load(&mut self, account: &str) -> Result<Option<Record>, StoreError> {
         (**self).load(account)
     }
-    fn save_batch(&mut self, records: &[CharacterRecord]) -> Result<(), StoreError> {
+    fn save_batch(&mut self, records: &[Record]) -> Result<(), StoreError> {
         (**self).save_batch(records)
     }
-    fn commit_loot(&mut self, tx: &LootTx) -> Result<LootOutcome, StoreError> {
-        (**self).commit_loot(tx)
+    fn commit(&mut self, tx: &Tx) -> Result<TxOutcome, StoreError> {
+        (**self).commit(tx)
     }
-    fn commit_loot_batch(&mut self, txs: &[LootTx]) -> Result<usize, StoreError> {
-        (**self).commit_loot_batch(txs)
+    fn commit_batch(&mut self, txs: &[Tx]) -> Result<usize, StoreError> {
+        (**self).commit_batch(txs)
     }
     fn ping(&mut self) -> Result<(), StoreError> {
         (**self).ping()
     }
 }
 
-/// Writes an inventory into its column: `item_id:count` pairs separated by
-/// single spaces, in slot order (`"3:1 7:12"`; empty for none).
-///
-/// An inventory is bounded (64 stacks) and always read and written whole,
-/// so it is one column of the character row rather than a table: a save is
-/// one row write, and the text reads plainly in `sqlite3` or `psql`.
-pub fn encode_inventory(items: &[pb::ItemStack]) -> String {
-    let mut s = String::with_capacity(items.len() * 6);
-    for (i, it) in items.iter().enumerate() {
-        if i > 0 {
-            s.push(' ');
-        }
-        s.push_str(&it.item_id.to_string());
-        s.push(':');
-        s.push_str(&it.count.to_string());
+/// Checks a game name before a backend is opened for it: not empty. Any
+/// other text will do (it is only ever a bound parameter).
+pub(crate) fn check_game(game: &str) -> Result<(), StoreError> {
+    if game.is_empty() {
+        return Err(StoreError::Rejected("the game name is empty".into()));
     }
-    s
+    Ok(())
 }
 
-/// Reads an inventory column written by [`encode_inventory`].
-pub fn decode_inventory(s: &str) -> Result<Vec<pb::ItemStack>, StoreError> {
-    s.split_ascii_whitespace()
-        .map(|pair| {
-            let bad =
-                || StoreError::Rejected(format!("inventory entry {pair:?} is not item:count"));
-            let (id, count) = pair.split_once(':').ok_or_else(bad)?;
-            Ok(pb::ItemStack {
-                item_id: id.parse().map_err(|_| bad())?,
-                count: count.parse().map_err(|_| bad())?,
-            })
-        })
-        .collect()
-}
-
-/// A game counter (gold, experience) as an SQL BIGINT.
-pub(crate) fn to_sql_int(what: &str, v: u64) -> Result<i64, StoreError> {
-    i64::try_from(v).map_err(|_| StoreError::Rejected(format!("{what} {v} exceeds BIGINT")))
-}
-
-/// An SQL BIGINT back into a game counter.
-pub(crate) fn from_sql_int(what: &str, v: i64) -> Result<u64, StoreError> {
-    u64::try_from(v).map_err(|_| StoreError::Rejected(format!("{what} {v} is negative")))
-}
-
-/// A loot transaction id as stored: the same 64 bits, read as signed (the
+/// A transaction id as stored: the same 64 bits, read as signed (the
 /// shard index sits in the top byte, so ids of shards 128..=255 are stored
 /// negative; they read back exactly).
 pub(crate) fn tx_key(tx_id: u64) -> i64 {
     tx_id as i64
 }
 
-/// Deduplicates a batch by character name, the last record of a name
-/// winning, so a batch never touches one row twice.
-pub(crate) fn last_per_name(records: &[CharacterRecord]) -> Vec<&CharacterRecord> {
+/// A stored record version back into the game's `u32`.
+pub(crate) fn version_from_sql(v: i64) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| StoreError::Rejected(format!("record version {v} out of range")))
+}
+
+/// Deduplicates a batch by account, the last record of an account winning,
+/// so a batch never touches one row twice.
+pub(crate) fn last_per_account(records: &[Record]) -> Vec<&Record> {
     let mut seen = std::collections::HashSet::with_capacity(records.len());
-    let mut out: Vec<&CharacterRecord> = records
+    let mut out: Vec<&Record> = records
         .iter()
         .rev()
-        .filter(|r| seen.insert(r.name.as_str()))
+        .filter(|r| seen.insert(r.account.as_str()))
         .collect();
     out.reverse();
     out
 }
 
-/// Milliseconds since the Unix epoch, for `created_at` / `updated_at`
+/// Milliseconds since the Unix epoch, for `updated_at` / `committed_at`
 /// columns (informational only; nothing orders by them).
 pub(crate) fn unix_ms() -> i64 {
     std::time::SystemTime::now()
@@ -166,47 +155,45 @@ pub(crate) fn unix_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
-    #[test]
-    fn inventory_round_trips() {
-        let items = vec![
-            pb::ItemStack {
-                item_id: 3,
-                count: 1,
-            },
-            pb::ItemStack {
-                item_id: 4_000_000_000,
-                count: 12,
-            },
-        ];
-        let s = encode_inventory(&items);
-        assert_eq!(s, "3:1 4000000000:12");
-        assert_eq!(decode_inventory(&s).unwrap(), items);
-        assert_eq!(decode_inventory("").unwrap(), vec![]);
-        assert!(matches!(
-            decode_inventory("3:x"),
-            Err(StoreError::Rejected(_))
-        ));
-        assert!(decode_inventory("3").is_err());
+    fn rec(account: &str, data: &'static [u8]) -> Record {
+        Record {
+            account: account.into(),
+            version: 1,
+            data: Bytes::from_static(data),
+        }
     }
 
     #[test]
     fn tx_ids_of_high_shards_read_back() {
         let id = (200u64 << 56) | 7;
+        assert!(tx_key(id) < 0);
         assert_eq!(tx_key(id) as u64, id);
     }
 
     #[test]
-    fn batch_dedup_keeps_the_last_of_a_name() {
-        let mut a = CharacterRecord::new("a");
-        a.gold = 1;
-        let b = CharacterRecord::new("b");
-        let mut a2 = a.clone();
-        a2.gold = 2;
-        let recs = [a, b, a2];
-        let out = last_per_name(&recs);
+    fn versions_read_back_and_bad_ones_are_rejected() {
+        assert_eq!(version_from_sql(u32::MAX as i64), Ok(u32::MAX));
+        assert!(matches!(version_from_sql(-1), Err(StoreError::Rejected(_))));
+        assert!(version_from_sql(1 << 32).is_err());
+    }
+
+    #[test]
+    fn batch_dedup_keeps_the_last_of_an_account() {
+        let recs = [rec("a", b"1"), rec("b", b"x"), rec("a", b"2")];
+        let out = last_per_account(&recs);
         assert_eq!(out.len(), 2);
-        assert_eq!(out[0].name, "b");
-        assert_eq!(out[1].gold, 2);
+        assert_eq!(out[0].account, "b");
+        assert_eq!(
+            (out[1].account.as_str(), &out[1].data[..]),
+            ("a", &b"2"[..])
+        );
+    }
+
+    #[test]
+    fn an_empty_game_name_is_refused() {
+        assert!(check_game("").is_err());
+        assert!(check_game("mmo").is_ok());
     }
 }

@@ -5,38 +5,39 @@ use std::time::Duration;
 /// How the writer batches, retries, and where it draws the line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriterConfig {
-    /// How often characters with unsaved changes (position, hp, ...) are
-    /// written. A crash loses at most this much movement and hp; loot is
-    /// never lost (it is committed before it is acknowledged). Default 5 s:
-    /// at 10,000 players that is about 2,000 row writes a second, a small
-    /// load for either backend, and five seconds of walking is a loss no
-    /// player notices after a crash.
+    /// How often records with unsaved changes (an MMO character's position
+    /// and hp, say) are written. A crash loses at most this much of them;
+    /// transactions are never lost (each is committed before it is
+    /// acknowledged). Default 5 s: at 10,000 players that is about 2,000
+    /// row writes a second, a small load for either backend, and five
+    /// seconds of walking is a loss no player notices after a crash.
     pub flush_interval: Duration,
-    /// Characters per write transaction. Large enough that a full flush of
+    /// Records per write transaction. Large enough that a full flush of
     /// 10,000 players is ten transactions (ten fsyncs), small enough that
-    /// one transaction stays well under a second, so loads and loot waiting
-    /// behind it are not held long. Default 1,000.
+    /// one transaction stays well under a second, so loads and transactions
+    /// waiting behind it are not held long. Default 1,000.
     pub max_batch: usize,
-    /// Loot transactions committed together in one database transaction
-    /// (one fsync). Default 64: loot that piled up during an outage drains
-    /// in a few transactions, and a batch rejected as bad data is re-run
-    /// one by one cheaply.
-    pub max_loot_batch: usize,
-    /// Loot transactions waiting for their commit, across every shard.
-    /// Past this, [`crate::StoreHandle::commit_loot`] refuses with
-    /// `StoreFull`. Default 4,096: a transaction holds the character's whole
-    /// inventory (64 stacks at most), so this caps the queue near 4 MiB,
-    /// and it is minutes of loot at the standard load.
-    pub max_pending_loot: usize,
+    /// Transactions committed together in one database transaction (one
+    /// fsync). Default 64: transactions that piled up during an outage
+    /// drain in a few database transactions, and a batch rejected as bad
+    /// data is re-run one by one cheaply.
+    pub max_tx_batch: usize,
+    /// Transactions waiting for their commit, across every shard. Past
+    /// this, [`crate::StoreHandle::commit`] refuses with `StoreFull`.
+    /// Default 4,096: minutes of loot at the MMO's standard load. A
+    /// transaction holds the account's whole record, so the queue's memory
+    /// is this times the game's largest record (the MMO's, with 64
+    /// inventory stacks at most, keeps it near 4 MiB).
+    pub max_pending_tx: usize,
     /// Loads waiting for an answer. Past this, logins are refused
     /// (`StoreFull`). Default 1,024: a login storm of that size is served in
     /// well under a second by either backend.
     pub max_pending_loads: usize,
-    /// Characters saved at logout or zombie expiry and not yet written.
-    /// These are the records that pile up during an outage (online
-    /// characters are bounded by the world); past this, logins are refused
-    /// (`StoreFull`), so that memory stays bounded by this plus the
-    /// characters online. Default 10,000.
+    /// Records saved at logout or zombie expiry and not yet written.
+    /// These are the records that pile up during an outage (those of
+    /// players online are bounded by the world); past this, logins are
+    /// refused (`StoreFull`), so that memory stays bounded by this plus the
+    /// players online. Default 10,000.
     pub max_pending_saves: usize,
     /// How long a load waits for an unreachable database before it is
     /// answered [`crate::StoreError::Unavailable`] (the login is then
@@ -65,8 +66,8 @@ impl Default for WriterConfig {
         WriterConfig {
             flush_interval: Duration::from_secs(5),
             max_batch: 1_000,
-            max_loot_batch: 64,
-            max_pending_loot: 4_096,
+            max_tx_batch: 64,
+            max_pending_tx: 4_096,
             max_pending_loads: 1_024,
             max_pending_saves: 10_000,
             load_timeout: Duration::from_secs(3),

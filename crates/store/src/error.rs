@@ -15,7 +15,7 @@ pub enum StoreError {
     /// connection refused or lost, timeout, database locked, disk full or
     /// failing. Keep the data and try again later. A write that failed this
     /// way may or may not have been committed (the answer was lost), which is
-    /// why loot carries an idempotency key.
+    /// why a transaction carries an idempotency key.
     Unavailable(String),
     /// The request itself cannot be stored (constraint violation, a value out
     /// of range, a row that does not parse). Retrying will not help: drop it

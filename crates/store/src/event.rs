@@ -1,6 +1,6 @@
 //! What the writer sends back to a shard.
 
-use tether_world::{CharacterRecord, LootTx};
+use tether_engine::{Record, Tx};
 
 use crate::StoreError;
 
@@ -10,7 +10,7 @@ pub enum Health {
     /// The last call to the database succeeded.
     Healthy,
     /// The database is unreachable: writes are held in memory and retried
-    /// with backoff. Nothing acknowledged is lost; loads of characters not
+    /// with backoff. Nothing acknowledged is lost; loads of records not
     /// held in memory wait, then fail.
     Degraded,
 }
@@ -18,22 +18,24 @@ pub enum Health {
 /// A completion, delivered on the events channel of the shard that asked.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreEvent {
-    /// The answer to [`crate::StoreHandle::load`]: the character (`None`:
-    /// the account has none yet, create one), or why there is no answer
-    /// ([`StoreError::Unavailable`]: the database stayed away past the load
-    /// timeout; refuse the login with `STORAGE_UNAVAILABLE`).
+    /// The answer to [`crate::StoreHandle::load`]: the account's record
+    /// (`None`: the account has none yet, the game creates one), or why
+    /// there is no answer ([`StoreError::Unavailable`]: the database stayed
+    /// away past the load timeout; refuse the login with
+    /// `STORAGE_UNAVAILABLE`).
     Loaded {
         account: String,
         /// The caller's own tag, given back unchanged (a connection id, say).
         tag: u64,
-        result: Result<Option<CharacterRecord>, StoreError>,
+        result: Result<Option<Record>, StoreError>,
     },
-    /// The transaction is durable: now tell the player (`LootGranted`).
-    LootCommitted(LootTx),
+    /// The transaction is durable: now tell the player (the MMO sends
+    /// `LootGranted`).
+    Committed(Tx),
     /// The database refused the transaction as bad data; it will never be
-    /// committed. The player must not be told it was granted. (Logged and
+    /// committed. The player must not be told it happened. (Logged and
     /// counted too: this is a bug to look into, not an outage.)
-    LootRejected { tx: LootTx, error: StoreError },
+    Rejected { tx: Tx, error: StoreError },
     /// The database went away or came back. Sent to every shard.
     Health(Health),
 }

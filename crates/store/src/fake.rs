@@ -3,15 +3,19 @@
 //!
 //! [`FakeBackend`] goes into the writer; the [`FakeControl`] it came with
 //! stays with the test, to take the database away and bring it back, to
-//! make the next calls fail, to reject one character as bad data, to lose
+//! make the next calls fail, to reject one account as bad data, to lose
 //! the answer of a commit that did happen (an ambiguous failure), and to
 //! look at what was stored.
+//!
+//! It holds one game's rows, like a backend opened for one game.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tether_world::{CharacterRecord, LootTx};
+use tether_engine::{Record, Tx};
 
 use crate::backend::{Backend, SCHEMA_VERSION};
 use crate::StoreError;
@@ -21,10 +25,10 @@ use crate::StoreError;
 pub enum FakeCall {
     Migrate,
     Load(String),
-    /// The names of the characters in the batch, in order.
+    /// The accounts of the records in the batch, in order.
     SaveBatch(Vec<String>),
-    /// The transaction ids, in order.
-    CommitLoot(Vec<u64>),
+    /// The transaction ids of the batch, in order.
+    Commit(Vec<u64>),
     Ping,
 }
 
@@ -36,8 +40,9 @@ struct State {
     rejected: BTreeSet<String>,
     latency: Duration,
     hold: bool,
-    characters: BTreeMap<String, CharacterRecord>,
-    ledger: Vec<u64>,
+    records: BTreeMap<String, Record>,
+    /// (transaction id, account, entry), in commit order.
+    ledger: Vec<(u64, String, Bytes)>,
     calls: Vec<FakeCall>,
 }
 
@@ -81,18 +86,17 @@ impl FakeControl {
         lock(&self.state).fail_next = n;
     }
 
-    /// The next loot commit is applied, but answers
+    /// The next transaction commit is applied, but answers
     /// [`StoreError::Unavailable`], as when a connection dies after
     /// `COMMIT` was sent.
     pub fn lose_next_commit_answer(&self) {
         lock(&self.state).lose_next_commit_answer = true;
     }
 
-    /// Any batch holding this character (a save or a loot transaction) is
-    /// refused as [`StoreError::Rejected`], the way a constraint violation
-    /// would be.
-    pub fn reject_character(&self, name: &str) {
-        lock(&self.state).rejected.insert(name.to_string());
+    /// Any batch holding this account (a save or a transaction) is refused
+    /// as [`StoreError::Rejected`], the way a constraint violation would be.
+    pub fn reject_account(&self, account: &str) {
+        lock(&self.state).rejected.insert(account.to_string());
     }
 
     /// While held (`true`), every call waits at its start until released:
@@ -106,25 +110,31 @@ impl FakeControl {
         lock(&self.state).latency = latency;
     }
 
-    /// Puts a character in the database directly.
-    pub fn insert(&self, record: CharacterRecord) {
+    /// Puts a record in the database directly.
+    pub fn insert(&self, record: Record) {
         lock(&self.state)
-            .characters
-            .insert(record.name.clone(), record);
+            .records
+            .insert(record.account.clone(), record);
     }
 
-    /// The stored character of that name.
-    pub fn character(&self, name: &str) -> Option<CharacterRecord> {
-        lock(&self.state).characters.get(name).cloned()
+    /// The stored record of that account.
+    pub fn record(&self, account: &str) -> Option<Record> {
+        lock(&self.state).records.get(account).cloned()
     }
 
-    /// How many characters are stored.
-    pub fn character_count(&self) -> usize {
-        lock(&self.state).characters.len()
+    /// How many records are stored.
+    pub fn record_count(&self) -> usize {
+        lock(&self.state).records.len()
     }
 
-    /// The loot transaction ids committed, in commit order.
+    /// The transaction ids committed, in commit order.
     pub fn ledger(&self) -> Vec<u64> {
+        lock(&self.state).ledger.iter().map(|l| l.0).collect()
+    }
+
+    /// The ledger rows committed, in commit order: (transaction id,
+    /// account, entry).
+    pub fn ledger_entries(&self) -> Vec<(u64, String, Bytes)> {
         lock(&self.state).ledger.clone()
     }
 
@@ -168,50 +178,53 @@ impl Backend for FakeBackend {
         "fake"
     }
 
+    fn game(&self) -> &str {
+        "fake"
+    }
+
     fn migrate(&mut self) -> Result<u32, StoreError> {
         drop(self.enter(FakeCall::Migrate)?);
         Ok(SCHEMA_VERSION)
     }
 
-    fn load(&mut self, account: &str) -> Result<Option<CharacterRecord>, StoreError> {
+    fn load(&mut self, account: &str) -> Result<Option<Record>, StoreError> {
         let s = self.enter(FakeCall::Load(account.to_string()))?;
-        Ok(s.characters.get(account).cloned())
+        Ok(s.records.get(account).cloned())
     }
 
-    fn save_batch(&mut self, records: &[CharacterRecord]) -> Result<(), StoreError> {
-        let names = records.iter().map(|r| r.name.clone()).collect();
-        let mut s = self.enter(FakeCall::SaveBatch(names))?;
-        if let Some(bad) = records.iter().find(|r| s.rejected.contains(&r.name)) {
-            return Err(StoreError::Rejected(format!("fake: {} refused", bad.name)));
+    fn save_batch(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        let accounts = records.iter().map(|r| r.account.clone()).collect();
+        let mut s = self.enter(FakeCall::SaveBatch(accounts))?;
+        if let Some(bad) = records.iter().find(|r| s.rejected.contains(&r.account)) {
+            return Err(StoreError::Rejected(format!(
+                "fake: {} refused",
+                bad.account
+            )));
         }
         for r in records {
-            s.characters.insert(r.name.clone(), r.clone());
+            s.records.insert(r.account.clone(), r.clone());
         }
         Ok(())
     }
 
-    fn commit_loot_batch(&mut self, txs: &[LootTx]) -> Result<usize, StoreError> {
+    fn commit_batch(&mut self, txs: &[Tx]) -> Result<usize, StoreError> {
         let ids = txs.iter().map(|t| t.tx_id).collect();
-        let mut s = self.enter(FakeCall::CommitLoot(ids))?;
-        if let Some(bad) = txs.iter().find(|t| s.rejected.contains(&t.character)) {
+        let mut s = self.enter(FakeCall::Commit(ids))?;
+        if let Some(bad) = txs.iter().find(|t| s.rejected.contains(t.account())) {
             return Err(StoreError::Rejected(format!(
                 "fake: {} refused",
-                bad.character
+                bad.account()
             )));
         }
         let mut applied = 0;
         for t in txs {
-            if s.ledger.contains(&t.tx_id) {
+            if s.ledger.iter().any(|l| l.0 == t.tx_id) {
                 continue;
             }
             applied += 1;
-            s.ledger.push(t.tx_id);
-            let c = s
-                .characters
-                .entry(t.character.clone())
-                .or_insert_with(|| CharacterRecord::new(t.character.clone()));
-            c.gold = t.total_gold;
-            c.inventory = t.inventory.clone();
+            s.ledger
+                .push((t.tx_id, t.account().to_string(), t.entry.clone()));
+            s.records.insert(t.account().to_string(), t.record.clone());
         }
         if std::mem::take(&mut s.lose_next_commit_answer) {
             return Err(StoreError::Unavailable(

@@ -1,7 +1,24 @@
-//! Tether's durable state: accounts, characters (position, hp, level,
-//! experience), gold and inventory, and a ledger of loot, in SQLite
-//! (embedded, the default) or PostgreSQL, written from a thread of its own so
-//! that a world thread never waits on a disk or a database.
+//! Tether's durable state, for any game: one versioned record of opaque
+//! bytes per account, and a ledger of transactions, in SQLite (embedded, the
+//! default) or PostgreSQL, written from a thread of its own so that a world
+//! thread never waits on a disk or a database.
+//!
+//! The store does not know what a game keeps. A game hands it
+//! [`tether_engine::Record`]s (account, format version, bytes in the game's
+//! own encoding) and [`tether_engine::Tx`]s (an id, the account's whole
+//! record after the transaction, and a ledger entry in the game's encoding)
+//! and gets them back unchanged. What the bytes mean, and how a newer build
+//! reads an older `version`, is the game's business; the store's is when
+//! they are written and that nothing acknowledged is lost.
+//!
+//! A store is opened for one game ([`open`]`(spec, game)`): every row is
+//! keyed by the game's name first, records by (game, account) and the
+//! ledger by (game, run, transaction id), so several games can share one
+//! database and never see each other's accounts. The name is given to the
+//! backend once, at open, rather than with each call: a writer serves one
+//! game, and the writer and queue stay free of it. The MMO's name is
+//! `"mmo"` ([`LEGACY_GAME`]), which is also where migration 2 files the rows
+//! of a schema-1 database.
 //!
 //! The crate is an I/O driver around a pure queue, in the house style:
 //! `queue`'s `WriteBehind` decides what to write when and what to do when
@@ -12,8 +29,8 @@
 //! # Layout
 //!
 //! - [`backend`]: the [`Backend`] trait (migrate, load, save a batch,
-//!   commit loot idempotently, ping) and what the backends share: the
-//!   inventory column format, [`SCHEMA_VERSION`].
+//!   commit transactions idempotently, ping), [`TxOutcome`],
+//!   [`SCHEMA_VERSION`].
 //! - [`sqlite`]: [`SqliteBackend`], one file in WAL mode, `synchronous=FULL`.
 //! - `pg`: [`PostgresBackend`], the synchronous `postgres` client,
 //!   reconnecting after connection loss.
@@ -34,42 +51,51 @@
 //! ```text
 //!  shard thread                       writer thread ("tether-store")                database
 //!  ------------                       ------------------------------                --------
-//!  World::take_dirty ─ mark_dirty_all ─┐
-//!  logout / expiry ─── save_now ───────┤ per-shard dirty map (latest wins)
+//!  changed records ─── mark_dirty_all ─┐
+//!  logout / expiry ─── save_now ───────┤ per-shard dirty map (latest per account)
 //!                                      │      │ drained before each request
 //!  login ───────────── load ──────────┐│      v
-//!  World outbox.loot ─ commit_loot ──┐││  WriteBehind: 1. loot (batched, in order) ──> commit_loot_batch
-//!                      (capped)      └┴┴─>            2. loads ─────────────────────> load
-//!                                                     3. due characters ───────────> save_batch
+//!  game transactions ─ commit ───────┐││  WriteBehind: 1. transactions (batched, ──> commit_batch
+//!                      (capped)      └┴┴─>               in order)
+//!                                                     2. loads ─────────────────────> load
+//!                                                     3. due records ──────────────> save_batch
 //!                                                     failure: keep all, back off,
 //!                                                     report Degraded, retry
 //!  StoreEvents::try_recv <── events (one channel per shard) + wake callback
 //!    Loaded          -> finish the login (or refuse it)
-//!    LootCommitted   -> World::loot_committed: only now LootGranted goes out
+//!    Committed       -> only now tell the player (the MMO's LootGranted)
+//!    Rejected        -> the transaction never happened; never tell
 //!    Health          -> /healthz, metrics
 //! ```
 //!
 //! # Policies
 //!
-//! **Write-behind for what changes every tick.** Position and hp (and
-//! everything else in a character record) are handed over as records; the
-//! writer keeps the latest per character and writes all of them every
-//! [`WriterConfig::flush_interval`] (5 s), in transactions of
-//! [`WriterConfig::max_batch`]. Logout, zombie expiry and character creation
-//! use [`StoreHandle::save_now`], written promptly. A crash loses at most one
-//! flush interval of movement and hp.
+//! **Write-behind for what changes every tick.** A game hands over an
+//! account's whole record whenever it changes (an MMO character's position
+//! and hp, every tick); the writer keeps the latest per account and writes
+//! all of them every [`WriterConfig::flush_interval`] (5 s), in database
+//! transactions of [`WriterConfig::max_batch`]. Logout, zombie expiry and
+//! account creation use [`StoreHandle::save_now`], written promptly. A
+//! crash loses at most one flush interval of such changes.
 //!
-//! **Durable before acknowledged for value.** A loot transaction is
-//! committed (ledger row and the character's new gold and inventory totals,
-//! one database transaction) before [`StoreEvent::LootCommitted`] comes back;
-//! only then is the player told. The world never waits: it learns of the
-//! commit from the event. Loot goes before everything else, oldest first.
-//! The ledger is keyed by (this process's run id, the world's transaction
-//! id): a retry after an ambiguous failure (committed, answer lost) changes
+//! **Durable before acknowledged for value.** A transaction is committed
+//! (its ledger row and the account's record as `tx.record`, one database
+//! transaction) before [`StoreEvent::Committed`] comes back; only then is
+//! the player told. The world never waits: it learns of the commit from the
+//! event. Transactions go before everything else, oldest first. The ledger
+//! is keyed by (game, this process's run id, the game's transaction id): a
+//! retry after an ambiguous failure (committed, answer lost) changes
 //! nothing, and transaction ids, which restart with the process, never
-//! collide with an earlier run's. A character record queued before a loot
-//! transaction takes that transaction's totals, so a write-behind save can
-//! never take loot back.
+//! collide with an earlier run's.
+//!
+//! **A transaction is never taken back by an older record.** A record of
+//! the same account handed over before a transaction (with
+//! [`StoreHandle::mark_dirty`] or [`StoreHandle::save_now`]) and not yet
+//! written when the transaction arrives is replaced by the transaction's
+//! record: written after the commit, the older record would undo it. A
+//! record handed over after the transaction already includes it and is
+//! written after it. One sequence counter orders every request of every
+//! shard, so "before" holds across shards too (see `queue`).
 //!
 //! **What survives a crash or power loss.** SQLite runs in WAL mode with
 //! `synchronous=FULL`: a commit is fsynced before it returns, so every
@@ -82,12 +108,12 @@
 //! [`Health::Degraded`] (an event to every shard, and
 //! [`StatsSnapshot::degraded`]), and retries with exponential backoff (100 ms
 //! doubling to 5 s). When the database answers again it reports
-//! [`Health::Healthy`] and flushes everything: loot first in the order it was
-//! made, then loads, then characters. Nothing acknowledged is lost:
-//! acknowledged loot is by definition committed, and everything else is
-//! held. Loads of characters held in memory (logged out during the outage)
-//! are answered from memory at once; other loads wait up to
-//! [`WriterConfig::load_timeout`] (3 s) and are then answered
+//! [`Health::Healthy`] and flushes everything: transactions first in the
+//! order they were made, then loads, then records. Nothing acknowledged is
+//! lost: an acknowledged transaction is by definition committed, and
+//! everything else is held. Loads of records held in memory (logged out
+//! during the outage) are answered from memory at once; other loads wait up
+//! to [`WriterConfig::load_timeout`] (3 s) and are then answered
 //! [`StoreError::Unavailable`].
 //!
 //! **When the queue is full.** Every queue has a cap, and handles refuse
@@ -95,48 +121,68 @@
 //!
 //! | queue | cap (default) | refused | server's answer |
 //! |---|---|---|---|
-//! | loot waiting for commit | `max_pending_loot` (4,096) | `commit_loot` | value actions refused with a `CommandError`; check [`StoreHandle::accepts_value`] first |
+//! | transactions waiting for commit | `max_pending_tx` (4,096) | `commit` | value actions refused with a `CommandError`; check [`StoreHandle::accepts_value`] first |
 //! | loads waiting | `max_pending_loads` (1,024) | `load` | login closed with `CLOSE_CODE_STORAGE_UNAVAILABLE` |
-//! | logged-out characters unsaved | `max_pending_saves` (10,000) | `load` | login closed with `CLOSE_CODE_STORAGE_UNAVAILABLE` |
-//! | records of online characters | one per character (coalesced) | never | movement is always served |
-//! | events back to a shard | one per load and loot submitted, plus health changes | never | (bounded by the caps above) |
+//! | logged-out records unsaved | `max_pending_saves` (10,000) | `load` | login closed with `CLOSE_CODE_STORAGE_UNAVAILABLE` |
+//! | records of players online | one per account (coalesced) | never | movement is always served |
+//! | events back to a shard | one per load and transaction submitted, plus health changes | never | (bounded by the caps above) |
 //!
-//! Memory is therefore bounded by the characters online plus
-//! `max_pending_saves` records plus the loot and load caps, however long the
-//! outage. A request the database rejects as bad data is dropped, logged and
-//! counted ([`StatsSnapshot::rejected`]); rejected loot comes back as
-//! [`StoreEvent::LootRejected`] and is never granted.
+//! Memory is therefore bounded by the players online plus
+//! `max_pending_saves` records plus the transaction and load caps, however
+//! long the outage, each record and transaction as large as the game makes
+//! it (the game bounds its own records). A request the database rejects as
+//! bad data is dropped, logged and counted ([`StatsSnapshot::rejected`]); a
+//! rejected transaction comes back as [`StoreEvent::Rejected`] and must
+//! never be reported to the player as done.
 //!
 //! **Shutdown.** [`StoreWriter::shutdown`] refuses new requests, writes
 //! everything (retrying through an outage) until done or the deadline, and
 //! returns a [`ShutdownReport`] of what could not be written. Records handed
 //! over after it has begun are not written: stop the shards (saving their
-//! characters) first.
+//! players' records) first.
 //!
 //! # Schema
 //!
 //! Versioned migrations, applied when a backend is opened (and re-checked on
 //! reconnect), each recorded in `schema_version`; a database newer than the
-//! build is refused ([`StoreError::SchemaTooNew`]). Version 1:
+//! build is refused ([`StoreError::SchemaTooNew`]). Version 2 (current):
 //!
-//! - `accounts(name, created_at)`
-//! - `characters(name, account, x, y, hp, level, xp, gold, inventory,
-//!   updated_at)`: `x`/`y` NULL for a character not yet placed; `inventory`
-//!   as `item:count` pairs ([`encode_inventory`]). Today an account has one
-//!   character, named after it.
+//! - `records(game, account, version, data, updated_at)`, primary key
+//!   `(game, account)`: one row per account of each game, `data` a BLOB
+//!   (SQLite) or BYTEA (PostgreSQL), written whole.
+//! - `tx_ledger(game, run_id, tx_id, account, entry, committed_at)`, primary
+//!   key `(game, run_id, tx_id)`: every transaction ever committed, with the
+//!   game's entry bytes (an audit trail; it is not pruned).
 //! - `store_runs(id, started_at)`: one row per server process that commits
-//!   loot.
-//! - `loot_ledger(run_id, tx_id, character, gold, items, total_gold,
-//!   committed_at)`, primary key `(run_id, tx_id)`: every loot transaction
-//!   ever committed (an audit trail; it is not pruned).
+//!   transactions (shared by every game in the database).
+//!
+//! An empty account is refused by a `CHECK` on both tables (a
+//! [`StoreError::Rejected`]).
+//!
+//! Version 1 held the MMO's typed tables: `accounts`, `characters(name,
+//! account, x, y, hp, level, xp, gold, inventory, updated_at)` and
+//! `loot_ledger(run_id, tx_id, character, gold, items, total_gold,
+//! committed_at)`. Migration 2 carries them over and drops them:
+//!
+//! - each account's character becomes a record of game `"mmo"`, version 0,
+//!   whose data is the UTF-8 text of its columns joined by single TABs
+//!   (character 9): `name, x, y, hp, level, xp, gold, inventory`; `x` and
+//!   `y` empty when NULL, numbers in the database's own text form (SQLite
+//!   writes a REAL 100 as `100.0`, PostgreSQL as `100`), the inventory
+//!   column as it was (`item:count` pairs separated by spaces). The MMO
+//!   reads version 0 and writes its newer versions itself.
+//! - each loot ledger row becomes a ledger row of game `"mmo"` (same run
+//!   and transaction id, the character as the account) whose entry is the
+//!   text `gold TAB items TAB total_gold`.
 //!
 //! # How the server wires this in
 //!
-//! 1. At start-up: `let backend = tether_store::open(&spec)?` where `spec`
-//!    is `--store` / the config file's `store` (a `postgres://` URL, or
-//!    `sqlite:PATH`; default `sqlite:` + [`default_sqlite_path`] of the data
-//!    dir). An error here (database unreachable, schema too new) is printed
-//!    and the process exits non-zero. Then
+//! 1. At start-up: `let backend = tether_store::open(&spec, game)?` where
+//!    `spec` is `--store` / the config file's `store` (a `postgres://` URL,
+//!    or `sqlite:PATH`; default `sqlite:` + [`default_sqlite_path`] of the
+//!    data dir) and `game` the game's name (`"mmo"`). An error here
+//!    (database unreachable, schema too new) is printed and the process
+//!    exits non-zero. Then
 //!    `StoreWriter::start(backend, WriterConfig { flush_interval, .. })`.
 //! 2. Per shard: `writer.client(Some(Box::new(move || shard_waker.wake())))`
 //!    gives the shard its [`StoreHandle`] and [`StoreEvents`]. The shard
@@ -144,32 +190,35 @@
 //! 3. Login: if `!handle.accepts_logins()` close with
 //!    `CLOSE_CODE_STORAGE_UNAVAILABLE`; else `handle.load(&account, conn)`
 //!    and park the connection as "loading". On [`StoreEvent::Loaded`]:
-//!    `Ok(Some(r))` joins with `r`; `Ok(None)` creates a character, joins,
-//!    and `save_now`s it; `Err(_)` closes with
-//!    `CLOSE_CODE_STORAGE_UNAVAILABLE`. (The directory claim is held while
-//!    loading; release it on refusal.)
-//! 4. Each tick: `world.take_dirty(&mut buf); handle.mark_dirty_all(buf.drain(..))`.
+//!    `Ok(Some(r))` joins with `r` (decoded by the game, by `r.version`);
+//!    `Ok(None)` creates the account's state, joins, and `save_now`s it;
+//!    `Err(_)` closes with `CLOSE_CODE_STORAGE_UNAVAILABLE`. (The directory
+//!    claim is held while loading; release it on refusal.)
+//! 4. Each tick: encode the records that changed and
+//!    `handle.mark_dirty_all(records)`.
 //! 5. Logout and zombie expiry: `handle.save_now(record)`.
-//! 6. Loot: for each `LootTx` in the outbox, `handle.commit_loot(tx)`;
-//!    on [`StoreEvent::LootCommitted`] call `world.loot_committed(&tx, ..)`
-//!    (that sends `LootGranted`). Before applying an input that can create
-//!    value (an attack that may kill), refuse it with a `CommandError` when
-//!    `!handle.accepts_value()`; if `commit_loot` still returns `StoreFull`,
-//!    keep the transaction and submit it again on a later tick.
+//! 6. Transactions: for each one the game made, `handle.commit(tx)`; on
+//!    [`StoreEvent::Committed`] tell the player (the MMO calls
+//!    `World::loot_committed`, which sends `LootGranted`). Before applying
+//!    an input that can create value (an attack that may kill), refuse it
+//!    with a `CommandError` when `!handle.accepts_value()`; if `commit`
+//!    still returns `StoreFull`, keep the transaction and submit it again
+//!    on a later tick.
 //! 7. `/healthz` reports degraded while `handle.health() == Degraded` (or
 //!    on the `Health` events); `/metrics` exports
 //!    [`StoreWriter::stats`]`().snapshot()`.
-//! 8. Shutdown: stop the shards (each `save_now`s its characters), then
-//!    `writer.shutdown(deadline)` and log the [`ShutdownReport`].
+//! 8. Shutdown: stop the shards (each `save_now`s its players' records),
+//!    then `writer.shutdown(deadline)` and log the [`ShutdownReport`].
 //!
 //! # Tests
 //!
 //! `cargo test -p tether-store` runs the queue against the fake backend
 //! (unit tests in `queue`), the threaded writer (`tests/writer.rs`) and the
-//! backend suite on SQLite in a temporary directory (`tests/backends.rs`).
-//! The same backend suite runs on PostgreSQL when `TETHER_TEST_POSTGRES`
-//! holds a connection URL (each run in a schema of its own, dropped
-//! afterwards); without it those tests print that they were skipped.
+//! backend suite on SQLite in a temporary directory (`tests/backends.rs`),
+//! migration from a version-1 database included. The same backend suite
+//! runs on PostgreSQL when `TETHER_TEST_POSTGRES` holds a connection URL
+//! (each run in a schema of its own, dropped afterwards); without it those
+//! tests print that they were skipped.
 #![forbid(unsafe_code)]
 
 pub mod backend;
@@ -185,7 +234,7 @@ pub mod writer;
 
 use std::path::{Path, PathBuf};
 
-pub use backend::{decode_inventory, encode_inventory, Backend, LootOutcome, SCHEMA_VERSION};
+pub use backend::{Backend, TxOutcome, LEGACY_GAME, SCHEMA_VERSION};
 pub use config::WriterConfig;
 pub use error::StoreError;
 pub use event::{Health, StoreEvent};
@@ -199,17 +248,22 @@ pub fn default_sqlite_path(data_dir: &Path) -> PathBuf {
     data_dir.join("tether.db")
 }
 
-/// Opens the backend a store spec names, and applies migrations:
+/// Opens the backend a store spec names for `game`, and applies
+/// migrations:
 ///
 /// - `postgres://…` or `postgresql://…`: [`PostgresBackend`];
 /// - `sqlite:PATH` (or `sqlite://PATH`): [`SqliteBackend`] on that file
 ///   (its directory must exist).
 ///
+/// Every row the backend reads or writes is keyed by `game` (not empty;
+/// the MMO is `"mmo"`), so games sharing a database stay apart.
+///
 /// An error means the server cannot start: the database is unreachable,
-/// the spec is malformed, or the schema is newer than this build.
-pub fn open(spec: &str) -> Result<Box<dyn Backend>, StoreError> {
+/// the spec is malformed, the game name is empty, or the schema is newer
+/// than this build.
+pub fn open(spec: &str, game: &str) -> Result<Box<dyn Backend>, StoreError> {
     if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
-        return Ok(Box::new(PostgresBackend::connect(spec)?));
+        return Ok(Box::new(PostgresBackend::connect(spec, game)?));
     }
     if let Some(path) = spec
         .strip_prefix("sqlite://")
@@ -220,7 +274,7 @@ pub fn open(spec: &str) -> Result<Box<dyn Backend>, StoreError> {
                 "store spec `sqlite:` needs a path".into(),
             ));
         }
-        return Ok(Box::new(SqliteBackend::open(path)?));
+        return Ok(Box::new(SqliteBackend::open(path, game)?));
     }
     Err(StoreError::Rejected(format!(
         "unknown store {spec:?}: expected postgres://… or sqlite:PATH"

@@ -18,16 +18,16 @@
 //! A commit returns after the server has made it durable under its own
 //! `synchronous_commit` setting (on, by default: flushed to the server's
 //! WAL). Running the database with `synchronous_commit=off` would weaken
-//! "durable before acknowledged" for loot; do not.
+//! "durable before acknowledged" for transactions; do not.
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use postgres::{Client, Config, NoTls};
-use tether_world::{CharacterRecord, LootTx};
+use tether_engine::{Record, Tx};
 
 use crate::backend::{
-    decode_inventory, encode_inventory, from_sql_int, last_per_name, to_sql_int, tx_key, unix_ms,
-    Backend, SCHEMA_VERSION,
+    check_game, last_per_account, tx_key, unix_ms, version_from_sql, Backend, SCHEMA_VERSION,
 };
 use crate::StoreError;
 
@@ -44,7 +44,8 @@ const MIGRATION_LOCK: i64 = 0x7465_7468_6572;
 
 /// The migrations, in order; migration `i + 1` is `MIGRATIONS[i]`.
 const MIGRATIONS: &[&str] = &[
-    // 1: accounts, characters, the loot ledger.
+    // 1: accounts, characters, the loot ledger (the MMO's own tables; kept
+    // as they were so that a version-1 database upgrades through 2).
     "CREATE TABLE accounts (
         name        TEXT PRIMARY KEY,
         created_at  BIGINT NOT NULL
@@ -76,63 +77,89 @@ const MIGRATIONS: &[&str] = &[
         committed_at BIGINT NOT NULL,
         PRIMARY KEY (run_id, tx_id)
     );",
+    // 2: game-agnostic tables; see the SQLite migration 2, which this one
+    // mirrors. Numbers go to text in PostgreSQL's own form (`x::text`: a
+    // REAL 100 is "100" here, "100.0" in SQLite). `version` is BIGINT so
+    // that every u32 fits.
+    "CREATE TABLE records (
+        game        TEXT NOT NULL,
+        account     TEXT NOT NULL CHECK (account <> ''),
+        version     BIGINT NOT NULL,
+        data        BYTEA NOT NULL,
+        updated_at  BIGINT NOT NULL,
+        PRIMARY KEY (game, account)
+    );
+    CREATE TABLE tx_ledger (
+        game        TEXT NOT NULL,
+        run_id      BIGINT NOT NULL REFERENCES store_runs(id),
+        tx_id       BIGINT NOT NULL,
+        account     TEXT NOT NULL CHECK (account <> ''),
+        entry       BYTEA NOT NULL,
+        committed_at BIGINT NOT NULL,
+        PRIMARY KEY (game, run_id, tx_id)
+    );
+    INSERT INTO records (game, account, version, data, updated_at)
+        SELECT 'mmo', c.account, 0,
+            convert_to(c.name || chr(9) || COALESCE(c.x::text, '') || chr(9)
+                || COALESCE(c.y::text, '') || chr(9) || c.hp::text || chr(9)
+                || c.level::text || chr(9) || c.xp::text || chr(9) || c.gold::text
+                || chr(9) || c.inventory, 'UTF8'),
+            c.updated_at
+        FROM characters c
+        WHERE c.name = (SELECT MIN(o.name) FROM characters o WHERE o.account = c.account);
+    INSERT INTO tx_ledger (game, run_id, tx_id, account, entry, committed_at)
+        SELECT 'mmo', run_id, tx_id, character,
+            convert_to(gold::text || chr(9) || items || chr(9) || total_gold::text, 'UTF8'),
+            committed_at
+        FROM loot_ledger;
+    DROP TABLE loot_ledger;
+    DROP TABLE characters;
+    DROP TABLE accounts;",
 ];
 
-/// One statement per table for a whole batch: the columns travel as arrays
-/// and `UNNEST` turns them back into rows, so a batch of a thousand
-/// characters is two round trips, not two thousand.
-const SAVE_ACCOUNTS: &str = "INSERT INTO accounts (name, created_at)
-    SELECT n, $2 FROM UNNEST($1::text[]) AS t(n)
-    ON CONFLICT (name) DO NOTHING";
+/// A whole batch of records in one statement: the columns travel as arrays
+/// and `UNNEST` turns them back into rows, so a batch of a thousand records
+/// is one round trip, not a thousand.
+const SAVE_RECORDS: &str = "INSERT INTO records (game, account, version, data, updated_at)
+    SELECT $1, a, v, d, $5
+    FROM UNNEST($2::text[], $3::bigint[], $4::bytea[]) AS t(a, v, d)
+    ON CONFLICT (game, account) DO UPDATE SET
+        version = EXCLUDED.version, data = EXCLUDED.data, updated_at = EXCLUDED.updated_at";
 
-const SAVE_CHARACTERS: &str = "INSERT INTO characters
-        (name, account, x, y, hp, level, xp, gold, inventory, updated_at)
-    SELECT n, n, x, y, hp, lv, xp, g, inv, $9
-    FROM UNNEST($1::text[], $2::real[], $3::real[], $4::int[], $5::bigint[], $6::bigint[],
-                $7::bigint[], $8::text[]) AS t(n, x, y, hp, lv, xp, g, inv)
-    ON CONFLICT (name) DO UPDATE SET
-        account = EXCLUDED.account, x = EXCLUDED.x, y = EXCLUDED.y, hp = EXCLUDED.hp,
-        level = EXCLUDED.level, xp = EXCLUDED.xp, gold = EXCLUDED.gold,
-        inventory = EXCLUDED.inventory, updated_at = EXCLUDED.updated_at";
+const UPSERT_RECORD: &str = "INSERT INTO records (game, account, version, data, updated_at)
+        VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (game, account) DO UPDATE SET
+        version = EXCLUDED.version, data = EXCLUDED.data, updated_at = EXCLUDED.updated_at";
 
-const UPSERT_ACCOUNT: &str =
-    "INSERT INTO accounts (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
+const INSERT_LEDGER: &str = "INSERT INTO tx_ledger
+        (game, run_id, tx_id, account, entry, committed_at)
+        VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (game, run_id, tx_id) DO NOTHING";
 
-const INSERT_LEDGER: &str = "INSERT INTO loot_ledger
-        (run_id, tx_id, character, gold, items, total_gold, committed_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
-    ON CONFLICT (run_id, tx_id) DO NOTHING";
-
-/// See the SQLite backend: loot for a character with no row yet creates a
-/// new-character row that its own save lands on.
-const APPLY_LOOT: &str = "INSERT INTO characters
-        (name, account, x, y, hp, level, xp, gold, inventory, updated_at)
-        VALUES ($1, $1, NULL, NULL, 0, 0, 0, $2, $3, $4)
-    ON CONFLICT (name) DO UPDATE SET
-        gold = EXCLUDED.gold, inventory = EXCLUDED.inventory, updated_at = EXCLUDED.updated_at";
-
-/// Tether's state in a PostgreSQL database.
+/// One game's state in a PostgreSQL database (which other games may share).
 pub struct PostgresBackend {
     config: Config,
     /// Where the tables live, when not the connection's default search path.
     schema: Option<String>,
+    game: String,
     client: Option<Client>,
-    /// This process's row in `store_runs` (see the loot ledger key).
+    /// This process's row in `store_runs` (see the ledger key).
     run_id: Option<i64>,
 }
 
 impl PostgresBackend {
-    /// Connects to `url` (`postgres://user@host:port/db?...`) and applies
-    /// migrations. Failure is a start-up error to report and exit on.
-    pub fn connect(url: &str) -> Result<Self, StoreError> {
-        Self::connect_inner(url, None)
+    /// Connects to `url` (`postgres://user@host:port/db?...`) for `game` and
+    /// applies migrations. Failure is a start-up error to report and exit
+    /// on.
+    pub fn connect(url: &str, game: &str) -> Result<Self, StoreError> {
+        Self::connect_inner(url, None, game)
     }
 
     /// Like [`PostgresBackend::connect`], with every table inside `schema`
     /// (created if missing). For running several independent stores in one
     /// database, tests among them. `schema` must be a plain lower-case
     /// identifier (`[a-z_][a-z0-9_]*`).
-    pub fn connect_in_schema(url: &str, schema: &str) -> Result<Self, StoreError> {
+    pub fn connect_in_schema(url: &str, schema: &str, game: &str) -> Result<Self, StoreError> {
         let plain = !schema.is_empty()
             && schema.len() < 64
             && schema
@@ -144,10 +171,11 @@ impl PostgresBackend {
                 "postgres: schema name {schema:?} is not a plain identifier"
             )));
         }
-        Self::connect_inner(url, Some(schema.to_string()))
+        Self::connect_inner(url, Some(schema.to_string()), game)
     }
 
-    fn connect_inner(url: &str, schema: Option<String>) -> Result<Self, StoreError> {
+    fn connect_inner(url: &str, schema: Option<String>, game: &str) -> Result<Self, StoreError> {
+        check_game(game)?;
         let mut config: Config = url
             .parse()
             .map_err(|e| StoreError::Rejected(format!("postgres: bad connection URL: {e}")))?;
@@ -166,6 +194,7 @@ impl PostgresBackend {
         let mut b = PostgresBackend {
             config,
             schema,
+            game: game.to_string(),
             client: None,
             run_id: None,
         };
@@ -191,12 +220,12 @@ impl PostgresBackend {
     /// the next call reconnects.
     fn with_client<T>(
         &mut self,
-        f: impl FnOnce(&mut Client, &mut Option<i64>) -> Result<T, StoreError>,
+        f: impl FnOnce(&mut Client, &str, &mut Option<i64>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let result = match self.client() {
             Ok(_) => {
                 let client = self.client.as_mut().expect("connected");
-                f(client, &mut self.run_id)
+                f(client, &self.game, &mut self.run_id)
             }
             Err(e) => Err(e),
         };
@@ -268,109 +297,73 @@ impl Backend for PostgresBackend {
         "postgres"
     }
 
-    fn migrate(&mut self) -> Result<u32, StoreError> {
-        self.with_client(|c, _| migrate_client(c))
+    fn game(&self) -> &str {
+        &self.game
     }
 
-    fn load(&mut self, account: &str) -> Result<Option<CharacterRecord>, StoreError> {
-        self.with_client(|c, _| {
+    fn migrate(&mut self) -> Result<u32, StoreError> {
+        self.with_client(|c, _, _| migrate_client(c))
+    }
+
+    fn load(&mut self, account: &str) -> Result<Option<Record>, StoreError> {
+        self.with_client(|c, game, _| {
             let Some(row) = c.query_opt(
-                "SELECT name, x, y, hp, level, xp, gold, inventory FROM characters
-                 WHERE account = $1 ORDER BY name LIMIT 1",
-                &[&account],
+                "SELECT version, data FROM records WHERE game = $1 AND account = $2",
+                &[&game, &account],
             )?
             else {
                 return Ok(None);
             };
-            let x: Option<f32> = row.try_get(1).map_err(row_error)?;
-            let y: Option<f32> = row.try_get(2).map_err(row_error)?;
-            let level: i64 = row.try_get(4).map_err(row_error)?;
-            let inventory: String = row.try_get(7).map_err(row_error)?;
-            Ok(Some(CharacterRecord {
-                name: row.try_get(0).map_err(row_error)?,
-                pos: x.zip(y),
-                hp: row.try_get(3).map_err(row_error)?,
-                level: u32::try_from(level)
-                    .map_err(|_| StoreError::Rejected(format!("level {level} out of range")))?,
-                xp: from_sql_int("xp", row.try_get(5).map_err(row_error)?)?,
-                gold: from_sql_int("gold", row.try_get(6).map_err(row_error)?)?,
-                inventory: decode_inventory(&inventory)?,
+            let version: i64 = row.try_get(0).map_err(row_error)?;
+            let data: Vec<u8> = row.try_get(1).map_err(row_error)?;
+            Ok(Some(Record {
+                account: account.to_string(),
+                version: version_from_sql(version)?,
+                data: Bytes::from(data),
             }))
         })
     }
 
-    fn save_batch(&mut self, records: &[CharacterRecord]) -> Result<(), StoreError> {
+    fn save_batch(&mut self, records: &[Record]) -> Result<(), StoreError> {
         if records.is_empty() {
             return Ok(());
         }
-        let mut batch = last_per_name(records);
+        let mut batch = last_per_account(records);
         // One lock order for every writer: two processes saving overlapping
         // batches cannot deadlock.
-        batch.sort_by(|a, b| a.name.cmp(&b.name));
-        let n = batch.len();
-        let mut names = Vec::with_capacity(n);
-        let mut xs = Vec::with_capacity(n);
-        let mut ys = Vec::with_capacity(n);
-        let mut hps = Vec::with_capacity(n);
-        let mut levels = Vec::with_capacity(n);
-        let mut xps = Vec::with_capacity(n);
-        let mut golds = Vec::with_capacity(n);
-        let mut inventories = Vec::with_capacity(n);
-        for r in batch {
-            names.push(r.name.as_str());
-            xs.push(r.pos.map(|p| p.0));
-            ys.push(r.pos.map(|p| p.1));
-            hps.push(r.hp);
-            levels.push(i64::from(r.level));
-            xps.push(to_sql_int("xp", r.xp)?);
-            golds.push(to_sql_int("gold", r.gold)?);
-            inventories.push(encode_inventory(&r.inventory));
-        }
-        self.with_client(|c, _| {
+        batch.sort_by(|a, b| a.account.cmp(&b.account));
+        let accounts: Vec<&str> = batch.iter().map(|r| r.account.as_str()).collect();
+        let versions: Vec<i64> = batch.iter().map(|r| i64::from(r.version)).collect();
+        let data: Vec<&[u8]> = batch.iter().map(|r| &r.data[..]).collect();
+        self.with_client(|c, game, _| {
             let now = unix_ms();
             let mut tx = c.transaction()?;
-            tx.execute(SAVE_ACCOUNTS, &[&names, &now])?;
-            tx.execute(
-                SAVE_CHARACTERS,
-                &[
-                    &names,
-                    &xs,
-                    &ys,
-                    &hps,
-                    &levels,
-                    &xps,
-                    &golds,
-                    &inventories,
-                    &now,
-                ],
-            )?;
+            tx.execute(SAVE_RECORDS, &[&game, &accounts, &versions, &data, &now])?;
             tx.commit()?;
             Ok(())
         })
     }
 
-    fn commit_loot_batch(&mut self, txs: &[LootTx]) -> Result<usize, StoreError> {
+    fn commit_batch(&mut self, txs: &[Tx]) -> Result<usize, StoreError> {
         if txs.is_empty() {
             return Ok(0);
         }
-        self.with_client(|c, run| {
+        self.with_client(|c, game, run| {
             let run = run_id(c, run)?;
             let now = unix_ms();
             let mut tx = c.transaction()?;
             let ledger = tx.prepare(INSERT_LEDGER)?;
-            let account = tx.prepare(UPSERT_ACCOUNT)?;
-            let apply = tx.prepare(APPLY_LOOT)?;
+            let upsert = tx.prepare(UPSERT_RECORD)?;
             let mut applied = 0;
             for t in txs {
                 let inserted = tx.execute(
                     &ledger,
                     &[
+                        &game,
                         &run,
                         &tx_key(t.tx_id),
-                        &t.character,
-                        &to_sql_int("gold", t.gold)?,
-                        &encode_inventory(&t.items),
-                        &to_sql_int("gold", t.total_gold)?,
+                        &t.account(),
+                        &&t.entry[..],
                         &now,
                     ],
                 )?;
@@ -378,15 +371,10 @@ impl Backend for PostgresBackend {
                     continue;
                 }
                 applied += 1;
-                tx.execute(&account, &[&t.character, &now])?;
+                let r = &t.record;
                 tx.execute(
-                    &apply,
-                    &[
-                        &t.character,
-                        &to_sql_int("gold", t.total_gold)?,
-                        &encode_inventory(&t.inventory),
-                        &now,
-                    ],
+                    &upsert,
+                    &[&game, &r.account, &i64::from(r.version), &&r.data[..], &now],
                 )?;
             }
             tx.commit()?;
@@ -395,7 +383,7 @@ impl Backend for PostgresBackend {
     }
 
     fn ping(&mut self) -> Result<(), StoreError> {
-        self.with_client(|c, _| {
+        self.with_client(|c, _, _| {
             c.simple_query("SELECT 1")?;
             Ok(())
         })

@@ -8,12 +8,13 @@
 //!
 //! # Order of work, each step
 //!
-//! 1. Loot, oldest first, up to `max_loot_batch` per transaction: players
-//!    are waiting for these.
+//! 1. Transactions, oldest first, up to `max_tx_batch` per database
+//!    transaction: players are waiting for these.
 //! 2. Loads, oldest first: a login is waiting.
-//! 3. Characters that are due, logouts and zombie expiries first, up to
-//!    `max_batch` per transaction. Every `flush_interval`, every character
-//!    with unsaved changes becomes due; a logout or expiry is due at once.
+//! 3. Records that are due, logouts and zombie expiries first, up to
+//!    `max_batch` per database transaction. Every `flush_interval`, every
+//!    record with unsaved changes becomes due; a logout or expiry is due at
+//!    once.
 //!
 //! One unit of work per step, so that the driver can take new requests
 //! between the transactions of a long flush.
@@ -23,28 +24,33 @@
 //! A retryable failure keeps everything, reports [`Health::Degraded`] and
 //! blocks all work until `retry_at` (backoff doubling from
 //! `backoff_initial` to `backoff_max`); then the same work is tried again,
-//! in the same order, so when the database returns loot is committed first,
-//! in the order it was made. A batch rejected as bad data is re-run one item
-//! at a time, so that only the bad one is dropped (logged, counted, and for
-//! loot reported to its shard).
+//! in the same order, so when the database returns transactions are
+//! committed first, in the order they were made. A batch rejected as bad
+//! data is re-run one item at a time, so that only the bad one is dropped
+//! (logged, counted, and for a transaction reported to its shard).
 //!
-//! # Loot and write-behind records of the same character
+//! # Transactions and write-behind records of the same account
 //!
-//! A character's record (gold and inventory included) may have been queued
-//! before a loot transaction that changed them. When a loot transaction
-//! arrives, the queued record of its character, if older, takes the
-//! transaction's totals, so writing records after loot can never take gold
-//! back. "Older" is by a sequence number taken from one counter for every
-//! request of every shard; the driver merges the shards' queued records
-//! before it applies each request, so every record queued before a loot
-//! transaction is here when the transaction arrives.
+//! An account's record may have been queued before a transaction of that
+//! account. The transaction carries the account's whole record as it is
+//! after the transaction, and its commit writes that record; if the older
+//! queued record were written afterwards, it would take the transaction
+//! back (the loot a player was told is theirs, gone). So when a
+//! transaction arrives, the queued record of its account, if older, is
+//! replaced by the transaction's record. A queued record newer than the
+//! transaction is kept: it already includes the transaction, and it is
+//! written after it (transactions go first). "Older" is by a sequence
+//! number taken from one counter for every request of every shard; the
+//! driver merges the shards' queued records before it applies each
+//! request, so every record queued before a transaction is here when the
+//! transaction arrives.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tether_world::{CharacterRecord, LootTx};
+use tether_engine::{Record, Tx};
 
 use crate::backend::Backend;
 use crate::event::{Health, StoreEvent};
@@ -61,10 +67,10 @@ pub(crate) enum Target {
     All,
 }
 
-/// A character record handed over by a shard, not yet merged.
+/// A record handed over by a shard, not yet merged.
 #[derive(Debug, Clone)]
 pub(crate) struct DirtyEntry {
-    pub record: CharacterRecord,
+    pub record: Record,
     pub seq: u64,
     /// Saved at logout or zombie expiry: write promptly.
     pub urgent: bool,
@@ -72,7 +78,7 @@ pub(crate) struct DirtyEntry {
 
 #[derive(Debug)]
 struct PendingRecord {
-    record: CharacterRecord,
+    record: Record,
     seq: u64,
     urgent: bool,
     /// Goes in the next batches (urgent, or the flush interval passed).
@@ -80,9 +86,9 @@ struct PendingRecord {
 }
 
 #[derive(Debug)]
-struct PendingLoot {
+struct PendingTx {
     client: ClientId,
-    tx: LootTx,
+    tx: Tx,
 }
 
 #[derive(Debug)]
@@ -96,18 +102,19 @@ struct PendingLoad {
 /// What could not be written before the writer stopped.
 #[derive(Debug, Default)]
 pub(crate) struct Leftovers {
-    pub records: Vec<CharacterRecord>,
-    pub loot: Vec<LootTx>,
+    pub records: Vec<Record>,
+    pub txs: Vec<Tx>,
 }
 
 /// The write-behind queue. See the module docs.
 pub(crate) struct WriteBehind {
     cfg: WriterConfig,
     stats: Arc<StoreStats>,
+    /// Keyed by account.
     records: HashMap<String, PendingRecord>,
     /// How many of `records` are urgent (kept in step with every change).
     urgent: usize,
-    loot: VecDeque<PendingLoot>,
+    txs: VecDeque<PendingTx>,
     loads: VecDeque<PendingLoad>,
     health: Health,
     backoff: Duration,
@@ -132,7 +139,7 @@ impl WriteBehind {
             stats,
             records: HashMap::new(),
             urgent: 0,
-            loot: VecDeque::new(),
+            txs: VecDeque::new(),
             loads: VecDeque::new(),
             health: Health::Healthy,
             retry_at: None,
@@ -148,9 +155,9 @@ impl WriteBehind {
         self.health
     }
 
-    /// Nothing waiting: no record, loot or load.
+    /// Nothing waiting: no record, transaction or load.
     pub fn is_idle(&self) -> bool {
-        self.records.is_empty() && self.loot.is_empty() && self.loads.is_empty()
+        self.records.is_empty() && self.txs.is_empty() && self.loads.is_empty()
     }
 
     /// Events produced so far, with where they go.
@@ -158,12 +165,12 @@ impl WriteBehind {
         self.out.drain(..)
     }
 
-    /// Merges records handed over by a shard: per character, the newest
-    /// wins; a logout keeps the character urgent.
+    /// Merges records handed over by a shard: per account, the newest
+    /// wins; a logout keeps the record urgent.
     pub fn merge_dirty(&mut self, entries: impl IntoIterator<Item = (String, DirtyEntry)>) {
-        for (name, e) in entries {
+        for (account, e) in entries {
             let due = e.urgent || self.draining;
-            match self.records.get_mut(&name) {
+            match self.records.get_mut(&account) {
                 Some(p) => {
                     if e.seq > p.seq {
                         p.record = e.record;
@@ -180,7 +187,7 @@ impl WriteBehind {
                         self.urgent += 1;
                     }
                     self.records.insert(
-                        name,
+                        account,
                         PendingRecord {
                             record: e.record,
                             seq: e.seq,
@@ -194,19 +201,20 @@ impl WriteBehind {
         self.publish_depths();
     }
 
-    /// A loot transaction to commit. Its character's queued record, if
-    /// older, takes the transaction's totals (see the module docs).
-    pub fn on_loot(&mut self, client: ClientId, seq: u64, tx: LootTx) {
-        if let Some(p) = self.records.get_mut(&tx.character) {
+    /// A transaction to commit. Its account's queued record, if older, is
+    /// replaced by the transaction's record (see the module docs); it stays
+    /// as urgent and as due as it was.
+    pub fn on_tx(&mut self, client: ClientId, seq: u64, tx: Tx) {
+        if let Some(p) = self.records.get_mut(tx.account()) {
             if p.seq < seq {
-                p.record.gold = tx.total_gold;
-                p.record.inventory = tx.inventory.clone();
+                p.record = tx.record.clone();
+                p.seq = seq;
             }
         }
-        self.loot.push_back(PendingLoot { client, tx });
+        self.txs.push_back(PendingTx { client, tx });
     }
 
-    /// A load. Answered at once when the character is held here (its
+    /// A load. Answered at once when the account's record is held here (its
     /// newest state is not in the database yet); otherwise queued until the
     /// database answers or `load_timeout` passes.
     pub fn on_load(&mut self, now: Instant, client: ClientId, account: String, tag: u64) {
@@ -247,7 +255,7 @@ impl WriteBehind {
             // Nothing but load timeouts happens before the retry.
             Some(retry) => retry,
             None => {
-                let ready = !self.loot.is_empty()
+                let ready = !self.txs.is_empty()
                     || !self.loads.is_empty()
                     || self.ping_due
                     || self.records.values().any(|p| p.due);
@@ -270,8 +278,8 @@ impl WriteBehind {
                 return false;
             }
         }
-        let did = if !self.loot.is_empty() {
-            self.commit_loot(now, backend);
+        let did = if !self.txs.is_empty() {
+            self.commit_txs(now, backend);
             true
         } else if !self.loads.is_empty() {
             self.serve_load(now, backend);
@@ -317,13 +325,13 @@ impl WriteBehind {
     /// queued are answered `Closed`.
     pub fn into_leftovers(mut self) -> (Leftovers, Vec<(Target, StoreEvent)>) {
         self.begin_shutdown();
-        let loot_n = self.loot.len();
+        let tx_n = self.txs.len();
         let mut left = Leftovers {
             records: self.records.drain().map(|(_, p)| p.record).collect(),
-            loot: self.loot.drain(..).map(|l| l.tx).collect(),
+            txs: self.txs.drain(..).map(|t| t.tx).collect(),
         };
-        left.records.sort_by(|a, b| a.name.cmp(&b.name));
-        StoreStats::release(&self.stats.loot_pending, loot_n);
+        left.records.sort_by(|a, b| a.account.cmp(&b.account));
+        StoreStats::release(&self.stats.tx_pending, tx_n);
         self.urgent = 0;
         self.publish_depths();
         (left, std::mem::take(&mut self.out))
@@ -331,35 +339,35 @@ impl WriteBehind {
 
     // --- work ---
 
-    fn commit_loot(&mut self, now: Instant, backend: &mut dyn Backend) {
-        let n = self.loot.len().min(self.cfg.max_loot_batch.max(1));
-        let txs: Vec<LootTx> = self.loot.iter().take(n).map(|l| l.tx.clone()).collect();
+    fn commit_txs(&mut self, now: Instant, backend: &mut dyn Backend) {
+        let n = self.txs.len().min(self.cfg.max_tx_batch.max(1));
+        let txs: Vec<Tx> = self.txs.iter().take(n).map(|t| t.tx.clone()).collect();
         let started = Instant::now();
-        let result = backend.commit_loot_batch(&txs);
+        let result = backend.commit_batch(&txs);
         self.stats.record_batch(started.elapsed());
         match result {
             Ok(_) => {
                 self.succeeded();
                 for _ in 0..n {
-                    self.loot_done(Ok(()));
+                    self.tx_done(Ok(()));
                 }
             }
             Err(e) if e.is_retryable() => self.failed(now, backend.kind(), &e),
             Err(e) if n == 1 => {
                 self.succeeded();
-                self.loot_done(Err(e));
+                self.tx_done(Err(e));
             }
             Err(_) => {
                 // Find the bad one(s): each alone, in order.
                 for _ in 0..n {
-                    let tx = self.loot.front().expect("n queued").tx.clone();
-                    match backend.commit_loot_batch(std::slice::from_ref(&tx)) {
-                        Ok(_) => self.loot_done(Ok(())),
+                    let tx = self.txs.front().expect("n queued").tx.clone();
+                    match backend.commit_batch(std::slice::from_ref(&tx)) {
+                        Ok(_) => self.tx_done(Ok(())),
                         Err(e) if e.is_retryable() => {
                             self.failed(now, backend.kind(), &e);
                             return;
                         }
-                        Err(e) => self.loot_done(Err(e)),
+                        Err(e) => self.tx_done(Err(e)),
                     }
                 }
                 self.succeeded();
@@ -367,27 +375,27 @@ impl WriteBehind {
         }
     }
 
-    /// The oldest loot transaction is finished: committed, or rejected.
-    fn loot_done(&mut self, result: Result<(), StoreError>) {
-        let l = self.loot.pop_front().expect("a queued transaction");
-        StoreStats::release(&self.stats.loot_pending, 1);
+    /// The oldest transaction is finished: committed, or rejected.
+    fn tx_done(&mut self, result: Result<(), StoreError>) {
+        let t = self.txs.pop_front().expect("a queued transaction");
+        StoreStats::release(&self.stats.tx_pending, 1);
         let event = match result {
             Ok(()) => {
-                self.stats.loot_committed.fetch_add(1, Relaxed);
-                StoreEvent::LootCommitted(l.tx)
+                self.stats.tx_committed.fetch_add(1, Relaxed);
+                StoreEvent::Committed(t.tx)
             }
             Err(error) => {
                 self.stats.rejected.fetch_add(1, Relaxed);
                 tracing::error!(
-                    tx_id = l.tx.tx_id,
-                    character = %l.tx.character,
+                    tx_id = t.tx.tx_id,
+                    account = %t.tx.account(),
                     %error,
-                    "loot transaction rejected by the database; it was never granted"
+                    "transaction rejected by the database; it never happened"
                 );
-                StoreEvent::LootRejected { tx: l.tx, error }
+                StoreEvent::Rejected { tx: t.tx, error }
             }
         };
-        self.out.push((Target::Client(l.client), event));
+        self.out.push((Target::Client(t.client), event));
     }
 
     fn serve_load(&mut self, now: Instant, backend: &mut dyn Backend) {
@@ -404,8 +412,9 @@ impl WriteBehind {
                 self.succeeded();
                 Err(e)
             }
-            // No loot is waiting here: loot goes first and a failure
-            // blocks everything, so the row read is up to date with it.
+            // No transaction is waiting here: transactions go first and a
+            // failure blocks everything, so the row read is up to date with
+            // them.
             Ok(found) => {
                 self.succeeded();
                 Ok(found)
@@ -433,7 +442,7 @@ impl WriteBehind {
         client: ClientId,
         account: String,
         tag: u64,
-        result: Result<Option<CharacterRecord>, StoreError>,
+        result: Result<Option<Record>, StoreError>,
     ) {
         StoreStats::release(&self.stats.loads_pending, 1);
         let counter = if result.is_ok() {
@@ -454,16 +463,16 @@ impl WriteBehind {
 
     fn save_due(&mut self, now: Instant, backend: &mut dyn Backend) {
         let max = self.cfg.max_batch.max(1);
-        let mut names: Vec<String> = self
+        let mut accounts: Vec<String> = self
             .records
             .iter()
             .filter(|(_, p)| p.urgent)
             .map(|(n, _)| n.clone())
             .take(max)
             .collect();
-        if names.len() < max {
-            let more = max - names.len();
-            names.extend(
+        if accounts.len() < max {
+            let more = max - accounts.len();
+            accounts.extend(
                 self.records
                     .iter()
                     .filter(|(_, p)| p.due && !p.urgent)
@@ -471,9 +480,9 @@ impl WriteBehind {
                     .take(more),
             );
         }
-        let batch: Vec<CharacterRecord> = names
+        let batch: Vec<Record> = accounts
             .iter()
-            .map(|n| self.records[n].record.clone())
+            .map(|a| self.records[a].record.clone())
             .collect();
         let started = Instant::now();
         let result = backend.save_batch(&batch);
@@ -481,34 +490,34 @@ impl WriteBehind {
         match result {
             Ok(()) => {
                 self.succeeded();
-                for n in &names {
-                    self.record_done(n);
+                for a in &accounts {
+                    self.record_done(a);
                 }
             }
             Err(e) if e.is_retryable() => self.failed(now, backend.kind(), &e),
             Err(e) => {
                 if batch.len() > 1 {
                     // Find the bad one(s): each alone.
-                    for (n, r) in names.iter().zip(&batch) {
+                    for (a, r) in accounts.iter().zip(&batch) {
                         match backend.save_batch(std::slice::from_ref(r)) {
-                            Ok(()) => self.record_done(n),
+                            Ok(()) => self.record_done(a),
                             Err(e) if e.is_retryable() => {
                                 self.failed(now, backend.kind(), &e);
                                 return;
                             }
-                            Err(e) => self.record_rejected(n, &e),
+                            Err(e) => self.record_rejected(a, &e),
                         }
                     }
                 } else {
-                    self.record_rejected(&names[0], &e);
+                    self.record_rejected(&accounts[0], &e);
                 }
                 self.succeeded();
             }
         }
     }
 
-    fn record_done(&mut self, name: &str) {
-        if let Some(p) = self.records.remove(name) {
+    fn record_done(&mut self, account: &str) {
+        if let Some(p) = self.records.remove(account) {
             if p.urgent {
                 self.urgent -= 1;
             }
@@ -516,16 +525,16 @@ impl WriteBehind {
         }
     }
 
-    fn record_rejected(&mut self, name: &str, error: &StoreError) {
-        if let Some(p) = self.records.remove(name) {
+    fn record_rejected(&mut self, account: &str, error: &StoreError) {
+        if let Some(p) = self.records.remove(account) {
             if p.urgent {
                 self.urgent -= 1;
             }
             self.stats.rejected.fetch_add(1, Relaxed);
             tracing::error!(
-                character = %name,
+                %account,
                 %error,
-                "character record rejected by the database; dropped"
+                "record rejected by the database; dropped"
             );
         }
     }
@@ -575,41 +584,29 @@ impl WriteBehind {
 mod tests {
     use super::*;
     use crate::fake::{FakeBackend, FakeCall, FakeControl};
-    use tether_proto::pb;
+    use bytes::Bytes;
 
-    fn rec(name: &str, gold: u64) -> CharacterRecord {
-        CharacterRecord {
-            name: name.into(),
-            pos: Some((1.0, 2.0)),
-            hp: 50,
-            level: 3,
-            xp: 10,
-            gold,
-            inventory: vec![],
+    /// A record whose bytes are `data` (the tests read them back as text).
+    fn rec(account: &str, data: &str) -> Record {
+        Record {
+            account: account.into(),
+            version: 1,
+            data: Bytes::from(data.to_string()),
         }
     }
 
-    fn loot(tx_id: u64, name: &str, total_gold: u64) -> LootTx {
-        LootTx {
+    /// A transaction leaving `account`'s record as `data`.
+    fn tx(tx_id: u64, account: &str, data: &str) -> Tx {
+        Tx {
             tx_id,
-            entity: 1,
-            character: name.into(),
-            gold: 5,
-            items: vec![pb::ItemStack {
-                item_id: 1,
-                count: 1,
-            }],
-            total_gold,
-            inventory: vec![pb::ItemStack {
-                item_id: 1,
-                count: tx_id as u32,
-            }],
+            record: rec(account, data),
+            entry: Bytes::from(format!("entry {tx_id}")),
         }
     }
 
-    fn entry(r: CharacterRecord, seq: u64, urgent: bool) -> (String, DirtyEntry) {
+    fn entry(r: Record, seq: u64, urgent: bool) -> (String, DirtyEntry) {
         (
-            r.name.clone(),
+            r.account.clone(),
             DirtyEntry {
                 record: r,
                 seq,
@@ -656,20 +653,20 @@ mod tests {
             self.seq
         }
 
-        fn dirty(&mut self, r: CharacterRecord) {
+        fn dirty(&mut self, r: Record) {
             let s = self.seq();
             self.q.merge_dirty([entry(r, s, false)]);
         }
 
-        fn save_now(&mut self, r: CharacterRecord) {
+        fn save_now(&mut self, r: Record) {
             let s = self.seq();
             self.q.merge_dirty([entry(r, s, true)]);
         }
 
-        fn loot(&mut self, tx: LootTx) {
+        fn commit(&mut self, tx: Tx) {
             let s = self.seq();
-            self.stats.loot_pending.fetch_add(1, Relaxed);
-            self.q.on_loot(0, s, tx);
+            self.stats.tx_pending.fetch_add(1, Relaxed);
+            self.q.on_tx(0, s, tx);
         }
 
         fn load(&mut self, ms: u64, account: &str, tag: u64) {
@@ -699,30 +696,37 @@ mod tests {
                 })
                 .collect()
         }
+
+        /// The stored bytes of `account`, as text.
+        fn stored(&self, account: &str) -> Option<String> {
+            self.ctl
+                .record(account)
+                .map(|r| String::from_utf8(r.data.to_vec()).unwrap())
+        }
     }
 
     fn committed(events: &[StoreEvent]) -> Vec<u64> {
         events
             .iter()
             .filter_map(|e| match e {
-                StoreEvent::LootCommitted(tx) => Some(tx.tx_id),
+                StoreEvent::Committed(tx) => Some(tx.tx_id),
                 _ => None,
             })
             .collect()
     }
 
     #[test]
-    fn records_coalesce_per_character_latest_wins() {
+    fn records_coalesce_per_account_latest_wins() {
         let mut h = Harness::new();
-        for gold in 0..100 {
-            h.dirty(rec("ann", gold));
+        for i in 0..100 {
+            h.dirty(rec("ann", &format!("ann {i}")));
         }
-        h.dirty(rec("bob", 7));
+        h.dirty(rec("bob", "bob"));
         assert_eq!(h.stats.snapshot().records_pending, 2);
         h.run(5_000);
         assert_eq!(h.saves().len(), 1, "one batch");
-        assert_eq!(h.saves()[0].len(), 2, "one row per character");
-        assert_eq!(h.ctl.character("ann").unwrap().gold, 99);
+        assert_eq!(h.saves()[0].len(), 2, "one row per account");
+        assert_eq!(h.stored("ann").unwrap(), "ann 99");
         assert_eq!(h.stats.snapshot().records_pending, 0);
         assert_eq!(h.stats.snapshot().records_written, 2);
         assert_eq!(h.stats.snapshot().flushes, 1);
@@ -730,26 +734,35 @@ mod tests {
     }
 
     #[test]
+    fn the_newest_record_wins_whatever_order_the_shards_hand_them_over() {
+        let mut h = Harness::new();
+        h.q.merge_dirty([entry(rec("ann", "new"), 9, false)]);
+        h.q.merge_dirty([entry(rec("ann", "old"), 3, false)]);
+        h.run(5_000);
+        assert_eq!(h.stored("ann").unwrap(), "new");
+    }
+
+    #[test]
     fn dirty_records_wait_for_the_flush_interval_logouts_do_not() {
         let mut h = Harness::new();
-        h.dirty(rec("ann", 1));
+        h.dirty(rec("ann", "1"));
         h.run(0);
         h.run(4_999);
         assert!(h.saves().is_empty(), "nothing before the interval");
         assert_eq!(h.q.next_wake(h.at(100)), h.at(5_000));
-        h.save_now(rec("bob", 2));
+        h.save_now(rec("bob", "2"));
         assert_eq!(h.q.next_wake(h.at(100)), h.at(100), "a logout is ready now");
         h.run(100);
         assert_eq!(h.saves(), vec![vec!["bob".to_string()]], "only the logout");
-        assert!(h.ctl.character("ann").is_none());
+        assert!(h.ctl.record("ann").is_none());
         h.run(5_000);
-        assert_eq!(h.ctl.character("ann").unwrap().gold, 1);
+        assert_eq!(h.stored("ann").unwrap(), "1");
         // The next flush is an interval later.
-        h.dirty(rec("ann", 2));
+        h.dirty(rec("ann", "2"));
         h.run(9_999);
-        assert_eq!(h.ctl.character("ann").unwrap().gold, 1);
+        assert_eq!(h.stored("ann").unwrap(), "1");
         h.run(10_000);
-        assert_eq!(h.ctl.character("ann").unwrap().gold, 2);
+        assert_eq!(h.stored("ann").unwrap(), "2");
     }
 
     #[test]
@@ -759,9 +772,9 @@ mod tests {
             ..WriterConfig::default()
         });
         for i in 0..25 {
-            h.dirty(rec(&format!("p{i:02}"), i));
+            h.dirty(rec(&format!("p{i:02}"), "x"));
         }
-        h.save_now(rec("zed", 1));
+        h.save_now(rec("zed", "1"));
         h.run(5_000);
         let saves = h.saves();
         assert_eq!(saves.len(), 3);
@@ -770,20 +783,20 @@ mod tests {
             saves[0].contains(&"zed".to_string()),
             "the logout in the first batch"
         );
-        assert_eq!(h.ctl.character_count(), 26);
+        assert_eq!(h.ctl.record_count(), 26);
     }
 
     #[test]
-    fn loot_is_acknowledged_only_after_commit_and_goes_first() {
+    fn transactions_are_acknowledged_only_after_commit_and_go_first() {
         let mut h = Harness::new();
-        h.save_now(rec("ann", 0));
-        h.loot(loot(1, "ann", 5));
+        h.save_now(rec("ann", "0"));
+        h.commit(tx(1, "ann", "ann+5"));
         h.ctl.set_down(true);
         let ev = h.run(0);
         assert!(committed(&ev).is_empty(), "no ack while the commit fails");
         assert_eq!(ev, vec![StoreEvent::Health(Health::Degraded)]);
         assert!(h.stats.snapshot().degraded);
-        assert_eq!(h.stats.snapshot().loot_pending, 1);
+        assert_eq!(h.stats.snapshot().tx_pending, 1);
 
         h.ctl.set_down(false);
         h.ctl.clear_calls();
@@ -793,19 +806,20 @@ mod tests {
         let calls = h.ctl.calls();
         assert_eq!(
             calls[0],
-            FakeCall::CommitLoot(vec![1]),
-            "loot before records"
+            FakeCall::Commit(vec![1]),
+            "transactions before records"
         );
         assert_eq!(calls[1], FakeCall::SaveBatch(vec!["ann".into()]));
-        assert_eq!(h.ctl.character("ann").unwrap().gold, 5);
+        assert_eq!(h.stored("ann").unwrap(), "ann+5");
         assert!(!h.stats.snapshot().degraded);
-        assert_eq!(h.stats.snapshot().loot_pending, 0);
+        let s = h.stats.snapshot();
+        assert_eq!((s.tx_pending, s.tx_committed), (0, 1));
     }
 
     #[test]
     fn backoff_doubles_to_the_cap_and_resets_on_success() {
         let mut h = Harness::new();
-        h.loot(loot(1, "ann", 5));
+        h.commit(tx(1, "ann", "5"));
         h.ctl.set_down(true);
         let mut t = 0;
         let mut gaps = vec![];
@@ -830,7 +844,7 @@ mod tests {
         h.run(t + 5_000);
         assert_eq!(h.ctl.ledger(), vec![1]);
         // Fresh failure: back to the initial delay.
-        h.loot(loot(2, "ann", 6));
+        h.commit(tx(2, "ann", "6"));
         h.ctl.set_down(true);
         t += 5_000;
         h.run(t);
@@ -838,28 +852,42 @@ mod tests {
     }
 
     #[test]
-    fn loot_in_an_outage_is_committed_in_order_when_the_database_returns() {
+    fn transactions_in_an_outage_are_committed_in_order_in_capped_batches() {
         let mut h = Harness::with(WriterConfig {
-            max_loot_batch: 4,
+            max_tx_batch: 4,
             ..WriterConfig::default()
         });
         h.ctl.set_down(true);
         for id in 1..=10 {
-            h.loot(loot(id, "ann", id * 10));
+            h.commit(tx(id, "ann", &format!("after {id}")));
         }
         h.run(0);
         assert!(h.ctl.ledger().is_empty());
         h.ctl.set_down(false);
+        h.ctl.clear_calls();
         let ev = h.run(100);
         assert_eq!(committed(&ev), (1..=10).collect::<Vec<_>>());
         assert_eq!(h.ctl.ledger(), (1..=10).collect::<Vec<_>>());
-        assert_eq!(h.ctl.character("ann").unwrap().gold, 100);
+        assert_eq!(
+            h.ctl.calls(),
+            vec![
+                FakeCall::Commit(vec![1, 2, 3, 4]),
+                FakeCall::Commit(vec![5, 6, 7, 8]),
+                FakeCall::Commit(vec![9, 10]),
+            ],
+            "one database transaction per batch of four"
+        );
+        assert_eq!(
+            h.stored("ann").unwrap(),
+            "after 10",
+            "the last one's record"
+        );
     }
 
     #[test]
     fn an_ambiguous_commit_is_not_applied_twice() {
         let mut h = Harness::new();
-        h.loot(loot(1, "ann", 5));
+        h.commit(tx(1, "ann", "5"));
         h.ctl.lose_next_commit_answer();
         let ev = h.run(0);
         assert!(
@@ -867,6 +895,9 @@ mod tests {
             "the answer was lost: not acknowledged"
         );
         assert_eq!(h.ctl.ledger(), vec![1], "but the commit happened");
+        // Meanwhile the account moved on in the database; the retry must
+        // not put the transaction's record back over it.
+        h.ctl.insert(rec("ann", "spent"));
         let ev = h.run(100);
         assert_eq!(
             committed(&ev),
@@ -874,44 +905,75 @@ mod tests {
             "acknowledged once, after the retry"
         );
         assert_eq!(h.ctl.ledger(), vec![1], "applied once");
+        assert_eq!(h.stored("ann").unwrap(), "spent");
     }
 
     #[test]
-    fn a_record_queued_before_loot_takes_the_loot_totals() {
+    fn a_record_queued_before_a_transaction_is_replaced_by_its_record() {
         let mut h = Harness::new();
-        h.dirty(rec("ann", 100)); // before the loot
-        h.loot(loot(1, "ann", 150));
+        h.dirty(rec("ann", "before")); // older than the transaction
+        h.commit(tx(1, "ann", "after tx 1"));
         h.run(5_000);
-        let stored = h.ctl.character("ann").unwrap();
-        assert_eq!(stored.gold, 150, "the older record must not take loot back");
-        assert_eq!(stored.inventory, loot(1, "ann", 150).inventory);
+        assert_eq!(
+            h.stored("ann").unwrap(),
+            "after tx 1",
+            "the older record must not take the transaction back"
+        );
+        assert_eq!(h.ctl.ledger(), vec![1]);
 
-        // A record newer than the loot is left as it is.
-        h.loot(loot(2, "ann", 200));
-        h.dirty(rec("ann", 999));
+        // A record newer than the transaction is left as it is, and is
+        // written after it.
+        h.commit(tx(2, "ann", "after tx 2"));
+        h.dirty(rec("ann", "newer"));
         h.run(10_000);
-        assert_eq!(h.ctl.character("ann").unwrap().gold, 999);
+        assert_eq!(h.stored("ann").unwrap(), "newer");
+
+        // An urgent record stays urgent when it takes a transaction's
+        // record: written at once, not at the next interval.
+        h.save_now(rec("bob", "logout"));
+        h.commit(tx(3, "bob", "after tx 3"));
+        h.ctl.clear_calls();
+        h.run(10_001);
+        assert_eq!(
+            h.ctl.calls(),
+            vec![
+                FakeCall::Commit(vec![3]),
+                FakeCall::SaveBatch(vec!["bob".into()])
+            ]
+        );
+        assert_eq!(h.stored("bob").unwrap(), "after tx 3");
+        assert_eq!(h.stats.snapshot().saves_pending, 0);
+    }
+
+    #[test]
+    fn a_record_that_took_a_transaction_is_not_replaced_by_an_older_one() {
+        let mut h = Harness::new();
+        h.q.merge_dirty([entry(rec("ann", "seq 1"), 1, false)]);
+        h.stats.tx_pending.fetch_add(1, Relaxed);
+        h.q.on_tx(0, 5, tx(1, "ann", "tx at seq 5"));
+        // A record from before the transaction, handed over late.
+        h.q.merge_dirty([entry(rec("ann", "seq 3"), 3, false)]);
+        h.run(5_000);
+        assert_eq!(h.stored("ann").unwrap(), "tx at seq 5");
     }
 
     #[test]
     fn loads_are_answered_from_memory_first_then_from_the_database() {
         let mut h = Harness::new();
-        h.ctl.insert(rec("old", 1));
-        h.save_now(rec("held", 2));
-        h.loot(loot(1, "held", 40));
+        h.ctl.insert(rec("old", "in the database"));
+        h.save_now(rec("held", "logout"));
+        h.commit(tx(1, "held", "after tx"));
         h.ctl.set_down(true);
         h.load(0, "held", 7);
         let ev = h.q.take_events().map(|(_, e)| e).collect::<Vec<_>>();
-        let mut expected = rec("held", 40);
-        expected.inventory = loot(1, "held", 40).inventory;
         assert_eq!(
             ev,
             vec![StoreEvent::Loaded {
                 account: "held".into(),
                 tag: 7,
-                result: Ok(Some(expected)),
+                result: Ok(Some(rec("held", "after tx"))),
             }],
-            "answered at once, database down or not, with the loot in it"
+            "answered at once, database down or not, with the transaction in it"
         );
         h.ctl.set_down(false);
         h.load(0, "old", 8);
@@ -928,7 +990,7 @@ mod tests {
                 StoreEvent::Loaded {
                     account: "old".into(),
                     tag: 8,
-                    result: Ok(Some(rec("old", 1))),
+                    result: Ok(Some(rec("old", "in the database"))),
                 },
                 StoreEvent::Loaded {
                     account: "nobody".into(),
@@ -939,6 +1001,26 @@ mod tests {
         );
         assert_eq!(h.stats.snapshot().loads_pending, 0);
         assert_eq!(h.stats.snapshot().loads_served, 3);
+    }
+
+    #[test]
+    fn a_load_waits_for_the_transactions_queued_before_it() {
+        let mut h = Harness::new();
+        h.ctl.insert(rec("ann", "before"));
+        h.commit(tx(1, "ann", "after tx"));
+        h.load(0, "ann", 1);
+        let ev = h.run(0);
+        assert_eq!(
+            ev,
+            vec![
+                StoreEvent::Committed(tx(1, "ann", "after tx")),
+                StoreEvent::Loaded {
+                    account: "ann".into(),
+                    tag: 1,
+                    result: Ok(Some(rec("ann", "after tx"))),
+                },
+            ]
+        );
     }
 
     #[test]
@@ -964,7 +1046,7 @@ mod tests {
     #[test]
     fn a_short_outage_delays_a_load_without_failing_it() {
         let mut h = Harness::new();
-        h.ctl.insert(rec("ann", 3));
+        h.ctl.insert(rec("ann", "3"));
         h.ctl.fail_next(2);
         h.load(0, "ann", 1);
         h.run(0);
@@ -973,7 +1055,7 @@ mod tests {
         assert!(ev.contains(&StoreEvent::Loaded {
             account: "ann".into(),
             tag: 1,
-            result: Ok(Some(rec("ann", 3))),
+            result: Ok(Some(rec("ann", "3"))),
         }));
         assert!(ev.contains(&StoreEvent::Health(Health::Healthy)));
     }
@@ -982,12 +1064,12 @@ mod tests {
     fn a_rejected_record_is_dropped_alone() {
         let mut h = Harness::new();
         for n in ["a", "b", "bad", "c"] {
-            h.dirty(rec(n, 1));
+            h.dirty(rec(n, "1"));
         }
-        h.ctl.reject_character("bad");
+        h.ctl.reject_account("bad");
         h.run(5_000);
-        assert_eq!(h.ctl.character_count(), 3);
-        assert!(h.ctl.character("bad").is_none());
+        assert_eq!(h.ctl.record_count(), 3);
+        assert!(h.ctl.record("bad").is_none());
         let s = h.stats.snapshot();
         assert_eq!(
             (s.rejected, s.records_pending, s.records_written),
@@ -997,19 +1079,21 @@ mod tests {
     }
 
     #[test]
-    fn rejected_loot_is_reported_and_the_rest_committed() {
+    fn a_rejected_transaction_is_reported_and_the_rest_committed() {
         let mut h = Harness::new();
-        h.ctl.reject_character("bad");
-        h.loot(loot(1, "ann", 1));
-        h.loot(loot(2, "bad", 1));
-        h.loot(loot(3, "ann", 2));
+        h.ctl.reject_account("bad");
+        h.commit(tx(1, "ann", "1"));
+        h.commit(tx(2, "bad", "1"));
+        h.commit(tx(3, "ann", "2"));
         let ev = h.run(0);
         assert_eq!(committed(&ev), vec![1, 3]);
         assert!(ev
             .iter()
-            .any(|e| matches!(e, StoreEvent::LootRejected { tx, .. } if tx.tx_id == 2)));
-        assert_eq!(h.stats.snapshot().loot_pending, 0);
-        assert_eq!(h.stats.snapshot().rejected, 1);
+            .any(|e| matches!(e, StoreEvent::Rejected { tx, .. } if tx.tx_id == 2)));
+        assert_eq!(h.ctl.ledger(), vec![1, 3]);
+        assert_eq!(h.stored("ann").unwrap(), "2");
+        let s = h.stats.snapshot();
+        assert_eq!((s.tx_pending, s.tx_committed, s.rejected), (0, 2, 1));
     }
 
     #[test]
@@ -1026,15 +1110,15 @@ mod tests {
     #[test]
     fn shutdown_makes_everything_due_and_reports_leftovers() {
         let mut h = Harness::new();
-        h.dirty(rec("ann", 1));
+        h.dirty(rec("ann", "1"));
         h.q.begin_shutdown();
-        h.dirty(rec("bob", 1)); // handed over while draining: due too
+        h.dirty(rec("bob", "1")); // handed over while draining: due too
         h.run(0);
-        assert_eq!(h.ctl.character_count(), 2, "no wait for the interval");
+        assert_eq!(h.ctl.record_count(), 2, "no wait for the interval");
 
         let mut h = Harness::new();
-        h.dirty(rec("ann", 1));
-        h.loot(loot(1, "ann", 5));
+        h.dirty(rec("ann", "1"));
+        h.commit(tx(1, "ann", "after tx"));
         h.load(0, "x", 1);
         h.ctl.set_down(true);
         h.run(0);
@@ -1046,28 +1130,27 @@ mod tests {
             result: Err(StoreError::Closed)
         }));
         let (left, _) = h.q.into_leftovers();
-        assert_eq!(left.records.len(), 1);
-        assert_eq!(left.loot.len(), 1);
-        assert_eq!(left.records[0].gold, 5, "the record carries the loot");
-        assert_eq!(h.stats.snapshot().loot_pending, 0);
+        assert_eq!(left.records, vec![rec("ann", "after tx")], "carries the tx");
+        assert_eq!(left.txs, vec![tx(1, "ann", "after tx")]);
+        assert_eq!(h.stats.snapshot().tx_pending, 0);
     }
 
     #[test]
     fn saves_pending_counts_logouts_until_written() {
         let mut h = Harness::new();
         h.ctl.set_down(true);
-        h.save_now(rec("a", 1));
-        h.save_now(rec("a", 2));
-        h.save_now(rec("b", 1));
-        h.dirty(rec("c", 1));
-        h.dirty(rec("a", 3)); // online again: stays urgent
+        h.save_now(rec("a", "1"));
+        h.save_now(rec("a", "2"));
+        h.save_now(rec("b", "1"));
+        h.dirty(rec("c", "1"));
+        h.dirty(rec("a", "3")); // online again: stays urgent
         assert_eq!(h.stats.snapshot().saves_pending, 2);
         assert_eq!(h.stats.snapshot().records_pending, 3);
         h.run(0);
         h.ctl.set_down(false);
         h.run(100);
         assert_eq!(h.stats.snapshot().saves_pending, 0);
-        assert_eq!(h.ctl.character("a").unwrap().gold, 3);
-        assert!(h.ctl.character("c").is_none(), "not due yet");
+        assert_eq!(h.stored("a").unwrap(), "3");
+        assert!(h.ctl.record("c").is_none(), "not due yet");
     }
 }

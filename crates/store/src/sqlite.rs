@@ -8,13 +8,13 @@
 //! honours fsync). `synchronous=NORMAL` would only survive a process crash: a
 //! power cut could take back the last transactions, and those include loot a
 //! player has been told is theirs. The price is one fsync per transaction;
-//! the writer keeps that small by writing characters in batches and by
-//! committing the loot that is waiting together
-//! ([`Backend::commit_loot_batch`]).
+//! the writer keeps that small by writing records in batches and by
+//! committing the transactions that are waiting together
+//! ([`Backend::commit_batch`]).
 //!
-//! What a crash can lose is only what was never written: the position and hp
-//! changes of the last flush interval (write-behind), never acknowledged
-//! loot.
+//! What a crash can lose is only what was never written: the record changes
+//! of the last flush interval (write-behind), never an acknowledged
+//! transaction.
 //!
 //! # Connection
 //!
@@ -27,12 +27,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bytes::Bytes;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
-use tether_world::{CharacterRecord, LootTx};
+use tether_engine::{Record, Tx};
 
 use crate::backend::{
-    decode_inventory, encode_inventory, from_sql_int, last_per_name, to_sql_int, tx_key, unix_ms,
-    Backend, SCHEMA_VERSION,
+    check_game, last_per_account, tx_key, unix_ms, version_from_sql, Backend, SCHEMA_VERSION,
 };
 use crate::StoreError;
 
@@ -41,7 +41,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The migrations, in order; migration `i + 1` is `MIGRATIONS[i]`.
 const MIGRATIONS: &[&str] = &[
-    // 1: accounts, characters, the loot ledger.
+    // 1: accounts, characters, the loot ledger (the MMO's own tables; kept
+    // as they were so that a version-1 database upgrades through 2).
     "CREATE TABLE accounts (
         name        TEXT PRIMARY KEY,
         created_at  INTEGER NOT NULL
@@ -73,49 +74,83 @@ const MIGRATIONS: &[&str] = &[
         committed_at INTEGER NOT NULL,
         PRIMARY KEY (run_id, tx_id)
     );",
+    // 2: game-agnostic tables. Every character becomes a version-0 record of
+    // the game "mmo" (the only game schema 1 knew), its columns as text
+    // joined by TABs: name, x, y, hp, level, xp, gold, inventory (x and y
+    // empty when NULL, numbers in SQLite's own text form, the inventory
+    // column as it was). Its loot ledger rows become ledger entries "gold
+    // TAB items TAB total_gold". An account with several characters (none
+    // was ever written so) keeps the first by name, the one a load returned.
+    // Then the old tables go. The CHECKs make an empty account a rejected
+    // row rather than a key nobody can log in as.
+    "CREATE TABLE records (
+        game        TEXT NOT NULL,
+        account     TEXT NOT NULL CHECK (account <> ''),
+        version     INTEGER NOT NULL,
+        data        BLOB NOT NULL,
+        updated_at  INTEGER NOT NULL,
+        PRIMARY KEY (game, account)
+    );
+    CREATE TABLE tx_ledger (
+        game        TEXT NOT NULL,
+        run_id      INTEGER NOT NULL REFERENCES store_runs(id),
+        tx_id       INTEGER NOT NULL,
+        account     TEXT NOT NULL CHECK (account <> ''),
+        entry       BLOB NOT NULL,
+        committed_at INTEGER NOT NULL,
+        PRIMARY KEY (game, run_id, tx_id)
+    );
+    INSERT INTO records (game, account, version, data, updated_at)
+        SELECT 'mmo', c.account, 0,
+            CAST(c.name || char(9) || COALESCE(CAST(c.x AS TEXT), '') || char(9)
+                || COALESCE(CAST(c.y AS TEXT), '') || char(9) || CAST(c.hp AS TEXT)
+                || char(9) || CAST(c.level AS TEXT) || char(9) || CAST(c.xp AS TEXT)
+                || char(9) || CAST(c.gold AS TEXT) || char(9) || c.inventory AS BLOB),
+            c.updated_at
+        FROM characters c
+        WHERE c.name = (SELECT MIN(o.name) FROM characters o WHERE o.account = c.account);
+    INSERT INTO tx_ledger (game, run_id, tx_id, account, entry, committed_at)
+        SELECT 'mmo', run_id, tx_id, character,
+            CAST(CAST(gold AS TEXT) || char(9) || items || char(9)
+                || CAST(total_gold AS TEXT) AS BLOB),
+            committed_at
+        FROM loot_ledger;
+    DROP TABLE loot_ledger;
+    DROP INDEX characters_by_account;
+    DROP TABLE characters;
+    DROP TABLE accounts;",
 ];
 
-const UPSERT_ACCOUNT: &str =
-    "INSERT INTO accounts (name, created_at) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING";
+const UPSERT_RECORD: &str = "INSERT INTO records (game, account, version, data, updated_at)
+        VALUES (?1, ?2, ?3, ?4, ?5)
+    ON CONFLICT (game, account) DO UPDATE SET
+        version = excluded.version, data = excluded.data, updated_at = excluded.updated_at";
 
-const UPSERT_CHARACTER: &str = "INSERT INTO characters
-        (name, account, x, y, hp, level, xp, gold, inventory, updated_at)
-        VALUES (?1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-    ON CONFLICT (name) DO UPDATE SET
-        account = excluded.account, x = excluded.x, y = excluded.y, hp = excluded.hp,
-        level = excluded.level, xp = excluded.xp, gold = excluded.gold,
-        inventory = excluded.inventory, updated_at = excluded.updated_at";
+const INSERT_LEDGER: &str = "INSERT INTO tx_ledger
+        (game, run_id, tx_id, account, entry, committed_at)
+        VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+    ON CONFLICT (game, run_id, tx_id) DO NOTHING";
 
-const INSERT_LEDGER: &str = "INSERT INTO loot_ledger
-        (run_id, tx_id, character, gold, items, total_gold, committed_at)
-        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-    ON CONFLICT (run_id, tx_id) DO NOTHING";
-
-/// Loot for a character with no row yet creates one as a brand-new
-/// character would be (no position, level 0: the world places and fills it
-/// in on join); the character's own save lands on top of it.
-const APPLY_LOOT: &str = "INSERT INTO characters
-        (name, account, x, y, hp, level, xp, gold, inventory, updated_at)
-        VALUES (?1, ?1, NULL, NULL, 0, 0, 0, ?2, ?3, ?4)
-    ON CONFLICT (name) DO UPDATE SET
-        gold = excluded.gold, inventory = excluded.inventory, updated_at = excluded.updated_at";
-
-/// Tether's state in one SQLite file.
+/// One game's state in one SQLite file (which other games may share).
 pub struct SqliteBackend {
     path: PathBuf,
+    game: String,
     conn: Option<Connection>,
-    /// This process's row in `store_runs`: with the world's transaction id
-    /// it keys the loot ledger (transaction ids restart with the process).
+    /// This process's row in `store_runs`: with the game's transaction id
+    /// it keys the ledger (transaction ids restart with the process).
     run_id: Option<i64>,
 }
 
 impl SqliteBackend {
-    /// Opens (creating if needed) the database file at `path`, sets WAL and
-    /// `synchronous=FULL`, and applies migrations. The parent directory must
-    /// exist. Any failure here is a start-up error to report and exit on.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+    /// Opens (creating if needed) the database file at `path` for `game`,
+    /// sets WAL and `synchronous=FULL`, and applies migrations. The parent
+    /// directory must exist. Any failure here is a start-up error to report
+    /// and exit on.
+    pub fn open(path: impl AsRef<Path>, game: &str) -> Result<Self, StoreError> {
+        check_game(game)?;
         let mut b = SqliteBackend {
             path: path.as_ref().to_path_buf(),
+            game: game.to_string(),
             conn: None,
             run_id: None,
         };
@@ -160,12 +195,12 @@ impl SqliteBackend {
     /// that the next call starts from a fresh one.
     fn with_conn<T>(
         &mut self,
-        f: impl FnOnce(&mut Connection, &mut Option<i64>) -> Result<T, StoreError>,
+        f: impl FnOnce(&mut Connection, &str, &mut Option<i64>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let result = match self.connect() {
             Ok(_) => {
                 let conn = self.conn.as_mut().expect("connected");
-                f(conn, &mut self.run_id)
+                f(conn, &self.game, &mut self.run_id)
             }
             Err(e) => Err(e),
         };
@@ -232,72 +267,48 @@ impl Backend for SqliteBackend {
         "sqlite"
     }
 
-    fn migrate(&mut self) -> Result<u32, StoreError> {
-        self.with_conn(|c, _| migrate_conn(c))
+    fn game(&self) -> &str {
+        &self.game
     }
 
-    fn load(&mut self, account: &str) -> Result<Option<CharacterRecord>, StoreError> {
-        self.with_conn(|c, _| {
+    fn migrate(&mut self) -> Result<u32, StoreError> {
+        self.with_conn(|c, _, _| migrate_conn(c))
+    }
+
+    fn load(&mut self, account: &str) -> Result<Option<Record>, StoreError> {
+        self.with_conn(|c, game, _| {
             let row = c
                 .prepare_cached(
-                    "SELECT name, x, y, hp, level, xp, gold, inventory FROM characters
-                     WHERE account = ?1 ORDER BY name LIMIT 1",
+                    "SELECT version, data FROM records WHERE game = ?1 AND account = ?2",
                 )?
-                .query_row([account], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, Option<f64>>(1)?,
-                        r.get::<_, Option<f64>>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, i64>(5)?,
-                        r.get::<_, i64>(6)?,
-                        r.get::<_, String>(7)?,
-                    ))
+                .query_row(params![game, account], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
                 })
                 .optional()?;
-            let Some((name, x, y, hp, level, xp, gold, inventory)) = row else {
+            let Some((version, data)) = row else {
                 return Ok(None);
             };
-            Ok(Some(CharacterRecord {
-                name,
-                pos: x.zip(y).map(|(x, y)| (x as f32, y as f32)),
-                hp: i32::try_from(hp)
-                    .map_err(|_| StoreError::Rejected(format!("hp {hp} out of range")))?,
-                level: u32::try_from(level)
-                    .map_err(|_| StoreError::Rejected(format!("level {level} out of range")))?,
-                xp: from_sql_int("xp", xp)?,
-                gold: from_sql_int("gold", gold)?,
-                inventory: decode_inventory(&inventory)?,
+            Ok(Some(Record {
+                account: account.to_string(),
+                version: version_from_sql(version)?,
+                data: Bytes::from(data),
             }))
         })
     }
 
-    fn save_batch(&mut self, records: &[CharacterRecord]) -> Result<(), StoreError> {
+    fn save_batch(&mut self, records: &[Record]) -> Result<(), StoreError> {
         if records.is_empty() {
             return Ok(());
         }
-        let mut batch = last_per_name(records);
-        batch.sort_by(|a, b| a.name.cmp(&b.name));
-        self.with_conn(|c, _| {
+        let mut batch = last_per_account(records);
+        batch.sort_by(|a, b| a.account.cmp(&b.account));
+        self.with_conn(|c, game, _| {
             let now = unix_ms();
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
-                let mut account = tx.prepare_cached(UPSERT_ACCOUNT)?;
-                let mut character = tx.prepare_cached(UPSERT_CHARACTER)?;
+                let mut upsert = tx.prepare_cached(UPSERT_RECORD)?;
                 for r in batch {
-                    account.execute(params![r.name, now])?;
-                    character.execute(params![
-                        r.name,
-                        r.pos.map(|p| p.0 as f64),
-                        r.pos.map(|p| p.1 as f64),
-                        r.hp,
-                        r.level,
-                        to_sql_int("xp", r.xp)?,
-                        to_sql_int("gold", r.gold)?,
-                        encode_inventory(&r.inventory),
-                        now,
-                    ])?;
+                    upsert.execute(params![game, r.account, r.version, &r.data[..], now])?;
                 }
             }
             tx.commit()?;
@@ -305,40 +316,33 @@ impl Backend for SqliteBackend {
         })
     }
 
-    fn commit_loot_batch(&mut self, txs: &[LootTx]) -> Result<usize, StoreError> {
+    fn commit_batch(&mut self, txs: &[Tx]) -> Result<usize, StoreError> {
         if txs.is_empty() {
             return Ok(0);
         }
-        self.with_conn(|c, run| {
+        self.with_conn(|c, game, run| {
             let run = run_id(c, run)?;
             let now = unix_ms();
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut applied = 0;
             {
                 let mut ledger = tx.prepare_cached(INSERT_LEDGER)?;
-                let mut account = tx.prepare_cached(UPSERT_ACCOUNT)?;
-                let mut apply = tx.prepare_cached(APPLY_LOOT)?;
+                let mut upsert = tx.prepare_cached(UPSERT_RECORD)?;
                 for t in txs {
                     let inserted = ledger.execute(params![
+                        game,
                         run,
                         tx_key(t.tx_id),
-                        t.character,
-                        to_sql_int("gold", t.gold)?,
-                        encode_inventory(&t.items),
-                        to_sql_int("gold", t.total_gold)?,
+                        t.account(),
+                        &t.entry[..],
                         now,
                     ])?;
                     if inserted == 0 {
                         continue;
                     }
                     applied += 1;
-                    account.execute(params![t.character, now])?;
-                    apply.execute(params![
-                        t.character,
-                        to_sql_int("gold", t.total_gold)?,
-                        encode_inventory(&t.inventory),
-                        now,
-                    ])?;
+                    let r = &t.record;
+                    upsert.execute(params![game, r.account, r.version, &r.data[..], now])?;
                 }
             }
             tx.commit()?;
@@ -347,7 +351,7 @@ impl Backend for SqliteBackend {
     }
 
     fn ping(&mut self) -> Result<(), StoreError> {
-        self.with_conn(|c, _| {
+        self.with_conn(|c, _, _| {
             c.query_row("SELECT COUNT(*) FROM schema_version", [], |_| Ok(()))?;
             Ok(())
         })

@@ -15,10 +15,10 @@ pub struct StoreStats {
     pub(crate) degraded: AtomicBool,
     pub(crate) records_pending: AtomicU64,
     pub(crate) saves_pending: AtomicU64,
-    pub(crate) loot_pending: AtomicU64,
+    pub(crate) tx_pending: AtomicU64,
     pub(crate) loads_pending: AtomicU64,
     pub(crate) records_written: AtomicU64,
-    pub(crate) loot_committed: AtomicU64,
+    pub(crate) tx_committed: AtomicU64,
     pub(crate) loads_served: AtomicU64,
     pub(crate) loads_failed: AtomicU64,
     pub(crate) failures: AtomicU64,
@@ -36,41 +36,43 @@ pub struct StoreStats {
 pub struct StatsSnapshot {
     /// The database is unreachable; writes are held and retried (gauge).
     pub degraded: bool,
-    /// Characters with changes not yet written, online ones included (gauge).
+    /// Accounts whose record has changes not yet written, players online
+    /// included (gauge).
     pub records_pending: u64,
-    /// Of those, characters saved at logout or zombie expiry (gauge; logins
+    /// Of those, records saved at logout or zombie expiry (gauge; logins
     /// are refused at `max_pending_saves`).
     pub saves_pending: u64,
-    /// Loot transactions submitted and not yet committed (gauge; value
-    /// actions are refused at `max_pending_loot`).
-    pub loot_pending: u64,
+    /// Transactions submitted and not yet committed (gauge; value actions
+    /// are refused at `max_pending_tx`).
+    pub tx_pending: u64,
     /// Loads submitted and not yet answered (gauge; logins are refused at
     /// `max_pending_loads`).
     pub loads_pending: u64,
-    /// Character rows written (counter).
+    /// Record rows written by saves (counter).
     pub records_written: u64,
-    /// Loot transactions committed (counter).
-    pub loot_committed: u64,
-    /// Loads answered with a character or "none" (counter).
+    /// Transactions committed (counter).
+    pub tx_committed: u64,
+    /// Loads answered with a record or "none" (counter).
     pub loads_served: u64,
     /// Loads answered with an error: database away past the load timeout,
     /// or a row that would not read (counter).
     pub loads_failed: u64,
     /// Backend calls that failed as unavailable and will be retried (counter).
     pub failures: u64,
-    /// Records or loot transactions dropped because the database rejected
+    /// Records or transactions dropped because the database rejected
     /// them as bad data (counter; each one is also logged).
     pub rejected: u64,
     /// Submissions refused with `StoreFull` (counter).
     pub refused: u64,
-    /// Write transactions run: character batches and loot batches (counter).
+    /// Write transactions run: record batches and transaction batches
+    /// (counter).
     pub batches: u64,
     /// Total time spent in write transactions, microseconds (counter; with
     /// `batches`, the mean).
     pub batch_micros_total: u64,
     /// The longest write transaction so far, microseconds (gauge).
     pub batch_micros_max: u64,
-    /// Flush rounds completed: every character due at an interval written
+    /// Flush rounds completed: every record due at an interval written
     /// (counter).
     pub flushes: u64,
     /// How long the last flush round took, from the interval to its last
@@ -85,10 +87,10 @@ impl StoreStats {
             degraded: self.degraded.load(Relaxed),
             records_pending: self.records_pending.load(Relaxed),
             saves_pending: self.saves_pending.load(Relaxed),
-            loot_pending: self.loot_pending.load(Relaxed),
+            tx_pending: self.tx_pending.load(Relaxed),
             loads_pending: self.loads_pending.load(Relaxed),
             records_written: self.records_written.load(Relaxed),
-            loot_committed: self.loot_committed.load(Relaxed),
+            tx_committed: self.tx_committed.load(Relaxed),
             loads_served: self.loads_served.load(Relaxed),
             loads_failed: self.loads_failed.load(Relaxed),
             failures: self.failures.load(Relaxed),

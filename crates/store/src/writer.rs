@@ -3,8 +3,8 @@
 //! ```text
 //!  shard thread (never blocks)                     writer thread (owns the backend)
 //!  StoreHandle::mark_dirty / save_now --> client's dirty map (latest wins) --+
-//!  StoreHandle::load / commit_loot ----> request channel (capped by the  ---+-> WriteBehind
-//!                                        loot / load gauges)                |     -> Backend (blocking)
+//!  StoreHandle::load / commit ---------> request channel (capped by the  ---+-> WriteBehind
+//!                                        tx / load gauges)                  |     -> Backend (blocking)
 //!  StoreEvents (poll) <-- events channel (one per client) <-- route <-------+
 //!        ^-- wake callback, called after events are pushed
 //! ```
@@ -13,10 +13,10 @@
 //! and answers come back as [`StoreEvent`]s. Records that change every tick
 //! are coalesced before they reach the channel (a per-client map, latest
 //! wins, one short lock per call), so the channel holds only requests whose
-//! number is capped: loads, loot, nudges, shutdown.
+//! number is capped: loads, transactions, nudges, shutdown.
 //!
 //! The events channels have no cap of their own; they are bounded by the
-//! ones above: one event per load and per loot transaction submitted, plus
+//! ones above: one event per load and per transaction submitted, plus
 //! one per health change.
 //!
 //! A database can also hang without failing (frozen, or a link that still
@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tether_world::{CharacterRecord, LootTx};
+use tether_engine::{Record, Tx};
 
 use crate::backend::Backend;
 use crate::event::{Health, StoreEvent};
@@ -69,10 +69,10 @@ enum Request {
         account: String,
         tag: u64,
     },
-    Loot {
+    Commit {
         client: ClientId,
         seq: u64,
-        tx: LootTx,
+        tx: Tx,
     },
     /// A logout or expiry record is waiting in a dirty map.
     Nudge,
@@ -89,7 +89,7 @@ struct Shared {
     closed: AtomicBool,
     /// A `Nudge` is in the channel and not yet taken.
     nudged: AtomicBool,
-    max_pending_loot: usize,
+    max_pending_tx: usize,
     max_pending_loads: usize,
     max_pending_saves: usize,
     stall_after: Duration,
@@ -153,10 +153,11 @@ impl<T: std::fmt::Debug> std::error::Error for SubmitError<T> {}
 /// What the writer could not write before it stopped.
 #[derive(Debug, Default)]
 pub struct ShutdownReport {
-    /// Characters whose latest state is not in the database.
-    pub unwritten: Vec<CharacterRecord>,
-    /// Loot transactions not committed (never acknowledged to players).
-    pub uncommitted: Vec<LootTx>,
+    /// Records whose latest state is not in the database, by account.
+    pub unwritten: Vec<Record>,
+    /// Transactions not committed (never acknowledged to players), in the
+    /// order they were submitted.
+    pub uncommitted: Vec<Tx>,
     /// The writer thread panicked; what it held is unknown.
     pub writer_panicked: bool,
     /// The counters at the end.
@@ -174,7 +175,7 @@ impl ShutdownReport {
 ///
 /// Start it once per process with an opened backend; give each shard its
 /// own [`StoreWriter::client`]; call [`StoreWriter::shutdown`] after the
-/// shards have stopped and saved their characters.
+/// shards have stopped and saved their players' records.
 pub struct StoreWriter {
     tx: Sender<Request>,
     shared: Arc<Shared>,
@@ -193,7 +194,7 @@ impl StoreWriter {
             seq: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             nudged: AtomicBool::new(false),
-            max_pending_loot: cfg.max_pending_loot,
+            max_pending_tx: cfg.max_pending_tx,
             max_pending_loads: cfg.max_pending_loads,
             max_pending_saves: cfg.max_pending_saves,
             stall_after: cfg.stall_after,
@@ -353,24 +354,28 @@ impl<B: Backend> Backend for Timed<B> {
         self.inner.kind()
     }
 
+    fn game(&self) -> &str {
+        self.inner.game()
+    }
+
     fn migrate(&mut self) -> Result<u32, StoreError> {
         self.call(|b| b.migrate())
     }
 
-    fn load(&mut self, account: &str) -> Result<Option<CharacterRecord>, StoreError> {
+    fn load(&mut self, account: &str) -> Result<Option<Record>, StoreError> {
         self.call(|b| b.load(account))
     }
 
-    fn save_batch(&mut self, records: &[CharacterRecord]) -> Result<(), StoreError> {
+    fn save_batch(&mut self, records: &[Record]) -> Result<(), StoreError> {
         self.call(|b| b.save_batch(records))
     }
 
-    fn commit_loot(&mut self, tx: &LootTx) -> Result<crate::LootOutcome, StoreError> {
-        self.call(|b| b.commit_loot(tx))
+    fn commit(&mut self, tx: &Tx) -> Result<crate::TxOutcome, StoreError> {
+        self.call(|b| b.commit(tx))
     }
 
-    fn commit_loot_batch(&mut self, txs: &[LootTx]) -> Result<usize, StoreError> {
-        self.call(|b| b.commit_loot_batch(txs))
+    fn commit_batch(&mut self, txs: &[Tx]) -> Result<usize, StoreError> {
+        self.call(|b| b.commit_batch(txs))
     }
 
     fn ping(&mut self) -> Result<(), StoreError> {
@@ -410,12 +415,12 @@ fn lock(m: &Mutex<DirtyMap>) -> MutexGuard<'_, DirtyMap> {
 }
 
 impl StoreHandle {
-    /// Asks for the character of `account`. The answer comes back as
+    /// Asks for the record of `account`. The answer comes back as
     /// [`StoreEvent::Loaded`] with the same `tag`.
     ///
     /// Refused with `StoreFull` when `max_pending_loads` loads are waiting
-    /// or `max_pending_saves` logged-out characters are unsaved: refuse the
-    /// login with `CLOSE_CODE_STORAGE_UNAVAILABLE`.
+    /// or `max_pending_saves` records of players who logged out are
+    /// unsaved: refuse the login with `CLOSE_CODE_STORAGE_UNAVAILABLE`.
     pub fn load(&self, account: &str, tag: u64) -> Result<(), SubmitError> {
         if self.shared.closed.load(Ordering::SeqCst) {
             return Err(SubmitError::Closed(()));
@@ -439,31 +444,31 @@ impl StoreHandle {
         Ok(())
     }
 
-    /// Hands over a character whose state changed (position, hp, ...). It is
-    /// written at the next flush; a newer record of the same character
-    /// replaces this one before then. Never refused: movement is always
-    /// served. Ignored after shutdown.
-    pub fn mark_dirty(&self, record: CharacterRecord) {
+    /// Hands over an account's record that changed (an MMO character moved,
+    /// say). It is written at the next flush; a newer record of the same
+    /// account replaces this one before then. Never refused: movement is
+    /// always served. Ignored after shutdown.
+    pub fn mark_dirty(&self, record: Record) {
         self.put(std::iter::once(record), false);
     }
 
     /// [`StoreHandle::mark_dirty`] for many records under one lock (a
-    /// tick's worth from `World::take_dirty`).
-    pub fn mark_dirty_all(&self, records: impl IntoIterator<Item = CharacterRecord>) {
+    /// tick's worth of changed records).
+    pub fn mark_dirty_all(&self, records: impl IntoIterator<Item = Record>) {
         self.put(records, false);
     }
 
-    /// Hands over a character that left the world (logout, zombie expiry)
-    /// or was just created: written promptly, ahead of the flush interval.
-    /// Never refused. Ignored after shutdown.
-    pub fn save_now(&self, record: CharacterRecord) {
+    /// Hands over the record of a player who left the world (logout,
+    /// zombie expiry) or was just created: written promptly, ahead of the
+    /// flush interval. Never refused. Ignored after shutdown.
+    pub fn save_now(&self, record: Record) {
         self.put(std::iter::once(record), true);
         if !self.shared.nudged.swap(true, Ordering::SeqCst) {
             let _ = self.tx.send(Request::Nudge);
         }
     }
 
-    fn put(&self, records: impl IntoIterator<Item = CharacterRecord>, urgent: bool) {
+    fn put(&self, records: impl IntoIterator<Item = Record>, urgent: bool) {
         if self.shared.closed.load(Ordering::Relaxed) {
             return;
         }
@@ -472,7 +477,7 @@ impl StoreHandle {
             // Taken under the lock: within one map, a later insert always
             // carries a larger number.
             let seq = self.shared.seq.fetch_add(1, Ordering::SeqCst);
-            match map.get_mut(&record.name) {
+            match map.get_mut(&record.account) {
                 Some(e) => {
                     e.record = record;
                     e.seq = seq;
@@ -480,7 +485,7 @@ impl StoreHandle {
                 }
                 None => {
                     map.insert(
-                        record.name.clone(),
+                        record.account.clone(),
                         DirtyEntry {
                             record,
                             seq,
@@ -492,35 +497,36 @@ impl StoreHandle {
         }
     }
 
-    /// Submits a loot transaction (the world has already applied it). When
-    /// it is committed, [`StoreEvent::LootCommitted`] comes back: only then
-    /// tell the player (`World::loot_committed`).
+    /// Submits a transaction (the game has already applied it). When it is
+    /// committed, [`StoreEvent::Committed`] comes back: only then tell the
+    /// player. A record of the same account handed over before this call
+    /// and not yet written is replaced by `tx.record`, so it can never take
+    /// the transaction back; one handed over after it is written after it.
     ///
     /// Refused with `StoreFull` (the transaction given back) when
-    /// `max_pending_loot` are waiting. Check
-    /// [`StoreHandle::accepts_value`] before letting a value action happen
-    /// at all, so that this is rare.
-    pub fn commit_loot(&self, tx: LootTx) -> Result<(), SubmitError<LootTx>> {
+    /// `max_pending_tx` are waiting. Check [`StoreHandle::accepts_value`]
+    /// before letting a value action happen at all, so that this is rare.
+    pub fn commit(&self, tx: Tx) -> Result<(), SubmitError<Tx>> {
         if self.shared.closed.load(Ordering::SeqCst) {
             return Err(SubmitError::Closed(tx));
         }
         let stats = &self.shared.stats;
-        if !StoreStats::reserve(&stats.loot_pending, self.shared.max_pending_loot) {
+        if !StoreStats::reserve(&stats.tx_pending, self.shared.max_pending_tx) {
             stats.refused.fetch_add(1, Ordering::Relaxed);
             return Err(SubmitError::StoreFull(tx));
         }
         let seq = self.shared.seq.fetch_add(1, Ordering::SeqCst);
-        match self.tx.send(Request::Loot {
+        match self.tx.send(Request::Commit {
             client: self.client,
             seq,
             tx,
         }) {
             Ok(()) => Ok(()),
             Err(mpsc::SendError(req)) => {
-                StoreStats::release(&stats.loot_pending, 1);
+                StoreStats::release(&stats.tx_pending, 1);
                 match req {
-                    Request::Loot { tx, .. } => Err(SubmitError::Closed(tx)),
-                    _ => unreachable!("sent a Loot"),
+                    Request::Commit { tx, .. } => Err(SubmitError::Closed(tx)),
+                    _ => unreachable!("sent a Commit"),
                 }
             }
         }
@@ -535,12 +541,13 @@ impl StoreHandle {
             && s.saves_pending.load(Ordering::Relaxed) < self.shared.max_pending_saves as u64
     }
 
-    /// Whether a value action (loot, gold, item transfer) would be accepted
-    /// now. A cheap read of one gauge.
+    /// Whether a value action (one that ends in a transaction: loot, gold,
+    /// an item transfer, a match result) would be accepted now. A cheap
+    /// read of one gauge.
     pub fn accepts_value(&self) -> bool {
         !self.shared.closed.load(Ordering::Relaxed)
-            && self.shared.stats.loot_pending.load(Ordering::Relaxed)
-                < self.shared.max_pending_loot as u64
+            && self.shared.stats.tx_pending.load(Ordering::Relaxed)
+                < self.shared.max_pending_tx as u64
     }
 
     /// The database's state as the writer last saw it.
@@ -662,16 +669,16 @@ impl<B: Backend> Driver<B> {
         let stats = self.shared.stats.clone();
         let (left, events) = self.core.into_leftovers();
         deliver(&self.clients, events);
-        if !left.records.is_empty() || !left.loot.is_empty() {
+        if !left.records.is_empty() || !left.txs.is_empty() {
             tracing::error!(
                 unwritten = left.records.len(),
-                uncommitted = left.loot.len(),
+                uncommitted = left.txs.len(),
                 "store writer stopped with data it could not write"
             );
         }
         ShutdownReport {
             unwritten: left.records,
-            uncommitted: left.loot,
+            uncommitted: left.txs,
             writer_panicked: false,
             stats: stats.snapshot(),
         }
@@ -716,7 +723,8 @@ impl<B: Backend> Driver<B> {
                 );
             }
             // Records queued before a request are merged before it is
-            // applied: a load sees them, loot patches them.
+            // applied: a load sees them, a transaction replaces the older
+            // ones of its account.
             Request::Load {
                 client,
                 account,
@@ -725,9 +733,9 @@ impl<B: Backend> Driver<B> {
                 self.drain_dirty();
                 self.core.on_load(Instant::now(), client, account, tag);
             }
-            Request::Loot { client, seq, tx } => {
+            Request::Commit { client, seq, tx } => {
                 self.drain_dirty();
-                self.core.on_loot(client, seq, tx);
+                self.core.on_tx(client, seq, tx);
             }
             Request::Nudge => {
                 self.shared.nudged.store(false, Ordering::SeqCst);

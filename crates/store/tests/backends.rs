@@ -8,14 +8,23 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tether_proto::pb;
+use bytes::Bytes;
+use tether_engine::{Record, Tx};
 use tether_store::{
-    Backend, LootOutcome, PostgresBackend, SqliteBackend, StoreError, StoreEvent, StoreWriter,
+    Backend, PostgresBackend, SqliteBackend, StoreError, StoreEvent, StoreWriter, TxOutcome,
     WriterConfig, SCHEMA_VERSION,
 };
-use tether_world::{CharacterRecord, LootTx};
 
 const PG_ENV: &str = "TETHER_TEST_POSTGRES";
+
+/// The game the suite opens its backends for.
+const GAME: &str = "mmo";
+
+/// A `records` row as stored: game, account, version, data.
+type RecordRow = (String, String, i64, Vec<u8>);
+
+/// A `tx_ledger` row as stored: game, run id, tx id, account, entry.
+type LedgerRow = (String, i64, i64, String, Vec<u8>);
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -35,9 +44,102 @@ fn unique(prefix: &str) -> String {
 /// A database for one test: opens backends on it, and runs raw SQL on it
 /// behind the backend's back.
 trait Fixture {
-    fn open(&self) -> Result<Box<dyn Backend>, StoreError>;
+    fn kind(&self) -> &'static str;
+    fn open_game(&self, game: &str) -> Result<Box<dyn Backend>, StoreError>;
+    fn open(&self) -> Result<Box<dyn Backend>, StoreError> {
+        self.open_game(GAME)
+    }
     fn exec(&self, sql: &str);
+    /// Creates the schema as a version-1 build left it (nothing opened
+    /// yet): that build's migration 1, verbatim, recorded as applied.
+    fn create_v1(&self);
+    /// Every `records` row, by game and account.
+    fn records(&self) -> Vec<RecordRow>;
+    /// Every `tx_ledger` row, by game, run and transaction id.
+    fn ledger(&self) -> Vec<LedgerRow>;
+    /// The names of the tables there are.
+    fn tables(&self) -> Vec<String>;
 }
+
+const RECORDS_SQL: &str = "SELECT game, account, version, data FROM records ORDER BY game, account";
+const LEDGER_SQL: &str =
+    "SELECT game, run_id, tx_id, account, entry FROM tx_ledger ORDER BY game, run_id, tx_id";
+
+/// Migration 1 of the SQLite backend as a version-1 build shipped it.
+const SQLITE_V1: &str = "CREATE TABLE schema_version (
+        version     INTEGER PRIMARY KEY,
+        applied_at  INTEGER NOT NULL
+    );
+    INSERT INTO schema_version (version, applied_at) VALUES (1, 0);
+    CREATE TABLE accounts (
+        name        TEXT PRIMARY KEY,
+        created_at  INTEGER NOT NULL
+    );
+    CREATE TABLE characters (
+        name        TEXT PRIMARY KEY,
+        account     TEXT NOT NULL REFERENCES accounts(name),
+        x           REAL,
+        y           REAL,
+        hp          INTEGER NOT NULL,
+        level       INTEGER NOT NULL,
+        xp          INTEGER NOT NULL,
+        gold        INTEGER NOT NULL,
+        inventory   TEXT NOT NULL,
+        updated_at  INTEGER NOT NULL
+    );
+    CREATE INDEX characters_by_account ON characters(account);
+    CREATE TABLE store_runs (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        started_at  INTEGER NOT NULL
+    );
+    CREATE TABLE loot_ledger (
+        run_id      INTEGER NOT NULL REFERENCES store_runs(id),
+        tx_id       INTEGER NOT NULL,
+        character   TEXT NOT NULL,
+        gold        INTEGER NOT NULL,
+        items       TEXT NOT NULL,
+        total_gold  INTEGER NOT NULL,
+        committed_at INTEGER NOT NULL,
+        PRIMARY KEY (run_id, tx_id)
+    );";
+
+/// Migration 1 of the PostgreSQL backend as a version-1 build shipped it.
+const PG_V1: &str = "CREATE TABLE schema_version (
+        version     INTEGER PRIMARY KEY,
+        applied_at  BIGINT NOT NULL
+    );
+    INSERT INTO schema_version (version, applied_at) VALUES (1, 0);
+    CREATE TABLE accounts (
+        name        TEXT PRIMARY KEY,
+        created_at  BIGINT NOT NULL
+    );
+    CREATE TABLE characters (
+        name        TEXT PRIMARY KEY,
+        account     TEXT NOT NULL REFERENCES accounts(name),
+        x           REAL,
+        y           REAL,
+        hp          INTEGER NOT NULL,
+        level       BIGINT NOT NULL,
+        xp          BIGINT NOT NULL,
+        gold        BIGINT NOT NULL,
+        inventory   TEXT NOT NULL,
+        updated_at  BIGINT NOT NULL
+    );
+    CREATE INDEX characters_by_account ON characters(account);
+    CREATE TABLE store_runs (
+        id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        started_at  BIGINT NOT NULL
+    );
+    CREATE TABLE loot_ledger (
+        run_id      BIGINT NOT NULL REFERENCES store_runs(id),
+        tx_id       BIGINT NOT NULL,
+        character   TEXT NOT NULL,
+        gold        BIGINT NOT NULL,
+        items       TEXT NOT NULL,
+        total_gold  BIGINT NOT NULL,
+        committed_at BIGINT NOT NULL,
+        PRIMARY KEY (run_id, tx_id)
+    );";
 
 struct SqliteFx {
     dir: PathBuf,
@@ -61,16 +163,58 @@ impl Drop for SqliteFx {
     }
 }
 
+impl SqliteFx {
+    fn conn(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.path()).unwrap()
+    }
+}
+
 impl Fixture for SqliteFx {
-    fn open(&self) -> Result<Box<dyn Backend>, StoreError> {
-        Ok(Box::new(SqliteBackend::open(self.path())?))
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn open_game(&self, game: &str) -> Result<Box<dyn Backend>, StoreError> {
+        Ok(Box::new(SqliteBackend::open(self.path(), game)?))
     }
 
     fn exec(&self, sql: &str) {
-        rusqlite::Connection::open(self.path())
+        self.conn().execute_batch(sql).unwrap();
+    }
+
+    fn create_v1(&self) {
+        self.exec(SQLITE_V1);
+    }
+
+    fn records(&self) -> Vec<RecordRow> {
+        let c = self.conn();
+        let mut st = c.prepare(RECORDS_SQL).unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .unwrap()
-            .execute_batch(sql)
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    fn ledger(&self) -> Vec<LedgerRow> {
+        let c = self.conn();
+        let mut st = c.prepare(LEDGER_SQL).unwrap();
+        st.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    }
+
+    fn tables(&self) -> Vec<String> {
+        let c = self.conn();
+        let mut st = c
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
             .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
     }
 }
 
@@ -112,55 +256,91 @@ impl Drop for PgFx {
     }
 }
 
+impl PgFx {
+    /// A client whose search path is the test's schema.
+    fn in_schema(&self) -> ::postgres::Client {
+        let mut c = self.client();
+        c.batch_execute(&format!("SET search_path TO {}", self.schema))
+            .unwrap();
+        c
+    }
+}
+
 impl Fixture for PgFx {
-    fn open(&self) -> Result<Box<dyn Backend>, StoreError> {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn open_game(&self, game: &str) -> Result<Box<dyn Backend>, StoreError> {
         Ok(Box::new(PostgresBackend::connect_in_schema(
             &self.url,
             &self.schema,
+            game,
         )?))
     }
 
     fn exec(&self, sql: &str) {
+        self.in_schema().batch_execute(sql).unwrap();
+    }
+
+    fn create_v1(&self) {
         self.client()
-            .batch_execute(&format!("SET search_path TO {}; {sql}", self.schema))
+            .batch_execute(&format!("CREATE SCHEMA {}", self.schema))
             .unwrap();
+        self.exec(PG_V1);
+    }
+
+    fn records(&self) -> Vec<RecordRow> {
+        self.in_schema()
+            .query(RECORDS_SQL, &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect()
+    }
+
+    fn ledger(&self) -> Vec<LedgerRow> {
+        self.in_schema()
+            .query(LEDGER_SQL, &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect()
+    }
+
+    fn tables(&self) -> Vec<String> {
+        self.in_schema()
+            .query(
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = current_schema() ORDER BY table_name",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
     }
 }
 
-fn rec(name: &str) -> CharacterRecord {
-    CharacterRecord {
-        name: name.into(),
-        pos: Some((12.5, -3.25)),
-        hp: 77,
-        level: 4,
-        xp: 1_234,
-        gold: 50,
-        inventory: vec![
-            pb::ItemStack {
-                item_id: 1,
-                count: 3,
-            },
-            pb::ItemStack {
-                item_id: 9,
-                count: 1,
-            },
-        ],
+fn rec(account: &str, data: &[u8]) -> Record {
+    Record {
+        account: account.into(),
+        version: 7,
+        data: Bytes::copy_from_slice(data),
     }
 }
 
-fn loot(tx_id: u64, name: &str, total_gold: u64, inventory: Vec<pb::ItemStack>) -> LootTx {
-    LootTx {
+fn tx(tx_id: u64, account: &str, data: &[u8]) -> Tx {
+    Tx {
         tx_id,
-        entity: 1,
-        character: name.into(),
-        gold: 5,
-        items: vec![pb::ItemStack {
-            item_id: 4,
-            count: 1,
-        }],
-        total_gold,
-        inventory,
+        record: rec(account, data),
+        entry: Bytes::from(format!("entry of {tx_id}")),
     }
+}
+
+/// Bytes no text column would keep: NUL, invalid UTF-8, every byte value.
+fn binary() -> Vec<u8> {
+    (0..=255u8).rev().chain([0, 0xff, 0xfe]).collect()
 }
 
 // --- the suite ---
@@ -173,102 +353,146 @@ fn migrations_are_idempotent(fx: &dyn Fixture) {
     let mut b = fx.open().unwrap();
     assert_eq!(b.migrate(), Ok(SCHEMA_VERSION));
     b.ping().unwrap();
+    assert_eq!(b.game(), GAME);
+    let tables = fx.tables();
+    for t in ["records", "tx_ledger", "store_runs", "schema_version"] {
+        assert!(tables.iter().any(|n| n == t), "{t} missing: {tables:?}");
+    }
+    for t in ["characters", "loot_ledger", "accounts"] {
+        assert!(!tables.iter().any(|n| n == t), "{t} still there");
+    }
 }
 
-fn characters_round_trip(fx: &dyn Fixture) {
+fn records_round_trip_byte_for_byte(fx: &dyn Fixture) {
     let mut b = fx.open().unwrap();
     assert_eq!(b.load("ann").unwrap(), None);
-    let ann = rec("ann");
-    let mut new = CharacterRecord::new("new");
-    new.level = 1;
-    let mut rich = rec("rich");
-    rich.xp = i64::MAX as u64;
-    rich.gold = i64::MAX as u64;
-    rich.hp = -5;
-    rich.inventory.clear();
-    b.save_batch(&[ann.clone(), new.clone(), rich.clone()])
+    let ann = rec("ann", &binary());
+    let empty = Record {
+        account: "empty".into(),
+        version: 0,
+        data: Bytes::new(),
+    };
+    let newest = Record {
+        account: "newest".into(),
+        version: u32::MAX,
+        data: Bytes::from_static(b"v"),
+    };
+    b.save_batch(&[ann.clone(), empty.clone(), newest.clone()])
         .unwrap();
     assert_eq!(b.load("ann").unwrap(), Some(ann.clone()));
-    assert_eq!(b.load("new").unwrap(), Some(new), "no position yet");
-    assert_eq!(b.load("rich").unwrap(), Some(rich));
+    assert_eq!(b.load("empty").unwrap(), Some(empty));
+    assert_eq!(b.load("newest").unwrap(), Some(newest));
 
-    // Updates overwrite; within one batch the last record of a name wins.
-    let mut moved = ann.clone();
-    moved.pos = Some((100.0, 200.0));
-    moved.hp = 1;
-    let mut later = moved.clone();
-    later.level = 5;
+    // Updates overwrite; within one batch the last record of an account
+    // wins.
+    let moved = rec("ann", b"moved");
+    let later = Record {
+        version: 8,
+        ..rec("ann", b"later")
+    };
     b.save_batch(&[moved, later.clone()]).unwrap();
-    assert_eq!(b.load("ann").unwrap(), Some(later));
+    assert_eq!(b.load("ann").unwrap(), Some(later.clone()));
     assert_eq!(b.save_batch(&[]), Ok(()));
+    let rows = fx.records();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(
+        rows[0],
+        (GAME.to_string(), "ann".to_string(), 8, b"later".to_vec())
+    );
 }
 
-fn loot_is_idempotent_by_tx_id(fx: &dyn Fixture) {
+fn commits_are_idempotent_by_tx_id(fx: &dyn Fixture) {
     let mut b = fx.open().unwrap();
-    b.save_batch(&[rec("ann")]).unwrap();
-    let inv = vec![pb::ItemStack {
-        item_id: 4,
-        count: 2,
-    }];
-    let t1 = loot(1, "ann", 55, inv.clone());
-    assert_eq!(b.commit_loot(&t1), Ok(LootOutcome::Applied));
-    let got = b.load("ann").unwrap().unwrap();
-    assert_eq!((got.gold, got.inventory.clone()), (55, inv.clone()));
-    assert_eq!(got.pos, rec("ann").pos, "loot leaves the rest alone");
+    b.save_batch(&[rec("ann", b"start")]).unwrap();
+    let t1 = tx(1, "ann", b"after 1");
+    assert_eq!(b.commit(&t1), Ok(TxOutcome::Applied));
+    assert_eq!(b.load("ann").unwrap(), Some(t1.record.clone()));
 
     // A retry of a transaction that did commit changes nothing, even if
-    // the character has moved on since.
-    let mut spent = got.clone();
-    spent.gold = 10;
-    b.save_batch(&[spent]).unwrap();
-    assert_eq!(b.commit_loot(&t1), Ok(LootOutcome::AlreadyApplied));
-    assert_eq!(b.load("ann").unwrap().unwrap().gold, 10);
+    // the account has moved on since.
+    b.save_batch(&[rec("ann", b"spent")]).unwrap();
+    assert_eq!(b.commit(&t1), Ok(TxOutcome::AlreadyApplied));
+    assert_eq!(b.load("ann").unwrap(), Some(rec("ann", b"spent")));
 
-    let t2 = loot(2, "ann", 15, vec![]);
-    assert_eq!(b.commit_loot_batch(&[t1, t2]), Ok(1));
-    let got = b.load("ann").unwrap().unwrap();
-    assert_eq!((got.gold, got.inventory), (15, vec![]));
+    let t2 = tx(2, "ann", b"after 2");
+    assert_eq!(b.commit_batch(&[t1.clone(), t2.clone()]), Ok(1));
+    assert_eq!(b.load("ann").unwrap(), Some(t2.record.clone()));
+
+    // In one batch, applied in order: the last transaction's record stays.
+    let t3 = tx(3, "ann", b"after 3");
+    let t4 = tx(4, "ann", &binary());
+    assert_eq!(b.commit_batch(&[t3, t4.clone()]), Ok(2));
+    assert_eq!(b.load("ann").unwrap(), Some(t4.record));
 
     // Ids of high shards (top byte set) are keys like any other.
-    let t3 = loot((200 << 56) | 2, "ann", 16, vec![]);
-    assert_eq!(b.commit_loot(&t3), Ok(LootOutcome::Applied));
-    assert_eq!(b.commit_loot(&t3), Ok(LootOutcome::AlreadyApplied));
+    let t5 = tx((200 << 56) | 2, "ann", b"after 5");
+    assert_eq!(b.commit(&t5), Ok(TxOutcome::Applied));
+    assert_eq!(b.commit(&t5), Ok(TxOutcome::AlreadyApplied));
+
+    // The ledger holds each once, with its entry byte for byte.
+    let ledger = fx.ledger();
+    let ids: Vec<u64> = ledger.iter().map(|l| l.2 as u64).collect();
+    assert_eq!(ids, vec![(200 << 56) | 2, 1, 2, 3, 4], "sorted as signed");
+    for l in &ledger {
+        assert_eq!(l.0, GAME);
+        assert_eq!(l.1, ledger[0].1, "one run");
+        assert_eq!(l.3, "ann");
+        assert_eq!(l.4, format!("entry of {}", l.2 as u64).into_bytes());
+    }
 }
 
-fn loot_for_an_unsaved_character_creates_it(fx: &dyn Fixture) {
+fn a_commit_for_an_unsaved_account_creates_its_record(fx: &dyn Fixture) {
     let mut b = fx.open().unwrap();
-    let inv = vec![pb::ItemStack {
-        item_id: 4,
-        count: 1,
-    }];
-    b.commit_loot(&loot(1, "fresh", 5, inv.clone())).unwrap();
-    let mut expected = CharacterRecord::new("fresh");
-    expected.gold = 5;
-    expected.inventory = inv;
-    assert_eq!(b.load("fresh").unwrap(), Some(expected));
+    let t = tx(1, "fresh", b"first loot");
+    b.commit(&t).unwrap();
+    assert_eq!(b.load("fresh").unwrap(), Some(t.record));
     // Its own save lands on top.
-    let full = rec("fresh");
+    let full = rec("fresh", b"full");
     b.save_batch(std::slice::from_ref(&full)).unwrap();
     assert_eq!(b.load("fresh").unwrap(), Some(full));
 }
 
 fn reopening_keeps_data_and_a_new_run_reuses_tx_ids(fx: &dyn Fixture) {
     let mut b = fx.open().unwrap();
-    b.save_batch(&[rec("ann")]).unwrap();
-    b.commit_loot(&loot(1, "ann", 60, vec![])).unwrap();
+    b.save_batch(&[rec("ann", b"saved")]).unwrap();
+    b.commit(&tx(1, "ann", b"run 1 tx 1")).unwrap();
     drop(b);
 
     let mut b = fx.open().unwrap();
-    let got = b.load("ann").unwrap().unwrap();
-    assert_eq!(got.gold, 60);
-    assert_eq!(got.pos, rec("ann").pos);
-    // The world numbers transactions from 1 again after a restart: the new
+    assert_eq!(b.load("ann").unwrap(), Some(rec("ann", b"run 1 tx 1")));
+    // The game numbers transactions from 1 again after a restart: the new
     // run's tx 1 is a new transaction, not a retry of the old one.
     assert_eq!(
-        b.commit_loot(&loot(1, "ann", 70, vec![])),
-        Ok(LootOutcome::Applied)
+        b.commit(&tx(1, "ann", b"run 2 tx 1")),
+        Ok(TxOutcome::Applied)
     );
-    assert_eq!(b.load("ann").unwrap().unwrap().gold, 70);
+    assert_eq!(b.load("ann").unwrap(), Some(rec("ann", b"run 2 tx 1")));
+    let ledger = fx.ledger();
+    assert_eq!(ledger.len(), 2);
+    assert_ne!(ledger[0].1, ledger[1].1, "two runs");
+}
+
+fn games_share_a_database_and_never_see_each_other(fx: &dyn Fixture) {
+    let mut mmo = fx.open().unwrap();
+    let mut chess = fx.open_game("chess").unwrap();
+    assert_eq!(chess.game(), "chess");
+    mmo.save_batch(&[rec("ann", b"mmo ann")]).unwrap();
+    assert_eq!(chess.load("ann").unwrap(), None);
+    chess.save_batch(&[rec("ann", b"chess ann")]).unwrap();
+    chess.commit(&tx(1, "ann", b"chess ann won")).unwrap();
+    mmo.commit(&tx(1, "ann", b"mmo ann looted")).unwrap();
+    assert_eq!(
+        mmo.load("ann").unwrap(),
+        Some(rec("ann", b"mmo ann looted"))
+    );
+    assert_eq!(
+        chess.load("ann").unwrap(),
+        Some(rec("ann", b"chess ann won"))
+    );
+    assert_eq!(fx.open_game("go").unwrap().load("ann").unwrap(), None);
+    let games: Vec<_> = fx.ledger().into_iter().map(|l| (l.0, l.2)).collect();
+    assert_eq!(games, vec![("chess".into(), 1), (GAME.into(), 1)]);
+    assert!(matches!(fx.open_game(""), Err(StoreError::Rejected(_))));
 }
 
 fn a_schema_newer_than_the_build_is_refused(fx: &dyn Fixture) {
@@ -288,9 +512,10 @@ fn a_schema_newer_than_the_build_is_refused(fx: &dyn Fixture) {
 
 fn bad_data_is_rejected_whole_and_not_retryable(fx: &dyn Fixture) {
     let mut b = fx.open().unwrap();
-    let mut bad = rec("bad");
-    bad.gold = u64::MAX;
-    let err = b.save_batch(&[rec("good"), bad]).unwrap_err();
+    // An empty account is refused by the schema itself.
+    let err = b
+        .save_batch(&[rec("good", b"1"), rec("", b"bad")])
+        .unwrap_err();
     assert!(
         matches!(err, StoreError::Rejected(_)),
         "{err:?} should be Rejected"
@@ -298,22 +523,102 @@ fn bad_data_is_rejected_whole_and_not_retryable(fx: &dyn Fixture) {
     assert!(!err.is_retryable());
     assert_eq!(b.load("good").unwrap(), None, "all or nothing");
     // The backend is still usable.
-    b.save_batch(&[rec("good")]).unwrap();
+    b.save_batch(&[rec("good", b"1")]).unwrap();
     assert!(b.load("good").unwrap().is_some());
 
+    // The good transaction goes first and is written before the bad one
+    // fails: the whole database transaction is rolled back.
     let err = b
-        .commit_loot_batch(&[
-            loot(1, "good", 1, vec![]),
-            loot(2, "good", u64::MAX, vec![]),
-        ])
+        .commit_batch(&[tx(1, "good", b"2"), tx(2, "", b"bad")])
         .unwrap_err();
-    assert!(!err.is_retryable());
-    assert_eq!(b.load("good").unwrap().unwrap().gold, 50, "nothing applied");
+    assert!(!err.is_retryable(), "{err:?}");
     assert_eq!(
-        b.commit_loot(&loot(1, "good", 1, vec![])),
-        Ok(LootOutcome::Applied),
+        b.load("good").unwrap(),
+        Some(rec("good", b"1")),
+        "nothing applied"
+    );
+    assert!(fx.ledger().is_empty());
+    assert_eq!(
+        b.commit(&tx(1, "good", b"2")),
+        Ok(TxOutcome::Applied),
         "the rolled-back ledger row is not there"
     );
+}
+
+/// A database a version-1 build left: the MMO's typed rows, migrated to
+/// records and ledger entries byte for byte.
+fn a_version_1_database_is_migrated(fx: &dyn Fixture) {
+    fx.create_v1();
+    fx.exec(
+        "INSERT INTO accounts (name, created_at) VALUES ('ann', 1), ('new', 1), ('rich', 1);
+         INSERT INTO characters (name, account, x, y, hp, level, xp, gold, inventory, updated_at)
+         VALUES ('ann', 'ann', 12.5, -3.25, 77, 4, 1234, 50, '1:3 9:1', 11),
+                ('new', 'new', NULL, NULL, 0, 0, 0, 5, '', 12),
+                ('rich', 'rich', 100, 0.5, -5, 7, 9223372036854775807, 9223372036854775807,
+                 '4000000000:12', 13),
+                ('zed_alt', 'ann', 1, 1, 1, 1, 1, 1, '', 14);
+         INSERT INTO store_runs (started_at) VALUES (0), (0);
+         INSERT INTO loot_ledger (run_id, tx_id, character, gold, items, total_gold, committed_at)
+         VALUES (1, 1, 'ann', 5, '4:1', 55, 21),
+                (1, -5, 'ann', 1, '', 56, 22),
+                (2, 1, 'rich', 0, '4:1 9:2', 7, 23);",
+    );
+    let mut b = fx.open().unwrap();
+    assert_eq!(b.migrate(), Ok(2));
+
+    // A whole REAL is written as text the way each database writes it.
+    let hundred = if fx.kind() == "sqlite" {
+        "100.0"
+    } else {
+        "100"
+    };
+    let text = |s: &str| s.as_bytes().to_vec();
+    let row =
+        |account: &str, data: String| (GAME.to_string(), account.to_string(), 0i64, text(&data));
+    assert_eq!(
+        fx.records(),
+        vec![
+            // ann's first character by name; zed_alt (same account) is not
+            // carried over, as a load never returned it.
+            row("ann", "ann\t12.5\t-3.25\t77\t4\t1234\t50\t1:3 9:1".into()),
+            row("new", "new\t\t\t0\t0\t0\t5\t".into()),
+            row(
+                "rich",
+                format!(
+                    "rich\t{hundred}\t0.5\t-5\t7\t9223372036854775807\t\
+                     9223372036854775807\t4000000000:12"
+                )
+            ),
+        ]
+    );
+    let entry = |run: i64, id: i64, account: &str, e: &str| {
+        (GAME.to_string(), run, id, account.to_string(), text(e))
+    };
+    assert_eq!(
+        fx.ledger(),
+        vec![
+            entry(1, -5, "ann", "1\t\t56"),
+            entry(1, 1, "ann", "5\t4:1\t55"),
+            entry(2, 1, "rich", "0\t4:1 9:2\t7"),
+        ]
+    );
+    let tables = fx.tables();
+    for t in ["characters", "loot_ledger", "accounts"] {
+        assert!(!tables.iter().any(|n| n == t), "{t} still there");
+    }
+
+    // Through the backend: version 0, the text as data.
+    let ann = b.load("ann").unwrap().unwrap();
+    assert_eq!(ann.version, 0);
+    assert_eq!(&ann.data[..], b"ann\t12.5\t-3.25\t77\t4\t1234\t50\t1:3 9:1");
+    // The old runs stay taken: this run's tx 1 is new, not a retry.
+    assert_eq!(b.commit(&tx(1, "ann", b"v7")), Ok(TxOutcome::Applied));
+    assert_eq!(fx.ledger().len(), 4);
+    drop(b);
+    // Opening again changes nothing more.
+    let before = fx.records();
+    drop(fx.open().unwrap());
+    assert_eq!(fx.records(), before);
 }
 
 fn the_writer_over_a_real_database(fx: &dyn Fixture) {
@@ -331,32 +636,28 @@ fn the_writer_over_a_real_database(fx: &dyn Fixture) {
         Some(StoreEvent::Loaded { result, .. }) => assert_eq!(result, Ok(None)),
         other => panic!("expected a load answer, got {other:?}"),
     }
-    let mut ann = rec("ann");
-    h.save_now(ann.clone());
-    ann.gold = 75;
-    ann.inventory.push(pb::ItemStack {
-        item_id: 4,
-        count: 1,
-    });
-    h.commit_loot(loot(1, "ann", 75, ann.inventory.clone()))
-        .unwrap();
+    h.mark_dirty(rec("ann", b"older than the loot"));
+    h.commit(tx(1, "ann", b"looted")).unwrap();
     match ev.recv_timeout(Duration::from_secs(10)) {
-        Some(StoreEvent::LootCommitted(tx)) => assert_eq!(tx.tx_id, 1),
+        Some(StoreEvent::Committed(t)) => assert_eq!(t.tx_id, 1),
         other => panic!("expected the commit, got {other:?}"),
     }
-    ann.pos = Some((1.0, 1.0));
-    h.mark_dirty(ann.clone()); // written at shutdown
+    h.save_now(rec("bob", b"bob"));
     for i in 0..300 {
-        let mut r = rec(&format!("p{i}"));
-        r.xp = i;
-        h.mark_dirty(r);
+        h.mark_dirty(rec(&format!("p{i}"), format!("p{i} data").as_bytes()));
     }
     let report = writer.shutdown(Duration::from_secs(10));
     assert!(report.is_complete(), "{report:?}");
 
     let mut b = fx.open().unwrap();
-    assert_eq!(b.load("ann").unwrap(), Some(ann));
-    assert_eq!(b.load("p299").unwrap().unwrap().xp, 299);
+    assert_eq!(
+        b.load("ann").unwrap(),
+        Some(rec("ann", b"looted")),
+        "the older record did not take the loot back"
+    );
+    assert_eq!(b.load("bob").unwrap(), Some(rec("bob", b"bob")));
+    assert_eq!(b.load("p299").unwrap(), Some(rec("p299", b"p299 data")));
+    assert_eq!(fx.records().len(), 302);
 }
 
 macro_rules! suite {
@@ -386,12 +687,14 @@ macro_rules! suite {
 
 suite!(
     migrations_are_idempotent,
-    characters_round_trip,
-    loot_is_idempotent_by_tx_id,
-    loot_for_an_unsaved_character_creates_it,
+    records_round_trip_byte_for_byte,
+    commits_are_idempotent_by_tx_id,
+    a_commit_for_an_unsaved_account_creates_its_record,
     reopening_keeps_data_and_a_new_run_reuses_tx_ids,
+    games_share_a_database_and_never_see_each_other,
     a_schema_newer_than_the_build_is_refused,
     bad_data_is_rejected_whole_and_not_retryable,
+    a_version_1_database_is_migrated,
     the_writer_over_a_real_database,
 );
 
@@ -416,8 +719,8 @@ fn postgres_reconnects_after_the_connection_is_killed() {
     let app = unique("tether_kill");
     let sep = if fx.url.contains('?') { '&' } else { '?' };
     let url = format!("{}{sep}application_name={app}", fx.url);
-    let mut b = PostgresBackend::connect_in_schema(&url, &fx.schema).unwrap();
-    b.save_batch(&[rec("ann")]).unwrap();
+    let mut b = PostgresBackend::connect_in_schema(&url, &fx.schema, GAME).unwrap();
+    b.save_batch(&[rec("ann", b"ann")]).unwrap();
 
     let killed: i64 = fx
         .client()
@@ -445,26 +748,28 @@ fn postgres_reconnects_after_the_connection_is_killed() {
 fn start_up_errors_are_clear() {
     let fx = SqliteFx::new();
     let missing = fx.dir.join("no/such/dir/tether.db");
-    let err = tether_store::open(&format!("sqlite:{}", missing.display()))
+    let err = tether_store::open(&format!("sqlite:{}", missing.display()), GAME)
         .err()
         .expect("a file in a missing directory cannot open");
     assert!(err.to_string().contains("no/such/dir"), "{err}");
 
     // Nothing listens on port 1: refused at once.
-    let err = tether_store::open("postgres://postgres@127.0.0.1:1/test")
+    let err = tether_store::open("postgres://postgres@127.0.0.1:1/test", GAME)
         .err()
         .expect("nothing listens there");
     assert!(err.is_retryable(), "{err}");
     assert!(err.to_string().contains("postgres"), "{err}");
 
-    let err = tether_store::open("mysql://x").err().unwrap();
+    let err = tether_store::open("mysql://x", GAME).err().unwrap();
     assert!(matches!(err, StoreError::Rejected(_)), "{err}");
-    assert!(tether_store::open("sqlite:").is_err());
+    assert!(tether_store::open("sqlite:", GAME).is_err());
 
-    // The happy path through the same door.
+    // The happy path through the same door, and a game is named.
     let spec = format!("sqlite:{}", fx.path().display());
-    let mut b = tether_store::open(&spec).unwrap();
-    assert_eq!(b.kind(), "sqlite");
+    let err = tether_store::open(&spec, "").err().unwrap();
+    assert!(matches!(err, StoreError::Rejected(_)), "{err}");
+    let mut b = tether_store::open(&spec, "chess").unwrap();
+    assert_eq!((b.kind(), b.game()), ("sqlite", "chess"));
     assert_eq!(b.migrate(), Ok(SCHEMA_VERSION));
 }
 
@@ -476,7 +781,7 @@ fn postgres_writer_rides_out_a_killed_connection() {
     let app = unique("tether_kill");
     let sep = if fx.url.contains('?') { '&' } else { '?' };
     let url = format!("{}{sep}application_name={app}", fx.url);
-    let backend = PostgresBackend::connect_in_schema(&url, &fx.schema).unwrap();
+    let backend = PostgresBackend::connect_in_schema(&url, &fx.schema, GAME).unwrap();
     let writer = StoreWriter::start(
         backend,
         WriterConfig {
@@ -486,7 +791,7 @@ fn postgres_writer_rides_out_a_killed_connection() {
     )
     .unwrap();
     let (h, ev) = writer.client(None);
-    h.save_now(rec("ann"));
+    h.save_now(rec("ann", b"ann"));
     for round in 1..=3u64 {
         fx.client()
             .execute(
@@ -495,28 +800,28 @@ fn postgres_writer_rides_out_a_killed_connection() {
                 &[&app],
             )
             .unwrap();
-        h.commit_loot(loot(round, "ann", 100 + round, vec![]))
+        h.commit(tx(round, "ann", format!("round {round}").as_bytes()))
             .unwrap();
-        let tx = loop {
+        let t = loop {
             match ev.recv_timeout(Duration::from_secs(10)) {
-                Some(StoreEvent::LootCommitted(tx)) => break tx,
+                Some(StoreEvent::Committed(t)) => break t,
                 Some(_) => continue,
                 None => panic!("round {round}: no commit"),
             }
         };
-        assert_eq!(tx.tx_id, round);
+        assert_eq!(t.tx_id, round);
     }
     let report = writer.shutdown(Duration::from_secs(10));
     assert!(report.is_complete(), "{report:?}");
     let rows: i64 = fx
         .client()
         .query_one(
-            &format!("SELECT COUNT(*) FROM {}.loot_ledger", fx.schema),
+            &format!("SELECT COUNT(*) FROM {}.tx_ledger", fx.schema),
             &[],
         )
         .unwrap()
         .get(0);
     assert_eq!(rows, 3, "each transaction exactly once");
     let mut b = fx.open().unwrap();
-    assert_eq!(b.load("ann").unwrap().unwrap().gold, 103);
+    assert_eq!(b.load("ann").unwrap(), Some(rec("ann", b"round 3")));
 }
