@@ -24,8 +24,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "welcome: session {} entity {} map {}x{} took_over={}",
         w.session_id,
         w.entity_id,
-        w.world.unwrap_or_default().width,
-        w.world.unwrap_or_default().height,
+        w.world_info().width,
+        w.world_info().height,
         w.took_over
     );
 

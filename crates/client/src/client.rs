@@ -299,7 +299,7 @@ impl Client {
 
     /// The world's dimensions and rules, from `Welcome`.
     pub fn world(&self) -> pb::WorldInfo {
-        self.welcome().world.unwrap_or_default()
+        self.welcome().world_info()
     }
 
     /// The session layer (frame count, acked input, unacked inputs).

@@ -85,7 +85,7 @@ fn welcome(token: u8, heartbeat_timeout_ms: u32) -> Msg {
         session_id: 77,
         resume_token: vec![token; 16],
         entity_id: 5,
-        world: Some(pb::WorldInfo {
+        game: prost::Message::encode_to_vec(&pb::WorldInfo {
             width: 100.0,
             height: 100.0,
             view_radius: 20.0,

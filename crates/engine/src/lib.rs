@@ -1,6 +1,57 @@
 //! The Tether engine core, sans IO.
+//!
+//! The engine is everything a game server does between the socket and the
+//! game's rules: sessions that outlive their connections, the login and
+//! resume handshakes, take-overs, frame counting and replay, acks,
+//! exactly-once inputs, heartbeats and zombie timers, write-behind saves and
+//! durable transactions. It holds no sockets, threads, clocks or databases:
+//! every call takes `now`, what is to be written comes out of
+//! [`Engine::poll_transmit`], and storage, the account directory and other
+//! shards are reached through a [`Host`] whose every method returns at once.
+//! The server's shard threads are thin drivers around it; tests drive it
+//! with a virtual clock.
+//!
+//! A game plugs in through the [`Game`] trait; its inputs and frames are its
+//! own schema, opaque to the engine (see `proto/engine.proto` for how the two
+//! share the wire, and docs/GAME_API.md).
+//!
+//! # Layout
+//!
+//! - [`game`]: the [`Game`] trait, its [`Outbox`] and [`Ctx`].
+//! - [`host`]: the [`Host`] trait: storage, directory, bus, randomness.
+//! - `engine`: [`Engine`], one shard's sessions around one game.
+//! - `record`: [`Record`] and [`Tx`], what storage keeps for any game.
+//! - `stats`: [`EngineStats`], plain counters the server exports.
+//! - `wire`: the frames the engine writes itself (Welcome, Resumed, Close,
+//!   InputAck).
+//!
+//! # Data flow
+//!
+//! ```text
+//!  driver (shard thread)                    Engine                         Game
+//!  login / resume / input / ack / ------> sessions: handshake, take-over,
+//!  logout / closed (from I/O rings)        exactly-once gate, acks -----> join / apply /
+//!  loaded / committed (storage)                                           link_changed / ...
+//!  on_bus (other shards)                   replay buffers <-- route <---- Outbox: frames,
+//!  tick (when next_tick is due) ---------> timers, write-behind -------->   broadcast, remote,
+//!                                                   |                       commits, saves
+//!  poll_transmit -> I/O rings  <--------------------+
+//!  Host: load / save / commit / claim / send_bus  <-+
+//! ```
 #![forbid(unsafe_code)]
 
+mod engine;
+pub mod game;
+pub mod host;
 mod record;
+mod stats;
+mod wire;
 
+pub use engine::{
+    ConnId, Engine, EngineConfig, LoadFailed, SessionView, Takeover, Transmit, SESSION_SHARD_SHIFT,
+};
+pub use game::{BadInput, BadRecord, Ctx, Game, Outbox, PlayerId, Route, Undeliverable};
+pub use host::{BusMsg, Host, StorageBusy};
 pub use record::{Record, Tx};
+pub use stats::{EngineStats, RefusedResume, CLOSE_CODE_SLOTS};
+pub use wire::close_frame;

@@ -9,7 +9,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
-use crate::pb::{ClientMessage, ServerMessage};
+use crate::pb::{ClientEnvelope, ClientMessage, ServerMessage};
 
 /// Bytes in a frame header.
 pub const FRAME_HEADER_LEN: usize = 2;
@@ -86,6 +86,17 @@ pub fn split_frame(buf: &[u8], max_payload: usize) -> Result<Option<(&[u8], usiz
 /// Decodes a client frame's payload.
 pub fn decode_client(payload: &[u8]) -> Result<ClientMessage, DecodeError> {
     let msg = ClientMessage::decode(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if msg.msg.is_none() {
+        return Err(DecodeError::MissingBody);
+    }
+    Ok(msg)
+}
+
+/// Decodes what the engine reads of a client frame's payload: the session
+/// messages whole, and of an `Input` only its sequence number and ack (the
+/// game decodes the same payload with its own schema).
+pub fn decode_envelope(payload: &[u8]) -> Result<ClientEnvelope, DecodeError> {
+    let msg = ClientEnvelope::decode(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if msg.msg.is_none() {
         return Err(DecodeError::MissingBody);
     }

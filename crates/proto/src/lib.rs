@@ -1,7 +1,8 @@
 //! Tether's wire protocol.
 //!
-//! Every message is defined once, in `proto/tether.proto`; the Rust types in
-//! [`pb`] are generated from it at build time. This crate adds the frame codec:
+//! Every message is defined once, in `proto/engine.proto` (the session layer
+//! every game shares) and `proto/tether.proto` (the MMO reference game); the
+//! Rust types in [`pb`] are generated from them at build time. This crate adds the frame codec:
 //! how messages are cut out of a byte stream and put back into one.
 //!
 //! # Layout
@@ -27,8 +28,8 @@ pub mod pb {
 }
 
 pub use codec::{
-    decode_client, decode_server, encode_frame, encode_frame_into, split_frame, DecodeError,
-    FRAME_HEADER_LEN, MAX_PAYLOAD_LEN,
+    decode_client, decode_envelope, decode_server, encode_frame, encode_frame_into, split_frame,
+    DecodeError, FRAME_HEADER_LEN, MAX_PAYLOAD_LEN,
 };
 
 /// The protocol version this crate speaks (`Hello.protocol_version`).
@@ -43,4 +44,13 @@ pub fn is_counted(msg: &pb::ServerMessage) -> bool {
         msg.msg,
         None | Some(Msg::Welcome(_)) | Some(Msg::Resumed(_)) | Some(Msg::Close(_))
     )
+}
+
+impl pb::Welcome {
+    /// The MMO's welcome information, carried in `game` (an unreadable or
+    /// missing one reads as the defaults).
+    pub fn world_info(&self) -> pb::WorldInfo {
+        use prost::Message;
+        pb::WorldInfo::decode(&self.game[..]).unwrap_or_default()
+    }
 }

@@ -45,8 +45,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tether_engine::Game;
 use tether_store::{Backend, StoreWriter, WriterConfig};
-use tether_world::{World, WorldConfig};
+use tether_world::{Mmo, World, WorldConfig};
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -54,7 +55,7 @@ use crate::directory::Directory;
 use crate::guard::{Defences, Guard, GuardConfig};
 use crate::link::{IoLink, IoWaker, ShardLink, ShardWaker, RING_CAPACITY};
 use crate::metrics::Metrics;
-use crate::shard::{Bus, Shard, BUS_CAPACITY};
+use crate::shard::{Bus, Shard, ShardParts, BUS_CAPACITY};
 
 /// A running server.
 pub struct ServerHandle {
@@ -136,19 +137,35 @@ fn bind_game_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<std::ne
     Ok(socket.into())
 }
 
-/// Starts every thread of a server and returns once it is listening.
+/// Starts every thread of a server running the MMO and returns once it is
+/// listening.
 ///
 /// Opens the configured storage first (SQLite in the data dir unless
 /// `store` names another); an unreachable database stops the start.
 pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
+    let backend = open_store(&cfg, Mmo::NAME)?;
+    start_with_backend(cfg, backend)
+}
+
+/// Opens the configured storage for `game`.
+pub fn open_store(cfg: &Config, game: &str) -> anyhow::Result<Box<dyn Backend>> {
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
     let spec = cfg.store_spec();
-    let backend = tether_store::open(&spec)
+    let backend = tether_store::open(&spec, game)
         .with_context(|| format!("cannot open storage {}", redact(&spec)))?;
-    info!(store = %redact(&spec), "storage open");
-    start_with_backend(cfg, backend)
+    info!(store = %redact(&spec), game, "storage open");
+    Ok(backend)
+}
+
+/// The MMO's world settings from the server's.
+pub fn world_config(cfg: &Config) -> WorldConfig {
+    let mut world_cfg = WorldConfig::for_population(cfg.world_players, cfg.world_density);
+    world_cfg.pvp = cfg.pvp;
+    world_cfg.tick_ms = cfg.tick_ms;
+    world_cfg.seed = cfg.world_seed;
+    world_cfg
 }
 
 /// A store spec for logs: a PostgreSQL URL without its password.
@@ -167,6 +184,19 @@ fn redact(spec: &str) -> String {
 
 /// [`start`] with a given storage backend (tests use an in-memory one).
 pub fn start_with_backend(cfg: Config, backend: Box<dyn Backend>) -> anyhow::Result<ServerHandle> {
+    let world_cfg = world_config(&cfg);
+    start_game(cfg, backend, move |shard| {
+        Mmo::new(World::new(world_cfg.clone(), shard as u8))
+    })
+}
+
+/// Starts a server running any [`Game`]: `new_game` makes the game of each
+/// shard, by index.
+pub fn start_game<G: Game>(
+    cfg: Config,
+    backend: Box<dyn Backend>,
+    new_game: impl Fn(u16) -> G,
+) -> anyhow::Result<ServerHandle> {
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
@@ -208,7 +238,7 @@ pub fn start_with_backend(cfg: Config, backend: Box<dyn Backend>) -> anyhow::Res
     let mut shard_wakers = Vec::new();
     let mut shard_inits = Vec::new();
     for s in 0..cfg.shards {
-        let (init_tx, init_rx) = mpsc::channel::<Shard>();
+        let (init_tx, init_rx) = mpsc::channel::<Shard<G>>();
         let t = std::thread::Builder::new()
             .name(format!("tether-shard-{s}"))
             .spawn(move || {
@@ -232,8 +262,9 @@ pub fn start_with_backend(cfg: Config, backend: Box<dyn Backend>) -> anyhow::Res
     }
 
     // One pair of rings per (I/O thread, shard).
-    let mut io_side: Vec<Vec<ShardLink>> = (0..cfg.io_threads).map(|_| Vec::new()).collect();
-    let mut shard_side: Vec<Vec<IoLink>> = (0..cfg.shards).map(|_| Vec::new()).collect();
+    let mut io_side: Vec<Vec<ShardLink<G::Input>>> =
+        (0..cfg.io_threads).map(|_| Vec::new()).collect();
+    let mut shard_side: Vec<Vec<IoLink<G::Input>>> = (0..cfg.shards).map(|_| Vec::new()).collect();
     for (i, io_links) in io_side.iter_mut().enumerate() {
         for (s, shard_links) in shard_side.iter_mut().enumerate() {
             let (in_tx, in_rx) = rtrb::RingBuffer::new(RING_CAPACITY);
@@ -263,30 +294,25 @@ pub fn start_with_backend(cfg: Config, backend: Box<dyn Backend>) -> anyhow::Res
         wakers: shard_wakers.clone(),
     };
 
-    let mut world_cfg = WorldConfig::for_population(cfg.world_players, cfg.world_density);
-    world_cfg.pvp = cfg.pvp;
-    world_cfg.tick_ms = cfg.tick_ms;
-    world_cfg.seed = cfg.world_seed;
     for (s, (links, bus_rx)) in shard_side.into_iter().zip(bus_rxs).enumerate() {
-        let world = World::new(world_cfg.clone(), s as u8);
         let waker = shard_wakers[s].clone();
-        let (store_handle, store_events) = store.client(Some(Box::new(move || waker.wake())));
-        let shard = Shard::new(
-            s as u16,
-            cfg.clone(),
-            world,
-            links,
-            shard_wakers[s].clone(),
-            bus.clone(),
+        let (store, store_events) = store.client(Some(Box::new(move || waker.wake())));
+        let shard = Shard::new(ShardParts {
+            index: s as u16,
+            cfg: cfg.clone(),
+            game: new_game(s as u16),
+            io: links,
+            waker: shard_wakers[s].clone(),
+            bus: bus.clone(),
             bus_rx,
-            directory.clone(),
-            store_handle,
+            directory: directory.clone(),
+            store,
             store_events,
-            metrics.clone(),
-            defences.clone(),
-            shutdown.clone(),
+            metrics: metrics.clone(),
+            defences: defences.clone(),
+            shutdown: shutdown.clone(),
             clock,
-        );
+        });
         shard_inits[s]
             .send(shard)
             .map_err(|_| anyhow::anyhow!("shard thread {s} died at start"))?;
@@ -295,7 +321,7 @@ pub fn start_with_backend(cfg: Config, backend: Box<dyn Backend>) -> anyhow::Res
     let mut threads = shard_threads;
     for (i, ((poll, listener), links)) in polls.into_iter().zip(listeners).zip(io_side).enumerate()
     {
-        let io = net::IoThread::new(
+        let io = net::IoThread::<G>::new(
             i as u16,
             cfg.clone(),
             poll,

@@ -27,12 +27,7 @@ pub const RING_CAPACITY: usize = 1 << 16;
 /// A connection as the shards know it: its I/O thread's slot and the slot's
 /// generation, so a message for a connection that has since closed (and
 /// whose slot was reused) is recognised and dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnRef {
-    pub io: u16,
-    pub slot: u32,
-    pub generation: u32,
-}
+pub type ConnRef = tether_engine::ConnId;
 
 /// Why a connection went away, as the I/O thread saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,9 +42,9 @@ pub enum ConnLoss {
     Shutdown,
 }
 
-/// I/O thread -> shard.
+/// I/O thread -> shard. `I` is the game's decoded input command.
 #[derive(Debug)]
-pub enum ToShard {
+pub enum ToShard<I> {
     /// An authenticated Hello.
     Login {
         conn: ConnRef,
@@ -59,9 +54,13 @@ pub enum ToShard {
         conn: ConnRef,
         resume: pb::Resume,
     },
+    /// An input: its number, a piggybacked ack (0: none) and the game's
+    /// command (`None`: dropped over the peer's allowance, or none sent).
     Input {
         conn: ConnRef,
-        input: pb::Input,
+        seq: u32,
+        ack: u64,
+        cmd: Option<I>,
     },
     Ack {
         conn: ConnRef,
@@ -90,16 +89,7 @@ pub enum ToIo {
     ShardStopped,
 }
 
-/// Encodes a Close control frame.
-pub fn close_frame(code: pb::CloseCode, message: &str, retry_after_ms: u32) -> Bytes {
-    tether_proto::encode_frame(&pb::ServerMessage {
-        msg: Some(pb::server_message::Msg::Close(pb::Close {
-            code: code as i32,
-            message: message.to_string(),
-            retry_after_ms,
-        })),
-    })
-}
+pub use tether_engine::close_frame;
 
 /// Wakes a shard thread that parked itself with an empty inbox.
 pub struct ShardWaker {
@@ -157,15 +147,15 @@ impl IoWaker {
 }
 
 /// Everything an I/O thread needs to reach one shard.
-pub struct ShardLink {
-    pub tx: rtrb::Producer<ToShard>,
+pub struct ShardLink<I> {
+    pub tx: rtrb::Producer<ToShard<I>>,
     pub rx: rtrb::Consumer<ToIo>,
     pub waker: Arc<ShardWaker>,
 }
 
 /// Everything a shard needs to reach one I/O thread.
-pub struct IoLink {
-    pub rx: rtrb::Consumer<ToShard>,
+pub struct IoLink<I> {
+    pub rx: rtrb::Consumer<ToShard<I>>,
     pub tx: rtrb::Producer<ToIo>,
     pub waker: Arc<IoWaker>,
 }

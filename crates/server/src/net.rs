@@ -33,8 +33,9 @@ use bytes::Bytes;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
-use tether_proto::pb::{client_message::Msg, CloseCode};
-use tether_proto::{decode_client, split_frame, DecodeError};
+use tether_engine::Game;
+use tether_proto::pb::{self, client_envelope::Msg, CloseCode};
+use tether_proto::{decode_envelope, split_frame, DecodeError};
 use tracing::{debug, warn};
 
 use crate::auth;
@@ -141,7 +142,38 @@ struct Conn {
     awaiting_welcome: bool,
 }
 
-pub struct IoThread {
+/// One client frame as the I/O thread decoded it: the session messages, and
+/// an input with the game's command already decoded by the game.
+enum Incoming<I> {
+    Hello(pb::Hello),
+    Resume(pb::Resume),
+    Input { seq: u32, ack: u64, cmd: Option<I> },
+    Ack(u64),
+    Logout,
+}
+
+/// Decodes a client frame's payload: the engine's envelope, then for an
+/// `Input` the game's command from the same bytes.
+fn decode_incoming<G: Game>(payload: &[u8]) -> Result<Incoming<G::Input>, DecodeError> {
+    let msg = decode_envelope(payload)?;
+    Ok(match msg.msg {
+        Some(Msg::Hello(h)) => Incoming::Hello(h),
+        Some(Msg::Resume(r)) => Incoming::Resume(r),
+        Some(Msg::Input(header)) => {
+            let cmd = G::decode_input(payload).map_err(|e| DecodeError::Malformed(e.0))?;
+            Incoming::Input {
+                seq: header.seq,
+                ack: header.ack,
+                cmd,
+            }
+        }
+        Some(Msg::Ack(a)) => Incoming::Ack(a.frames_received),
+        Some(Msg::Logout(_)) => Incoming::Logout,
+        None => return Err(DecodeError::MissingBody),
+    })
+}
+
+pub struct IoThread<G: Game> {
     id: u16,
     cfg: Arc<Config>,
     poll: Poll,
@@ -149,8 +181,8 @@ pub struct IoThread {
     waker: Arc<IoWaker>,
     conns: Slab<Conn>,
     next_generation: u32,
-    shards: Vec<ShardLink>,
-    inbound_overflow: Vec<VecDeque<ToShard>>,
+    shards: Vec<ShardLink<G::Input>>,
+    inbound_overflow: Vec<VecDeque<ToShard<G::Input>>>,
     shard_touched: Vec<bool>,
     shards_stopped: usize,
     directory: Arc<Directory>,
@@ -162,7 +194,7 @@ pub struct IoThread {
     clock: Instant,
     scratch: Vec<u8>,
     /// Decoded messages of the read being handled (reused).
-    msg_scratch: Vec<tether_proto::pb::ClientMessage>,
+    msg_scratch: Vec<Incoming<G::Input>>,
     dirty: Vec<usize>,
     read_pending: Vec<usize>,
     handshakes: VecDeque<(u64, usize, u32)>,
@@ -185,7 +217,7 @@ pub struct IoThread {
     refused: [u64; Refusal::REASONS.len()],
 }
 
-impl IoThread {
+impl<G: Game> IoThread<G> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: u16,
@@ -193,13 +225,13 @@ impl IoThread {
         poll: Poll,
         listener: TcpListener,
         waker: Arc<IoWaker>,
-        shards: Vec<ShardLink>,
+        shards: Vec<ShardLink<G::Input>>,
         directory: Arc<Directory>,
         metrics: Arc<Metrics>,
         defences: Arc<Defences>,
         shutdown: Arc<AtomicBool>,
         clock: Instant,
-    ) -> io::Result<IoThread> {
+    ) -> io::Result<IoThread<G>> {
         let mut listener = listener;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -789,7 +821,7 @@ impl IoThread {
             match split_frame(&data[pos..], max) {
                 Ok(Some((payload, used))) => {
                     pos += used;
-                    match decode_client(payload) {
+                    match decode_incoming::<G>(payload) {
                         Ok(m) => msgs.push(m),
                         Err(e) => {
                             failure = Some(e);
@@ -859,18 +891,15 @@ impl IoThread {
     }
 
     /// Handles one decoded message. Returns false if the connection closed.
-    fn handle(&mut self, slot: usize, msg: tether_proto::pb::ClientMessage, now: u64) -> bool {
+    fn handle(&mut self, slot: usize, msg: Incoming<G::Input>, now: u64) -> bool {
         let conn = &self.conns[slot];
         let cref = ConnRef {
             io: self.id,
             slot: slot as u32,
             generation: conn.generation,
         };
-        let Some(body) = msg.msg else {
-            return true; // decode_client already refuses empty messages
-        };
-        match (conn.shard, body) {
-            (None, Msg::Hello(hello)) => {
+        match (conn.shard, msg) {
+            (None, Incoming::Hello(hello)) => {
                 // Cheapest first: protect mode (an atomic), the login rates
                 // (the guard), then the version, then credentials (crypto).
                 if self.defences.protecting() {
@@ -930,7 +959,7 @@ impl IoThread {
                     }
                 }
             }
-            (None, Msg::Resume(resume)) => {
+            (None, Incoming::Resume(resume)) => {
                 // Resumes are admitted in protect mode: they bring existing
                 // players back and cost no storage.
                 if !self.admit_login(slot, LoginKind::Resume, now) {
@@ -958,18 +987,26 @@ impl IoThread {
                 );
                 false
             }
-            (Some(shard), Msg::Input(mut input)) => {
+            (Some(shard), Incoming::Input { seq, ack, mut cmd }) => {
                 match self.allowance(slot, now) {
                     InputVerdict::Pass => {}
                     // The input keeps its number (the session's sequence
                     // stays whole) but loses its command.
-                    InputVerdict::Drop => input.cmd = None,
+                    InputVerdict::Drop => cmd = None,
                     InputVerdict::Flood => return self.flood(slot, shard, cref),
                 }
-                self.send_to_shard(shard, ToShard::Input { conn: cref, input });
+                self.send_to_shard(
+                    shard,
+                    ToShard::Input {
+                        conn: cref,
+                        seq,
+                        ack,
+                        cmd,
+                    },
+                );
                 true
             }
-            (Some(shard), Msg::Ack(ack)) => {
+            (Some(shard), Incoming::Ack(frames_received)) => {
                 match self.allowance(slot, now) {
                     InputVerdict::Pass => {}
                     // Acks are cumulative: a later one covers this one.
@@ -980,16 +1017,16 @@ impl IoThread {
                     shard,
                     ToShard::Ack {
                         conn: cref,
-                        frames_received: ack.frames_received,
+                        frames_received,
                     },
                 );
                 true
             }
-            (Some(shard), Msg::Logout(_)) => {
+            (Some(shard), Incoming::Logout) => {
                 self.send_to_shard(shard, ToShard::Logout { conn: cref });
                 true
             }
-            (Some(_), Msg::Hello(_) | Msg::Resume(_)) => {
+            (Some(_), Incoming::Hello(_) | Incoming::Resume(_)) => {
                 self.strike(slot, Strike::Protocol);
                 self.close_with(
                     slot,
@@ -1067,7 +1104,7 @@ impl IoThread {
         false
     }
 
-    fn send_to_shard(&mut self, shard: u16, msg: ToShard) {
+    fn send_to_shard(&mut self, shard: u16, msg: ToShard<G::Input>) {
         let s = shard as usize;
         self.shard_touched[s] = true;
         if self.inbound_overflow[s].is_empty() {

@@ -902,7 +902,7 @@ fn seed() -> u64 {
 
 /// The character `name` as the server's storage holds it.
 fn saved(store: &TestStore, name: &str) -> Option<tether_world::CharacterRecord> {
-    store.character(name)
+    common::character(store, name)
 }
 
 /// A server whose heartbeat timeout is short, so that a silent link is

@@ -27,6 +27,8 @@
 //! - [`chat`]: local, whisper and world chat routing.
 //! - [`player`]: player characters, the progression curve, stored records.
 //! - `frames` (private): encode-once helpers.
+//! - [`game`]: [`Mmo`], the world as a game on the Tether engine, and how
+//!   its characters are stored.
 //!
 //! # Data flow
 //!
@@ -64,6 +66,7 @@ pub mod chat;
 pub mod combat;
 pub mod config;
 mod frames;
+pub mod game;
 pub mod grid;
 pub mod items;
 pub mod monsters;
@@ -80,6 +83,7 @@ use rand::SeedableRng;
 use tether_proto::pb::{self, input::Cmd, server_message::Msg};
 
 pub use config::WorldConfig;
+pub use game::{Mmo, MmoRemote};
 pub use items::item_name;
 
 use frames::{frame, send};

@@ -97,7 +97,7 @@ impl TestClient {
             self.session_id = w.session_id;
             self.token = w.resume_token.clone();
             self.entity = w.entity_id;
-            self.world = w.world;
+            self.world = Some(w.world_info());
         }
         reply
     }
@@ -126,10 +126,10 @@ impl TestClient {
         }));
         match c.recv() {
             Some(Msg::Welcome(w)) => {
+                c.world = Some(w.world_info());
                 c.session_id = w.session_id;
                 c.token = w.resume_token;
                 c.entity = w.entity_id;
-                c.world = w.world;
             }
             other => panic!("expected Welcome, got {other:?}"),
         }
@@ -238,15 +238,17 @@ impl TestClient {
 /// A saved character at a chosen position, for tests that need players in
 /// each other's view.
 pub fn place(store: &FakeControl, name: &str, x: f32, y: f32) {
-    store.insert(tether_world::CharacterRecord {
-        name: name.into(),
-        pos: Some((x, y)),
-        hp: 0,
-        level: 1,
-        xp: 0,
-        gold: 0,
-        inventory: Vec::new(),
-    });
+    store.insert(tether_world::game::encode_record(
+        &tether_world::CharacterRecord {
+            name: name.into(),
+            pos: Some((x, y)),
+            hp: 0,
+            level: 1,
+            xp: 0,
+            gold: 0,
+            inventory: Vec::new(),
+        },
+    ));
 }
 
 /// Waits (up to 5 s) for storage to hold `name` with a check passing: saves
@@ -258,7 +260,7 @@ pub fn stored(
 ) -> tether_world::CharacterRecord {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        if let Some(r) = store.character(name) {
+        if let Some(r) = character(store, name) {
             if check(&r) || Instant::now() > deadline {
                 return r;
             }
@@ -267,4 +269,11 @@ pub fn stored(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The character `name` as storage holds it now.
+pub fn character(store: &FakeControl, name: &str) -> Option<tether_world::CharacterRecord> {
+    store
+        .record(name)
+        .map(|r| tether_world::game::decode_record(&r).expect("the MMO reads what it stored"))
 }

@@ -756,7 +756,7 @@ impl Server {
             session_id: sid,
             resume_token: entry.session.token().0.to_vec(),
             entity_id: sid,
-            world: None,
+            game: Vec::new(),
             heartbeat_interval_ms: self.client_keepalive_ms as u32,
             heartbeat_timeout_ms: self.cfg.heartbeat_timeout_ms as u32,
             resume_grace_ms: self.cfg.zombie_grace_ms as u32,

@@ -1,0 +1,909 @@
+//! [`Engine`]: one shard's sessions around one [`Game`].
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+use slab::Slab;
+use tether_proto::pb::{self, CloseCode};
+use tether_session::{
+    InputVerdict, PagePool, ResumePlan, ResumeRefused, ServerSession, SessionConfig, SessionId,
+    SessionState, TimerEvent,
+};
+use tracing::{debug, warn};
+
+use crate::game::{Ctx, Game, Outbox, PlayerId, Route, Undeliverable};
+use crate::host::{BusMsg, Host};
+use crate::record::{Record, Tx};
+use crate::stats::{EngineStats, RefusedResume};
+use crate::wire::{close_frame, input_ack_frame, resumed_frame, welcome_frame};
+
+/// Bits of a session id below the shard index: a resume finds its shard
+/// from the id alone.
+pub const SESSION_SHARD_SHIFT: u32 = 56;
+
+/// A connection as the engine knows it: the I/O thread it lives on, its slot
+/// there and the slot's generation, so a message about a connection that has
+/// since closed (and whose slot was reused) is recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    pub io: u16,
+    pub slot: u32,
+    pub generation: u32,
+}
+
+/// What the engine wants written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transmit {
+    /// Queue this encoded frame on the connection.
+    Frame { conn: ConnId, frame: Bytes },
+    /// Write this Close frame if there is room, flush what is queued, close
+    /// the connection. The engine has already let go of it.
+    Close { conn: ConnId, frame: Bytes },
+}
+
+/// What happens to a login for an account that already has a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Takeover {
+    /// The new login takes the session over (the old connection, if any, is
+    /// closed with SESSION_TAKEN_OVER).
+    Allow,
+    /// The new login is refused with ALREADY_LOGGED_IN.
+    Refuse,
+}
+
+/// Settings of one engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// This shard's index (the top bits of its session ids).
+    pub shard: u16,
+    pub session: SessionConfig,
+    /// How often [`Game::tick`] runs.
+    pub tick_ms: u64,
+    pub takeover: Takeover,
+    /// A zombie that never applied an input (logged in and left, the way a
+    /// login flood does) lives this long, frozen or not.
+    pub unplayed_grace_ms: u64,
+    /// What a login refused for storage is told to wait.
+    pub storage_retry_after_ms: u32,
+    /// Idle replay pages the pool keeps for reuse.
+    pub pool_max_idle_pages: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            shard: 0,
+            session: SessionConfig::default(),
+            tick_ms: 50,
+            takeover: Takeover::Allow,
+            unplayed_grace_ms: 5_000,
+            storage_retry_after_ms: 2_000,
+            pool_max_idle_pages: 4096,
+        }
+    }
+}
+
+/// Why a load produced no answer (the database stayed away).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadFailed(pub String);
+
+struct SessionSlot {
+    session: ServerSession,
+    player: PlayerId,
+    account: String,
+    conn: Option<ConnId>,
+}
+
+/// A read-only view of one session, for admin pages and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionView {
+    pub id: SessionId,
+    pub account: String,
+    pub player: PlayerId,
+    pub state: SessionState,
+    pub conn: Option<ConnId>,
+    pub last_applied_input: u32,
+    pub frames_sent: u64,
+    pub frames_acked: u64,
+    pub replay_len: usize,
+}
+
+/// One shard's sessions around one game, sans IO.
+///
+/// Every entry point takes `now` (milliseconds on the shard's monotonic
+/// clock) and leaves what is to be written in [`Engine::poll_transmit`];
+/// storage, the account directory and other shards are reached through the
+/// [`Host`]. The driver calls [`Engine::tick`] when [`Engine::next_tick`]
+/// is due.
+pub struct Engine<G: Game, H: Host<G::Remote>> {
+    cfg: EngineConfig,
+    game: G,
+    host: H,
+    out: Outbox<G::Remote>,
+    pool: PagePool,
+    sessions: Slab<SessionSlot>,
+    by_player: HashMap<PlayerId, usize>,
+    by_conn: HashMap<ConnId, usize>,
+    by_id: HashMap<SessionId, usize>,
+    by_account: HashMap<String, usize>,
+    next_session: u64,
+    /// Logins waiting for their record from storage, by load tag.
+    loading: HashMap<u64, (ConnId, String)>,
+    loading_by_conn: HashMap<ConnId, u64>,
+    next_load_tag: u64,
+    /// Transactions storage could not take yet (its queue was full), oldest
+    /// first. While it is not empty the game is told it cannot commit, so it
+    /// stays small.
+    commit_retry: VecDeque<Tx>,
+    /// Scratch for write-behind records.
+    dirty: Vec<Record>,
+    transmits: VecDeque<Transmit>,
+    protecting: bool,
+    next_tick: u64,
+    stats: EngineStats,
+}
+
+impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
+    /// An engine whose first tick is due at `now`.
+    pub fn new(cfg: EngineConfig, game: G, host: H, now: u64) -> Self {
+        let pool = PagePool::new(cfg.pool_max_idle_pages);
+        Engine {
+            cfg,
+            game,
+            host,
+            out: Outbox::default(),
+            pool,
+            sessions: Slab::new(),
+            by_player: HashMap::new(),
+            by_conn: HashMap::new(),
+            by_id: HashMap::new(),
+            by_account: HashMap::new(),
+            next_session: 1,
+            loading: HashMap::new(),
+            loading_by_conn: HashMap::new(),
+            next_load_tag: 1,
+            commit_retry: VecDeque::new(),
+            dirty: Vec::new(),
+            transmits: VecDeque::new(),
+            protecting: false,
+            next_tick: now,
+            stats: EngineStats::default(),
+        }
+    }
+
+    // ----- accessors -------------------------------------------------------
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub fn game(&self) -> &G {
+        &self.game
+    }
+
+    pub fn game_mut(&mut self) -> &mut G {
+        &mut self.game
+    }
+
+    pub fn host(&self) -> &H {
+        &self.host
+    }
+
+    pub fn host_mut(&mut self) -> &mut H {
+        &mut self.host
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// Sessions held (live and zombie).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Logins waiting for storage.
+    pub fn loading_count(&self) -> usize {
+        self.loading.len()
+    }
+
+    /// Transactions waiting for room in storage's queue.
+    pub fn commit_backlog(&self) -> usize {
+        self.commit_retry.len()
+    }
+
+    /// Replay pages held by sessions now (for leak checks: 0 once every
+    /// session has ended).
+    pub fn pool_pages_in_use(&self) -> usize {
+        self.pool.in_use()
+    }
+
+    /// The session of `account`, if any.
+    pub fn session_of(&self, account: &str) -> Option<SessionView> {
+        self.by_account.get(account).map(|&idx| self.view(idx))
+    }
+
+    /// Every session.
+    pub fn sessions(&self) -> impl Iterator<Item = SessionView> + '_ {
+        self.sessions.iter().map(|(idx, _)| self.view(idx))
+    }
+
+    fn view(&self, idx: usize) -> SessionView {
+        let s = &self.sessions[idx];
+        SessionView {
+            id: s.session.id(),
+            account: s.account.clone(),
+            player: s.player,
+            state: s.session.state(),
+            conn: s.conn,
+            last_applied_input: s.session.last_applied_input(),
+            frames_sent: s.session.frames_sent(),
+            frames_acked: s.session.frames_acked(),
+            replay_len: s.session.replay_len(),
+        }
+    }
+
+    /// When the next tick is due.
+    pub fn next_tick(&self) -> u64 {
+        self.next_tick
+    }
+
+    /// The next thing to write, in order.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// Whether anything is waiting to be written.
+    pub fn has_transmits(&self) -> bool {
+        !self.transmits.is_empty()
+    }
+
+    fn ctx(&self, now: u64) -> Ctx {
+        Ctx {
+            now_ms: now,
+            shard: self.cfg.shard,
+            can_commit: self.commit_retry.is_empty() && self.host.accepts_value(),
+        }
+    }
+
+    // ----- connections -----------------------------------------------------
+
+    /// An authenticated `Hello` for `account` on `conn`.
+    pub fn login(&mut self, now: u64, conn: ConnId, account: String) {
+        // Frames produced so far belong before anything this login sends.
+        self.route_outbox(now);
+        if let Some(&idx) = self.by_account.get(&account) {
+            self.take_over(now, idx, conn);
+            return;
+        }
+        if !self.host.claim(&account) {
+            self.close(
+                conn,
+                CloseCode::ServerBusy,
+                "login in progress elsewhere; retry",
+                0,
+            );
+            return;
+        }
+        if !self.host.accepts_logins() {
+            self.refuse_for_storage(conn, &account);
+            return;
+        }
+        // The record comes from storage asynchronously; the shard goes on
+        // meanwhile and the login finishes in `loaded`.
+        let tag = self.next_load_tag;
+        self.next_load_tag += 1;
+        if self.host.load(&account, tag).is_err() {
+            self.refuse_for_storage(conn, &account);
+            return;
+        }
+        self.loading.insert(tag, (conn, account));
+        self.loading_by_conn.insert(conn, tag);
+    }
+
+    fn take_over(&mut self, now: u64, idx: usize, conn: ConnId) {
+        if self.cfg.takeover == Takeover::Refuse {
+            self.close(
+                conn,
+                CloseCode::AlreadyLoggedIn,
+                "this account is already in play",
+                0,
+            );
+            return;
+        }
+        self.stats.takeovers += 1;
+        let token = self.host.resume_token();
+        let slot = &mut self.sessions[idx];
+        slot.session.take_over(token, &mut self.pool, now);
+        let old = slot.conn.replace(conn);
+        let player = slot.player;
+        if let Some(old) = old {
+            self.by_conn.remove(&old);
+            self.close(
+                old,
+                CloseCode::SessionTakenOver,
+                "another login took this session",
+                0,
+            );
+        } else {
+            self.zombie_to_active();
+        }
+        self.by_conn.insert(conn, idx);
+        self.welcome(idx, true);
+        let ctx = self.ctx(now);
+        if old.is_none() {
+            self.game.link_changed(&ctx, player, false, &mut self.out);
+        }
+        self.game.snapshot(&ctx, player, &mut self.out);
+        self.stats.logins += 1;
+        self.route_outbox(now);
+    }
+
+    fn refuse_for_storage(&mut self, conn: ConnId, account: &str) {
+        if !self.by_account.contains_key(account) && !self.is_loading(account) {
+            self.host.release(account);
+        }
+        self.close(
+            conn,
+            CloseCode::StorageUnavailable,
+            "storage is unavailable; retry later",
+            self.cfg.storage_retry_after_ms,
+        );
+    }
+
+    fn is_loading(&self, account: &str) -> bool {
+        self.loading.values().any(|(_, a)| a == account)
+    }
+
+    /// Storage answered the load `tag` of `account`.
+    pub fn loaded(
+        &mut self,
+        now: u64,
+        account: String,
+        tag: u64,
+        result: Result<Option<Record>, LoadFailed>,
+    ) {
+        let Some((conn, _)) = self.loading.remove(&tag) else {
+            // The connection went away while loading.
+            if !self.by_account.contains_key(&account) && !self.is_loading(&account) {
+                self.host.release(&account);
+            }
+            return;
+        };
+        self.loading_by_conn.remove(&conn);
+        let record = match result {
+            Ok(record) => record,
+            Err(e) => {
+                warn!(shard = self.cfg.shard, %account, error = %e.0, "record load failed");
+                self.refuse_for_storage(conn, &account);
+                return;
+            }
+        };
+        if self.by_account.contains_key(&account) {
+            // Another login of this account finished loading first: this
+            // one takes that session over (or is refused), as usual.
+            self.login(now, conn, account);
+            return;
+        }
+        self.route_outbox(now);
+        let ctx = self.ctx(now);
+        // The game's snapshot frames wait in the outbox until the Welcome is
+        // queued, so the Welcome goes first.
+        let player = match self.game.join(&ctx, &account, record, &mut self.out) {
+            Ok(player) => player,
+            Err(e) => {
+                warn!(shard = self.cfg.shard, %account, error = %e, "stored record unreadable; login refused");
+                self.refuse_for_storage(conn, &account);
+                return;
+            }
+        };
+        let id = ((self.cfg.shard as u64) << SESSION_SHARD_SHIFT) | self.next_session;
+        self.next_session += 1;
+        let token = self.host.resume_token();
+        let mut session = ServerSession::new(id, token, now, self.cfg.session.clone());
+        if self.protecting {
+            session.set_grace_frozen(true, now);
+        }
+        let idx = self.sessions.insert(SessionSlot {
+            session,
+            player,
+            account: account.clone(),
+            conn: Some(conn),
+        });
+        self.by_conn.insert(conn, idx);
+        self.by_id.insert(id, idx);
+        self.by_account.insert(account, idx);
+        self.by_player.insert(player, idx);
+        self.host.population(1);
+        self.stats.active += 1;
+        self.stats.logins += 1;
+        self.welcome(idx, false);
+        self.route_outbox(now);
+    }
+
+    fn welcome(&mut self, idx: usize, took_over: bool) {
+        let slot = &self.sessions[idx];
+        let Some(conn) = slot.conn else { return };
+        let cfg = slot.session.config();
+        let frame = welcome_frame(pb::Welcome {
+            session_id: slot.session.id(),
+            resume_token: slot.session.token().0.to_vec(),
+            entity_id: slot.player,
+            game: self.game.welcome_info().to_vec(),
+            heartbeat_interval_ms: cfg.keepalive_interval_ms as u32,
+            heartbeat_timeout_ms: cfg.heartbeat_timeout_ms as u32,
+            resume_grace_ms: cfg.zombie_grace_ms as u32,
+            took_over,
+        });
+        self.transmits.push_back(Transmit::Frame { conn, frame });
+    }
+
+    /// A `Resume` on `conn`.
+    pub fn resume(&mut self, now: u64, conn: ConnId, resume: pb::Resume) {
+        self.route_outbox(now);
+        let Some(&idx) = self.by_id.get(&resume.session_id) else {
+            return self.refuse_resume(conn, RefusedResume::UnknownSession);
+        };
+        let token = self.host.resume_token();
+        let slot = &mut self.sessions[idx];
+        let plan = match slot.session.resume(
+            &resume.token,
+            resume.frames_received,
+            token,
+            &mut self.pool,
+            now,
+        ) {
+            Ok(plan) => plan,
+            Err(ResumeRefused::BadToken) => {
+                return self.refuse_resume(conn, RefusedResume::BadToken)
+            }
+            Err(ResumeRefused::FramesFromTheFuture) => {
+                return self.refuse_resume(conn, RefusedResume::BadFrameCount)
+            }
+        };
+        let was_zombie = slot.conn.is_none();
+        let player = slot.player;
+        if let Some(old) = slot.conn.replace(conn) {
+            // The new connection wins over a half-open old one.
+            self.by_conn.remove(&old);
+            self.close(
+                old,
+                CloseCode::SessionTakenOver,
+                "resumed on another connection",
+                0,
+            );
+        }
+        self.by_conn.insert(conn, idx);
+        if was_zombie {
+            self.zombie_to_active();
+        }
+        let slot = &self.sessions[idx];
+        let (mode, frames_base) = match &plan {
+            ResumePlan::Replay(_) => (pb::ResumeMode::Replay, resume.frames_received),
+            ResumePlan::Snapshot { frames_base } => (pb::ResumeMode::Snapshot, *frames_base),
+        };
+        let frame = resumed_frame(pb::Resumed {
+            session_id: slot.session.id(),
+            resume_token: slot.session.token().0.to_vec(),
+            mode: mode as i32,
+            frames_base,
+            last_input_seq: slot.session.last_applied_input(),
+        });
+        self.transmits.push_back(Transmit::Frame { conn, frame });
+        let ctx = self.ctx(now);
+        match plan {
+            ResumePlan::Replay(frames) => {
+                self.stats.resumes_replay += 1;
+                self.stats.replayed_frames += frames.len() as u64;
+                for frame in frames {
+                    self.transmits.push_back(Transmit::Frame { conn, frame });
+                }
+            }
+            ResumePlan::Snapshot { .. } => {
+                self.stats.resumes_snapshot += 1;
+                self.game.snapshot(&ctx, player, &mut self.out);
+            }
+        }
+        if was_zombie {
+            self.game.link_changed(&ctx, player, false, &mut self.out);
+        }
+        self.route_outbox(now);
+    }
+
+    fn refuse_resume(&mut self, conn: ConnId, why: RefusedResume) {
+        self.stats.count_refused(why);
+        self.close(conn, CloseCode::ResumeRefused, "resume refused", 0);
+    }
+
+    /// A cumulative frame ack on `conn`.
+    pub fn ack(&mut self, now: u64, conn: ConnId, frames_received: u64) {
+        if let Some(&idx) = self.by_conn.get(&conn) {
+            self.ack_session(now, idx, conn, frames_received);
+        }
+    }
+
+    fn ack_session(&mut self, now: u64, idx: usize, conn: ConnId, frames_received: u64) {
+        let slot = &mut self.sessions[idx];
+        slot.session.heard_from(now);
+        if let Err(e) = slot.session.on_ack(frames_received, &mut self.pool, now) {
+            debug!(shard = self.cfg.shard, error = ?e, "bad ack");
+            self.protocol_close(
+                now,
+                idx,
+                conn,
+                CloseCode::ProtocolError,
+                "ack beyond frames sent",
+            );
+        }
+    }
+
+    /// An input on `conn`: number `seq`, a piggybacked ack (0: none), and
+    /// the game's command (`None`: a command the I/O side dropped over the
+    /// peer's allowance, or an input without one; the number still counts).
+    pub fn input(&mut self, now: u64, conn: ConnId, seq: u32, ack: u64, cmd: Option<G::Input>) {
+        let Some(&idx) = self.by_conn.get(&conn) else {
+            return; // a connection the engine already let go of
+        };
+        if ack != 0 {
+            self.ack_session(now, idx, conn, ack);
+            if self.by_conn.get(&conn) != Some(&idx) {
+                return;
+            }
+        }
+        let slot = &mut self.sessions[idx];
+        slot.session.heard_from(now);
+        match slot.session.check_input(seq, now) {
+            Ok(InputVerdict::Apply) => {
+                let player = slot.player;
+                if let Some(cmd) = cmd {
+                    let ctx = self.ctx(now);
+                    self.game.apply(&ctx, player, seq, cmd, &mut self.out);
+                    self.route_outbox(now);
+                }
+            }
+            Ok(InputVerdict::Duplicate) => self.stats.duplicate_inputs += 1,
+            Err(e) => {
+                debug!(shard = self.cfg.shard, error = ?e, "input sequence gap");
+                self.protocol_close(
+                    now,
+                    idx,
+                    conn,
+                    CloseCode::InputSeqGap,
+                    "input seq skipped ahead",
+                );
+            }
+        }
+    }
+
+    /// A `Logout` on `conn`: the player leaves and is saved.
+    pub fn logout(&mut self, now: u64, conn: ConnId) {
+        if let Some(&idx) = self.by_conn.get(&conn) {
+            self.end_session(now, idx, Some(CloseCode::Logout));
+        }
+    }
+
+    /// `conn` is gone (the peer closed it, or the driver cut it). Its
+    /// session, if any, becomes a zombie. Returns whether it had one.
+    pub fn closed(&mut self, now: u64, conn: ConnId) -> bool {
+        if let Some(tag) = self.loading_by_conn.remove(&conn) {
+            // Its answer finds no login and releases the claim.
+            self.loading.remove(&tag);
+        }
+        match self.by_conn.remove(&conn) {
+            Some(idx) => {
+                self.detach(now, idx);
+                self.route_outbox(now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The peer broke the session protocol: close its connection; the
+    /// session itself stays (as a zombie) for a well-behaved resume.
+    fn protocol_close(&mut self, now: u64, idx: usize, conn: ConnId, code: CloseCode, why: &str) {
+        self.by_conn.remove(&conn);
+        self.close(conn, code, why, 0);
+        self.detach(now, idx);
+    }
+
+    fn detach(&mut self, now: u64, idx: usize) {
+        let slot = &mut self.sessions[idx];
+        if let Some(conn) = slot.conn.take() {
+            self.by_conn.remove(&conn);
+        }
+        if slot.session.state() == SessionState::Live {
+            slot.session.detach(now);
+            let player = slot.player;
+            self.stats.active -= 1;
+            self.stats.zombies += 1;
+            let ctx = self.ctx(now);
+            self.game.link_changed(&ctx, player, true, &mut self.out);
+        }
+    }
+
+    fn zombie_to_active(&mut self) {
+        self.stats.zombies -= 1;
+        self.stats.active += 1;
+    }
+
+    /// Ends a session: the player leaves and is saved, the session is freed,
+    /// its connection (if any) closed with `code`.
+    fn end_session(&mut self, now: u64, idx: usize, code: Option<CloseCode>) {
+        self.route_outbox(now);
+        // A client logging out learns which of its inputs were applied
+        // before it goes: the last InputAck would otherwise wait for its
+        // delay and never be sent.
+        if code == Some(CloseCode::Logout) {
+            if let Some(slot) = self.sessions.get_mut(idx) {
+                let seq = slot.session.last_applied_input();
+                if seq > 0 && slot.conn.is_some() {
+                    slot.session.input_ack_sent(now);
+                    self.deliver(now, idx, input_ack_frame(seq));
+                }
+            }
+        }
+        let mut slot = self.sessions.remove(idx);
+        if slot.conn.is_some() {
+            self.stats.active -= 1;
+        } else {
+            self.stats.zombies -= 1;
+        }
+        self.stats.logouts += 1;
+        let ctx = self.ctx(now);
+        if let Some(record) = self.game.leave(&ctx, slot.player, &mut self.out) {
+            self.host.save_now(record);
+        }
+        slot.session.release(&mut self.pool);
+        self.by_player.remove(&slot.player);
+        self.by_id.remove(&slot.session.id());
+        self.by_account.remove(&slot.account);
+        self.host.release(&slot.account);
+        self.host.population(-1);
+        if let Some(conn) = slot.conn {
+            self.by_conn.remove(&conn);
+            if let Some(code) = code {
+                self.close(conn, code, "session ended", 0);
+            }
+        }
+        self.route_outbox(now);
+    }
+
+    // ----- storage and other shards ---------------------------------------
+
+    /// A transaction is durable.
+    pub fn committed(&mut self, now: u64, tx: Tx) {
+        let ctx = self.ctx(now);
+        self.game.committed(&ctx, &tx, &mut self.out);
+        self.route_outbox(now);
+    }
+
+    /// Storage refused a transaction as bad data.
+    pub fn rejected(&mut self, now: u64, tx: Tx) {
+        let ctx = self.ctx(now);
+        self.game.rejected(&ctx, &tx, &mut self.out);
+        self.route_outbox(now);
+    }
+
+    /// A message from another shard.
+    pub fn on_bus(&mut self, now: u64, msg: BusMsg<G::Remote>) {
+        match msg {
+            BusMsg::Broadcast(frame) => self.broadcast_local(now, &frame),
+            BusMsg::Game { from_shard, msg } => {
+                let ctx = self.ctx(now);
+                self.game.on_remote(&ctx, from_shard, msg, &mut self.out);
+            }
+        }
+        self.route_outbox(now);
+    }
+
+    // ----- ticks and timers -----------------------------------------------
+
+    /// Protect mode on or off: while on, every zombie's grace is frozen
+    /// (players cut off by an attack keep their sessions).
+    pub fn set_protect(&mut self, now: u64, on: bool) {
+        if on == self.protecting {
+            return;
+        }
+        self.protecting = on;
+        for (_, slot) in self.sessions.iter_mut() {
+            slot.session.set_grace_frozen(on, now);
+        }
+    }
+
+    /// Runs the game's tick, write-behind and every session timer. Call when
+    /// `now >= next_tick()`.
+    pub fn tick(&mut self, now: u64) {
+        let ctx = self.ctx(now);
+        self.game.tick(&ctx, &mut self.out);
+        // Write-behind: hand storage what changed; it coalesces per account
+        // and writes every flush interval, off this thread.
+        self.game.take_dirty(&mut self.dirty);
+        if !self.dirty.is_empty() {
+            self.host.save_dirty(&mut self.dirty);
+            self.dirty.clear();
+        }
+        self.retry_commits();
+        let mut expired = Vec::new();
+        let mut cut = Vec::new();
+        let mut acks = Vec::new();
+        let unplayed_grace = self.cfg.unplayed_grace_ms;
+        for (idx, slot) in self.sessions.iter_mut() {
+            // A zombie that never applied an input has nothing to come back
+            // to: it gets the short grace, frozen or not, so such sessions
+            // cannot pile up.
+            if let SessionState::Zombie { since_ms } = slot.session.state() {
+                if slot.session.last_applied_input() == 0
+                    && now.saturating_sub(since_ms) >= unplayed_grace
+                {
+                    expired.push(idx);
+                    continue;
+                }
+            }
+            while let Some(event) = slot.session.handle_timeout(now) {
+                match event {
+                    TimerEvent::HeartbeatTimeout => cut.push(idx),
+                    TimerEvent::ZombieExpired => expired.push(idx),
+                    TimerEvent::KeepaliveDue => {
+                        acks.push((idx, slot.session.last_applied_input()));
+                        slot.session.input_ack_sent(now);
+                    }
+                }
+            }
+        }
+        // An InputAck goes after the effects of the inputs it covers.
+        self.route_outbox(now);
+        for (idx, seq) in acks {
+            self.deliver(now, idx, input_ack_frame(seq));
+        }
+        for idx in cut {
+            if let Some(conn) = self.sessions.get(idx).and_then(|s| s.conn) {
+                self.by_conn.remove(&conn);
+                self.close(conn, CloseCode::HeartbeatTimeout, "no heartbeat", 0);
+                self.detach(now, idx);
+            }
+        }
+        for idx in expired {
+            if self.sessions.contains(idx) {
+                self.stats.zombie_expiries += 1;
+                self.end_session(now, idx, None);
+            }
+        }
+        self.route_outbox(now);
+        let step = self.cfg.tick_ms.max(1);
+        while self.next_tick <= now {
+            self.next_tick += step;
+        }
+    }
+
+    /// Shutdown: every login waiting for storage and every session is told
+    /// `code`; every player leaves and is saved.
+    pub fn shutdown(&mut self, now: u64, code: CloseCode, message: &str) {
+        let loading: Vec<ConnId> = self.loading.drain().map(|(_, (conn, _))| conn).collect();
+        self.loading_by_conn.clear();
+        for conn in loading {
+            self.close(conn, code, message, 0);
+        }
+        let all: Vec<usize> = self.sessions.iter().map(|(i, _)| i).collect();
+        for idx in all {
+            self.end_session(now, idx, Some(code));
+        }
+        self.route_outbox(now);
+    }
+
+    // ----- outbound --------------------------------------------------------
+
+    /// Appends a counted frame to the session's replay buffer and, when it
+    /// is connected, to its connection's queue.
+    fn deliver(&mut self, now: u64, idx: usize, frame: Bytes) {
+        let Some(slot) = self.sessions.get_mut(idx) else {
+            return;
+        };
+        slot.session.push_frame(frame.clone(), &mut self.pool, now);
+        if let Some(conn) = slot.conn {
+            self.transmits.push_back(Transmit::Frame { conn, frame });
+        }
+    }
+
+    fn broadcast_local(&mut self, now: u64, frame: &Bytes) {
+        let all: Vec<usize> = self.sessions.iter().map(|(i, _)| i).collect();
+        for idx in all {
+            self.deliver(now, idx, frame.clone());
+        }
+    }
+
+    /// Routes everything the game produced, until it produces nothing more.
+    fn route_outbox(&mut self, now: u64) {
+        while !self.out.is_empty() {
+            let mut frames = std::mem::take(&mut self.out.frames);
+            for (player, frame) in frames.drain(..) {
+                if let Some(&idx) = self.by_player.get(&player) {
+                    self.deliver(now, idx, frame);
+                }
+            }
+            // Keep the allocation for the next round.
+            if self.out.frames.is_empty() {
+                self.out.frames = frames;
+            }
+            for frame in std::mem::take(&mut self.out.broadcast) {
+                self.broadcast_local(now, &frame);
+                for s in 0..self.host.shard_count() {
+                    if s != self.cfg.shard {
+                        // A full bus loses that shard's copy: broadcasts
+                        // are best effort under overload.
+                        let _ = self.host.send_bus(s, BusMsg::Broadcast(frame.clone()));
+                    }
+                }
+            }
+            for (route, msg) in std::mem::take(&mut self.out.remote) {
+                self.route_remote(now, route, msg);
+            }
+            for record in std::mem::take(&mut self.out.saves) {
+                self.host.save_now(record);
+            }
+            for tx in std::mem::take(&mut self.out.commits) {
+                self.commit(tx);
+            }
+        }
+    }
+
+    fn route_remote(&mut self, now: u64, route: Route, msg: G::Remote) {
+        let me = self.cfg.shard;
+        let target = match route {
+            Route::Shard(s) if s < self.host.shard_count() => Some(s),
+            Route::Shard(_) => None,
+            Route::Account(account) => self.host.locate(&account),
+        };
+        let ctx = self.ctx(now);
+        match target {
+            Some(s) if s == me => self.game.on_remote(&ctx, me, msg, &mut self.out),
+            Some(s) => {
+                if let Err(msg) = self.send_game_bus(s, msg) {
+                    self.game
+                        .undeliverable(&ctx, msg, Undeliverable::Busy, &mut self.out);
+                }
+            }
+            None => self
+                .game
+                .undeliverable(&ctx, msg, Undeliverable::NoSuchAccount, &mut self.out),
+        }
+    }
+
+    fn send_game_bus(&mut self, shard: u16, msg: G::Remote) -> Result<(), G::Remote> {
+        let msg = BusMsg::Game {
+            from_shard: self.cfg.shard,
+            msg,
+        };
+        match self.host.send_bus(shard, msg) {
+            Ok(()) => Ok(()),
+            Err(BusMsg::Game { msg, .. }) => Err(msg),
+            Err(BusMsg::Broadcast(_)) => unreachable!("the bus gives back what it was given"),
+        }
+    }
+
+    /// Hands a transaction to storage; the game hears of it in `committed`.
+    fn commit(&mut self, tx: Tx) {
+        if !self.commit_retry.is_empty() {
+            self.commit_retry.push_back(tx);
+            return;
+        }
+        if let Err(tx) = self.host.commit(tx) {
+            self.commit_retry.push_back(tx);
+        }
+    }
+
+    fn retry_commits(&mut self) {
+        while let Some(tx) = self.commit_retry.pop_front() {
+            if let Err(tx) = self.host.commit(tx) {
+                self.commit_retry.push_front(tx);
+                return;
+            }
+        }
+    }
+
+    fn close(&mut self, conn: ConnId, code: CloseCode, message: &str, retry_after_ms: u32) {
+        self.stats.count_close(code);
+        let frame = close_frame(code, message, retry_after_ms);
+        self.transmits.push_back(Transmit::Close { conn, frame });
+    }
+}

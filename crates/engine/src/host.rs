@@ -1,0 +1,62 @@
+//! What the engine asks of the process around it.
+//!
+//! Every method returns at once: storage calls only queue work for a
+//! writer thread, the directory is a short map operation, the bus is a
+//! bounded queue. The server implements [`Host`] over its store writer,
+//! account directory and shard rings; tests implement it in memory, which
+//! is what lets the whole engine run under a virtual clock.
+
+use bytes::Bytes;
+use tether_session::ResumeToken;
+
+use crate::record::{Record, Tx};
+
+/// Storage could not take the request now (queue full, or closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageBusy;
+
+/// What travels between shards.
+#[derive(Debug)]
+pub enum BusMsg<R> {
+    /// A counted frame for every player of the receiving shard.
+    Broadcast(Bytes),
+    /// A message for the game on the receiving shard.
+    Game { from_shard: u16, msg: R },
+}
+
+/// The engine's way out: storage, the account directory, other shards and
+/// the random source for resume tokens.
+pub trait Host<R> {
+    /// A fresh 128-bit resume token from a cryptographically secure source.
+    fn resume_token(&mut self) -> ResumeToken;
+
+    /// Asks storage for the record of `account`; the answer comes back
+    /// through [`crate::Engine::loaded`] with the same `tag`.
+    fn load(&mut self, account: &str, tag: u64) -> Result<(), StorageBusy>;
+    /// Writes a record at the next flush, coalesced with later ones of the
+    /// same account. Never refused.
+    fn save_dirty(&mut self, records: &mut Vec<Record>);
+    /// Writes a record promptly (logout, new player). Never refused.
+    fn save_now(&mut self, record: Record);
+    /// Queues a durable transaction; gives it back when storage is full.
+    fn commit(&mut self, tx: Tx) -> Result<(), Tx>;
+    /// Whether a login's load would be taken now.
+    fn accepts_logins(&self) -> bool;
+    /// Whether a transaction would be taken now.
+    fn accepts_value(&self) -> bool;
+
+    /// Claims `account` for this shard: false when another shard holds it.
+    fn claim(&mut self, account: &str) -> bool;
+    /// This shard's session of `account` ended.
+    fn release(&mut self, account: &str);
+    /// The shard holding `account`'s session, if any.
+    fn locate(&self, account: &str) -> Option<u16>;
+    /// This shard's population changed by `delta` (for placing new logins).
+    fn population(&mut self, delta: isize);
+
+    /// How many shards there are (this one included).
+    fn shard_count(&self) -> u16;
+    /// Hands a message to another shard; gives it back when that shard's
+    /// bus is full.
+    fn send_bus(&mut self, shard: u16, msg: BusMsg<R>) -> Result<(), BusMsg<R>>;
+}

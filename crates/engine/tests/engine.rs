@@ -1,0 +1,772 @@
+//! The engine driven directly, with a toy game, an in-memory host and a
+//! virtual clock: every decision the shard threads make, without threads.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+use prost::Message;
+use tether_engine::{
+    BadInput, BadRecord, BusMsg, ConnId, Ctx, Engine, EngineConfig, Game, Host, LoadFailed, Outbox,
+    PlayerId, Record, RefusedResume, Route, StorageBusy, Takeover, Transmit, Tx, Undeliverable,
+};
+use tether_proto::pb::{self, server_message::Msg, CloseCode};
+use tether_proto::{decode_server, split_frame, MAX_PAYLOAD_LEN};
+use tether_session::{ResumeToken, SessionConfig};
+
+// ----- a toy game ------------------------------------------------------------
+
+/// Each player has a counter. An input adds its value and answers with a
+/// `Pong { client_time: new total }`; every input of value 100 is a
+/// "purchase": a durable transaction, answered with a `Pong` of 1_000_000 +
+/// its id only once committed. A snapshot is one `Pong` of the total.
+#[derive(Default)]
+struct Counter {
+    players: HashMap<PlayerId, (String, u64, bool)>,
+    next_id: u64,
+    next_tx: u64,
+    dirty: Vec<PlayerId>,
+    left: Vec<String>,
+    undeliverable: Vec<(u64, Undeliverable)>,
+    remote_seen: Vec<(u16, u64)>,
+    /// Sent as remote messages by the next input of value 0.
+    send_remote: Vec<(Route, u64)>,
+}
+
+fn pong(v: u64) -> Bytes {
+    tether_proto::encode_frame(&pb::ServerMessage {
+        msg: Some(Msg::Pong(pb::Pong { client_time: v })),
+    })
+}
+
+fn record(account: &str, total: u64) -> Record {
+    Record {
+        account: account.into(),
+        version: 1,
+        data: Bytes::from(total.to_le_bytes().to_vec()),
+    }
+}
+
+impl Game for Counter {
+    const NAME: &'static str = "counter";
+    type Input = u64;
+    type Remote = u64;
+
+    fn decode_input(payload: &[u8]) -> Result<Option<u64>, BadInput> {
+        let m = pb::ClientMessage::decode(payload).map_err(|e| BadInput(e.to_string()))?;
+        match m.msg {
+            Some(pb::client_message::Msg::Input(i)) => Ok(match i.cmd {
+                Some(pb::input::Cmd::Ping(p)) => Some(p.client_time),
+                _ => None,
+            }),
+            _ => Err(BadInput("not an input".into())),
+        }
+    }
+
+    fn welcome_info(&self) -> Bytes {
+        Bytes::from_static(b"counter")
+    }
+
+    fn join(
+        &mut self,
+        _ctx: &Ctx,
+        account: &str,
+        record: Option<Record>,
+        out: &mut Outbox<u64>,
+    ) -> Result<PlayerId, BadRecord> {
+        let total = match record {
+            None => 0,
+            Some(r) => u64::from_le_bytes(
+                r.data[..]
+                    .try_into()
+                    .map_err(|_| BadRecord("length".into()))?,
+            ),
+        };
+        self.next_id += 1;
+        let id = self.next_id;
+        self.players.insert(id, (account.to_string(), total, false));
+        out.frames.push((id, pong(total)));
+        Ok(id)
+    }
+
+    fn leave(&mut self, _ctx: &Ctx, player: PlayerId, _out: &mut Outbox<u64>) -> Option<Record> {
+        let (name, total, _) = self.players.remove(&player)?;
+        self.left.push(name.clone());
+        Some(record(&name, total))
+    }
+
+    fn link_changed(&mut self, _: &Ctx, player: PlayerId, dead: bool, _: &mut Outbox<u64>) {
+        if let Some(p) = self.players.get_mut(&player) {
+            p.2 = dead;
+        }
+    }
+
+    fn apply(&mut self, ctx: &Ctx, player: PlayerId, _seq: u32, v: u64, out: &mut Outbox<u64>) {
+        let Some(p) = self.players.get_mut(&player) else {
+            return;
+        };
+        if v == 0 {
+            out.remote.append(&mut self.send_remote);
+            return;
+        }
+        if v == 100 {
+            if !ctx.can_commit {
+                out.frames.push((player, pong(u64::MAX)));
+                return;
+            }
+            self.next_tx += 1;
+            p.1 += v;
+            out.commits.push(Tx {
+                tx_id: self.next_tx,
+                record: record(&p.0, p.1),
+                entry: Bytes::from(self.next_tx.to_le_bytes().to_vec()),
+            });
+            return;
+        }
+        p.1 += v;
+        self.dirty.push(player);
+        out.frames.push((player, pong(p.1)));
+    }
+
+    fn tick(&mut self, _ctx: &Ctx, _out: &mut Outbox<u64>) {}
+
+    fn snapshot(&mut self, _ctx: &Ctx, player: PlayerId, out: &mut Outbox<u64>) {
+        if let Some(p) = self.players.get(&player) {
+            out.frames.push((player, pong(p.1)));
+        }
+    }
+
+    fn take_dirty(&mut self, out: &mut Vec<Record>) {
+        for id in self.dirty.drain(..) {
+            if let Some(p) = self.players.get(&id) {
+                out.push(record(&p.0, p.1));
+            }
+        }
+    }
+
+    fn committed(&mut self, _ctx: &Ctx, tx: &Tx, out: &mut Outbox<u64>) {
+        if let Some((&id, _)) = self.players.iter().find(|(_, p)| p.0 == tx.account()) {
+            out.frames.push((id, pong(1_000_000 + tx.tx_id)));
+        }
+    }
+
+    fn on_remote(&mut self, _: &Ctx, from: u16, msg: u64, _: &mut Outbox<u64>) {
+        self.remote_seen.push((from, msg));
+    }
+
+    fn undeliverable(&mut self, _: &Ctx, msg: u64, why: Undeliverable, _: &mut Outbox<u64>) {
+        self.undeliverable.push((msg, why));
+    }
+}
+
+// ----- an in-memory host -----------------------------------------------------
+
+#[derive(Default)]
+struct MemHost {
+    stored: HashMap<String, Record>,
+    loads: VecDeque<(String, u64)>,
+    dirty: Vec<Record>,
+    saved_now: Vec<Record>,
+    commits: VecDeque<Tx>,
+    /// How many more commits storage takes before its queue is "full".
+    commit_room: Option<usize>,
+    refuse_loads: bool,
+    claims: HashMap<String, u16>,
+    population: isize,
+    bus: Vec<(u16, BusMsg<u64>)>,
+    next_token: u8,
+}
+
+impl Host<u64> for MemHost {
+    fn resume_token(&mut self) -> ResumeToken {
+        self.next_token += 1;
+        ResumeToken([self.next_token; 16])
+    }
+    fn load(&mut self, account: &str, tag: u64) -> Result<(), StorageBusy> {
+        if self.refuse_loads {
+            return Err(StorageBusy);
+        }
+        self.loads.push_back((account.into(), tag));
+        Ok(())
+    }
+    fn save_dirty(&mut self, records: &mut Vec<Record>) {
+        self.dirty.append(records);
+    }
+    fn save_now(&mut self, record: Record) {
+        self.stored.insert(record.account.clone(), record.clone());
+        self.saved_now.push(record);
+    }
+    fn commit(&mut self, tx: Tx) -> Result<(), Tx> {
+        match &mut self.commit_room {
+            Some(0) => Err(tx),
+            Some(n) => {
+                *n -= 1;
+                self.commits.push_back(tx);
+                Ok(())
+            }
+            None => {
+                self.commits.push_back(tx);
+                Ok(())
+            }
+        }
+    }
+    fn accepts_logins(&self) -> bool {
+        !self.refuse_loads
+    }
+    fn accepts_value(&self) -> bool {
+        self.commit_room != Some(0)
+    }
+    fn claim(&mut self, account: &str) -> bool {
+        match self.claims.get(account) {
+            Some(&s) if s != 0 => false,
+            _ => {
+                self.claims.insert(account.into(), 0);
+                true
+            }
+        }
+    }
+    fn release(&mut self, account: &str) {
+        if self.claims.get(account) == Some(&0) {
+            self.claims.remove(account);
+        }
+    }
+    fn locate(&self, account: &str) -> Option<u16> {
+        self.claims.get(account).copied()
+    }
+    fn population(&mut self, delta: isize) {
+        self.population += delta;
+    }
+    fn shard_count(&self) -> u16 {
+        2
+    }
+    fn send_bus(&mut self, shard: u16, msg: BusMsg<u64>) -> Result<(), BusMsg<u64>> {
+        if self.bus.len() >= 2 {
+            return Err(msg);
+        }
+        self.bus.push((shard, msg));
+        Ok(())
+    }
+}
+
+// ----- helpers -----------------------------------------------------------------
+
+type Sut = Engine<Counter, MemHost>;
+
+fn engine() -> Sut {
+    let cfg = EngineConfig {
+        shard: 0,
+        session: SessionConfig {
+            heartbeat_timeout_ms: 10_000,
+            keepalive_interval_ms: 2_000,
+            zombie_grace_ms: 30_000,
+            input_ack_every: 4,
+            input_ack_delay_ms: 100,
+            ..SessionConfig::default()
+        },
+        tick_ms: 50,
+        ..EngineConfig::default()
+    };
+    Engine::new(cfg, Counter::default(), MemHost::default(), 0)
+}
+
+fn conn(n: u32) -> ConnId {
+    ConnId {
+        io: 0,
+        slot: n,
+        generation: 1,
+    }
+}
+
+/// What one connection was sent, decoded; `closed` when a Close ended it.
+#[derive(Debug, Default)]
+struct Seen {
+    msgs: Vec<Msg>,
+    closed: Option<CloseCode>,
+}
+
+fn decode(frame: &Bytes) -> Msg {
+    let (payload, _) = split_frame(frame, MAX_PAYLOAD_LEN).unwrap().unwrap();
+    decode_server(payload).unwrap().msg.unwrap()
+}
+
+fn drain(e: &mut Sut) -> HashMap<ConnId, Seen> {
+    let mut seen: HashMap<ConnId, Seen> = HashMap::new();
+    while let Some(t) = e.poll_transmit() {
+        match t {
+            Transmit::Frame { conn, frame } => {
+                seen.entry(conn).or_default().msgs.push(decode(&frame))
+            }
+            Transmit::Close { conn, frame } => {
+                let Msg::Close(c) = decode(&frame) else {
+                    panic!("a Close transmit carries a Close")
+                };
+                seen.entry(conn).or_default().closed = Some(CloseCode::try_from(c.code).unwrap());
+            }
+        }
+    }
+    seen
+}
+
+fn pongs(msgs: &[Msg]) -> Vec<u64> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            Msg::Pong(p) => Some(p.client_time),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Logs `name` in on `c` and completes its load from the host's store.
+fn login(e: &mut Sut, now: u64, c: ConnId, name: &str) -> pb::Welcome {
+    e.login(now, c, name.into());
+    let (account, tag) = e
+        .host_mut()
+        .loads
+        .pop_front()
+        .expect("a load was asked for");
+    let stored = e.host().stored.get(&account).cloned();
+    e.loaded(now, account, tag, Ok(stored));
+    let mut seen = drain(e);
+    let s = seen.remove(&c).expect("the login was answered");
+    match &s.msgs[0] {
+        Msg::Welcome(w) => w.clone(),
+        other => panic!("expected Welcome first, got {other:?}"),
+    }
+}
+
+// ----- tests ---------------------------------------------------------------------
+
+#[test]
+fn welcome_comes_before_the_games_snapshot_and_carries_its_info() {
+    let mut e = engine();
+    e.login(0, conn(1), "ann".into());
+    let (account, tag) = e.host_mut().loads.pop_front().unwrap();
+    e.loaded(0, account, tag, Ok(Some(record("ann", 41))));
+    let seen = drain(&mut e);
+    let msgs = &seen[&conn(1)].msgs;
+    let Msg::Welcome(w) = &msgs[0] else {
+        panic!("Welcome first")
+    };
+    assert_eq!(w.game, b"counter");
+    assert_eq!(w.heartbeat_timeout_ms, 10_000);
+    assert_eq!(
+        pongs(&msgs[1..]),
+        vec![41],
+        "then the snapshot, from the stored record"
+    );
+    assert_eq!(e.stats().active, 1);
+    assert_eq!(e.host().population, 1);
+}
+
+#[test]
+fn inputs_are_applied_once_each_across_a_resume() {
+    let mut e = engine();
+    let w = login(&mut e, 0, conn(1), "ann");
+    for seq in 1..=3 {
+        e.input(10, conn(1), seq, 0, Some(1));
+    }
+    assert_eq!(pongs(&drain(&mut e)[&conn(1)].msgs), vec![1, 2, 3]);
+    // The connection drops; the session stays as a zombie.
+    assert!(e.closed(20, conn(1)));
+    assert_eq!((e.stats().active, e.stats().zombies), (0, 1));
+    assert!(e.game().players.values().all(|p| p.2), "the game was told");
+    // The client got only the Welcome's snapshot (frame 1) and the first
+    // answer (frame 2); it resumes and re-sends inputs 2 and 3 plus a new 4.
+    e.resume(
+        30,
+        conn(2),
+        pb::Resume {
+            session_id: w.session_id,
+            token: w.resume_token.clone(),
+            frames_received: 2,
+        },
+    );
+    for seq in 2..=4 {
+        e.input(40, conn(2), seq, 0, Some(1));
+    }
+    let seen = drain(&mut e);
+    let msgs = &seen[&conn(2)].msgs;
+    let Msg::Resumed(r) = &msgs[0] else {
+        panic!("Resumed first")
+    };
+    assert_eq!(r.mode, pb::ResumeMode::Replay as i32);
+    assert_eq!(r.frames_base, 2);
+    assert_eq!(r.last_input_seq, 3);
+    assert_ne!(r.resume_token, w.resume_token, "the token rotates");
+    // Frames 3 and 4 replayed, then input 4's effect; 2 and 3 not re-applied.
+    assert_eq!(pongs(&msgs[1..]), vec![2, 3, 4]);
+    assert_eq!(e.stats().duplicate_inputs, 2);
+    assert_eq!(e.stats().resumes_replay, 1);
+    assert!(e.game().players.values().all(|p| !p.2));
+}
+
+#[test]
+fn a_wrong_token_or_unknown_session_is_refused_without_harm() {
+    let mut e = engine();
+    let w = login(&mut e, 0, conn(1), "ann");
+    e.resume(
+        5,
+        conn(2),
+        pb::Resume {
+            session_id: w.session_id,
+            token: vec![0; 16],
+            frames_received: 0,
+        },
+    );
+    e.resume(
+        5,
+        conn(3),
+        pb::Resume {
+            session_id: 999,
+            token: w.resume_token.clone(),
+            frames_received: 0,
+        },
+    );
+    let seen = drain(&mut e);
+    assert_eq!(seen[&conn(2)].closed, Some(CloseCode::ResumeRefused));
+    assert_eq!(seen[&conn(3)].closed, Some(CloseCode::ResumeRefused));
+    assert_eq!(e.stats().refused(RefusedResume::BadToken), 1);
+    assert_eq!(e.stats().refused(RefusedResume::UnknownSession), 1);
+    // The live session is untouched.
+    e.input(6, conn(1), 1, 0, Some(5));
+    assert_eq!(pongs(&drain(&mut e)[&conn(1)].msgs), vec![5]);
+}
+
+#[test]
+fn a_second_login_takes_the_session_over_or_is_refused() {
+    let mut e = engine();
+    login(&mut e, 0, conn(1), "ann");
+    e.input(1, conn(1), 1, 0, Some(7));
+    drain(&mut e);
+    e.login(2, conn(2), "ann".into());
+    let seen = drain(&mut e);
+    assert_eq!(seen[&conn(1)].closed, Some(CloseCode::SessionTakenOver));
+    let Msg::Welcome(w) = &seen[&conn(2)].msgs[0] else {
+        panic!("Welcome")
+    };
+    assert!(w.took_over);
+    assert_eq!(pongs(&seen[&conn(2)].msgs), vec![7], "a fresh snapshot");
+    assert_eq!(e.stats().takeovers, 1);
+    assert_eq!(e.session_count(), 1);
+
+    let e = engine();
+    let mut cfg = e.config().clone();
+    cfg.takeover = Takeover::Refuse;
+    let mut e = Engine::new(cfg, Counter::default(), MemHost::default(), 0);
+    login(&mut e, 0, conn(1), "ann");
+    e.login(1, conn(2), "ann".into());
+    let seen = drain(&mut e);
+    assert_eq!(seen[&conn(2)].closed, Some(CloseCode::AlreadyLoggedIn));
+    assert!(!seen.contains_key(&conn(1)));
+}
+
+#[test]
+fn an_input_that_skips_ahead_closes_the_connection_not_the_session() {
+    let mut e = engine();
+    login(&mut e, 0, conn(1), "ann");
+    e.input(1, conn(1), 5, 0, Some(1));
+    let seen = drain(&mut e);
+    assert_eq!(seen[&conn(1)].closed, Some(CloseCode::InputSeqGap));
+    assert_eq!((e.stats().active, e.stats().zombies), (0, 1));
+    // An ack beyond what was sent is a protocol error too.
+    let mut e = engine();
+    login(&mut e, 0, conn(1), "bob");
+    e.ack(1, conn(1), 1_000);
+    assert_eq!(
+        drain(&mut e)[&conn(1)].closed,
+        Some(CloseCode::ProtocolError)
+    );
+}
+
+#[test]
+fn a_zombie_expires_after_its_grace_and_leaves_nothing_behind() {
+    let mut e = engine();
+    login(&mut e, 0, conn(1), "ann");
+    e.input(1, conn(1), 1, 0, Some(3));
+    e.closed(2, conn(1));
+    let mut now = 2;
+    while e.session_count() > 0 && now < 60_000 {
+        now = e.next_tick();
+        e.tick(now);
+    }
+    assert!(now >= 30_000, "the zombie lived its grace ({now} ms)");
+    assert_eq!(e.stats().zombie_expiries, 1);
+    assert_eq!(e.game().left, vec!["ann".to_string()]);
+    assert_eq!(
+        e.host().stored["ann"],
+        record("ann", 3),
+        "saved on the way out"
+    );
+    assert!(e.host().claims.is_empty(), "the account is released");
+    assert_eq!(e.host().population, 0);
+    assert_eq!(e.pool_pages_in_use(), 0, "no replay page leaks");
+    assert_eq!((e.stats().active, e.stats().zombies), (0, 0));
+}
+
+#[test]
+fn a_zombie_that_never_played_gets_the_short_grace() {
+    let mut e = engine();
+    login(&mut e, 0, conn(1), "ann");
+    e.closed(1, conn(1));
+    let mut now = 1;
+    while e.session_count() > 0 && now < 60_000 {
+        now = e.next_tick();
+        e.tick(now);
+    }
+    assert!((5_000..6_000).contains(&now), "expired at {now} ms");
+}
+
+#[test]
+fn protect_mode_freezes_zombie_grace() {
+    let mut e = engine();
+    login(&mut e, 0, conn(1), "ann");
+    e.input(1, conn(1), 1, 0, Some(1));
+    e.closed(2, conn(1));
+    e.set_protect(3, true);
+    let mut now = 3;
+    while now < 100_000 {
+        now = e.next_tick();
+        e.tick(now);
+    }
+    assert_eq!(e.session_count(), 1, "frozen while protecting");
+    e.set_protect(now, false);
+    let until = now + 40_000;
+    while now < until {
+        now = e.next_tick();
+        e.tick(now);
+    }
+    assert_eq!(e.session_count(), 0, "thawed, it expires");
+}
+
+#[test]
+fn storage_that_cannot_take_a_load_refuses_the_login_and_releases_the_account() {
+    let mut e = engine();
+    e.host_mut().refuse_loads = true;
+    e.login(0, conn(1), "ann".into());
+    assert_eq!(
+        drain(&mut e)[&conn(1)].closed,
+        Some(CloseCode::StorageUnavailable)
+    );
+    assert!(e.host().claims.is_empty());
+    // A load that fails later refuses the same way.
+    e.host_mut().refuse_loads = false;
+    e.login(1, conn(2), "ann".into());
+    let (account, tag) = e.host_mut().loads.pop_front().unwrap();
+    e.loaded(2, account, tag, Err(LoadFailed("database away".into())));
+    assert_eq!(
+        drain(&mut e)[&conn(2)].closed,
+        Some(CloseCode::StorageUnavailable)
+    );
+    assert!(e.host().claims.is_empty());
+    // An unreadable record is refused, not replaced.
+    e.host_mut().stored.insert(
+        "ann".into(),
+        Record {
+            account: "ann".into(),
+            version: 1,
+            data: Bytes::from_static(b"x"),
+        },
+    );
+    e.login(3, conn(3), "ann".into());
+    let (account, tag) = e.host_mut().loads.pop_front().unwrap();
+    let stored = e.host().stored.get(&account).cloned();
+    e.loaded(3, account, tag, Ok(stored));
+    assert_eq!(
+        drain(&mut e)[&conn(3)].closed,
+        Some(CloseCode::StorageUnavailable)
+    );
+    assert_eq!(e.session_count(), 0);
+}
+
+#[test]
+fn a_connection_lost_while_loading_leaves_no_session_and_no_claim() {
+    let mut e = engine();
+    e.login(0, conn(1), "ann".into());
+    assert!(!e.closed(1, conn(1)));
+    let (account, tag) = e.host_mut().loads.pop_front().unwrap();
+    e.loaded(2, account, tag, Ok(None));
+    assert_eq!(e.session_count(), 0);
+    assert!(e.host().claims.is_empty());
+    assert!(drain(&mut e).is_empty());
+}
+
+#[test]
+fn a_transaction_is_told_to_the_player_only_once_committed() {
+    let mut e = engine();
+    login(&mut e, 0, conn(1), "ann");
+    e.input(1, conn(1), 1, 0, Some(100));
+    assert!(drain(&mut e).is_empty(), "nothing before the commit");
+    let tx = e
+        .host_mut()
+        .commits
+        .pop_front()
+        .expect("the transaction went to storage");
+    assert_eq!(tx.record, record("ann", 100));
+    e.committed(2, tx);
+    assert_eq!(pongs(&drain(&mut e)[&conn(1)].msgs), vec![1_000_001]);
+}
+
+#[test]
+fn a_full_commit_queue_holds_transactions_and_tells_the_game() {
+    let mut e = engine();
+    login(&mut e, 0, conn(1), "ann");
+    e.host_mut().commit_room = Some(0);
+    e.input(1, conn(1), 1, 0, Some(100));
+    // Storage refused to take more: the game was told it cannot commit.
+    assert_eq!(pongs(&drain(&mut e)[&conn(1)].msgs), vec![u64::MAX]);
+    // A transaction given back by storage waits, in order, and is retried
+    // at the next tick once there is room.
+    e.host_mut().commit_room = Some(1);
+    e.input(2, conn(1), 2, 0, Some(100));
+    e.host_mut().commit_room = Some(0);
+    assert_eq!(e.host().commits.len(), 1);
+    e.input(3, conn(1), 3, 0, Some(100));
+    e.host_mut().commit_room = None;
+    let next = e.next_tick();
+    e.tick(next);
+    let ids: Vec<u64> = e.host().commits.iter().map(|t| t.tx_id).collect();
+    assert_eq!(
+        ids,
+        vec![1],
+        "the refused one is not retried as a new transaction"
+    );
+    assert_eq!(e.commit_backlog(), 0);
+}
+
+#[test]
+fn write_behind_gets_what_changed_each_tick() {
+    let mut e = engine();
+    login(&mut e, 0, conn(1), "ann");
+    e.input(1, conn(1), 1, 0, Some(2));
+    e.input(1, conn(1), 2, 0, Some(2));
+    let next = e.next_tick();
+    e.tick(next);
+    assert_eq!(e.host().dirty.last(), Some(&record("ann", 4)));
+    let next = e.next_tick();
+    e.tick(next);
+    let n = e.host().dirty.len();
+    e.tick(e.next_tick());
+    assert_eq!(
+        e.host().dirty.len(),
+        n,
+        "nothing changed, nothing handed over"
+    );
+}
+
+#[test]
+fn applied_inputs_are_acknowledged_after_their_effects() {
+    let mut e = engine();
+    login(&mut e, 0, conn(1), "ann");
+    e.input(1, conn(1), 1, 0, Some(1));
+    drain(&mut e);
+    let mut now = 1;
+    let mut acked = None;
+    while acked.is_none() && now < 1_000 {
+        now = e.next_tick();
+        e.tick(now);
+        for m in drain(&mut e)
+            .remove(&conn(1))
+            .map(|s| s.msgs)
+            .unwrap_or_default()
+        {
+            if let Msg::InputAck(a) = m {
+                acked = Some(a.seq);
+            }
+        }
+    }
+    assert_eq!(acked, Some(1));
+    assert!(now <= 200, "within the ack delay ({now} ms)");
+}
+
+#[test]
+fn logout_acknowledges_applied_inputs_saves_and_closes() {
+    let mut e = engine();
+    login(&mut e, 0, conn(1), "ann");
+    e.input(1, conn(1), 1, 0, Some(9));
+    drain(&mut e);
+    e.logout(2, conn(1));
+    let seen = drain(&mut e);
+    let s = &seen[&conn(1)];
+    assert!(matches!(
+        s.msgs.last(),
+        Some(Msg::InputAck(pb::InputAck { seq: 1 }))
+    ));
+    assert_eq!(s.closed, Some(CloseCode::Logout));
+    assert_eq!(e.host().stored["ann"], record("ann", 9));
+    assert_eq!(e.session_count(), 0);
+    assert_eq!(e.pool_pages_in_use(), 0);
+}
+
+#[test]
+fn shutdown_saves_everyone_and_closes_every_connection() {
+    let mut e = engine();
+    login(&mut e, 0, conn(1), "ann");
+    login(&mut e, 0, conn(2), "bob");
+    e.closed(1, conn(2));
+    e.login(2, conn(3), "cid".into()); // still loading
+    e.shutdown(3, CloseCode::ServerShutdown, "bye");
+    let seen = drain(&mut e);
+    assert_eq!(seen[&conn(1)].closed, Some(CloseCode::ServerShutdown));
+    assert_eq!(seen[&conn(3)].closed, Some(CloseCode::ServerShutdown));
+    assert!(
+        !seen.contains_key(&conn(2)),
+        "a zombie has no connection to close"
+    );
+    assert_eq!(e.session_count(), 0);
+    assert_eq!(e.loading_count(), 0);
+    let mut left = e.game().left.clone();
+    left.sort();
+    assert_eq!(left, vec!["ann".to_string(), "bob".to_string()]);
+    assert_eq!(e.pool_pages_in_use(), 0);
+}
+
+#[test]
+fn cross_shard_messages_are_routed_or_reported_undeliverable() {
+    let mut e = engine();
+    login(&mut e, 0, conn(1), "ann");
+    // "zed" lives on shard 1; nobody is "nobody"; "ann" is here.
+    e.host_mut().claims.insert("zed".into(), 1);
+    e.game_mut().send_remote = vec![
+        (Route::Account("zed".into()), 1),
+        (Route::Account("nobody".into()), 2),
+        (Route::Account("ann".into()), 3),
+        (Route::Shard(1), 4),
+        (Route::Shard(1), 5), // the toy bus holds two
+        (Route::Shard(9), 6), // no such shard
+    ];
+    e.input(1, conn(1), 1, 0, Some(0));
+    let bus: Vec<(u16, u64)> = e
+        .host()
+        .bus
+        .iter()
+        .map(|(s, m)| match m {
+            BusMsg::Game { msg, from_shard } => {
+                assert_eq!(*from_shard, 0);
+                (*s, *msg)
+            }
+            BusMsg::Broadcast(_) => panic!("no broadcast here"),
+        })
+        .collect();
+    assert_eq!(bus, vec![(1, 1), (1, 4)]);
+    assert_eq!(
+        e.game().remote_seen,
+        vec![(0, 3)],
+        "a local account is served here"
+    );
+    assert_eq!(
+        e.game().undeliverable,
+        vec![
+            (2, Undeliverable::NoSuchAccount),
+            (5, Undeliverable::Busy),
+            (6, Undeliverable::NoSuchAccount)
+        ]
+    );
+    // And a message from another shard reaches the game.
+    e.on_bus(
+        2,
+        BusMsg::Game {
+            from_shard: 1,
+            msg: 42,
+        },
+    );
+    assert_eq!(e.game().remote_seen, vec![(0, 3), (1, 42)]);
+}
