@@ -28,69 +28,11 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Mutex;
 
+use crate::cidr::canonical;
+pub use crate::cidr::{BadCidr, Cidr};
+use crate::config::ConfigError;
 use crate::kernel_filter::{KernelFilter, MAX_FILTERED};
-
-/// A network in CIDR notation (`127.0.0.1/32`, `10.0.0.0/8`, `::1/128`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    net: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// Parses `ADDR/PREFIX` or a bare address (a single host).
-    pub fn parse(s: &str) -> Result<Cidr, String> {
-        let s = s.trim();
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let net: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("{s:?} is not an address or ADDR/PREFIX"))?;
-        let max = if net.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: prefix must be 0..={max}"))?,
-            None => max,
-        };
-        Ok(Cidr { net, prefix })
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.net, canonical(ip)) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
-                u32::from(n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
-                u128::from(n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.net, self.prefix)
-    }
-}
-
-/// IPv4-mapped IPv6 addresses as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        },
-        v4 => v4,
-    }
-}
+use tether_proto::pb::CloseCode;
 
 /// The key a peer is counted under: its IPv4 address, or its IPv6 /64 (one
 /// IPv6 host usually holds a whole /64, so per-address limits would be free
@@ -190,12 +132,12 @@ pub struct GuardConfig {
 }
 
 impl GuardConfig {
-    pub fn from_config(cfg: &crate::config::Config) -> Result<GuardConfig, String> {
+    pub fn from_config(cfg: &crate::config::Config) -> Result<GuardConfig, ConfigError> {
         let trusted = cfg
             .trusted_cidrs
             .iter()
             .filter(|s| !s.trim().is_empty())
-            .map(|s| Cidr::parse(s).map_err(|e| format!("trusted_cidrs: {e}")))
+            .map(|s| Cidr::parse(s).map_err(|e| ConfigError(format!("trusted_cidrs: {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(GuardConfig {
             trusted,
@@ -326,6 +268,76 @@ pub enum Strike {
     /// Connected again before the retry-after of its last refusal by rate
     /// had passed (a client honouring `retry_after_ms` never does).
     IgnoredRetryAfter,
+}
+
+/// Everything a peer can do wrong on the wire before the engine sees it, and
+/// the one place that says what it costs: the close code it is sent, the
+/// strike its address earns, and the retry hint.
+///
+/// (What the engine refuses from a logged-in client, an ack beyond what was
+/// sent or an input number that skips ahead, closes the connection with
+/// `PROTOCOL_ERROR` / `INPUT_SEQ_GAP` and no strike: the session stays, for
+/// a well-behaved resume.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misbehaviour {
+    /// A frame that did not decode, or over the frame cap; carries the
+    /// decoder's close code (`PROTOCOL_ERROR` or `FRAME_TOO_LARGE`).
+    BadFrame(CloseCode),
+    /// Something other than Hello or Resume as the first frame.
+    NotAHandshake,
+    /// A second Hello or Resume on a connection.
+    SecondHandshake,
+    /// `Hello.protocol_version` is not one this server speaks.
+    UnsupportedVersion,
+    /// Credentials that do not verify, or an auth method not accepted.
+    BadCredentials,
+    /// A ticket past its expiry: an honest client with an old ticket, so no
+    /// strike.
+    ExpiredTicket,
+    /// No Hello or Resume within the handshake deadline.
+    HandshakeTimeout,
+    /// Sustained input far over the allowance.
+    InputFlood,
+}
+
+/// What an input flood is told to wait before coming back.
+pub const FLOOD_RETRY_AFTER_MS: u32 = 1_000;
+
+impl Misbehaviour {
+    /// The code of the Close the connection is sent.
+    pub fn close_code(self) -> CloseCode {
+        match self {
+            Misbehaviour::BadFrame(code) => code,
+            Misbehaviour::NotAHandshake | Misbehaviour::SecondHandshake => CloseCode::ProtocolError,
+            Misbehaviour::UnsupportedVersion => CloseCode::UnsupportedVersion,
+            Misbehaviour::BadCredentials => CloseCode::AuthFailed,
+            Misbehaviour::ExpiredTicket => CloseCode::TicketExpired,
+            Misbehaviour::HandshakeTimeout => CloseCode::HandshakeTimeout,
+            Misbehaviour::InputFlood => CloseCode::RateLimited,
+        }
+    }
+
+    /// The strike the peer's address earns, if any.
+    pub fn strike(self) -> Option<Strike> {
+        match self {
+            Misbehaviour::BadFrame(_) => Some(Strike::Malformed),
+            Misbehaviour::NotAHandshake | Misbehaviour::SecondHandshake => Some(Strike::Protocol),
+            Misbehaviour::UnsupportedVersion | Misbehaviour::BadCredentials => {
+                Some(Strike::AuthFailed)
+            }
+            Misbehaviour::ExpiredTicket => None,
+            Misbehaviour::HandshakeTimeout => Some(Strike::HandshakeTimeout),
+            Misbehaviour::InputFlood => Some(Strike::InputFlood),
+        }
+    }
+
+    /// The Close's retry hint (0: none).
+    pub fn retry_after_ms(self) -> u32 {
+        match self {
+            Misbehaviour::InputFlood => FLOOD_RETRY_AFTER_MS,
+            _ => 0,
+        }
+    }
 }
 
 impl Strike {
@@ -732,20 +744,6 @@ impl Guard {
     }
 }
 
-/// What to do with a connection that keeps sending far over its allowance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum FloodAction {
-    /// Keep dropping what is over the allowance; the connection stays.
-    Drop,
-    /// Close the connection with RATE_LIMITED; the session turns zombie and
-    /// can be resumed.
-    Zombie,
-    /// Close the connection with RATE_LIMITED and end the session (the
-    /// character is saved and leaves the world).
-    Kick,
-}
-
 /// The per-connection input allowance, in messages (Input and Ack).
 #[derive(Debug, Clone, Copy)]
 pub struct InputLimit {
@@ -1008,6 +1006,71 @@ mod tests {
             ban_filter_after: 2,
             max_tracked_ips: 4,
         }
+    }
+
+    #[test]
+    fn every_misbehaviour_has_one_close_code_and_strike() {
+        use Misbehaviour as M;
+        let table = [
+            (
+                M::BadFrame(CloseCode::FrameTooLarge),
+                CloseCode::FrameTooLarge,
+                Some(Strike::Malformed),
+            ),
+            (
+                M::NotAHandshake,
+                CloseCode::ProtocolError,
+                Some(Strike::Protocol),
+            ),
+            (
+                M::SecondHandshake,
+                CloseCode::ProtocolError,
+                Some(Strike::Protocol),
+            ),
+            (
+                M::UnsupportedVersion,
+                CloseCode::UnsupportedVersion,
+                Some(Strike::AuthFailed),
+            ),
+            (
+                M::BadCredentials,
+                CloseCode::AuthFailed,
+                Some(Strike::AuthFailed),
+            ),
+            (M::ExpiredTicket, CloseCode::TicketExpired, None),
+            (
+                M::HandshakeTimeout,
+                CloseCode::HandshakeTimeout,
+                Some(Strike::HandshakeTimeout),
+            ),
+            (
+                M::InputFlood,
+                CloseCode::RateLimited,
+                Some(Strike::InputFlood),
+            ),
+        ];
+        for (m, code, strike) in table {
+            assert_eq!((m.close_code(), m.strike()), (code, strike), "{m:?}");
+        }
+        assert!(
+            M::InputFlood.retry_after_ms() > 0,
+            "a flood is told when to come back"
+        );
+        assert_eq!(M::NotAHandshake.retry_after_ms(), 0);
+    }
+
+    #[test]
+    fn the_default_config_trusts_loopback_only_and_an_empty_list_nobody() {
+        let guard = GuardConfig::from_config(&crate::config::Config::default()).unwrap();
+        assert!(guard.is_trusted(ip("127.0.0.1")));
+        assert!(guard.is_trusted(ip("::1")));
+        assert!(!guard.is_trusted(ip("127.0.0.2")));
+        let cfg = crate::config::Config {
+            trusted_cidrs: vec![String::new()],
+            ..Default::default()
+        };
+        let guard = GuardConfig::from_config(&cfg).unwrap();
+        assert!(!guard.is_trusted(ip("127.0.0.1")));
     }
 
     #[test]

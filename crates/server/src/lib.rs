@@ -26,10 +26,17 @@
 //! Threads never share a lock on the game path: each (I/O thread, shard)
 //! pair has its own SPSC rings. See docs/ARCHITECTURE.md.
 
+// The only unsafe code is the io_uring send path (`uring`, and the one call
+// into it from `net` that keeps its buffers alive), each block with its
+// SAFETY comment.
+#![deny(unsafe_code)]
+
 pub mod admin;
 pub mod auth;
+pub mod cidr;
 pub mod config;
 pub mod directory;
+pub mod error;
 pub mod guard;
 pub mod kernel_filter;
 pub mod link;
@@ -44,7 +51,6 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use tether_engine::Game;
 use tether_store::{Backend, StoreWriter, WriterConfig};
 use tether_world::{Mmo, World, WorldConfig};
@@ -52,6 +58,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::directory::Directory;
+pub use crate::error::StartError;
 use crate::guard::{Defences, Guard, GuardConfig};
 use crate::link::{IoLink, IoWaker, ShardLink, ShardWaker, RING_CAPACITY};
 use crate::metrics::Metrics;
@@ -142,19 +149,20 @@ fn bind_game_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<std::ne
 ///
 /// Opens the configured storage first (SQLite in the data dir unless
 /// `store` names another); an unreachable database stops the start.
-pub fn start(cfg: Config) -> anyhow::Result<ServerHandle> {
+pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
     let backend = open_store(&cfg, Mmo::NAME)?;
     start_with_backend(cfg, backend)
 }
 
 /// Opens the configured storage for `game`.
-pub fn open_store(cfg: &Config, game: &str) -> anyhow::Result<Box<dyn Backend>> {
-    cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+pub fn open_store(cfg: &Config, game: &str) -> Result<Box<dyn Backend>, StartError> {
+    cfg.validate()?;
+    create_data_dir(cfg)?;
     let spec = cfg.store_spec();
-    let backend = tether_store::open(&spec, game)
-        .with_context(|| format!("cannot open storage {}", redact(&spec)))?;
+    let backend = tether_store::open(&spec, game).map_err(|source| StartError::Storage {
+        spec: redact(&spec),
+        source,
+    })?;
     info!(store = %redact(&spec), game, "storage open");
     Ok(backend)
 }
@@ -166,6 +174,13 @@ pub fn world_config(cfg: &Config) -> WorldConfig {
     world_cfg.tick_ms = cfg.tick_ms;
     world_cfg.seed = cfg.world_seed;
     world_cfg
+}
+
+fn create_data_dir(cfg: &Config) -> Result<(), StartError> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| StartError::DataDir {
+        path: cfg.data_dir.clone(),
+        source,
+    })
 }
 
 /// A store spec for logs: a PostgreSQL URL without its password.
@@ -183,7 +198,10 @@ fn redact(spec: &str) -> String {
 }
 
 /// [`start`] with a given storage backend (tests use an in-memory one).
-pub fn start_with_backend(cfg: Config, backend: Box<dyn Backend>) -> anyhow::Result<ServerHandle> {
+pub fn start_with_backend(
+    cfg: Config,
+    backend: Box<dyn Backend>,
+) -> Result<ServerHandle, StartError> {
     let world_cfg = world_config(&cfg);
     start_game(cfg, backend, move |shard| {
         Mmo::new(World::new(world_cfg.clone(), shard as u8))
@@ -196,10 +214,9 @@ pub fn start_game<G: Game>(
     cfg: Config,
     backend: Box<dyn Backend>,
     new_game: impl Fn(u16) -> G,
-) -> anyhow::Result<ServerHandle> {
-    cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+) -> Result<ServerHandle, StartError> {
+    cfg.validate()?;
+    create_data_dir(&cfg)?;
     let store = StoreWriter::start(
         backend,
         WriterConfig {
@@ -207,18 +224,26 @@ pub fn start_game<G: Game>(
             ..WriterConfig::default()
         },
     )
-    .map_err(|e| anyhow::anyhow!("cannot start the storage writer: {e}"))?;
+    .map_err(|source| StartError::Storage {
+        spec: redact(&cfg.store_spec()),
+        source,
+    })?;
     let cfg = Arc::new(cfg);
     let clock = Instant::now();
     let metrics = Arc::new(Metrics::new());
     let directory = Arc::new(Directory::new(cfg.shards));
-    let guard_cfg = GuardConfig::from_config(&cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let guard_cfg = GuardConfig::from_config(&cfg)?;
     let defences = Arc::new(Defences::new(Guard::new(guard_cfg, 0), cfg.shards));
     let shutdown = Arc::new(AtomicBool::new(false));
 
     // Listeners first, so a taken port fails before any thread starts.
-    let first = bind_game_listener(cfg.listen, cfg.listen_backlog)
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let first = bind_game_listener(cfg.listen, cfg.listen_backlog).map_err(|source| {
+        StartError::Listen {
+            what: "game",
+            addr: cfg.listen,
+            source,
+        }
+    })?;
     let game_addr = first.local_addr()?;
     // Every I/O thread watches the same listening socket (a duplicated
     // descriptor in its own epoll); whichever accepts first gets the
@@ -228,8 +253,12 @@ pub fn start_game<G: Game>(
         listeners.push(first.try_clone()?);
     }
     listeners.insert(0, first);
-    let admin_listener = std::net::TcpListener::bind(cfg.admin_listen)
-        .with_context(|| format!("cannot listen on {} (admin)", cfg.admin_listen))?;
+    let admin_listener =
+        std::net::TcpListener::bind(cfg.admin_listen).map_err(|source| StartError::Listen {
+            what: "admin",
+            addr: cfg.admin_listen,
+            source,
+        })?;
     admin_listener.set_nonblocking(true)?;
     let admin_addr = admin_listener.local_addr()?;
 
@@ -313,9 +342,11 @@ pub fn start_game<G: Game>(
             shutdown: shutdown.clone(),
             clock,
         });
-        shard_inits[s]
-            .send(shard)
-            .map_err(|_| anyhow::anyhow!("shard thread {s} died at start"))?;
+        shard_inits[s].send(shard).map_err(|_| {
+            StartError::Os(std::io::Error::other(format!(
+                "shard thread {s} died at start"
+            )))
+        })?;
     }
 
     let mut threads = shard_threads;

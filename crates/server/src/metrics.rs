@@ -247,12 +247,22 @@ impl Default for Metrics {
 /// Resident memory of this process in bytes, from /proc (0 if unreadable).
 /// Cheaper than [`ProcessStats::read`]: one small file.
 pub fn rss_bytes() -> u64 {
-    let page = unsafe_free_sysconf(libc::_SC_PAGESIZE).max(1) as u64;
-    std::fs::read_to_string("/proc/self/statm")
+    std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * page)
+        .and_then(|s| vm_rss_kib(&s))
+        .map_or(0, |kib| kib * 1024)
 }
+
+/// The `VmRSS:` line of /proc/self/status, in KiB.
+fn vm_rss_kib(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Clock ticks per second of the CPU times in /proc/PID/stat: the kernel
+/// reports them in USER_HZ, which is 100 on every architecture Linux
+/// exports to user space (the value `sysconf(_SC_CLK_TCK)` returns).
+const USER_HZ: f64 = 100.0;
 
 /// CPU time, resident memory and descriptors of this process, from /proc.
 #[derive(Debug, Default, Clone, Copy)]
@@ -265,8 +275,6 @@ pub struct ProcessStats {
 impl ProcessStats {
     pub fn read() -> ProcessStats {
         let mut s = ProcessStats::default();
-        let ticks = unsafe_free_sysconf(libc::_SC_CLK_TCK).max(1) as f64;
-        let page = unsafe_free_sysconf(libc::_SC_PAGESIZE).max(1) as u64;
         if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
             // Fields after the parenthesised command name; utime and stime are
             // the 14th and 15th fields of the whole line.
@@ -275,15 +283,11 @@ impl ProcessStats {
                 if f.len() > 13 {
                     let ut: f64 = f[11].parse().unwrap_or(0.0);
                     let st: f64 = f[12].parse().unwrap_or(0.0);
-                    s.cpu_seconds = (ut + st) / ticks;
+                    s.cpu_seconds = (ut + st) / USER_HZ;
                 }
             }
         }
-        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
-            if let Some(rss) = statm.split_whitespace().nth(1) {
-                s.rss_bytes = rss.parse::<u64>().unwrap_or(0) * page;
-            }
-        }
+        s.rss_bytes = rss_bytes();
         if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
             s.open_fds = dir.count() as u64;
         }
@@ -291,15 +295,20 @@ impl ProcessStats {
     }
 }
 
-fn unsafe_free_sysconf(name: libc::c_int) -> i64 {
-    // `sysconf` has no memory-safety preconditions; the libc binding is marked
-    // unsafe only because every foreign function is.
-    #[allow(unsafe_code)]
-    // SAFETY: sysconf reads a system constant and touches no caller memory.
-    let v = unsafe { libc::sysconf(name) };
-    v as i64
-}
-
 pub fn labels(pairs: &[(&'static str, &'static str)]) -> Labels {
     pairs.to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resident_memory_comes_from_the_vmrss_line() {
+        let status = "Name:\ttether\nVmPeak:\t  9000 kB\nVmRSS:\t    1234 kB\nThreads:\t4\n";
+        assert_eq!(vm_rss_kib(status), Some(1234));
+        assert_eq!(vm_rss_kib("Name:\tx\n"), None);
+        assert!(rss_bytes() > 0, "this process has resident memory");
+        assert!(ProcessStats::read().open_fds > 0);
+    }
 }

@@ -39,16 +39,16 @@ use tether_proto::{decode_envelope, split_frame, DecodeError};
 use tracing::{debug, warn};
 
 use crate::auth;
-use crate::config::Config;
+use crate::config::{Config, FloodAction};
 use crate::directory::Directory;
 use crate::guard::{
-    Defences, FloodAction, Guard, InputAllowance, InputLimit, InputVerdict, LoginKind, Refusal,
+    Defences, Guard, InputAllowance, InputLimit, InputVerdict, LoginKind, Misbehaviour, Refusal,
     Strike,
 };
 use crate::kernel_filter;
 use crate::link::{close_frame, ConnLoss, ConnRef, IoWaker, ShardLink, ToIo, ToShard};
 use crate::metrics::{labels, Metrics};
-use crate::uring;
+use crate::uring::{self, MAX_IOV};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -60,11 +60,6 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Reads per readable event before moving on to other connections, so one
 /// fast sender cannot starve the rest; the connection is revisited next turn.
 const READS_PER_EVENT: usize = 4;
-
-/// Most frames per gathering write (`write_batch_frames` picks up to this).
-/// Linux accepts up to 1024 iovecs; past ~64 small frames one write already
-/// carries several KiB and more frames per call stop paying.
-pub const MAX_IOV: usize = 64;
 
 /// Inbound messages held per shard when its ring is full, before this
 /// thread stops reading altogether.
@@ -103,9 +98,6 @@ const GUARD_SWEEP_MS: u64 = 1_000;
 /// `retry_after_ms` for refusals that have no natural wait (per-IP
 /// connection cap, pending handshakes full).
 const BUSY_RETRY_AFTER_MS: u32 = 1_000;
-
-/// `retry_after_ms` for a connection cut for flooding.
-const FLOOD_RETRY_AFTER_MS: u32 = 1_000;
 
 struct Conn {
     stream: TcpStream,
@@ -663,6 +655,15 @@ impl<G: Game> IoThread<G> {
 
     /// Counts misbehaviour against the connection's source address; enough
     /// of it within the window bans the address.
+    /// The peer broke a rule: strike its address as the rule says, and
+    /// close the connection with the rule's code.
+    fn misbehaved(&mut self, slot: usize, m: Misbehaviour, detail: &str) {
+        if let Some(strike) = m.strike() {
+            self.strike(slot, strike);
+        }
+        self.close_with_retry(slot, m.close_code(), detail, m.retry_after_ms());
+    }
+
     fn strike(&mut self, slot: usize, why: Strike) {
         let Some(conn) = self.conns.get(slot) else {
             return;
@@ -697,10 +698,9 @@ impl<G: Game> IoThread<G> {
                 None => true,
             };
             if !stale {
-                self.strike(slot, Strike::HandshakeTimeout);
-                self.close_with(
+                self.misbehaved(
                     slot,
-                    CloseCode::HandshakeTimeout,
+                    Misbehaviour::HandshakeTimeout,
                     "no Hello or Resume in time",
                 );
             }
@@ -886,8 +886,7 @@ impl<G: Game> IoThread<G> {
 
     fn reject(&mut self, slot: usize, e: &DecodeError) {
         debug!(peer = %self.conns[slot].peer, error = %e, "bad frame");
-        self.strike(slot, Strike::Malformed);
-        self.close_with(slot, e.close_code(), &e.to_string());
+        self.misbehaved(slot, Misbehaviour::BadFrame(e.close_code()), &e.to_string());
     }
 
     /// Handles one decoded message. Returns false if the connection closed.
@@ -919,10 +918,9 @@ impl<G: Game> IoThread<G> {
                     return false;
                 }
                 if hello.protocol_version != tether_proto::PROTOCOL_VERSION {
-                    self.strike(slot, Strike::AuthFailed);
-                    self.close_with(
+                    self.misbehaved(
                         slot,
-                        CloseCode::UnsupportedVersion,
+                        Misbehaviour::UnsupportedVersion,
                         "protocol_version must be 1",
                     );
                     return false;
@@ -951,10 +949,12 @@ impl<G: Game> IoThread<G> {
                         true
                     }
                     Err(e) => {
-                        if e.close_code() == CloseCode::AuthFailed {
-                            self.strike(slot, Strike::AuthFailed);
-                        }
-                        self.close_with(slot, e.close_code(), e.message());
+                        let m = if e.close_code() == CloseCode::TicketExpired {
+                            Misbehaviour::ExpiredTicket
+                        } else {
+                            Misbehaviour::BadCredentials
+                        };
+                        self.misbehaved(slot, m, e.message());
                         false
                     }
                 }
@@ -979,10 +979,9 @@ impl<G: Game> IoThread<G> {
                 true
             }
             (None, _) => {
-                self.strike(slot, Strike::Protocol);
-                self.close_with(
+                self.misbehaved(
                     slot,
-                    CloseCode::ProtocolError,
+                    Misbehaviour::NotAHandshake,
                     "expected Hello or Resume first",
                 );
                 false
@@ -1027,10 +1026,9 @@ impl<G: Game> IoThread<G> {
                 true
             }
             (Some(_), Incoming::Hello(_) | Incoming::Resume(_)) => {
-                self.strike(slot, Strike::Protocol);
-                self.close_with(
+                self.misbehaved(
                     slot,
-                    CloseCode::ProtocolError,
+                    Misbehaviour::SecondHandshake,
                     "Hello / Resume only as the first frame",
                 );
                 false
@@ -1080,7 +1078,9 @@ impl<G: Game> IoThread<G> {
                     return InputVerdict::Flood;
                 }
                 if !std::mem::replace(&mut conn.flooded, true) {
-                    self.strike(slot, Strike::InputFlood);
+                    if let Some(strike) = Misbehaviour::InputFlood.strike() {
+                        self.strike(slot, strike);
+                    }
                 }
                 InputVerdict::Drop
             }
@@ -1091,16 +1091,10 @@ impl<G: Game> IoThread<G> {
     /// with RATE_LIMITED (kick also ends the session). Returns false (closed).
     fn flood(&mut self, slot: usize, shard: u16, cref: ConnRef) -> bool {
         debug!(peer = %self.conns[slot].peer, "input flood; cutting the connection");
-        self.strike(slot, Strike::InputFlood);
         if self.cfg.input_flood_action == FloodAction::Kick {
             self.send_to_shard(shard, ToShard::Logout { conn: cref });
         }
-        self.close_with_retry(
-            slot,
-            CloseCode::RateLimited,
-            "input over the allowance",
-            FLOOD_RETRY_AFTER_MS,
-        );
+        self.misbehaved(slot, Misbehaviour::InputFlood, "input over the allowance");
         false
     }
 
@@ -1356,7 +1350,10 @@ impl<G: Game> IoThread<G> {
                 // SAFETY: the frames stay in `conn.wq`, and the socket
                 // open, until `submit` below returns: nothing between here
                 // and there touches a connection.
-                unsafe { ring.push(conn.stream.as_raw_fd(), bufs) };
+                #[allow(unsafe_code)]
+                unsafe {
+                    ring.push(conn.stream.as_raw_fd(), bufs)
+                };
                 sent.push(slot);
             }
             results.clear();

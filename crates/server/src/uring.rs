@@ -18,8 +18,10 @@ use io_uring::{opcode, types, IoUring};
 /// Sends per submission at most (the ring's size).
 pub const BATCH: usize = 256;
 
-/// Buffers per send at most.
-pub const MAX_IOV: usize = crate::net::MAX_IOV;
+/// Frames gathered into one send at most (`write_batch_frames` is capped
+/// at it): 64 covers a busy player's frames of a pass many times over, and
+/// the iovec array lives on the stack of every send.
+pub const MAX_IOV: usize = 64;
 
 pub struct SendBatch {
     ring: IoUring,
