@@ -84,12 +84,12 @@ db = sqlite3.connect("file:" + os.environ["DB"] + "?mode=ro", uri=True, timeout=
 p = os.environ["PREFIX"]
 print(*db.execute(
     "SELECT COUNT(*), COALESCE(MIN(updated_at), 0), COALESCE(SUM(updated_at >= ?), 0) "
-    "FROM characters WHERE substr(name, 1, ?) = ?",
-    (int(os.environ["SINCE"]), len(p), p)).fetchone())
+    "FROM records WHERE game = ? AND substr(account, 1, ?) = ?",
+    (int(os.environ["SINCE"]), "mmo", len(p), p)).fetchone())
 '
     elif command -v psql >/dev/null; then
         psql "$store" -X -A -t -F ' ' -v ON_ERROR_STOP=1 -c \
-            "SELECT COUNT(*), COALESCE(MIN(updated_at), 0), COUNT(*) FILTER (WHERE updated_at >= $since) FROM characters WHERE substr(name, 1, ${#prefix}) = '$prefix'" \
+            "SELECT COUNT(*), COALESCE(MIN(updated_at), 0), COUNT(*) FILTER (WHERE updated_at >= $since) FROM records WHERE game = 'mmo' AND substr(account, 1, ${#prefix}) = '$prefix'" \
             2>>"$tmp/psql.log"
     fi
 }

@@ -17,6 +17,13 @@ use crate::record::{Record, Tx};
 use crate::stats::{EngineStats, RefusedResume};
 use crate::wire::{close_frame, input_ack_frame, resumed_frame, welcome_frame};
 
+/// Transactions held while storage's queue is full. The game is told it
+/// cannot commit as soon as one is held (`Ctx::can_commit`), so a game that
+/// listens holds a handful; past this a transaction is handed back to the
+/// game as rejected (never durable, never to be told to the player) rather
+/// than held without bound.
+pub const MAX_COMMIT_BACKLOG: usize = 16_384;
+
 /// Bits of a session id below the shard index: a resume finds its shard
 /// from the id alone.
 pub const SESSION_SHARD_SHIFT: u32 = 56;
@@ -842,7 +849,7 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
                 self.host.save_now(record);
             }
             for tx in std::mem::take(&mut self.out.commits) {
-                self.commit(tx);
+                self.commit(now, tx);
             }
         }
     }
@@ -882,13 +889,26 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
     }
 
     /// Hands a transaction to storage; the game hears of it in `committed`.
-    fn commit(&mut self, tx: Tx) {
-        if !self.commit_retry.is_empty() {
+    fn commit(&mut self, now: u64, tx: Tx) {
+        let tx = if self.commit_retry.is_empty() {
+            match self.host.commit(tx) {
+                Ok(()) => return,
+                Err(tx) => tx,
+            }
+        } else {
+            tx
+        };
+        if self.commit_retry.len() < MAX_COMMIT_BACKLOG {
             self.commit_retry.push_back(tx);
-            return;
-        }
-        if let Err(tx) = self.host.commit(tx) {
-            self.commit_retry.push_back(tx);
+        } else {
+            warn!(
+                shard = self.cfg.shard,
+                tx = tx.tx_id,
+                "commit backlog full; transaction refused"
+            );
+            self.stats.commits_refused += 1;
+            let ctx = self.ctx(now);
+            self.game.rejected(&ctx, &tx, &mut self.out);
         }
     }
 

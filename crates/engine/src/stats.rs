@@ -47,6 +47,8 @@ pub struct EngineStats {
     pub replayed_frames: u64,
     pub duplicate_inputs: u64,
     pub zombie_expiries: u64,
+    /// Transactions refused because the commit backlog was full.
+    pub commits_refused: u64,
     /// Connections the engine closed, by close code.
     pub closed: [u64; CLOSE_CODE_SLOTS],
 }
@@ -65,6 +67,7 @@ impl Default for EngineStats {
             replayed_frames: 0,
             duplicate_inputs: 0,
             zombie_expiries: 0,
+            commits_refused: 0,
             closed: [0; CLOSE_CODE_SLOTS],
         }
     }

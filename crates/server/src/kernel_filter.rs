@@ -109,6 +109,7 @@ pub fn program(banned: &[Ipv4Addr]) -> Vec<Insn> {
 /// Runs `prog` over a packet as the kernel would for a TCP socket: `ip` is
 /// the IPv4 header, `tcp` the TCP header. Returns the verdict (0: drop).
 /// For tests; supports exactly the instructions [`program`] emits.
+#[cfg(test)]
 pub fn run(prog: &[Insn], ip: &[u8], tcp: &[u8]) -> u32 {
     let load = |k: u32, width: usize| -> Option<u32> {
         let (buf, off) = if (k as i32) < 0 {

@@ -31,19 +31,19 @@
 // SAFETY comment.
 #![deny(unsafe_code)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod auth;
-pub mod cidr;
+pub(crate) mod cidr;
 pub mod config;
-pub mod directory;
+pub(crate) mod directory;
 pub mod error;
 pub mod guard;
-pub mod kernel_filter;
+pub(crate) mod kernel_filter;
 pub mod link;
 pub mod metrics;
-pub mod net;
-pub mod shard;
-pub mod uring;
+pub(crate) mod net;
+pub(crate) mod shard;
+pub(crate) mod uring;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

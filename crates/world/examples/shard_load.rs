@@ -1,4 +1,4 @@
-//! Replays BENCH.md's `standard` load shape against one `World`, without any
+//! Replays the `standard` load shape of docs/BENCHMARKS.md against one `World`, without any
 //! I/O: what the simulation alone costs, for comparing world changes.
 //!
 //! ```text

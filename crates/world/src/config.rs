@@ -26,7 +26,7 @@ pub const DEFAULT_TICK_MS: u64 = 100;
 pub const DEFAULT_MONSTER_RESPAWN_MS: u64 = 10_000;
 
 /// Players each player sees on average when the population is spread
-/// uniformly (BENCH.md `--density 8`).
+/// uniformly (docs/BENCHMARKS.md, `--density 8`).
 pub const DEFAULT_DENSITY: f32 = 8.0;
 
 /// Population [`WorldConfig::default`] is sized for: the headline load.
@@ -88,7 +88,7 @@ pub struct WorldConfig {
 
 impl WorldConfig {
     /// A map sized so that, with `players` spread uniformly, each sees about
-    /// `density` other players inside its view radius (BENCH.md `--density`).
+    /// `density` other players inside its view radius (docs/BENCHMARKS.md, `--density`).
     ///
     /// Area = players * PI * r^2 / density on a square map, at least
     /// [`MIN_MAP_VIEW_RADII`] view radii a side; [`MONSTERS_PER_VIEW_AREA`]

@@ -374,3 +374,84 @@ impl Game for Mmo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn legacy(text: &str) -> Record {
+        Record {
+            account: "ann".into(),
+            version: 0,
+            data: Bytes::from(text.as_bytes().to_vec()),
+        }
+    }
+
+    #[test]
+    fn a_character_round_trips_through_its_record() {
+        let c = CharacterRecord {
+            name: "ann".into(),
+            pos: Some((12.5, 3.0)),
+            hp: 40,
+            level: 3,
+            xp: 1234,
+            gold: 99,
+            inventory: vec![pb::ItemStack {
+                item_id: 7,
+                count: 2,
+            }],
+        };
+        let r = encode_record(&c);
+        assert_eq!((r.account.as_str(), r.version), ("ann", RECORD_VERSION));
+        assert_eq!(decode_record(&r).unwrap(), c);
+        let unplaced = CharacterRecord {
+            pos: None,
+            ..c.clone()
+        };
+        assert_eq!(decode_record(&encode_record(&unplaced)).unwrap(), unplaced);
+    }
+
+    #[test]
+    fn migrated_rows_read_in_either_databases_number_form() {
+        // SQLite writes whole REALs as "100.0", PostgreSQL as "100".
+        for (x, y) in [("100.0", "50.5"), ("100", "50.5")] {
+            let r = legacy(&format!("ann\t{x}\t{y}\t35\t4\t900\t120\t3:1 7:12"));
+            let c = decode_record(&r).unwrap();
+            assert_eq!(c.name, "ann");
+            assert_eq!(c.pos, Some((100.0, 50.5)));
+            assert_eq!((c.hp, c.level, c.xp, c.gold), (35, 4, 900, 120));
+            assert_eq!(
+                c.inventory,
+                vec![
+                    pb::ItemStack {
+                        item_id: 3,
+                        count: 1
+                    },
+                    pb::ItemStack {
+                        item_id: 7,
+                        count: 12
+                    }
+                ]
+            );
+        }
+        let unplaced = decode_record(&legacy("bob\t\t\t0\t0\t0\t0\t")).unwrap();
+        assert_eq!((unplaced.pos, unplaced.inventory.len()), (None, 0));
+    }
+
+    #[test]
+    fn unreadable_records_are_refused_not_guessed() {
+        assert!(decode_record(&legacy("too\tfew")).is_err());
+        assert!(decode_record(&legacy("ann\tx\t1\t0\t0\t0\t0\t")).is_err());
+        assert!(decode_record(&legacy("ann\t1\t1\t0\t0\t0\t0\t3-1")).is_err());
+        let future = Record {
+            version: RECORD_VERSION + 1,
+            ..legacy("")
+        };
+        assert!(decode_record(&future).is_err());
+        let garbage = Record {
+            version: RECORD_VERSION,
+            ..legacy("\u{ff}\u{ff}\u{ff}")
+        };
+        assert!(decode_record(&garbage).is_err());
+    }
+}
