@@ -48,7 +48,8 @@ mod stats;
 mod wire;
 
 pub use engine::{
-    ConnId, Engine, EngineConfig, LoadFailed, SessionView, Takeover, Transmit, SESSION_SHARD_SHIFT,
+    ConnId, Engine, EngineConfig, LoadFailed, SessionView, Takeover, Transmit, MAX_COMMIT_BACKLOG,
+    SESSION_SHARD_SHIFT,
 };
 pub use game::{BadInput, BadRecord, Ctx, Game, Outbox, PlayerId, Route, Undeliverable};
 pub use host::{BusMsg, Host, StorageBusy};

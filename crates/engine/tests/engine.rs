@@ -770,3 +770,74 @@ fn cross_shard_messages_are_routed_or_reported_undeliverable() {
     );
     assert_eq!(e.game().remote_seen, vec![(0, 3), (1, 42)]);
 }
+
+#[test]
+fn a_game_that_ignores_can_commit_cannot_grow_the_backlog_without_bound() {
+    /// Commits on every input, whatever `can_commit` says.
+    struct Greedy(Counter);
+    impl Game for Greedy {
+        const NAME: &'static str = "greedy";
+        type Input = u64;
+        type Remote = u64;
+        fn decode_input(p: &[u8]) -> Result<Option<u64>, BadInput> {
+            Counter::decode_input(p)
+        }
+        fn welcome_info(&self) -> Bytes {
+            self.0.welcome_info()
+        }
+        fn join(
+            &mut self,
+            c: &Ctx,
+            a: &str,
+            r: Option<Record>,
+            o: &mut Outbox<u64>,
+        ) -> Result<PlayerId, BadRecord> {
+            self.0.join(c, a, r, o)
+        }
+        fn leave(&mut self, c: &Ctx, p: PlayerId, o: &mut Outbox<u64>) -> Option<Record> {
+            self.0.leave(c, p, o)
+        }
+        fn link_changed(&mut self, c: &Ctx, p: PlayerId, d: bool, o: &mut Outbox<u64>) {
+            self.0.link_changed(c, p, d, o)
+        }
+        fn apply(&mut self, _: &Ctx, _: PlayerId, seq: u32, _: u64, o: &mut Outbox<u64>) {
+            o.commits.push(Tx {
+                tx_id: seq as u64,
+                record: record("ann", seq as u64),
+                entry: Bytes::new(),
+            });
+        }
+        fn tick(&mut self, _: &Ctx, _: &mut Outbox<u64>) {}
+        fn snapshot(&mut self, c: &Ctx, p: PlayerId, o: &mut Outbox<u64>) {
+            self.0.snapshot(c, p, o)
+        }
+        fn take_dirty(&mut self, _: &mut Vec<Record>) {}
+        fn committed(&mut self, _: &Ctx, _: &Tx, _: &mut Outbox<u64>) {}
+        fn rejected(&mut self, _: &Ctx, tx: &Tx, _: &mut Outbox<u64>) {
+            self.0.next_tx = tx.tx_id; // remembers the last refused
+        }
+        fn on_remote(&mut self, _: &Ctx, _: u16, _: u64, _: &mut Outbox<u64>) {}
+        fn undeliverable(&mut self, _: &Ctx, _: u64, _: Undeliverable, _: &mut Outbox<u64>) {}
+    }
+    let host = MemHost {
+        commit_room: Some(0),
+        ..MemHost::default()
+    };
+    let mut e = Engine::new(EngineConfig::default(), Greedy(Counter::default()), host, 0);
+    e.login(0, conn(1), "ann".into());
+    let (account, tag) = e.host_mut().loads.pop_front().unwrap();
+    e.loaded(0, account, tag, Ok(None));
+    let extra = 10;
+    let total = (tether_engine::MAX_COMMIT_BACKLOG + extra) as u32;
+    for seq in 1..=total {
+        e.input(1, conn(1), seq, 0, Some(1));
+        while e.poll_transmit().is_some() {}
+    }
+    assert_eq!(e.commit_backlog(), tether_engine::MAX_COMMIT_BACKLOG);
+    assert_eq!(e.stats().commits_refused, extra as u64);
+    assert_eq!(
+        e.game().0.next_tx,
+        total as u64,
+        "the newest were handed back"
+    );
+}
