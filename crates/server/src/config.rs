@@ -3,6 +3,14 @@
 //!
 //! Every bound the server enforces is a field here, with its default and the
 //! reason for it next to the field.
+//!
+//! This is the operator's surface: one flat list of settings, the same keys
+//! in the TOML file, the `TETHER_*` environment and the flags. No part of the
+//! server takes it whole: at start each part gets its own settings, built
+//! from it in one place (`net::IoConfig` for the I/O threads,
+//! `tether_engine::EngineConfig` and `guard::ProtectConfig` for the shards,
+//! `guard::GuardConfig` for admission, `tether_world::WorldConfig` for the
+//! MMO, `tether_store::WriterConfig` for storage).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

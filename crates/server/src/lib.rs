@@ -328,7 +328,8 @@ pub fn start_game<G: Game>(
         let (store, store_events) = store.client(Some(Box::new(move || waker.wake())));
         let shard = Shard::new(ShardParts {
             index: s as u16,
-            cfg: cfg.clone(),
+            engine: shard::engine_config(&cfg, s as u16),
+            protect: shard::protect_config(&cfg),
             game: new_game(s as u16),
             io: links,
             waker: shard_wakers[s].clone(),
@@ -354,7 +355,7 @@ pub fn start_game<G: Game>(
     {
         let io = net::IoThread::<G>::new(
             i as u16,
-            cfg.clone(),
+            net::IoConfig::from_config(&cfg),
             poll,
             mio::net::TcpListener::from_std(listener),
             io_wakers[i].clone(),

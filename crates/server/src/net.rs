@@ -39,7 +39,7 @@ use tether_proto::{decode_envelope, split_frame, DecodeError};
 use tracing::{debug, warn};
 
 use crate::auth;
-use crate::config::{Config, FloodAction};
+use crate::config::{AuthMode, Config, FloodAction};
 use crate::directory::Directory;
 use crate::guard::{
     Defences, Guard, InputAllowance, InputLimit, InputVerdict, LoginKind, Misbehaviour, Refusal,
@@ -165,9 +165,51 @@ fn decode_incoming<G: Game>(payload: &[u8]) -> Result<Incoming<G::Input>, Decode
     })
 }
 
+/// What an I/O thread needs of the server's settings.
+#[derive(Debug, Clone)]
+pub(crate) struct IoConfig {
+    pub auth: AuthMode,
+    pub ticket_secret: Option<String>,
+    pub max_connections: usize,
+    pub max_frame_len: usize,
+    pub handshake_timeout_ms: u64,
+    pub write_queue_cap_bytes: usize,
+    pub write_batch_frames: usize,
+    pub write_coalesce_ms: u64,
+    pub io_uring: bool,
+    pub busy_poll_us: u64,
+    pub input_limit: InputLimit,
+    pub input_flood_action: FloodAction,
+    pub protect_retry_after_ms: u32,
+}
+
+impl IoConfig {
+    pub fn from_config(cfg: &Config) -> IoConfig {
+        IoConfig {
+            auth: cfg.auth,
+            ticket_secret: cfg.ticket_secret.clone(),
+            max_connections: cfg.max_connections,
+            max_frame_len: cfg.max_frame_len,
+            handshake_timeout_ms: cfg.handshake_timeout_ms,
+            write_queue_cap_bytes: cfg.write_queue_cap_bytes,
+            write_batch_frames: cfg.write_batch_frames,
+            write_coalesce_ms: cfg.write_coalesce_ms,
+            io_uring: cfg.io_uring,
+            busy_poll_us: cfg.busy_poll_us,
+            input_limit: InputLimit {
+                rate: cfg.input_rate,
+                burst: cfg.input_burst as f64,
+                flood_tolerance: cfg.input_flood_tolerance as f64,
+            },
+            input_flood_action: cfg.input_flood_action,
+            protect_retry_after_ms: cfg.protect_retry_after_ms,
+        }
+    }
+}
+
 pub struct IoThread<G: Game> {
     id: u16,
-    cfg: Arc<Config>,
+    cfg: IoConfig,
     poll: Poll,
     listener: Option<TcpListener>,
     waker: Arc<IoWaker>,
@@ -213,7 +255,7 @@ impl<G: Game> IoThread<G> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: u16,
-        cfg: Arc<Config>,
+        cfg: IoConfig,
         poll: Poll,
         listener: TcpListener,
         waker: Arc<IoWaker>,
@@ -239,11 +281,7 @@ impl<G: Game> IoThread<G> {
         } else {
             None
         };
-        let input_limit = InputLimit {
-            rate: cfg.input_rate,
-            burst: cfg.input_burst as f64,
-            flood_tolerance: cfg.input_flood_tolerance as f64,
-        };
+        let input_limit = cfg.input_limit;
         Ok(IoThread {
             id,
             cfg,

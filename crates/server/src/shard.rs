@@ -165,7 +165,8 @@ impl<R> Host<R> for ShardHost<R> {
 /// What a shard thread is started with.
 pub struct ShardParts<G: Game> {
     pub index: u16,
-    pub cfg: Arc<Config>,
+    pub engine: EngineConfig,
+    pub protect: ProtectConfig,
     pub game: G,
     pub io: Vec<IoLink<G::Input>>,
     pub waker: Arc<ShardWaker>,
@@ -178,6 +179,15 @@ pub struct ShardParts<G: Game> {
     pub defences: Arc<Defences>,
     pub shutdown: Arc<AtomicBool>,
     pub clock: Instant,
+}
+
+/// Protect mode's settings from the server's.
+pub fn protect_config(cfg: &Config) -> ProtectConfig {
+    ProtectConfig {
+        tick_lag_ms: cfg.protect_tick_lag_ms,
+        memory_budget_bytes: cfg.protect_memory_bytes,
+        calm_ms: cfg.protect_calm_ms,
+    }
 }
 
 /// The engine's settings from the server's.
@@ -230,11 +240,7 @@ pub struct Shard<G: Game> {
 
 impl<G: Game> Shard<G> {
     pub fn new(p: ShardParts<G>) -> Shard<G> {
-        let protect_cfg = ProtectConfig {
-            tick_lag_ms: p.cfg.protect_tick_lag_ms,
-            memory_budget_bytes: p.cfg.protect_memory_bytes,
-            calm_ms: p.cfg.protect_calm_ms,
-        };
+        let protect_cfg = p.protect;
         let now = p.clock.elapsed().as_millis() as u64;
         let host = ShardHost {
             index: p.index,
@@ -242,7 +248,7 @@ impl<G: Game> Shard<G> {
             directory: p.directory,
             bus: p.bus,
         };
-        let engine = Engine::new(engine_config(&p.cfg, p.index), p.game, host, now);
+        let engine = Engine::new(p.engine, p.game, host, now);
         let n_io = p.io.len();
         Shard {
             index: p.index,
