@@ -113,6 +113,9 @@ pub struct SessionView {
     pub frames_sent: u64,
     pub frames_acked: u64,
     pub replay_len: usize,
+    /// Frames let go unacked because the replay buffer was over its cap; once
+    /// one the client missed is gone, its next resume is a snapshot.
+    pub replay_evicted: u64,
 }
 
 /// One shard's sessions around one game, sans IO.
@@ -247,12 +250,38 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
             frames_sent: s.session.frames_sent(),
             frames_acked: s.session.frames_acked(),
             replay_len: s.session.replay_len(),
+            replay_evicted: s.session.replay_evicted(),
         }
     }
 
     /// When the next tick is due.
     pub fn next_tick(&self) -> u64 {
         self.next_tick
+    }
+
+    /// When a session timer next falls due (heartbeat, keep-alive or input
+    /// acknowledgement, zombie expiry, the short grace of a zombie that never
+    /// played); `None` while no session has one. [`Engine::tick`] handles
+    /// them: a driver that sleeps between events (a test on a virtual clock)
+    /// can tick at the later of this and [`Engine::next_tick`] instead of
+    /// every `tick_ms`, with the same outcome.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let unplayed_grace = self.cfg.unplayed_grace_ms;
+        self.sessions
+            .iter()
+            .filter_map(|(_, slot)| {
+                let unplayed = match slot.session.state() {
+                    SessionState::Zombie { since_ms } if slot.session.last_applied_input() == 0 => {
+                        Some(since_ms.saturating_add(unplayed_grace))
+                    }
+                    _ => None,
+                };
+                [slot.session.poll_timeout(), unplayed]
+                    .into_iter()
+                    .flatten()
+                    .min()
+            })
+            .min()
     }
 
     /// The next thing to write, in order.

@@ -1,20 +1,29 @@
-//! A deterministic simulation of one server and one client speaking the
-//! session protocol over a faulty network, with a virtual clock.
+//! A deterministic simulation of one Tether server and one client speaking
+//! the session protocol over a faulty network, with a virtual clock. The
+//! server side is the real [`Engine`]; only the I/O around it is simulated.
 //!
-//! - [`World`]: a toy game world per session. Every applied input and every
-//!   world tick appends one entry to a log and produces one counted frame
-//!   (`LootGranted { tx_id: entry number, gold: entry value }`); a snapshot is
-//!   a `SelfState` whose inventory lists every entry. The client rebuilds the
-//!   log from those frames, and checks each delta continues its view exactly
-//!   (a lost, duplicated or reordered frame is caught on the spot).
+//! - [`SimGame`]: a toy game on the engine. Each player has a [`World`]:
+//!   every applied input and every world tick appends one entry to a log and
+//!   produces one counted frame (`LootGranted { tx_id: entry number, gold:
+//!   entry value }`); a snapshot is a `SelfState` whose inventory lists every
+//!   entry. The client rebuilds the log from those frames and checks that
+//!   each delta continues its view exactly (a lost, duplicated or reordered
+//!   frame is caught on the spot).
+//! - [`SimHost`]: the engine's host in memory: storage as a map whose loads
+//!   the [`Server`] answers (at once or after `load_delay_ms`), the account
+//!   directory as a map, one shard, resume tokens from a seeded RNG.
 //! - [`Net`]: connections ("links"), each with an in-flight queue per
 //!   direction, latency and jitter (order kept, like TCP), and faults: a cut
 //!   loses everything in flight; lost acks drop client `Ack`s and blank
 //!   piggybacked ones.
-//! - [`Server`]: a session table, a page pool, the world, and the glue a real
-//!   shard has: Hello / Resume / Input / Ack / Logout handling and the timer loop.
-//! - [`Client`]: a [`ClientSession`], a scripted player sending numbered inputs,
-//!   reconnects with resume.
+//! - [`Server`]: what the server's I/O thread does around the engine: it
+//!   accepts links, enforces the handshake deadline, decodes client frames
+//!   (`decode_envelope`, then the game's `decode_input` for an `Input`),
+//!   holds what follows a `Hello` until the `Welcome`, calls the engine, and
+//!   writes what [`Engine::poll_transmit`] gives out. It ticks the engine
+//!   whenever a session timer or a world tick is due.
+//! - [`Client`]: a [`ClientSession`], a scripted player sending numbered
+//!   inputs, reconnects with resume.
 //! - [`Sim`]: steps the earliest event (delivery, timer, script, fault), one
 //!   at a time; cuts can be scheduled by step index or by time.
 //!
@@ -28,11 +37,18 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use tether_engine::{
+    close_frame, BadInput, BadRecord, BusMsg, ConnId, Ctx, Engine, EngineConfig, EngineStats, Game,
+    Host, Outbox, PlayerId, Record, SessionView, StorageBusy, Takeover, Transmit, Tx,
+    Undeliverable,
+};
 use tether_proto::pb::{self, client_message::Msg as CMsg, server_message::Msg as SMsg};
-use tether_proto::{decode_client, decode_server, encode_frame, split_frame, MAX_PAYLOAD_LEN};
+use tether_proto::{
+    decode_client, decode_envelope, decode_server, encode_frame, split_frame, MAX_PAYLOAD_LEN,
+};
 use tether_session::{
-    ClientSession, ClientSessionConfig, InputVerdict, PagePool, ResumePlan, ResumeToken,
-    ServerFrameOutcome, ServerSession, SessionConfig, SessionState, TimerEvent,
+    ClientSession, ClientSessionConfig, ResumeToken, ServerFrameOutcome, SessionConfig,
+    SessionState,
 };
 
 pub type Time = u64;
@@ -48,8 +64,18 @@ const MAX_STEPS: u64 = 2_000_000;
 /// connection attempt.
 const HANDSHAKE_TIMEOUT_MS: u64 = 3_000;
 
-/// How long the server waits for `Hello` / `Resume` on a new connection.
+/// How long the server waits for `Hello` / `Resume` on a new connection (the
+/// server's default `handshake_timeout_ms`).
 const SERVER_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+
+/// The first byte of a `Welcome` frame's payload: the key of
+/// `ServerMessage.welcome` (field 1, length-delimited). The server's I/O
+/// thread recognises the Welcome by it, to release what a client pipelined
+/// behind its `Hello`.
+const WELCOME_KEY: u8 = (1 << 3) | 2;
+
+/// The simulated server's one shard.
+const SHARD: u16 = 0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CutKind {
@@ -97,9 +123,12 @@ pub struct SimConfig {
     /// Inputs in the script, one every `input_every_ms` from the first Welcome.
     pub inputs: u32,
     pub input_every_ms: u64,
-    /// World ticks (one entry per session per tick) until `ticks_until_ms`.
+    /// World ticks (one entry per player per tick) until `ticks_until_ms`.
     pub tick_every_ms: u64,
     pub ticks_until_ms: Time,
+    /// How long storage takes to answer a login's load (0: at once, in the
+    /// same step as the `Hello`).
+    pub load_delay_ms: u64,
     pub seed: u64,
 }
 
@@ -118,6 +147,7 @@ impl Default for SimConfig {
             input_every_ms: 30,
             tick_every_ms: 100,
             ticks_until_ms: 1_000,
+            load_delay_ms: 0,
             seed: 1,
         }
     }
@@ -125,13 +155,15 @@ impl Default for SimConfig {
 
 // ---------------------------------------------------------------- world --
 
+/// One player's character in [`SimGame`].
 #[derive(Debug, Default, Clone)]
 pub struct World {
     /// The character's state: everything that happened to it, in order.
     pub entries: Vec<u32>,
-    /// Input seqs in the order they were applied.
+    /// Input seqs in the order they were applied, in the current numbering.
     pub applied_seqs: Vec<u32>,
-    /// Input payloads (the script's input number) in the order applied.
+    /// Input payloads (the script's input number) in the order applied, in
+    /// the current numbering.
     pub applied_payloads: Vec<u32>,
     /// The same, across take-overs (which restart the input numbering).
     pub all_payloads: Vec<u32>,
@@ -179,26 +211,286 @@ impl World {
             ..Default::default()
         }))
     }
-}
 
-fn decode_frame(bytes: &Bytes) -> pb::ClientMessage {
-    let (payload, used) = split_frame(bytes, MAX_PAYLOAD_LEN)
-        .expect("valid header")
-        .expect("whole frame");
-    assert_eq!(used, bytes.len());
-    decode_client(payload).expect("the client sends valid frames")
+    /// The character as storage keeps it: its entries, little-endian.
+    fn record(&self, account: &str) -> Record {
+        let data: Vec<u8> = self.entries.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Record {
+            account: account.to_string(),
+            version: 1,
+            data: Bytes::from(data),
+        }
+    }
+
+    fn from_record(record: &Record) -> Result<World, BadRecord> {
+        if record.version != 1 || !record.data.chunks_exact(4).remainder().is_empty() {
+            return Err(BadRecord(format!(
+                "version {} of {} bytes",
+                record.version,
+                record.data.len()
+            )));
+        }
+        let entries = record
+            .data
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok(World {
+            entries,
+            ..World::default()
+        })
+    }
 }
 
 pub fn server_msg(msg: SMsg) -> pb::ServerMessage {
     pb::ServerMessage { msg: Some(msg) }
 }
 
-fn close_msg(code: pb::CloseCode, why: &str) -> pb::ServerMessage {
-    server_msg(SMsg::Close(pb::Close {
-        code: code as i32,
-        message: why.into(),
-        retry_after_ms: 0,
-    }))
+#[derive(Debug)]
+pub struct Player {
+    pub account: String,
+    pub world: World,
+    /// Changed since the last write-behind.
+    dirty: bool,
+}
+
+/// The toy game: one [`World`] per player, frames in the MMO's schema
+/// (`pb::ServerMessage`), inputs are the client's `Input.cmd`.
+#[derive(Debug)]
+pub struct SimGame {
+    pub players: BTreeMap<PlayerId, Player>,
+    next_player: PlayerId,
+    /// The next world tick (`None`: no more).
+    next_world_tick: Option<Time>,
+    tick_every: u64,
+    ticks_until: Time,
+}
+
+impl SimGame {
+    fn new(cfg: &SimConfig) -> Self {
+        SimGame {
+            players: BTreeMap::new(),
+            next_player: 1,
+            next_world_tick: (cfg.tick_every_ms > 0).then_some(cfg.tick_every_ms),
+            tick_every: cfg.tick_every_ms,
+            ticks_until: cfg.ticks_until_ms,
+        }
+    }
+
+    /// When the next world tick is due.
+    pub fn next_world_tick(&self) -> Option<Time> {
+        self.next_world_tick
+    }
+
+    pub fn world(&self, player: PlayerId) -> &World {
+        &self.players[&player].world
+    }
+
+    /// A take-over started a new input numbering for `player`: exactly-once
+    /// holds per numbering.
+    fn new_numbering(&mut self, player: PlayerId) {
+        if let Some(p) = self.players.get_mut(&player) {
+            p.world.applied_seqs.clear();
+            p.world.applied_payloads.clear();
+        }
+    }
+
+    fn push(out: &mut Outbox<()>, player: PlayerId, msg: &pb::ServerMessage) {
+        out.frames.push((player, encode_frame(msg)));
+    }
+}
+
+impl Game for SimGame {
+    const NAME: &'static str = "sim";
+    type Input = pb::input::Cmd;
+    type Remote = ();
+
+    fn decode_input(payload: &[u8]) -> Result<Option<pb::input::Cmd>, BadInput> {
+        match decode_client(payload)
+            .map_err(|e| BadInput(e.to_string()))?
+            .msg
+        {
+            Some(CMsg::Input(input)) => Ok(input.cmd),
+            _ => Err(BadInput("not an Input".into())),
+        }
+    }
+
+    fn welcome_info(&self) -> Bytes {
+        Bytes::new()
+    }
+
+    fn join(
+        &mut self,
+        _ctx: &Ctx,
+        account: &str,
+        record: Option<Record>,
+        out: &mut Outbox<()>,
+    ) -> Result<PlayerId, BadRecord> {
+        let world = match &record {
+            Some(record) => World::from_record(record)?,
+            None => World::default(),
+        };
+        let id = self.next_player;
+        self.next_player += 1;
+        Self::push(out, id, &world.snapshot());
+        self.players.insert(
+            id,
+            Player {
+                account: account.to_string(),
+                world,
+                dirty: false,
+            },
+        );
+        Ok(id)
+    }
+
+    fn leave(&mut self, _ctx: &Ctx, player: PlayerId, _out: &mut Outbox<()>) -> Option<Record> {
+        let p = self.players.remove(&player)?;
+        Some(p.world.record(&p.account))
+    }
+
+    fn link_changed(&mut self, _: &Ctx, _: PlayerId, _: bool, _: &mut Outbox<()>) {}
+
+    fn apply(
+        &mut self,
+        _ctx: &Ctx,
+        player: PlayerId,
+        seq: u32,
+        cmd: pb::input::Cmd,
+        out: &mut Outbox<()>,
+    ) {
+        let Some(p) = self.players.get_mut(&player) else {
+            return;
+        };
+        let frame = p.world.apply(seq, &cmd);
+        p.dirty = true;
+        Self::push(out, player, &frame);
+    }
+
+    fn tick(&mut self, ctx: &Ctx, out: &mut Outbox<()>) {
+        if self.next_world_tick.is_none_or(|t| t > ctx.now_ms) {
+            return;
+        }
+        // Every player in the game, zombies included: the world goes on
+        // without them and their frames wait for replay.
+        for (&id, p) in self.players.iter_mut() {
+            let frame = p.world.tick();
+            p.dirty = true;
+            Self::push(out, id, &frame);
+        }
+        let next = ctx.now_ms + self.tick_every;
+        self.next_world_tick = (next < self.ticks_until).then_some(next);
+    }
+
+    fn snapshot(&mut self, _ctx: &Ctx, player: PlayerId, out: &mut Outbox<()>) {
+        if let Some(p) = self.players.get(&player) {
+            Self::push(out, player, &p.world.snapshot());
+        }
+    }
+
+    fn take_dirty(&mut self, out: &mut Vec<Record>) {
+        for p in self.players.values_mut() {
+            if std::mem::take(&mut p.dirty) {
+                out.push(p.world.record(&p.account));
+            }
+        }
+    }
+
+    fn committed(&mut self, _: &Ctx, _: &Tx, _: &mut Outbox<()>) {
+        unreachable!("the toy game makes no transactions")
+    }
+
+    fn on_remote(&mut self, _: &Ctx, _: u16, _: (), _: &mut Outbox<()>) {
+        unreachable!("one shard: nothing comes from another")
+    }
+
+    fn undeliverable(&mut self, _: &Ctx, _: (), _: Undeliverable, _: &mut Outbox<()>) {
+        unreachable!("the toy game sends nothing to other shards")
+    }
+}
+
+// ----------------------------------------------------------------- host --
+
+/// The engine's host, in memory.
+#[derive(Debug)]
+pub struct SimHost {
+    rng: SmallRng,
+    /// What storage holds, by account (write-behind and prompt saves alike).
+    pub stored: BTreeMap<String, Record>,
+    /// Loads asked for and not yet picked up by the [`Server`].
+    loads: Vec<(String, u64)>,
+    /// The account directory: which shard holds each account's session.
+    pub claims: BTreeMap<String, u16>,
+    pub population: isize,
+}
+
+impl SimHost {
+    fn new(cfg: &SimConfig) -> Self {
+        SimHost {
+            rng: SmallRng::seed_from_u64(cfg.seed ^ 0x7365_7276),
+            stored: BTreeMap::new(),
+            loads: Vec::new(),
+            claims: BTreeMap::new(),
+            population: 0,
+        }
+    }
+}
+
+impl Host<()> for SimHost {
+    fn resume_token(&mut self) -> ResumeToken {
+        ResumeToken(self.rng.random())
+    }
+
+    fn load(&mut self, account: &str, tag: u64) -> Result<(), StorageBusy> {
+        self.loads.push((account.to_string(), tag));
+        Ok(())
+    }
+
+    fn save_dirty(&mut self, records: &mut Vec<Record>) {
+        for record in records.drain(..) {
+            self.stored.insert(record.account.clone(), record);
+        }
+    }
+
+    fn save_now(&mut self, record: Record) {
+        self.stored.insert(record.account.clone(), record);
+    }
+
+    fn commit(&mut self, tx: Tx) -> Result<(), Tx> {
+        unreachable!("the toy game makes no transactions: {tx:?}")
+    }
+
+    fn accepts_logins(&self) -> bool {
+        true
+    }
+
+    fn accepts_value(&self) -> bool {
+        true
+    }
+
+    fn claim(&mut self, account: &str) -> bool {
+        *self.claims.entry(account.to_string()).or_insert(SHARD) == SHARD
+    }
+
+    fn release(&mut self, account: &str) {
+        self.claims.remove(account);
+    }
+
+    fn locate(&self, account: &str) -> Option<u16> {
+        self.claims.get(account).copied()
+    }
+
+    fn population(&mut self, delta: isize) {
+        self.population += delta;
+    }
+
+    fn shard_count(&self) -> u16 {
+        1
+    }
+
+    fn send_bus(&mut self, _shard: u16, msg: BusMsg<()>) -> Result<(), BusMsg<()>> {
+        Err(msg)
+    }
 }
 
 // ------------------------------------------------------------------ net --
@@ -344,14 +636,17 @@ impl Net {
     }
 
     /// The server closes its end: it reads nothing more, and the client gets
-    /// what was written, then EOF.
-    fn server_close(&mut self, id: u64, now: Time) {
+    /// what was written, then EOF. Returns what the client had sent that was
+    /// still in flight: lost with the socket.
+    fn server_close(&mut self, id: u64, now: Time) -> Vec<Packet> {
         self.push(id, Dir::Down, Packet::Eof, now);
+        let mut unread = Vec::new();
         if let Some(link) = self.links.get_mut(&id) {
             link.server_reads = false;
-            link.up.queue.clear();
+            unread = link.up.queue.drain(..).map(|(_, p)| p).collect();
         }
         self.gc(id);
+        unread
     }
 
     /// The client closes its end.
@@ -439,10 +734,6 @@ impl Net {
         packet
     }
 
-    fn up_pending(&self, id: u64) -> bool {
-        self.links.get(&id).is_some_and(|l| !l.up.queue.is_empty())
-    }
-
     pub fn open_links(&self) -> usize {
         self.links.len()
     }
@@ -450,117 +741,131 @@ impl Net {
 
 // --------------------------------------------------------------- server --
 
-#[derive(Debug)]
-pub struct Entry {
-    pub session: ServerSession,
-    pub world: World,
-    pub conn: Option<u64>,
-    pub name: String,
+pub type SimEngine = Engine<SimGame, SimHost>;
+
+/// The engine's name for a link.
+pub fn conn_of(link: u64) -> ConnId {
+    ConnId {
+        io: 0,
+        slot: link as u32,
+        generation: 1,
+    }
 }
 
+fn link_of(conn: ConnId) -> u64 {
+    u64::from(conn.slot)
+}
+
+/// What the I/O side of the server saw that the engine does not count.
 #[derive(Debug, Default)]
 pub struct ServerLog {
-    pub logins: u32,
-    pub take_overs: u32,
-    pub resumes: Vec<pb::ResumeMode>,
-    pub refused: Vec<String>,
-    pub expired: Vec<u64>,
-    pub heartbeat_timeouts: u32,
-    pub duplicates: u32,
-    /// Duplicates that came on the session's current connection: only
-    /// possible for inputs a retired connection delivered first.
-    pub duplicates_on_current: u32,
-    /// Inputs applied from a retired connection's leftovers.
-    pub applied_from_retired: u32,
-    /// Protocol errors by the client: never expected in these simulations.
+    /// Protocol errors by the client caught before the engine (a frame out
+    /// of place, an undecodable one): never expected in these simulations.
     pub errors: Vec<String>,
+    pub handshake_timeouts: u32,
+    /// Inputs still in flight on a connection a resume or a login replaced
+    /// when the engine closed it: lost with it (the client re-sends those
+    /// the `Resumed` does not cover).
+    pub inputs_lost_with_replaced: u32,
+    /// Connections lost while their login waited for storage.
+    pub lost_while_loading: u32,
 }
 
+/// The session's view and its character, for assertions.
+pub struct Only<'a> {
+    pub view: SessionView,
+    pub world: &'a World,
+}
+
+/// The server: the engine, and what the I/O thread does around it.
 pub struct Server {
-    pub cfg: SessionConfig,
-    pub pool: PagePool,
-    pub sessions: BTreeMap<u64, Entry>,
-    /// Open connections and the session each is bound to.
-    pub conns: BTreeMap<u64, Option<u64>>,
-    /// Handshake deadlines of connections not bound yet.
+    pub engine: SimEngine,
+    /// Open connections, and whether each has sent its `Hello` / `Resume`.
+    pub conns: BTreeMap<u64, bool>,
+    /// Handshake deadlines of connections that have not.
     handshakes: BTreeMap<u64, Time>,
-    /// Connections a resume replaced, by session: like a shard whose inbound
-    /// queue still holds their frames, the server still processes what they
-    /// had sent, then closes them.
-    pub retired: BTreeMap<u64, u64>,
-    next_session: u64,
-    rng: SmallRng,
-    next_tick: Option<Time>,
-    tick_every: u64,
-    ticks_until: Time,
-    client_keepalive_ms: u64,
-    pub protect: bool,
+    /// Connections that sent a `Hello` and have no `Welcome` yet, with what
+    /// arrived behind it: handled in order once the `Welcome` is written
+    /// (the engine drops messages for a login still loading).
+    awaiting_welcome: BTreeMap<u64, VecDeque<Packet>>,
+    /// Loads the engine asked for: answered at the time given, in order.
+    loads: VecDeque<(Time, String, u64)>,
+    load_delay_ms: u64,
     pub log: ServerLog,
 }
 
 impl Server {
     fn new(cfg: &SimConfig) -> Self {
+        let engine_cfg = EngineConfig {
+            shard: SHARD,
+            session: cfg.server.clone(),
+            // Every millisecond may be a tick: the simulation ticks only when
+            // something is due (`next_timer`), at the exact time, as a shard
+            // ticking every millisecond would.
+            tick_ms: 1,
+            takeover: Takeover::Allow,
+            pool_max_idle_pages: cfg.pool_max_idle,
+            ..EngineConfig::default()
+        };
         Server {
-            cfg: cfg.server.clone(),
-            pool: PagePool::new(cfg.pool_max_idle),
-            sessions: BTreeMap::new(),
+            engine: Engine::new(engine_cfg, SimGame::new(cfg), SimHost::new(cfg), 0),
             conns: BTreeMap::new(),
             handshakes: BTreeMap::new(),
-            retired: BTreeMap::new(),
-            next_session: 100,
-            rng: SmallRng::seed_from_u64(cfg.seed ^ 0x7365_7276),
-            next_tick: (cfg.tick_every_ms > 0).then_some(cfg.tick_every_ms),
-            tick_every: cfg.tick_every_ms,
-            ticks_until: cfg.ticks_until_ms,
-            client_keepalive_ms: cfg.client.keepalive_interval_ms,
-            protect: false,
+            awaiting_welcome: BTreeMap::new(),
+            loads: VecDeque::new(),
+            load_delay_ms: cfg.load_delay_ms,
             log: ServerLog::default(),
         }
     }
 
-    fn token(&mut self) -> ResumeToken {
-        ResumeToken(self.rng.random())
+    pub fn stats(&self) -> &EngineStats {
+        self.engine.stats()
     }
 
-    /// Writes a control frame (not counted).
-    fn write(&mut self, net: &mut Net, link: u64, msg: &pb::ServerMessage, now: Time) {
-        net.send_down(link, encode_frame(msg), now);
-    }
-
-    /// A counted frame: recorded for replay, written when Live.
-    fn push(&mut self, net: &mut Net, sid: u64, msg: &pb::ServerMessage, now: Time) {
-        let frame = encode_frame(msg);
-        let entry = self
-            .sessions
-            .get_mut(&sid)
-            .expect("pushing to a live session");
-        entry.session.push_frame(frame.clone(), &mut self.pool, now);
-        if entry.session.state() == SessionState::Live {
-            if let Some(link) = entry.conn {
-                net.send_down(link, frame, now);
+    /// Client misbehaviour the server saw, at the I/O side or in the engine.
+    pub fn errors(&self) -> Vec<String> {
+        let mut errors = self.log.errors.clone();
+        for code in [pb::CloseCode::ProtocolError, pb::CloseCode::InputSeqGap] {
+            let n = self.stats().closed_with(code);
+            if n > 0 {
+                errors.push(format!("the engine closed {n} connections with {code:?}"));
             }
         }
+        errors
     }
 
-    /// Closes a connection with a reason. If it was a session's connection,
-    /// the session becomes a zombie.
+    /// The only session (the simulations run one player) and its character.
+    pub fn only(&self) -> Only<'_> {
+        let views: Vec<SessionView> = self.engine.sessions().collect();
+        assert_eq!(views.len(), 1, "expected exactly one session");
+        let view = views.into_iter().next().expect("one");
+        let world = self.engine.game().world(view.player);
+        Only { view, world }
+    }
+
+    /// Protect mode: freeze (or thaw) every session's zombie grace.
+    pub fn set_protect(&mut self, on: bool, now: Time) {
+        self.engine.set_protect(now, on);
+    }
+
+    fn accept(&mut self, link: u64, now: Time) {
+        self.conns.insert(link, false);
+        self.handshakes
+            .insert(link, now + SERVER_HANDSHAKE_TIMEOUT_MS);
+    }
+
+    /// The I/O side closes a connection for its own reasons: a Close frame,
+    /// then the socket; the engine is told it is gone.
     fn close(&mut self, net: &mut Net, link: u64, code: pb::CloseCode, why: &str, now: Time) {
         self.handshakes.remove(&link);
+        self.awaiting_welcome.remove(&link);
         if self.conns.remove(&link).is_none() {
             return;
         }
-        self.write(net, link, &close_msg(code, why), now);
+        net.send_down(link, close_frame(code, why, 0), now);
         net.server_close(link, now);
-        self.unbind(link, now);
-    }
-
-    fn unbind(&mut self, link: u64, now: Time) {
-        for entry in self.sessions.values_mut() {
-            if entry.conn == Some(link) {
-                entry.conn = None;
-                entry.session.detach(now);
-            }
-        }
+        self.engine.closed(now, conn_of(link));
+        self.flush(net, now);
     }
 
     fn error(&mut self, net: &mut Net, link: u64, code: pb::CloseCode, why: String, now: Time) {
@@ -568,349 +873,198 @@ impl Server {
         self.close(net, link, code, &why, now);
     }
 
-    fn accept(&mut self, link: u64, now: Time) {
-        self.conns.insert(link, None);
-        self.handshakes
-            .insert(link, now + SERVER_HANDSHAKE_TIMEOUT_MS);
-    }
-
-    fn bind(&mut self, link: u64, sid: u64) {
+    /// The connection reset under the server (a cut both ends see).
+    fn reset(&mut self, net: &mut Net, link: u64, now: Time) {
         self.handshakes.remove(&link);
-        self.conns.insert(link, Some(sid));
+        if self.awaiting_welcome.remove(&link).is_some() {
+            self.log.lost_while_loading += 1;
+        }
+        if self.conns.remove(&link).is_some() {
+            self.engine.closed(now, conn_of(link));
+            self.flush(net, now);
+        }
     }
 
     fn on_packet(&mut self, net: &mut Net, link: u64, packet: Packet, now: Time) {
-        if let Some(&sid) = self.retired.get(&link) {
-            if let Packet::Frame(bytes) = packet {
-                let msg = decode_frame(&bytes);
-                match msg.msg {
-                    Some(CMsg::Input(input)) => self.on_input(net, None, sid, input, now),
-                    Some(CMsg::Ack(a)) => self.on_ack(net, None, sid, a.frames_received, now),
-                    _ => {}
-                }
-            }
-            if !net.up_pending(link) {
-                self.retired.remove(&link);
-                net.server_close(link, now);
-            }
+        if !self.conns.contains_key(&link) {
+            return;
+        }
+        if let Some(held) = self.awaiting_welcome.get_mut(&link) {
+            held.push_back(packet);
             return;
         }
         match packet {
             Packet::Eof => {
                 self.handshakes.remove(&link);
-                if self.conns.remove(&link).is_some() {
-                    net.server_close(link, now);
-                    self.unbind(link, now);
-                }
+                self.conns.remove(&link);
+                net.server_close(link, now);
+                self.engine.closed(now, conn_of(link));
+                self.flush(net, now);
             }
-            Packet::Frame(bytes) => {
-                let msg = decode_frame(&bytes);
-                self.on_client(net, link, msg, now);
-            }
+            Packet::Frame(bytes) => self.on_frame(net, link, &bytes, now),
         }
     }
 
-    pub fn on_client(&mut self, net: &mut Net, link: u64, msg: pb::ClientMessage, now: Time) {
+    /// One client frame, decoded as the server's I/O thread does: the
+    /// engine's envelope, then for an `Input` the game's command from the
+    /// same payload.
+    pub fn on_frame(&mut self, net: &mut Net, link: u64, bytes: &[u8], now: Time) {
         let Some(&bound) = self.conns.get(&link) else {
             return;
         };
-        match msg.msg.expect("decoded messages have a body") {
-            CMsg::Hello(h) => {
-                if bound.is_some() {
-                    return self.error(
-                        net,
-                        link,
-                        pb::CloseCode::ProtocolError,
-                        "second Hello".into(),
-                        now,
-                    );
+        let payload = match split_frame(bytes, MAX_PAYLOAD_LEN) {
+            Ok(Some((payload, used))) if used == bytes.len() => payload,
+            other => {
+                let why = format!("not one whole frame: {other:?}");
+                return self.error(net, link, pb::CloseCode::ProtocolError, why, now);
+            }
+        };
+        let envelope = match decode_envelope(payload) {
+            Ok(envelope) => envelope,
+            Err(e) => return self.error(net, link, e.close_code(), e.to_string(), now),
+        };
+        use pb::client_envelope::Msg as EMsg;
+        let conn = conn_of(link);
+        match (bound, envelope.msg.expect("decoded envelopes have a body")) {
+            (false, EMsg::Hello(hello)) => {
+                if hello.protocol_version != tether_proto::PROTOCOL_VERSION {
+                    let why = format!("protocol_version {}", hello.protocol_version);
+                    return self.error(net, link, pb::CloseCode::UnsupportedVersion, why, now);
                 }
-                let name = match h.auth {
-                    Some(pb::hello::Auth::DevName(n)) => n,
-                    _ => panic!("the harness logs in with dev names"),
+                let Some(pb::hello::Auth::DevName(account)) = hello.auth else {
+                    let why = "the simulated client logs in with a dev name".to_string();
+                    return self.error(net, link, pb::CloseCode::AuthFailed, why, now);
                 };
-                self.login(net, link, name, now);
+                self.bind(link);
+                self.awaiting_welcome.insert(link, VecDeque::new());
+                self.engine.login(now, conn, account);
             }
-            CMsg::Resume(r) => {
-                if bound.is_some() {
-                    return self.error(
-                        net,
-                        link,
-                        pb::CloseCode::ProtocolError,
-                        "second Resume".into(),
-                        now,
+            (false, EMsg::Resume(resume)) => {
+                self.bind(link);
+                self.engine.resume(now, conn, resume);
+            }
+            (false, other) => {
+                let why = format!("expected Hello or Resume first, got {other:?}");
+                return self.error(net, link, pb::CloseCode::ProtocolError, why, now);
+            }
+            (true, EMsg::Input(header)) => match SimGame::decode_input(payload) {
+                Ok(cmd) => self.engine.input(now, conn, header.seq, header.ack, cmd),
+                Err(e) => return self.error(net, link, pb::CloseCode::ProtocolError, e.0, now),
+            },
+            (true, EMsg::Ack(ack)) => self.engine.ack(now, conn, ack.frames_received),
+            (true, EMsg::Logout(_)) => self.engine.logout(now, conn),
+            (true, other) => {
+                let why = format!("Hello / Resume only as the first frame, got {other:?}");
+                return self.error(net, link, pb::CloseCode::ProtocolError, why, now);
+            }
+        }
+        self.flush(net, now);
+    }
+
+    fn bind(&mut self, link: u64) {
+        self.handshakes.remove(&link);
+        self.conns.insert(link, true);
+    }
+
+    /// Writes what the engine gives out, hands storage's loads on, and lets
+    /// a connection whose `Welcome` went out go on with what it held.
+    fn flush(&mut self, net: &mut Net, now: Time) {
+        let mut welcomed = Vec::new();
+        while let Some(transmit) = self.engine.poll_transmit() {
+            match transmit {
+                Transmit::Frame { conn, frame } => {
+                    let link = link_of(conn);
+                    assert!(
+                        self.conns.contains_key(&link),
+                        "the engine wrote to link {link}, which it was told is closed"
                     );
-                }
-                self.resume(net, link, r, now);
-            }
-            CMsg::Input(input) => {
-                let Some(sid) = bound else {
-                    return self.error(
-                        net,
-                        link,
-                        pb::CloseCode::ProtocolError,
-                        "Input before the handshake".into(),
-                        now,
-                    );
-                };
-                self.on_input(net, Some(link), sid, input, now);
-            }
-            CMsg::Ack(a) => {
-                let Some(sid) = bound else {
-                    return self.error(
-                        net,
-                        link,
-                        pb::CloseCode::ProtocolError,
-                        "Ack before the handshake".into(),
-                        now,
-                    );
-                };
-                self.on_ack(net, Some(link), sid, a.frames_received, now);
-            }
-            CMsg::Logout(_) => {
-                let Some(sid) = bound else {
-                    return self.error(
-                        net,
-                        link,
-                        pb::CloseCode::ProtocolError,
-                        "Logout before the handshake".into(),
-                        now,
-                    );
-                };
-                self.drop_retired(net, sid, now);
-                let mut entry = self.sessions.remove(&sid).expect("bound sessions exist");
-                entry.session.release(&mut self.pool);
-                entry.conn = None;
-                self.close(net, link, pb::CloseCode::Logout, "bye", now);
-            }
-        }
-    }
-
-    /// A session error: close the connection it came on (if it is still the
-    /// session's) and record it, since the simulated client never misbehaves.
-    fn session_error(
-        &mut self,
-        net: &mut Net,
-        link: Option<u64>,
-        e: tether_session::SessionError,
-        now: Time,
-    ) {
-        match link {
-            Some(link) => self.error(net, link, e.close_code(), e.to_string(), now),
-            None => self
-                .log
-                .errors
-                .push(format!("from a retired connection: {e}")),
-        }
-    }
-
-    fn on_input(
-        &mut self,
-        net: &mut Net,
-        link: Option<u64>,
-        sid: u64,
-        input: pb::Input,
-        now: Time,
-    ) {
-        let Some(entry) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        if input.ack != 0 {
-            if let Err(e) = entry.session.on_ack(input.ack, &mut self.pool, now) {
-                return self.session_error(net, link, e, now);
-            }
-        }
-        entry.session.heard_from(now);
-        match entry.session.check_input(input.seq, now) {
-            Ok(InputVerdict::Apply) => {
-                let cmd = input.cmd.expect("inputs carry a command");
-                let frame = entry.world.apply(input.seq, &cmd);
-                self.push(net, sid, &frame, now);
-                if link.is_none() {
-                    self.log.applied_from_retired += 1;
-                }
-            }
-            Ok(InputVerdict::Duplicate) => {
-                self.log.duplicates += 1;
-                if link.is_some() {
-                    self.log.duplicates_on_current += 1;
-                }
-            }
-            Err(e) => self.session_error(net, link, e, now),
-        }
-    }
-
-    fn on_ack(&mut self, net: &mut Net, link: Option<u64>, sid: u64, frames: u64, now: Time) {
-        let Some(entry) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        if let Err(e) = entry.session.on_ack(frames, &mut self.pool, now) {
-            return self.session_error(net, link, e, now);
-        }
-        entry.session.heard_from(now);
-    }
-
-    fn welcome(&self, sid: u64, took_over: bool) -> pb::ServerMessage {
-        let entry = &self.sessions[&sid];
-        server_msg(SMsg::Welcome(pb::Welcome {
-            session_id: sid,
-            resume_token: entry.session.token().0.to_vec(),
-            entity_id: sid,
-            game: Vec::new(),
-            heartbeat_interval_ms: self.client_keepalive_ms as u32,
-            heartbeat_timeout_ms: self.cfg.heartbeat_timeout_ms as u32,
-            resume_grace_ms: self.cfg.zombie_grace_ms as u32,
-            took_over,
-        }))
-    }
-
-    fn login(&mut self, net: &mut Net, link: u64, name: String, now: Time) {
-        let token = self.token();
-        let existing = self
-            .sessions
-            .iter()
-            .find(|(_, e)| e.name == name)
-            .map(|(&sid, _)| sid);
-        let (sid, took_over) = match existing {
-            Some(sid) => {
-                self.log.take_overs += 1;
-                let old = self.sessions.get_mut(&sid).expect("found").conn.take();
-                if let Some(old) = old {
-                    self.close(
-                        net,
-                        old,
-                        pb::CloseCode::SessionTakenOver,
-                        "logged in elsewhere",
-                        now,
-                    );
-                }
-                // Frames of replaced connections belong to the old numbering.
-                let retired: Vec<u64> = self
-                    .retired
-                    .iter()
-                    .filter(|(_, &s)| s == sid)
-                    .map(|(&l, _)| l)
-                    .collect();
-                for link in retired {
-                    self.retired.remove(&link);
-                    net.server_close(link, now);
-                }
-                let entry = self.sessions.get_mut(&sid).expect("found");
-                let base = entry.session.take_over(token, &mut self.pool, now);
-                assert_eq!(base, 0, "a login's snapshot starts at frame 1");
-                // A new input numbering starts: exactly-once is per numbering.
-                entry.world.applied_seqs.clear();
-                entry.world.applied_payloads.clear();
-                (sid, true)
-            }
-            None => {
-                self.log.logins += 1;
-                let sid = self.next_session;
-                self.next_session += 1;
-                let mut session = ServerSession::new(sid, token, now, self.cfg.clone());
-                session.set_grace_frozen(self.protect, now);
-                self.sessions.insert(
-                    sid,
-                    Entry {
-                        session,
-                        world: World::default(),
-                        conn: None,
-                        name,
-                    },
-                );
-                (sid, false)
-            }
-        };
-        self.sessions.get_mut(&sid).expect("just made").conn = Some(link);
-        self.bind(link, sid);
-        let welcome = self.welcome(sid, took_over);
-        self.write(net, link, &welcome, now);
-        let snapshot = self.sessions[&sid].world.snapshot();
-        self.push(net, sid, &snapshot, now);
-    }
-
-    fn resume(&mut self, net: &mut Net, link: u64, r: pb::Resume, now: Time) {
-        let Some(entry) = self.sessions.get(&r.session_id) else {
-            self.log.refused.push("unknown session".into());
-            return self.close(
-                net,
-                link,
-                pb::CloseCode::ResumeRefused,
-                "resume refused",
-                now,
-            );
-        };
-        let old = entry.conn;
-        let new_token = self.token();
-        let entry = self.sessions.get_mut(&r.session_id).expect("found");
-        let plan =
-            match entry
-                .session
-                .resume(&r.token, r.frames_received, new_token, &mut self.pool, now)
-            {
-                Ok(plan) => plan,
-                Err(why) => {
-                    self.log.refused.push(format!("{why:?}"));
-                    return self.close(net, link, why.close_code(), "resume refused", now);
-                }
-            };
-        // The new connection wins over a half-open old one.
-        entry.conn = Some(link);
-        if let Some(old) = old.filter(|&o| o != link) {
-            if self.conns.remove(&old).is_some() {
-                self.write(
-                    net,
-                    old,
-                    &close_msg(pb::CloseCode::SessionTakenOver, "resumed elsewhere"),
-                    now,
-                );
-                if net.up_pending(old) {
-                    self.retired.insert(old, r.session_id);
-                } else {
-                    net.server_close(old, now);
-                }
-            }
-        }
-        self.bind(link, r.session_id);
-        let entry = &self.sessions[&r.session_id];
-        let (mode, frames_base) = match &plan {
-            ResumePlan::Replay(_) => (pb::ResumeMode::Replay, r.frames_received),
-            ResumePlan::Snapshot { frames_base } => (pb::ResumeMode::Snapshot, *frames_base),
-        };
-        self.log.resumes.push(mode);
-        let snapshot = entry.world.snapshot();
-        let resumed = server_msg(SMsg::Resumed(pb::Resumed {
-            session_id: r.session_id,
-            resume_token: entry.session.token().0.to_vec(),
-            mode: mode as i32,
-            frames_base,
-            last_input_seq: entry.session.last_applied_input(),
-        }));
-        self.write(net, link, &resumed, now);
-        match plan {
-            ResumePlan::Replay(frames) => {
-                for frame in frames {
+                    if frame.get(tether_proto::FRAME_HEADER_LEN) == Some(&WELCOME_KEY) {
+                        self.on_welcome(&frame);
+                        if self.awaiting_welcome.contains_key(&link) {
+                            welcomed.push(link);
+                        }
+                    }
                     net.send_down(link, frame, now);
                 }
+                Transmit::Close { conn, frame } => {
+                    let link = link_of(conn);
+                    self.handshakes.remove(&link);
+                    self.awaiting_welcome.remove(&link);
+                    assert!(
+                        self.conns.remove(&link).is_some(),
+                        "the engine closed link {link}, which it was told is closed"
+                    );
+                    // The socket closes: what the client sent and the server
+                    // had not read yet is lost with it.
+                    let replaced = close_code(&frame) == pb::CloseCode::SessionTakenOver;
+                    net.send_down(link, frame, now);
+                    for packet in net.server_close(link, now) {
+                        if replaced && is_input(&packet) {
+                            self.log.inputs_lost_with_replaced += 1;
+                        }
+                    }
+                }
             }
-            ResumePlan::Snapshot { .. } => self.push(net, r.session_id, &snapshot, now),
+        }
+        let asked = std::mem::take(&mut self.engine.host_mut().loads);
+        for (account, tag) in asked {
+            self.loads
+                .push_back((now + self.load_delay_ms, account, tag));
+        }
+        self.answer_loads(net, now);
+        for link in welcomed {
+            let held = self.awaiting_welcome.remove(&link).unwrap_or_default();
+            for packet in held {
+                self.on_packet(net, link, packet, now);
+            }
+        }
+    }
+
+    /// A take-over's `Welcome`: the character's input numbering restarts.
+    fn on_welcome(&mut self, frame: &Bytes) {
+        let (payload, _) = split_frame(frame, MAX_PAYLOAD_LEN)
+            .expect("the engine writes valid frames")
+            .expect("whole frames");
+        let Some(SMsg::Welcome(welcome)) = decode_server(payload).expect("valid").msg else {
+            panic!("a frame starting with the Welcome key is a Welcome");
+        };
+        if welcome.took_over {
+            let player = self
+                .engine
+                .sessions()
+                .find(|s| s.id == welcome.session_id)
+                .expect("the session taken over")
+                .player;
+            self.engine.game_mut().new_numbering(player);
+        }
+    }
+
+    /// Storage answers the loads that are due.
+    fn answer_loads(&mut self, net: &mut Net, now: Time) {
+        while self.loads.front().is_some_and(|l| l.0 <= now) {
+            let (_, account, tag) = self.loads.pop_front().expect("checked");
+            let stored = self.engine.host().stored.get(&account).cloned();
+            self.engine.loaded(now, account, tag, Ok(stored));
+            self.flush(net, now);
         }
     }
 
     fn next_timer(&self) -> Option<Time> {
-        let sessions = self
-            .sessions
-            .values()
-            .filter_map(|e| e.session.poll_timeout())
-            .min();
+        let engine = [
+            self.engine.poll_timeout(),
+            self.engine.game().next_world_tick(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|t| t.max(self.engine.next_tick()));
         let handshakes = self.handshakes.values().copied().min();
-        [sessions, self.next_tick, handshakes]
-            .into_iter()
-            .flatten()
-            .min()
+        let loads = self.loads.front().map(|l| l.0);
+        [engine, handshakes, loads].into_iter().flatten().min()
     }
 
     fn on_timers(&mut self, net: &mut Net, now: Time) {
+        self.answer_loads(net, now);
         let overdue: Vec<u64> = self
             .handshakes
             .iter()
@@ -918,101 +1072,56 @@ impl Server {
             .map(|(&link, _)| link)
             .collect();
         for link in overdue {
+            self.log.handshake_timeouts += 1;
             self.close(
                 net,
                 link,
                 pb::CloseCode::HandshakeTimeout,
-                "no Hello / Resume",
+                "no Hello or Resume in time",
                 now,
             );
         }
-        if self.next_tick.is_some_and(|t| t <= now) {
-            let sids: Vec<u64> = self.sessions.keys().copied().collect();
-            for sid in sids {
-                let frame = self.sessions.get_mut(&sid).expect("listed").world.tick();
-                self.push(net, sid, &frame, now);
-            }
-            let next = now + self.tick_every;
-            self.next_tick = (next < self.ticks_until).then_some(next);
-        }
-        let sids: Vec<u64> = self.sessions.keys().copied().collect();
-        for sid in sids {
-            // The quinn-proto loop: handle until nothing is due.
-            let mut fired = 0;
-            while let Some(entry) = self.sessions.get_mut(&sid) {
-                let Some(event) = entry.session.handle_timeout(now) else {
-                    break;
-                };
-                let conn = entry.conn;
-                fired += 1;
-                assert!(fired < 10, "handle_timeout keeps firing at {now}");
-                match event {
-                    TimerEvent::HeartbeatTimeout => {
-                        self.log.heartbeat_timeouts += 1;
-                        match conn {
-                            Some(link) => self.close(
-                                net,
-                                link,
-                                pb::CloseCode::HeartbeatTimeout,
-                                "silent",
-                                now,
-                            ),
-                            None => entry.session.detach(now),
-                        }
-                    }
-                    TimerEvent::ZombieExpired => {
-                        self.drop_retired(net, sid, now);
-                        let mut entry = self.sessions.remove(&sid).expect("present");
-                        entry.session.release(&mut self.pool);
-                        self.log.expired.push(sid);
-                    }
-                    TimerEvent::KeepaliveDue => {
-                        let ack = server_msg(SMsg::InputAck(pb::InputAck {
-                            seq: entry.session.last_applied_input(),
-                        }));
-                        self.push(net, sid, &ack, now);
-                        self.sessions
-                            .get_mut(&sid)
-                            .expect("present")
-                            .session
-                            .input_ack_sent(now);
-                    }
-                }
-            }
-            if let Some(entry) = self.sessions.get(&sid) {
-                if let Some(next) = entry.session.poll_timeout() {
-                    assert!(next > now, "poll_timeout {next} not after handled {now}");
-                }
+        let due = [
+            self.engine.poll_timeout(),
+            self.engine.game().next_world_tick(),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|t| t <= now);
+        if due && self.engine.next_tick() <= now {
+            self.engine.tick(now);
+            self.flush(net, now);
+            if let Some(next) = self.engine.poll_timeout() {
+                assert!(
+                    next > now,
+                    "a session timer at {next} still due after the tick at {now}"
+                );
             }
         }
     }
+}
 
-    fn drop_retired(&mut self, net: &mut Net, sid: u64, now: Time) {
-        let links: Vec<u64> = self
-            .retired
-            .iter()
-            .filter(|(_, &s)| s == sid)
-            .map(|(&l, _)| l)
-            .collect();
-        for link in links {
-            self.retired.remove(&link);
-            net.server_close(link, now);
-        }
+fn close_code(frame: &Bytes) -> pb::CloseCode {
+    let (payload, _) = split_frame(frame, MAX_PAYLOAD_LEN)
+        .expect("the engine writes valid frames")
+        .expect("whole frames");
+    match decode_server(payload).expect("valid").msg {
+        Some(SMsg::Close(close)) => pb::CloseCode::try_from(close.code).expect("a known code"),
+        other => panic!("a Close transmit carries a Close, not {other:?}"),
     }
+}
 
-    /// Protect mode: freeze (or thaw) every session's zombie grace.
-    pub fn set_protect(&mut self, on: bool, now: Time) {
-        self.protect = on;
-        for entry in self.sessions.values_mut() {
-            entry.session.set_grace_frozen(on, now);
-        }
-    }
-
-    /// The only session (the simulations run one player).
-    pub fn only(&self) -> &Entry {
-        assert_eq!(self.sessions.len(), 1, "expected exactly one session");
-        self.sessions.values().next().expect("one")
-    }
+fn is_input(packet: &Packet) -> bool {
+    let Packet::Frame(bytes) = packet else {
+        return false;
+    };
+    let (payload, _) = split_frame(bytes, MAX_PAYLOAD_LEN)
+        .expect("the client writes valid frames")
+        .expect("whole frames");
+    matches!(
+        decode_envelope(payload).expect("valid").msg,
+        Some(pb::client_envelope::Msg::Input(_))
+    )
 }
 
 // --------------------------------------------------------------- client --
@@ -1373,9 +1482,7 @@ impl Sim {
         match kind {
             CutKind::Reset => {
                 self.client.lose(&mut self.net, now, false);
-                if self.server.conns.remove(&link).is_some() {
-                    self.server.unbind(link, now);
-                }
+                self.server.reset(&mut self.net, link, now);
                 self.net.gc(link);
             }
             CutKind::HalfOpen | CutKind::ClientAbandons => {
@@ -1470,11 +1577,8 @@ impl Sim {
     /// client's view is the server's state; nothing is left unacked.
     pub fn check_converged(&self) {
         let ctx = self.context();
-        assert!(
-            self.server.log.errors.is_empty(),
-            "server saw errors: {:?}\n{ctx}",
-            self.server.log.errors
-        );
+        let errors = self.server.errors();
+        assert!(errors.is_empty(), "server saw errors: {errors:?}\n{ctx}");
         assert!(
             self.client.log.violations.is_empty(),
             "client saw violations: {:?}\n{ctx}",
@@ -1485,7 +1589,7 @@ impl Sim {
             "client not connected at the end\n{ctx}"
         );
         let entry = self.server.only();
-        assert_eq!(entry.session.state(), SessionState::Live, "{ctx}");
+        assert_eq!(entry.view.state, SessionState::Live, "{ctx}");
         assert_eq!(
             self.client.inputs_sent, self.cfg.inputs,
             "script did not finish\n{ctx}"
@@ -1507,15 +1611,18 @@ impl Sim {
             "client view differs from the server\n{ctx}"
         );
         // The client re-sends only what the server had not applied when it
-        // resumed; the rest must come from leftovers of a replaced connection.
-        assert!(
-            self.server.log.duplicates_on_current <= self.server.log.applied_from_retired,
+        // resumed, and what a replaced connection still had in flight is
+        // lost with it: no input reaches the exactly-once gate twice.
+        assert_eq!(
+            self.server.stats().duplicate_inputs,
+            0,
             "the client re-sent inputs the server had applied\n{ctx}"
         );
         // While nothing was let go over the cap, every resume can replay.
-        if entry.session.replay_evicted() == 0 {
-            assert!(
-                !self.server.log.resumes.contains(&pb::ResumeMode::Snapshot),
+        if entry.view.replay_evicted == 0 {
+            assert_eq!(
+                self.server.stats().resumes_snapshot,
+                0,
                 "a snapshot although every unacked frame was held\n{ctx}"
             );
         }
@@ -1529,12 +1636,13 @@ impl Sim {
         assert_eq!(self.client.session.unacked_inputs(), 0, "{ctx}");
         assert_eq!(self.client.session.acked_input(), n, "{ctx}");
         assert!(
-            self.client.session.frames_received() <= entry.session.frames_sent(),
+            self.client.session.frames_received() <= entry.view.frames_sent,
             "{ctx}"
         );
     }
 
-    /// Logs out and checks that no session, connection or page is left.
+    /// Logs out and checks that no session, connection, page, claim or
+    /// player is left, and that the character was saved.
     pub fn logout(&mut self) {
         self.client.logging_out = true;
         self.client.send_logout(&mut self.net, self.now);
@@ -1543,23 +1651,43 @@ impl Sim {
         self.run_until(self.now + 1_000);
         let ctx = self.context();
         assert!(self.client.logged_out, "logout did not complete\n{ctx}");
-        assert!(self.server.sessions.is_empty(), "sessions left\n{ctx}");
-        assert_eq!(self.server.pool.in_use(), 0, "replay pages leaked\n{ctx}");
-        assert!(self.server.pool.idle() <= self.server.pool.max_idle());
+        let engine = &self.server.engine;
+        assert_eq!(engine.session_count(), 0, "sessions left\n{ctx}");
+        assert_eq!(engine.loading_count(), 0, "logins left loading\n{ctx}");
+        assert_eq!(engine.pool_pages_in_use(), 0, "replay pages leaked\n{ctx}");
+        let stats = engine.stats();
+        assert_eq!((stats.active, stats.zombies), (0, 0), "{ctx}");
         assert!(
             self.server.conns.is_empty(),
             "connections left: {:?}\n{ctx}",
             self.server.conns
         );
         assert!(
-            self.server.retired.is_empty(),
-            "retired connections left\n{ctx}"
+            engine.game().players.is_empty(),
+            "players left in the game\n{ctx}"
+        );
+        let host = engine.host();
+        assert!(
+            host.claims.is_empty(),
+            "accounts left claimed: {:?}\n{ctx}",
+            host.claims
+        );
+        assert_eq!(host.population, 0, "{ctx}");
+        let saved = host
+            .stored
+            .get(&self.client.name)
+            .map(|r| World::from_record(r).expect("readable").entries);
+        assert_eq!(
+            saved.as_ref(),
+            Some(&self.client.view),
+            "the character was not saved as the client last saw it\n{ctx}"
         );
     }
 
     pub fn context(&self) -> String {
+        let stats = self.server.stats();
         let mut s = format!(
-            "seed {} now {} steps {} cuts {} | links {} | client {:?} welcomes {} resumes {:?} closes {:?} sent {} frames {} | server resumes {:?} refused {:?} expired {:?} hb {} dups {} | acks lost {}",
+            "seed {} now {} steps {} cuts {} | links {} | client {:?} welcomes {} resumes {:?} closes {:?} sent {} frames {} | server logins {} take-overs {} resumes replay {} snapshot {} refused {:?} expired {} hb {} dups {} inputs lost with replaced {} errors {:?} | acks lost {}",
             self.cfg.seed,
             self.now,
             self.steps,
@@ -1571,11 +1699,16 @@ impl Sim {
             self.client.log.closes,
             self.client.inputs_sent,
             self.client.session.frames_received(),
-            self.server.log.resumes,
-            self.server.log.refused,
-            self.server.log.expired,
-            self.server.log.heartbeat_timeouts,
-            self.server.log.duplicates,
+            stats.logins,
+            stats.takeovers,
+            stats.resumes_replay,
+            stats.resumes_snapshot,
+            stats.resumes_refused,
+            stats.zombie_expiries,
+            stats.closed_with(pb::CloseCode::HeartbeatTimeout),
+            stats.duplicate_inputs,
+            self.server.log.inputs_lost_with_replaced,
+            self.server.errors(),
             self.net.acks_lost,
         );
         if let Some(t) = &self.trace {
@@ -1593,7 +1726,8 @@ impl Sim {
         let link = self.net.open();
         self.server.accept(link, self.now);
         let now = self.now;
-        self.server.on_client(&mut self.net, link, msg, now);
+        self.server
+            .on_frame(&mut self.net, link, &encode_frame(&msg), now);
         let mut out = Vec::new();
         while let Some(packet) = self.net.pop(link, Dir::Down) {
             if let Packet::Frame(bytes) = packet {
