@@ -45,7 +45,8 @@
 //! session lives: once it expires, or a new login takes it over, inputs the
 //! server had not applied are gone (a login starts a new numbering).
 //!
-//! The deterministic simulations in `tests/` check this with a cut at every
+//! The deterministic simulations in `crates/engine/tests/` (driving these
+//! state machines through the real engine) check this with a cut at every
 //! step of a scripted exchange, a second cut during the recovery, and random
 //! fault schedules, and check that nothing (session, connection, replay page)
 //! is left behind after logout.
