@@ -149,6 +149,10 @@ pub struct Engine<G: Game, H: Host<G::Remote>> {
     dirty: Vec<Record>,
     transmits: VecDeque<Transmit>,
     protecting: bool,
+    /// Whether a transaction would be taken: read from storage at each
+    /// tick and after every commit attempt or answer, not per input (it is
+    /// a shared counter on another thread's cache line).
+    can_commit: bool,
     next_tick: u64,
     stats: EngineStats,
 }
@@ -176,6 +180,7 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
             dirty: Vec::new(),
             transmits: VecDeque::new(),
             protecting: false,
+            can_commit: true,
             next_tick: now,
             stats: EngineStats::default(),
         }
@@ -298,8 +303,12 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
         Ctx {
             now_ms: now,
             shard: self.cfg.shard,
-            can_commit: self.commit_retry.is_empty() && self.host.accepts_value(),
+            can_commit: self.can_commit,
         }
+    }
+
+    fn refresh_can_commit(&mut self) {
+        self.can_commit = self.commit_retry.is_empty() && self.host.accepts_value();
     }
 
     // ----- connections -----------------------------------------------------
@@ -709,6 +718,7 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
 
     /// A transaction is durable.
     pub fn committed(&mut self, now: u64, tx: Tx) {
+        self.refresh_can_commit();
         let ctx = self.ctx(now);
         self.game.committed(&ctx, &tx, &mut self.out);
         self.route_outbox(now);
@@ -750,6 +760,7 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
     /// Runs the game's tick, write-behind and every session timer. Call when
     /// `now >= next_tick()`.
     pub fn tick(&mut self, now: u64) {
+        self.refresh_can_commit();
         let ctx = self.ctx(now);
         self.game.tick(&ctx, &mut self.out);
         // Write-behind: hand storage what changed; it coalesces per account
@@ -920,13 +931,16 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
     /// Hands a transaction to storage; the game hears of it in `committed`.
     fn commit(&mut self, now: u64, tx: Tx) {
         let tx = if self.commit_retry.is_empty() {
-            match self.host.commit(tx) {
+            let result = self.host.commit(tx);
+            self.refresh_can_commit();
+            match result {
                 Ok(()) => return,
                 Err(tx) => tx,
             }
         } else {
             tx
         };
+        self.can_commit = false;
         if self.commit_retry.len() < MAX_COMMIT_BACKLOG {
             self.commit_retry.push_back(tx);
         } else {
@@ -945,9 +959,10 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
         while let Some(tx) = self.commit_retry.pop_front() {
             if let Err(tx) = self.host.commit(tx) {
                 self.commit_retry.push_front(tx);
-                return;
+                break;
             }
         }
+        self.refresh_can_commit();
     }
 
     fn close(&mut self, conn: ConnId, code: CloseCode, message: &str, retry_after_ms: u32) {

@@ -20,6 +20,7 @@ use tether_engine::{
 use tether_proto::pb::{self, client_message, input::Cmd, server_message::Msg};
 
 use crate::frames::{command_error, frame};
+use crate::player::Player;
 use crate::{CharacterRecord, EntityId, LootTx, Outbox, World};
 
 /// The record format [`Mmo`] writes.
@@ -48,20 +49,54 @@ pub struct StoredCharacter {
 
 /// Encodes a character as a version-1 record of its account.
 pub fn encode_record(c: &CharacterRecord) -> Record {
-    let stored = StoredCharacter {
-        name: c.name.clone(),
-        x: c.pos.map(|p| p.0),
-        y: c.pos.map(|p| p.1),
-        hp: c.hp,
-        level: c.level,
-        xp: c.xp,
-        gold: c.gold,
-        inventory: c.inventory.clone(),
-    };
+    encode_fields(&c.name, c.pos, c.hp, c.level, c.xp, c.gold, &c.inventory)
+}
+
+/// A player's record, encoded from the player itself: write-behind hands
+/// every moving player's record over each tick, so nothing is copied on the
+/// way but the account name.
+fn encode_player(p: &Player) -> Record {
+    let pos = Some((p.x, p.y));
+    encode_fields(&p.name, pos, p.hp, p.level, p.xp, p.gold, &p.inventory)
+}
+
+/// [`StoredCharacter`]'s encoding, written field by field from borrowed
+/// values (the same bytes `StoredCharacter::encode` writes).
+fn encode_fields(
+    name: &String,
+    pos: Option<(f32, f32)>,
+    hp: i32,
+    level: u32,
+    xp: u64,
+    gold: u64,
+    inventory: &[pb::ItemStack],
+) -> Record {
+    use prost::encoding::{float, int32, message, string, uint32, uint64};
+    let mut buf = Vec::with_capacity(48 + name.len() + inventory.len() * 8);
+    if !name.is_empty() {
+        string::encode(1, name, &mut buf);
+    }
+    if let Some((x, y)) = pos {
+        float::encode(2, &x, &mut buf);
+        float::encode(3, &y, &mut buf);
+    }
+    if hp != 0 {
+        int32::encode(4, &hp, &mut buf);
+    }
+    if level != 0 {
+        uint32::encode(5, &level, &mut buf);
+    }
+    if xp != 0 {
+        uint64::encode(6, &xp, &mut buf);
+    }
+    if gold != 0 {
+        uint64::encode(7, &gold, &mut buf);
+    }
+    message::encode_repeated(8, inventory, &mut buf);
     Record {
-        account: c.name.clone(),
+        account: name.clone(),
         version: RECORD_VERSION,
-        data: Bytes::from(stored.encode_to_vec()),
+        data: Bytes::from(buf),
     }
 }
 
@@ -153,7 +188,6 @@ pub enum MmoRemote {
 pub struct Mmo {
     world: World,
     scratch: Outbox,
-    dirty: Vec<CharacterRecord>,
     welcome: Bytes,
 }
 
@@ -163,7 +197,6 @@ impl Mmo {
         Mmo {
             world,
             scratch: Outbox::default(),
-            dirty: Vec::new(),
             welcome,
         }
     }
@@ -314,8 +347,7 @@ impl Game for Mmo {
     }
 
     fn take_dirty(&mut self, out: &mut Vec<Record>) {
-        self.world.take_dirty(&mut self.dirty);
-        out.extend(self.dirty.drain(..).map(|c| encode_record(&c)));
+        self.world.take_dirty_with(|p| out.push(encode_player(p)));
     }
 
     fn committed(&mut self, _ctx: &Ctx, tx: &Tx, out: &mut EngineOutbox<MmoRemote>) {
@@ -403,6 +435,21 @@ mod tests {
         };
         let r = encode_record(&c);
         assert_eq!((r.account.as_str(), r.version), ("ann", RECORD_VERSION));
+        let derived = StoredCharacter {
+            name: "ann".into(),
+            x: Some(12.5),
+            y: Some(3.0),
+            hp: 40,
+            level: 3,
+            xp: 1234,
+            gold: 99,
+            inventory: c.inventory.clone(),
+        };
+        assert_eq!(
+            &r.data[..],
+            &derived.encode_to_vec()[..],
+            "the same bytes as the message"
+        );
         assert_eq!(decode_record(&r).unwrap(), c);
         let unplaced = CharacterRecord {
             pos: None,

@@ -474,6 +474,20 @@ impl World {
         }
     }
 
+    /// [`World::take_dirty`] without building records: `f` sees each
+    /// changed player once (the MMO encodes its stored form straight from
+    /// it).
+    pub(crate) fn take_dirty_with(&mut self, mut f: impl FnMut(&Player)) {
+        for (slot, id) in self.dirty.drain(..) {
+            if let Some(p) = self.players[slot as usize].as_mut() {
+                if p.id == id && p.dirty {
+                    p.dirty = false;
+                    f(p);
+                }
+            }
+        }
+    }
+
     /// Looks up a player on this world by character name.
     pub fn find_player(&self, name: &str) -> Option<EntityId> {
         self.names.get(name).copied()
