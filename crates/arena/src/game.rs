@@ -205,6 +205,15 @@ impl Arena {
         }
     }
 
+    /// The seat `player` holds in match `m`, if it plays in it.
+    fn seat_in(&self, m: u64, player: PlayerId) -> Option<Seat> {
+        self.matches
+            .get(&m)?
+            .players
+            .iter()
+            .position(|&p| p == player)
+    }
+
     fn shard_id(&self, counter: u64) -> u64 {
         (u64::from(self.shard) << ID_SHARD_SHIFT) | counter
     }
@@ -272,12 +281,12 @@ impl Arena {
         self.next_match += 1;
         self.stats.matches_started += 1;
         for (seat, &p) in players.iter().enumerate() {
-            let other = &self.players[&players[1 - seat]];
+            let other = self.players.get(&players[1 - seat]);
             let start = pb::MatchStart {
                 match_id: id,
                 you: side(seat) as i32,
-                opponent: other.profile.name.clone(),
-                opponent_rating: other.profile.rating,
+                opponent: other.map(|o| o.profile.name.clone()).unwrap_or_default(),
+                opponent_rating: other.map_or(0, |o| o.profile.rating),
             };
             out.frames.push((p, frame(Msg::MatchStart(start))));
         }
@@ -312,13 +321,20 @@ impl Arena {
         let Some(m) = self.playing(player, seq, d.match_id, out) else {
             return;
         };
-        let mtch = &self.matches[&m];
-        let seat = if mtch.players[0] == player { 0 } else { 1 };
-        if mtch.to_move != seat {
+        let Some(seat) = self.seat_in(m, player) else {
+            return self.error(out, player, seq, ErrorCode::NotInMatch);
+        };
+        if self
+            .matches
+            .get(&m)
+            .is_some_and(|mtch| mtch.to_move != seat)
+        {
             return self.error(out, player, seq, ErrorCode::NotYourTurn);
         }
         let column = usize::try_from(d.column).unwrap_or(usize::MAX);
-        let mtch = self.matches.get_mut(&m).expect("looked up above");
+        let Some(mtch) = self.matches.get_mut(&m) else {
+            return;
+        };
         let landed = match mtch.board.drop_disc(seat, column) {
             Ok(landed) => landed,
             Err(DropRefused::NoSuchColumn) => {
@@ -536,16 +552,13 @@ impl Game for Arena {
         match self.players.get(&player)?.seating {
             Seating::Playing(m) => {
                 // Leaving the game gives the match up.
-                let seat = if self.matches[&m].players[0] == player {
-                    0
-                } else {
-                    1
-                };
-                let ending = Ending {
-                    winner: Some(1 - seat),
-                    reason: pb::EndReason::Forfeit,
-                };
-                self.finish(m, ending, out);
+                if let Some(seat) = self.seat_in(m, player) {
+                    let ending = Ending {
+                        winner: Some(1 - seat),
+                        reason: pb::EndReason::Forfeit,
+                    };
+                    self.finish(m, ending, out);
+                }
             }
             Seating::Queued => self.unqueue(player),
             Seating::Idle => {}
@@ -644,12 +657,8 @@ impl Game for Arena {
             }
             Cmd::Drop(d) => self.drop_disc(ctx, player, seq, d, out),
             Cmd::Resign(r) => {
-                if let Some(m) = self.playing(player, seq, r.match_id, out) {
-                    let seat = if self.matches[&m].players[0] == player {
-                        0
-                    } else {
-                        1
-                    };
+                let m = self.playing(player, seq, r.match_id, out);
+                if let Some((m, seat)) = m.and_then(|m| Some((m, self.seat_in(m, player)?))) {
                     let ending = Ending {
                         winner: Some(1 - seat),
                         reason: pb::EndReason::Resign,
