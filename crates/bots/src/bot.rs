@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use rand::{rngs::SmallRng, Rng};
 use tether_client::{
     Client, ClientConfig, ClientError, ClientStats, Command, Event, GameEvent, PauseReason,
@@ -214,11 +215,22 @@ impl Storm {
 /// Where a brain's commands go: the client, or a recorder in tests.
 pub trait Outbox {
     fn send(&mut self, cmd: Command) -> Result<u32, SendError>;
+
+    /// A command of a game other than the MMO, already encoded
+    /// ([`Client::send_raw`]); `ping` when it is a round-trip probe whose
+    /// answer the bot checks off. Outboxes that only know the MMO refuse.
+    fn send_raw(&mut self, _cmd: Bytes, _ping: bool) -> Result<u32, SendError> {
+        Err(SendError::OtherGame)
+    }
 }
 
 impl Outbox for Client {
     fn send(&mut self, cmd: Command) -> Result<u32, SendError> {
         Client::send(self, cmd)
+    }
+
+    fn send_raw(&mut self, cmd: Bytes, _ping: bool) -> Result<u32, SendError> {
+        Client::send_raw(self, cmd)
     }
 }
 
@@ -238,6 +250,29 @@ impl Outbox for Counted<'_> {
         }
         r
     }
+
+    fn send_raw(&mut self, cmd: Bytes, ping: bool) -> Result<u32, SendError> {
+        let r = self.client.send_raw(cmd);
+        if ping && r.is_ok() {
+            *self.pings_out += 1;
+        }
+        r
+    }
+}
+
+/// What a frame of another game's schema meant, for the counts every bot
+/// keeps (the brain decodes it; the bot counts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrameNote {
+    /// The answer to a ping: its `client_time`.
+    pub pong: Option<u64>,
+    /// An input was applied without effect.
+    pub command_error: bool,
+    /// A match this bot was in ended (counted once per match: by the
+    /// player who moved first).
+    pub match_played: bool,
+    /// A durable result arrived.
+    pub result_committed: bool,
 }
 
 /// A scenario's player logic.
@@ -246,6 +281,16 @@ pub trait Brain: Send + 'static {
     fn on_login(&mut self, client: &Client, now: Instant) -> Instant;
     /// A counted frame arrived (already counted by the bot).
     fn on_game(&mut self, ev: &GameEvent);
+    /// A counted frame of another game's schema arrived
+    /// ([`Event::GameFrame`]): the payload of one of its server messages.
+    fn on_frame(&mut self, _payload: &Bytes) -> FrameNote {
+        FrameNote::default()
+    }
+    /// The ping sent right after a resume, when the game is not the MMO:
+    /// its encoded command ([`Outbox::send_raw`]). `None`: the MMO's `Ping`.
+    fn resume_probe(&self, _client_time: u64) -> Option<Bytes> {
+        None
+    }
     /// A resume fell back to a snapshot: drop the view of the world.
     fn on_resynced(&mut self);
     /// Sends what is due at `now` (only called while the session is live
@@ -581,6 +626,10 @@ impl Bot<'_> {
                     self.count_game(&g, false);
                     brain.on_game(&g);
                 }
+                Ok(Event::GameFrame(payload)) => {
+                    let note = brain.on_frame(&payload);
+                    self.count_note(&note, false);
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(me = self.me, error = %e, "logout failed");
@@ -703,26 +752,12 @@ impl Bot<'_> {
             Event::Game(g) => {
                 self.count_game(&g, true);
                 brain.on_game(&g);
-                if let Some(a) = self.awaiting {
-                    if let Some(resumed_at) = a.resumed_at {
-                        self.awaiting = None;
-                        let us = |t: Instant| {
-                            u64::try_from(t.saturating_duration_since(a.since).as_micros())
-                                .unwrap_or(u64::MAX)
-                        };
-                        let back_us = us(Instant::now());
-                        self.shared.resumes.record(back_us);
-                        if a.storm {
-                            tracing::debug!(
-                                me = self.me,
-                                resumed_us = us(resumed_at),
-                                back_us,
-                                "back from the storm"
-                            );
-                            self.shared.storm.complete(back_us);
-                        }
-                    }
-                }
+                self.frame_arrived();
+            }
+            Event::GameFrame(payload) => {
+                let note = brain.on_frame(&payload);
+                self.count_note(&note, true);
+                self.frame_arrived();
             }
             Event::Paused(reason) => {
                 self.tally.disconnects += 1;
@@ -768,7 +803,11 @@ impl Bot<'_> {
                         client,
                         pings_out: &mut self.pings_out,
                     };
-                    if out.send(Command::Ping { client_time }).is_ok() {
+                    let sent = match brain.resume_probe(client_time) {
+                        Some(probe) => out.send_raw(probe, true),
+                        None => out.send(Command::Ping { client_time }),
+                    };
+                    if sent.is_ok() {
                         self.tally.pings += 1;
                     }
                 }
@@ -783,22 +822,61 @@ impl Bot<'_> {
         None
     }
 
+    /// A counted frame arrived: if it is the first after a drop of the
+    /// bot's own, the resume is complete.
+    fn frame_arrived(&mut self) {
+        let Some(a) = self.awaiting else {
+            return;
+        };
+        let Some(resumed_at) = a.resumed_at else {
+            return;
+        };
+        self.awaiting = None;
+        let us = |t: Instant| {
+            u64::try_from(t.saturating_duration_since(a.since).as_micros()).unwrap_or(u64::MAX)
+        };
+        let back_us = us(Instant::now());
+        self.shared.resumes.record(back_us);
+        if a.storm {
+            tracing::debug!(
+                me = self.me,
+                resumed_us = us(resumed_at),
+                back_us,
+                "back from the storm"
+            );
+            self.shared.storm.complete(back_us);
+        }
+    }
+
+    /// A pong arrived: one ping less outstanding, and a round trip.
+    fn count_pong(&mut self, client_time: u64, record_rtt: bool) {
+        self.tally.pongs += 1;
+        self.pings_out -= 1;
+        let phase = self.shared.phase();
+        if record_rtt && phase != Phase::Drain {
+            let now_us = self.shared.now_us(Instant::now());
+            self.rtt.push(RttSample {
+                us: now_us.saturating_sub(client_time),
+                in_window: phase == Phase::Measure,
+                during_attack: self.shared.rtt.attack_on(),
+            });
+        }
+    }
+
+    /// What every scenario counts from another game's frames.
+    fn count_note(&mut self, note: &FrameNote, record_rtt: bool) {
+        if let Some(t) = note.pong {
+            self.count_pong(t, record_rtt);
+        }
+        self.tally.command_errors += u64::from(note.command_error);
+        self.tally.matches_played += u64::from(note.match_played);
+        self.tally.results_committed += u64::from(note.result_committed);
+    }
+
     /// What every scenario counts from game frames.
     fn count_game(&mut self, g: &GameEvent, record_rtt: bool) {
         match g {
-            GameEvent::Pong(p) => {
-                self.tally.pongs += 1;
-                self.pings_out -= 1;
-                let phase = self.shared.phase();
-                if record_rtt && phase != Phase::Drain {
-                    let now_us = self.shared.now_us(Instant::now());
-                    self.rtt.push(RttSample {
-                        us: now_us.saturating_sub(p.client_time),
-                        in_window: phase == Phase::Measure,
-                        during_attack: self.shared.rtt.attack_on(),
-                    });
-                }
-            }
+            GameEvent::Pong(p) => self.count_pong(p.client_time, record_rtt),
             GameEvent::Death(d) if d.killer == self.me && d.id != self.me => {
                 self.tally.kills += 1;
             }

@@ -38,7 +38,8 @@ pub struct Args {
     #[arg(long)]
     pub seed: Option<u64>,
 
-    /// Moves per second per player.
+    /// Moves per second per player (arena: on its turn, a player moves
+    /// after about 1 / this many seconds).
     #[arg(long, default_value_t = 5.0)]
     pub move_hz: f64,
 
@@ -149,6 +150,11 @@ pub enum Scenario {
     /// session expires; the server's RSS and descriptors are sampled and
     /// must not grow after the warm-up (needs `--admin`).
     Soak,
+    /// Players of the arena (a server started with `--game arena`): they
+    /// queue, play four-in-a-row matches (a move about every
+    /// `1 / --move-hz` s on their turn), wait for the durable result and
+    /// queue again.
+    Arena,
 }
 
 impl Scenario {
@@ -157,6 +163,7 @@ impl Scenario {
             Scenario::Standard => "standard",
             Scenario::ReconnectStorm => "reconnect-storm",
             Scenario::Soak => "soak",
+            Scenario::Arena => "arena",
         }
     }
 }
@@ -183,7 +190,7 @@ impl Args {
             "--reconnect-window-ms must be 1-10000"
         );
         match self.scenario {
-            Scenario::Standard => {}
+            Scenario::Standard | Scenario::Arena => {}
             Scenario::ReconnectStorm => {
                 anyhow::ensure!(
                     self.storm_after.is_finite() && self.storm_after >= 0.0,

@@ -111,6 +111,10 @@ counters! {
     command_errors,
     /// `Correction` frames (a move refused).
     corrections,
+    /// Arena: matches the bots played to the end (each counted once).
+    matches_played,
+    /// Arena: durable match results received (one per player per match).
+    results_committed,
 }
 
 /// Round trips are recorded in microseconds, from 1 µs to 60 s, at 3

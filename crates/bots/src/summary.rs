@@ -112,12 +112,24 @@ pub struct Summary {
     /// Logins after a logout or an expiry that found the old session.
     pub stale_sessions: u64,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub arena: Option<ArenaFields>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub storm: Option<StormFields>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub soak: Option<SoakFields>,
     /// `--attack`: docs/BENCHMARKS.md's attack fields and `attack_detail`.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub attack: Option<crate::attack::AttackFields>,
+}
+
+/// `arena`'s fields, counted over the whole run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ArenaFields {
+    /// Matches the bots played to the end, each counted once.
+    pub matches_played: u64,
+    /// Durable match results the bots received (one per player per match),
+    /// each sent by the server only once storage held it.
+    pub results_committed: u64,
 }
 
 /// `reconnect-storm`'s fields.
@@ -230,6 +242,10 @@ impl Summary {
             resume_ms: m.resumes,
             pongs_missing: all.pongs_missing,
             stale_sessions: all.stale_sessions,
+            arena: (m.scenario == "arena").then_some(ArenaFields {
+                matches_played: all.matches_played,
+                results_committed: all.results_committed,
+            }),
             storm: m.storm.map(|r| StormFields {
                 resume_all_ms: r.all_back_ms(m.clients),
                 storm_dropped: r.dropped,
@@ -404,6 +420,20 @@ mod tests {
         assert_eq!(s.server_cpu_pct, 75.0);
         assert_eq!(s.server_rss_mb, 64.0);
         assert_eq!(s.bots_in_pps, 1000.0);
+    }
+
+    #[test]
+    fn arena_fields_only_for_the_arena() {
+        let line = Summary::build(&measured()).to_json_line();
+        assert!(!line.contains("matches_played"), "{line}");
+        let mut m = measured();
+        m.scenario = "arena";
+        m.at_exit.matches_played = 12;
+        m.at_exit.results_committed = 24;
+        let v: serde_json::Value =
+            serde_json::from_str(&Summary::build(&m).to_json_line()).unwrap();
+        assert_eq!(v["matches_played"], 12);
+        assert_eq!(v["results_committed"], 24);
     }
 
     #[test]

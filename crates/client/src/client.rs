@@ -13,10 +13,13 @@ use std::io;
 use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
+use prost::Message;
 use rand::{rngs::SmallRng, SeedableRng};
 use tether_proto::pb::{self, client_message, hello, server_message::Msg, ClientMessage};
-use tether_proto::{decode_server, encode_frame_into, split_frame, MAX_PAYLOAD_LEN};
+use tether_proto::{
+    decode_server, encode_frame_into, split_frame, DecodeError, FRAME_HEADER_LEN, MAX_PAYLOAD_LEN,
+};
 use tether_session::{ClientSession, ServerFrameOutcome};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -224,6 +227,9 @@ impl Client {
             self.logout();
             return Ok(0);
         };
+        if self.cfg.raw_frames {
+            return Err(SendError::OtherGame);
+        }
         if self.wbuf.len() >= self.cfg.max_write_backlog {
             return Err(SendError::Backlog);
         }
@@ -243,6 +249,35 @@ impl Client {
             self.queue(&msg);
         }
         Ok(seq)
+    }
+
+    /// Sends a command of another game's schema: `cmd` is that game's
+    /// `Input` message encoded with `seq` and `ack` left at 0 (only its own
+    /// fields, 3 and up). It is numbered, kept until acknowledged and
+    /// re-sent after a resume exactly like [`send`](Client::send)'s, and the
+    /// server applies it exactly once. Returns the input's sequence number.
+    ///
+    /// Meant for a client made with
+    /// [`ClientConfig::raw_frames`](crate::ClientConfig::raw_frames); one
+    /// session sends either typed commands or raw ones, not both.
+    pub fn send_raw(&mut self, cmd: Bytes) -> Result<u32, SendError> {
+        if self.is_ended() {
+            return Err(SendError::Ended);
+        }
+        if self.wbuf.len() >= self.cfg.max_write_backlog {
+            return Err(SendError::Backlog);
+        }
+        let now_ms = self.now_ms(Instant::now());
+        let input = self
+            .session
+            .send_raw_input(cmd, now_ms)
+            .map_err(|_| SendError::Backlog)?;
+        // As in `send`: only a live link carries new inputs.
+        if matches!(self.link, Link::Live { .. }) {
+            input.encode_frame_into(&mut self.wbuf);
+            self.stats.frames_out += 1;
+        }
+        Ok(input.seq)
     }
 
     /// Ends the session: sends `Logout` and lets `next_event` wait (up to
@@ -300,6 +335,13 @@ impl Client {
     /// The world's dimensions and rules, from `Welcome`.
     pub fn world(&self) -> pb::WorldInfo {
         self.welcome().world_info()
+    }
+
+    /// The game's welcome information from `Welcome.game`, in the game's
+    /// own schema (the arena's `ArenaInfo`, say; for the MMO see
+    /// [`world`](Client::world)).
+    pub fn game_info(&self) -> &[u8] {
+        &self.welcome().game
     }
 
     /// The session layer (frame count, acked input, unacked inputs).
@@ -440,6 +482,10 @@ impl Client {
     async fn turn(&mut self, now: Instant, user_deadline: Option<Instant>) -> Option<Out> {
         // 1. A whole frame already buffered goes first.
         match split_frame(&self.rbuf, MAX_PAYLOAD_LEN) {
+            Ok(Some((_, used))) if self.cfg.raw_frames => {
+                let frame = self.rbuf.split_to(used).freeze();
+                return self.on_raw_frame(frame.slice(FRAME_HEADER_LEN..), now);
+            }
             Ok(Some((payload, used))) => {
                 let decoded = decode_server(payload);
                 self.rbuf.advance(used);
@@ -595,12 +641,24 @@ impl Client {
     fn on_message(&mut self, msg: pb::ServerMessage, now: Instant) -> Option<Out> {
         self.stats.frames_in += 1;
         let now_ms = self.now_ms(now);
-        match self.session.on_server_message(&msg, now_ms) {
+        let outcome = self.session.on_server_message(&msg, now_ms);
+        self.on_outcome(outcome, msg.msg, now)
+    }
+
+    /// Acts on what the session layer made of a frame (`msg`: the frame,
+    /// when it was one of the typed messages).
+    fn on_outcome(
+        &mut self,
+        outcome: ServerFrameOutcome,
+        msg: Option<Msg>,
+        now: Instant,
+    ) -> Option<Out> {
+        match outcome {
             ServerFrameOutcome::Game => {
-                GameEvent::from_msg(msg.msg?).map(|g| Out::Event(Event::Game(g)))
+                GameEvent::from_msg(msg?).map(|g| Out::Event(Event::Game(g)))
             }
             ServerFrameOutcome::Welcomed => {
-                let Some(Msg::Welcome(welcome)) = msg.msg else {
+                let Some(Msg::Welcome(welcome)) = msg else {
                     return None;
                 };
                 self.welcome = Some(welcome);
@@ -611,9 +669,16 @@ impl Client {
             ServerFrameOutcome::Resumed { mode, resend } => {
                 self.attempts = 0;
                 self.go_live();
-                let resent = resend.len();
+                let mut resent = resend.len();
                 for m in &resend {
                     self.queue(m);
+                }
+                // Inputs of another game's schema, kept by the session.
+                let raw: Vec<_> = self.session.unacked_raw_inputs().collect();
+                resent += raw.len();
+                for input in raw {
+                    input.encode_frame_into(&mut self.wbuf);
+                    self.stats.frames_out += 1;
                 }
                 self.stats.resumes += 1;
                 if mode == pb::ResumeMode::Snapshot {
@@ -651,6 +716,35 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// A frame of another game's schema: the engine's messages are read
+    /// here (the session needs them), the game's own are counted and handed
+    /// over undecoded.
+    fn on_raw_frame(&mut self, payload: Bytes, now: Instant) -> Option<Out> {
+        use pb::server_envelope::Msg as Env;
+        let envelope = match pb::ServerEnvelope::decode(&payload[..]) {
+            Ok(e) => e,
+            Err(e) => {
+                let e = DecodeError::Malformed(e.to_string());
+                return Some(self.finish(Out::Error(ClientError::Protocol(e))));
+            }
+        };
+        let msg = match envelope.msg {
+            Some(Env::Welcome(m)) => Msg::Welcome(m),
+            Some(Env::Resumed(m)) => Msg::Resumed(m),
+            Some(Env::Close(m)) => Msg::Close(m),
+            Some(Env::InputAck(m)) => Msg::InputAck(m),
+            None => {
+                // None of the engine's fields: the game's own frame.
+                self.stats.frames_in += 1;
+                return match self.session.on_game_frame(self.now_ms(now)) {
+                    ServerFrameOutcome::Game => Some(Out::Event(Event::GameFrame(payload))),
+                    other => self.on_outcome(other, None, now),
+                };
+            }
+        };
+        self.on_message(pb::ServerMessage { msg: Some(msg) }, now)
     }
 
     fn go_live(&mut self) {

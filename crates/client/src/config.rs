@@ -114,6 +114,13 @@ pub struct ClientConfig {
     pub session: ClientSessionConfig,
     /// Seed of the jitter RNG; `None` seeds from the OS.
     pub seed: Option<u64>,
+    /// The server runs a game other than the MMO (the arena, say): its
+    /// frames are not decoded here but handed over whole as
+    /// [`Event::GameFrame`](crate::Event::GameFrame), and its commands go
+    /// out through [`Client::send_raw`](crate::Client::send_raw). The
+    /// session layer (login, acks, resume, exactly-once inputs) is the
+    /// same. Default `false`: the MMO, typed.
+    pub raw_frames: bool,
 }
 
 /// Default bytes per read: a few hundred typical frames, while 10,000 clients
@@ -139,6 +146,7 @@ impl ClientConfig {
             max_write_backlog: DEFAULT_MAX_WRITE_BACKLOG,
             session: ClientSessionConfig::default(),
             seed: None,
+            raw_frames: false,
         }
     }
 }

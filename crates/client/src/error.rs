@@ -78,6 +78,11 @@ pub enum SendError {
     Backlog,
     /// The client has ended (logged out or failed) or is logging out.
     Ended,
+    /// A typed MMO [`Command`](crate::Command) on a client made for another
+    /// game ([`ClientConfig::raw_frames`](crate::ClientConfig::raw_frames)):
+    /// that game would read it in its own schema. Use
+    /// [`Client::send_raw`](crate::Client::send_raw).
+    OtherGame,
 }
 
 impl fmt::Display for SendError {
@@ -85,6 +90,7 @@ impl fmt::Display for SendError {
         match self {
             SendError::Backlog => f.write_str("send backlog full"),
             SendError::Ended => f.write_str("client has ended"),
+            SendError::OtherGame => f.write_str("an MMO command on a client of another game"),
         }
     }
 }

@@ -88,6 +88,12 @@ pub enum PauseReason {
 pub enum Event {
     /// A counted frame from the world.
     Game(GameEvent),
+    /// A counted frame of another game's schema
+    /// ([`ClientConfig::raw_frames`](crate::ClientConfig::raw_frames)): the
+    /// payload of one of that game's `ServerMessage`s, for the game code to
+    /// decode. Already counted and acknowledged like any other. (The
+    /// engine's own `InputAck` still comes as [`GameEvent::InputAck`].)
+    GameFrame(bytes::Bytes),
     /// The connection was lost; the client is reconnecting in the
     /// background of `next_event`. Commands sent meanwhile are kept and
     /// delivered after the resume.

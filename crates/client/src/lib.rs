@@ -11,6 +11,13 @@
 //! frames follow) or [`Event::Resynced`] (drop your world view: a fresh
 //! snapshot follows).
 //!
+//! The typed commands and events are the MMO's. For another game on the
+//! engine (the arena, say), set [`ClientConfig::raw_frames`]: the client
+//! then sends that game's commands already encoded
+//! ([`Client::send_raw`]) and hands its frames over undecoded
+//! ([`Event::GameFrame`]), with the same login, acks, resume and
+//! exactly-once inputs.
+//!
 //! The protocol bookkeeping (frame counting, acks, input numbering, the
 //! unacked-input list) is `tether_session::ClientSession`, a sans-IO state
 //! machine; this crate is the tokio driver around it.

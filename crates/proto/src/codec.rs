@@ -131,6 +131,42 @@ pub fn encode_frame_into<M: Message>(msg: &M, out: &mut BytesMut) {
         .expect("reserved capacity covers the encoded length");
 }
 
+/// The key of `ClientMessage.input` (field 3, length-delimited) on the wire.
+const INPUT_FIELD_KEY: u8 = (3 << 3) | 2;
+
+/// Appends one client `Input` frame whose command is already encoded in a
+/// game's own schema.
+///
+/// `cmd` is the game's `Input` message encoded with `seq` and `ack` left at
+/// 0, so that it holds only the game's fields (3 and up, see
+/// `proto/engine.proto`). The engine's fields are written in front of it;
+/// a protobuf message is the concatenation of its fields, so the result
+/// decodes as the game's `Input` with `seq` and `ack` set. This lets a
+/// client that knows nothing of a game's schema number, keep and re-send
+/// its inputs.
+///
+/// # Panics
+///
+/// If the frame would be larger than [`MAX_PAYLOAD_LEN`] (as
+/// [`encode_frame_into`]); callers bound `cmd` far below it.
+pub fn encode_input_frame_into(seq: u32, ack: u64, cmd: &[u8], out: &mut BytesMut) {
+    let header = crate::pb::InputHeader { seq, ack };
+    let input_len = header.encoded_len() + cmd.len();
+    let len = 1 + prost::encoding::encoded_len_varint(input_len as u64) + input_len;
+    assert!(
+        len <= MAX_PAYLOAD_LEN,
+        "input of {len} bytes does not fit a frame"
+    );
+    out.reserve(FRAME_HEADER_LEN + len);
+    out.put_u16_le(len as u16);
+    out.put_u8(INPUT_FIELD_KEY);
+    prost::encoding::encode_varint(input_len as u64, out);
+    header
+        .encode(out)
+        .expect("reserved capacity covers the encoded length");
+    out.put_slice(cmd);
+}
+
 /// Encodes `msg` as one frame. The returned `Bytes` is cheap to clone, so one
 /// encoded event is shared by every recipient.
 pub fn encode_frame<M: Message>(msg: &M) -> Bytes {
@@ -144,6 +180,29 @@ mod tests {
     use super::*;
     use crate::pb::{client_message, input, ClientMessage, Input, Move};
     use proptest::prelude::*;
+
+    #[test]
+    fn an_input_with_a_pre_encoded_command_decodes_as_the_typed_one() {
+        // The command part alone: an Input with seq and ack at 0.
+        let cmd = Input {
+            seq: 0,
+            ack: 0,
+            cmd: Some(input::Cmd::Move(Move { x: 1.5, y: 2.5 })),
+        }
+        .encode_to_vec();
+        for (seq, ack) in [(7, 42), (1, 0), (u32::MAX, u64::MAX)] {
+            let mut out = BytesMut::new();
+            encode_input_frame_into(seq, ack, &cmd, &mut out);
+            let (payload, used) = split_frame(&out, MAX_PAYLOAD_LEN).unwrap().unwrap();
+            assert_eq!(used, out.len());
+            let mut typed = sample();
+            if let Some(client_message::Msg::Input(i)) = &mut typed.msg {
+                (i.seq, i.ack) = (seq, ack);
+            }
+            assert_eq!(decode_client(payload).unwrap(), typed);
+            assert_eq!(payload, &typed.encode_to_vec()[..], "the same bytes");
+        }
+    }
 
     fn sample() -> ClientMessage {
         ClientMessage {

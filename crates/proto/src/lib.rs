@@ -28,8 +28,8 @@ pub mod pb {
 }
 
 pub use codec::{
-    decode_client, decode_envelope, decode_server, encode_frame, encode_frame_into, split_frame,
-    DecodeError, FRAME_HEADER_LEN, MAX_PAYLOAD_LEN,
+    decode_client, decode_envelope, decode_server, encode_frame, encode_frame_into,
+    encode_input_frame_into, split_frame, DecodeError, FRAME_HEADER_LEN, MAX_PAYLOAD_LEN,
 };
 
 /// The protocol version this crate speaks (`Hello.protocol_version`).

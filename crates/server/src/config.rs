@@ -52,9 +52,22 @@ pub enum TakeoverPolicy {
     Refuse,
 }
 
+/// Which game the server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum GameKind {
+    /// The MMO reference game (proto/tether.proto).
+    Mmo,
+    /// The arena: one-on-one four-in-a-row matches (proto/arena.proto).
+    Arena,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// The game this server runs; its records are kept apart from other
+    /// games' in storage.
+    pub game: GameKind,
     /// Game listener (TCP).
     pub listen: SocketAddr,
     /// Admin HTTP listener: /healthz, /metrics.
@@ -202,6 +215,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            game: GameKind::Mmo,
             listen: "127.0.0.1:7777".parse().unwrap(),
             admin_listen: "127.0.0.1:7780".parse().unwrap(),
             data_dir: PathBuf::from("./data"),
@@ -270,6 +284,9 @@ pub struct Overrides {
     /// TOML settings file; its keys are the long flag names with `_` for `-`.
     #[arg(long, env = "TETHER_CONFIG")]
     pub config: Option<PathBuf>,
+    /// The game to run: mmo or arena [default: mmo].
+    #[arg(long, env = "TETHER_GAME")]
+    pub game: Option<GameKind>,
     /// Game listener address [default: 127.0.0.1:7777].
     #[arg(long, env = "TETHER_LISTEN")]
     pub listen: Option<SocketAddr>,
@@ -498,6 +515,7 @@ impl Config {
         apply!(
             cfg,
             ov,
+            game,
             listen,
             admin_listen,
             data_dir,
@@ -711,6 +729,29 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.0.contains("input_rate"), "{e}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn the_game_comes_from_the_file_or_a_flag() {
+        let dir = std::env::temp_dir().join(format!("tether-cfg4-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.toml");
+        std::fs::write(&path, "game = \"arena\"\n").unwrap();
+        let cfg = Config::load(Overrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(cfg.game, GameKind::Arena);
+        let cfg = Config::load(Overrides {
+            config: Some(path),
+            game: Some(GameKind::Mmo),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(cfg.game, GameKind::Mmo, "a flag overrides the file");
+        assert_eq!(Config::default().game, GameKind::Mmo);
         std::fs::remove_dir_all(dir).ok();
     }
 

@@ -4,10 +4,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tether_server::config::{Config, Overrides};
+use tether_arena::{Arena, ArenaConfig};
+use tether_engine::Game;
+use tether_server::config::{Config, GameKind, Overrides};
 
 /// Tether: a high-density MMORPG game server.
 ///
+/// It runs the MMO, or with --game arena the arena (one-on-one matches).
 /// With no arguments it starts with embedded defaults: game on
 /// 127.0.0.1:7777, admin HTTP (/healthz, /metrics) on 127.0.0.1:7780, data
 /// under ./data, `dev` auth (any character name). Every setting can come from
@@ -76,7 +79,15 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let server = tether_server::start(cfg)?;
+    let server = match cfg.game {
+        GameKind::Mmo => tether_server::start(cfg)?,
+        GameKind::Arena => {
+            let backend = tether_server::open_store(&cfg, Arena::NAME)?;
+            tether_server::start_game(cfg, backend, |shard| {
+                Arena::new(ArenaConfig::default(), shard)
+            })?
+        }
+    };
     eprintln!(
         "tether: game on {}, admin on http://{}/metrics",
         server.game_addr, server.admin_addr

@@ -32,6 +32,7 @@
 
 use std::collections::VecDeque;
 
+use bytes::{Bytes, BytesMut};
 use tether_proto::pb::{self, client_message::Msg as ClientMsg, input::Cmd};
 
 use crate::SessionId;
@@ -101,6 +102,33 @@ impl std::fmt::Display for InputQueueFull {
 
 impl std::error::Error for InputQueueFull {}
 
+/// An input whose command is in a game's own schema (see
+/// [`ClientSession::send_raw_input`]), numbered and ready to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawInput {
+    pub seq: u32,
+    /// Piggybacked frame ack (0: none).
+    pub ack: u64,
+    /// The game's `Input` encoded with `seq` and `ack` at 0.
+    pub cmd: Bytes,
+}
+
+impl RawInput {
+    /// Appends the input as one client frame.
+    pub fn encode_frame_into(&self, out: &mut BytesMut) {
+        tether_proto::encode_input_frame_into(self.seq, self.ack, &self.cmd, out);
+    }
+}
+
+/// An input kept until the server acknowledges it.
+#[derive(Debug, Clone)]
+enum Kept {
+    /// The MMO's command, typed.
+    Cmd(Cmd),
+    /// Another game's command, encoded in its schema.
+    Raw(Bytes),
+}
+
 /// What a server frame meant for the session layer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServerFrameOutcome {
@@ -139,7 +167,7 @@ pub struct ClientSession {
     /// The number the next input gets; `None` once all are used up.
     next_input_seq: Option<u32>,
     acked_input: u32,
-    unacked: VecDeque<(u32, Cmd)>,
+    unacked: VecDeque<(u32, Kept)>,
 }
 
 impl ClientSession {
@@ -224,6 +252,41 @@ impl ClientSession {
         cmd: Cmd,
         now_ms: u64,
     ) -> Result<pb::ClientMessage, InputQueueFull> {
+        let (seq, ack) = self.number_input(now_ms)?;
+        self.unacked.push_back((seq, Kept::Cmd(cmd.clone())));
+        Ok(input_message(seq, ack, cmd))
+    }
+
+    /// Like [`send_input`](Self::send_input), for a game whose schema this
+    /// crate does not know: `cmd` is the game's `Input` message encoded with
+    /// `seq` and `ack` at 0 (its own fields only). The input is numbered,
+    /// kept and re-sent exactly like a typed one.
+    ///
+    /// A session sends either typed or raw inputs, not both: after a
+    /// resume, the typed ones come back in `Resumed.resend` and the raw
+    /// ones from [`unacked_raw_inputs`](Self::unacked_raw_inputs), so the
+    /// order between the two kinds would be lost.
+    pub fn send_raw_input(&mut self, cmd: Bytes, now_ms: u64) -> Result<RawInput, InputQueueFull> {
+        let (seq, ack) = self.number_input(now_ms)?;
+        self.unacked.push_back((seq, Kept::Raw(cmd.clone())));
+        Ok(RawInput { seq, ack, cmd })
+    }
+
+    /// The raw inputs the server has not acknowledged, oldest first, with
+    /// no ack: after `Resumed`, what to write again, in order.
+    pub fn unacked_raw_inputs(&self) -> impl Iterator<Item = RawInput> + '_ {
+        self.unacked.iter().filter_map(|(seq, kept)| match kept {
+            Kept::Raw(cmd) => Some(RawInput {
+                seq: *seq,
+                ack: 0,
+                cmd: cmd.clone(),
+            }),
+            Kept::Cmd(_) => None,
+        })
+    }
+
+    /// The next input number and the ack it carries.
+    fn number_input(&mut self, now_ms: u64) -> Result<(u32, u64), InputQueueFull> {
         if self.unacked.len() >= self.cfg.max_unacked_inputs {
             return Err(InputQueueFull);
         }
@@ -238,8 +301,19 @@ impl ClientSession {
         if self.established {
             self.last_sent_ms = self.last_sent_ms.max(now_ms);
         }
-        self.unacked.push_back((seq, cmd.clone()));
-        Ok(input_message(seq, ack, cmd))
+        Ok((seq, ack))
+    }
+
+    /// A counted frame of the game's own schema arrived, one the caller
+    /// decoded itself (it is none of the engine's messages that
+    /// [`on_server_message`](Self::on_server_message) takes). Counts it.
+    pub fn on_game_frame(&mut self, now_ms: u64) -> ServerFrameOutcome {
+        self.last_heard_ms = self.last_heard_ms.max(now_ms);
+        if !self.established {
+            return self.violation("counted frame before Welcome or Resumed");
+        }
+        self.count_frame(now_ms);
+        ServerFrameOutcome::Game
     }
 
     /// Feeds one decoded server message (control or counted).
@@ -332,7 +406,10 @@ impl ClientSession {
         let resend = self
             .unacked
             .iter()
-            .map(|(seq, cmd)| input_message(*seq, 0, cmd.clone()))
+            .filter_map(|(seq, kept)| match kept {
+                Kept::Cmd(cmd) => Some(input_message(*seq, 0, cmd.clone())),
+                Kept::Raw(_) => None,
+            })
             .collect();
         ServerFrameOutcome::Resumed { mode, resend }
     }
@@ -539,6 +616,51 @@ mod tests {
                 frames_received: 0
             }))
         );
+    }
+
+    #[test]
+    fn raw_inputs_and_game_frames_of_another_schema_follow_the_same_rules() {
+        let mut c = welcomed();
+        // Frames the caller decoded itself are counted like any other.
+        assert_eq!(c.on_game_frame(10), ServerFrameOutcome::Game);
+        assert_eq!(c.on_game_frame(11), ServerFrameOutcome::Game);
+        assert_eq!(c.frames_received(), 2);
+        let first = c
+            .send_raw_input(Bytes::from_static(b"\x1a\x00"), 20)
+            .unwrap();
+        assert_eq!((first.seq, first.ack), (1, 2));
+        let second = c
+            .send_raw_input(Bytes::from_static(b"\x3a\x00"), 21)
+            .unwrap();
+        assert_eq!((second.seq, second.ack), (2, 0));
+        // The frame is the typed Input's bytes with the command appended.
+        let mut out = BytesMut::new();
+        first.encode_frame_into(&mut out);
+        let (payload, _) = tether_proto::split_frame(&out, 1024).unwrap().unwrap();
+        let decoded = tether_proto::decode_envelope(payload).unwrap();
+        assert_eq!(
+            decoded.msg,
+            Some(pb::client_envelope::Msg::Input(pb::InputHeader {
+                seq: 1,
+                ack: 2
+            }))
+        );
+        // Input 1 is acknowledged; the connection drops; the resume hands
+        // back input 2 alone, for the caller to write again.
+        c.on_server_message(&input_ack(1), 30);
+        c.on_disconnect(40);
+        assert_eq!(
+            c.on_game_frame(41),
+            ServerFrameOutcome::Closed(pb::Close {
+                code: pb::CloseCode::ProtocolError as i32,
+                message: "counted frame before Welcome or Resumed".into(),
+                retry_after_ms: 0,
+            })
+        );
+        let out = c.on_server_message(&resumed(pb::ResumeMode::Replay, 3, 1), 50);
+        assert!(matches!(out, ServerFrameOutcome::Resumed { ref resend, .. } if resend.is_empty()));
+        let again: Vec<RawInput> = c.unacked_raw_inputs().collect();
+        assert_eq!(again, vec![RawInput { ack: 0, ..second }]);
     }
 
     #[test]

@@ -31,6 +31,7 @@
 //!   server frame (decoded)      --> ClientSession::on_server_message
 //!                                     --> Welcomed | Resumed{resend} | Closed | Game
 //!   game command                --> ClientSession::send_input  --> Input (numbered, kept)
+//!   (another game's: send_raw_input; its frames: on_game_frame)
 //!   now                         --> ClientSession::poll_ack    --> Ack (count or keep-alive)
 //! ```
 //!
@@ -57,7 +58,9 @@ pub mod replay;
 pub mod server;
 pub mod token;
 
-pub use client::{ClientSession, ClientSessionConfig, InputQueueFull, ServerFrameOutcome};
+pub use client::{
+    ClientSession, ClientSessionConfig, InputQueueFull, RawInput, ServerFrameOutcome,
+};
 pub use replay::{PagePool, ReplayBuffer, DEFAULT_MAX_IDLE_PAGES, FRAMES_PER_PAGE};
 pub use server::{
     InputVerdict, ResumePlan, ResumeRefused, ServerSession, SessionConfig, SessionError,

@@ -9,12 +9,15 @@
 //!   session is back and reports `resume_all_ms`.
 //! - [`soak`]: standard players that churn through drop / resume / logout /
 //!   expiry; the runner samples the server and judges growth.
+//! - [`arena`]: players of the arena (`tether --game arena`): queue, play
+//!   four-in-a-row matches, wait for the durable result, queue again.
 //! - `--chaos RATE` adds random socket kills to any of them (also through
 //!   the [`Script`]).
 //!
 //! docs/BENCHMARKS.md's attack scenarios are not scenarios of their own: `--attack
 //! NAME` runs beside any of these (`crate::attack`).
 
+pub mod arena;
 pub mod soak;
 pub mod standard;
 
@@ -34,7 +37,11 @@ pub fn spawn(args: &Args, seed: u64, shared: &Arc<Shared>, t0: Instant, set: &mu
     if script.storm_at.is_some() {
         shared.storm.arm(args.clients);
     }
-    standard::spawn(args, seed, shared, t0, set, &script);
+    if args.scenario == Scenario::Arena {
+        arena::spawn(args, seed, shared, t0, set, &script);
+    } else {
+        standard::spawn(args, seed, shared, t0, set, &script);
+    }
 }
 
 /// What every bot of the run inflicts on itself.
