@@ -5,7 +5,11 @@
 //! `Welcome` or `Resume` is the same Rust type in every game.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let schema_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
+    // Read at run time, not baked in when the script is compiled: a build
+    // script binary can be reused for a checkout at another path.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
+    let schema_dir = format!("{manifest_dir}/../../proto");
+    let schema_dir = schema_dir.as_str();
     for f in ["arena.proto", "engine.proto"] {
         println!("cargo:rerun-if-changed={schema_dir}/{f}");
     }
