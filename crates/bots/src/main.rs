@@ -42,7 +42,7 @@
 //! - `admin`: scraping the server's `/metrics`.
 //! - `procstat`: this process's CPU time and open-file limit.
 //! - `summary`: the final JSON object.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 mod admin;
 mod attack;

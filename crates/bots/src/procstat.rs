@@ -1,6 +1,5 @@
 //! This process's CPU time, from `/proc/self/stat`, and its file
-//! descriptor limit. The only `unsafe` of the crate lives here: two libc
-//! calls that take no pointers or only a pointer to a local.
+//! descriptor limit.
 
 /// User + system CPU seconds used by this process so far; `None` where
 /// `/proc` is not available.
@@ -24,46 +23,35 @@ pub fn cpu_ticks(stat: &str) -> Option<u64> {
 }
 
 fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf only reads a configuration value; it takes no
-    // pointers and is safe to call from any thread.
-    #[allow(unsafe_code)]
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if hz > 0 {
-        hz as f64
-    } else {
-        100.0
+    match rustix::param::clock_ticks_per_second() {
+        0 => 100.0,
+        hz => hz as f64,
     }
 }
 
 /// Raises the soft limit on open files to the hard limit (one socket per
 /// player: 10,000 players need more than the common soft default of 1024).
-/// Returns the soft limit now in force.
+/// Returns the soft limit now in force (`u64::MAX`: unlimited).
 pub fn raise_fd_limit() -> Option<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let mut current = lim.current;
+    // `None` is unlimited.
+    let below_hard = match (lim.current, lim.maximum) {
+        (Some(soft), Some(hard)) => soft < hard,
+        (Some(_), None) => true,
+        (None, _) => false,
     };
-    // SAFETY: `lim` is a valid, exclusively borrowed rlimit for the call.
-    #[allow(unsafe_code)]
-    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    if got != 0 {
-        return None;
-    }
-    if lim.rlim_cur < lim.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
+    if below_hard {
+        let raised = Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
         };
-        // SAFETY: `raised` is a valid rlimit that outlives the call.
-        #[allow(unsafe_code)]
-        let set = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) };
-        if set == 0 {
-            lim = raised;
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            current = lim.maximum;
         }
     }
-    // `rlim_t` is not `u64` on every target.
-    #[allow(clippy::unnecessary_cast)]
-    Some(lim.rlim_cur as u64)
+    Some(current.unwrap_or(u64::MAX))
 }
 
 /// CPU use over a window in % of one core.

@@ -33,6 +33,13 @@ pub trait Host<R> {
     /// Asks storage for the record of `account`; the answer comes back
     /// through [`crate::Engine::loaded`] with the same `tag`.
     fn load(&mut self, account: &str, tag: u64) -> Result<(), StorageBusy>;
+    /// Asks storage for the record whose saved session is `session_id`
+    /// (a resume after this process, or an earlier one, lost the session
+    /// from memory); the answer comes back through
+    /// [`crate::Engine::session_loaded`] with the same `tag`. The record's
+    /// `session` holds the saved mark. Answers reflect every save handed
+    /// over before the call.
+    fn load_session(&mut self, session_id: u64, tag: u64) -> Result<(), StorageBusy>;
     /// Writes a record at the next flush, coalesced with later ones of the
     /// same account. Never refused.
     fn save_dirty(&mut self, records: &mut Vec<Record>);

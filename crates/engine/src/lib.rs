@@ -53,6 +53,6 @@ pub use engine::{
 };
 pub use game::{BadInput, BadRecord, Ctx, Game, Outbox, PlayerId, Route, Undeliverable};
 pub use host::{BusMsg, Host, StorageBusy};
-pub use record::{Record, Tx};
+pub use record::{Record, SessionMark, Tx};
 pub use stats::{EngineStats, RefusedResume, CLOSE_CODE_SLOTS};
 pub use wire::close_frame;

@@ -15,6 +15,40 @@ pub struct Record {
     /// The game's format version of `data`.
     pub version: u32,
     pub data: Bytes,
+    /// The account's session as of this record, written in the same
+    /// database transaction, so the saved state and the last input it
+    /// reflects never disagree. `None`: the account has no session (it
+    /// logged out), and any saved one is deleted. Games leave it `None`;
+    /// the engine fills it in on everything it hands to storage.
+    pub session: Option<SessionMark>,
+}
+
+impl Record {
+    /// A record with no session mark (the engine adds it).
+    pub fn new(account: impl Into<String>, version: u32, data: Bytes) -> Record {
+        Record {
+            account: account.into(),
+            version,
+            data,
+            session: None,
+        }
+    }
+}
+
+/// What storage keeps of a session so that it can be resumed after the
+/// process is gone (a crash, a restart, an upgrade): its id, the restart
+/// token the client was given in `Welcome`, and the last input the saved
+/// record reflects.
+///
+/// The restart token never changes during a session (unlike the resume
+/// token, which turns over at every resume and lives only in memory), so a
+/// mark written at any flush still admits the client's resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionMark {
+    pub session_id: u64,
+    pub restart_token: [u8; 16],
+    /// Inputs up to and including this number are in the record.
+    pub last_input: u32,
 }
 
 /// A durable transaction: the account's record as it is after the

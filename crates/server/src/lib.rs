@@ -26,9 +26,8 @@
 //! Threads never share a lock on the game path: each (I/O thread, shard)
 //! pair has its own SPSC rings. See docs/ARCHITECTURE.md.
 
-// The only unsafe code is the io_uring send path (`uring`, and the one call
-// into it from `net` that keeps its buffers alive), each block with its
-// SAFETY comment.
+// The only unsafe code is the io_uring send path (`uring`), behind a safe
+// API that borrows what the kernel reads; each block has its SAFETY comment.
 #![deny(unsafe_code)]
 
 pub(crate) mod admin;

@@ -24,7 +24,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -1364,9 +1364,11 @@ impl<G: Game> IoThread<G> {
         let mut results = std::mem::take(&mut self.uring_results);
         let mut rest = due;
         while !rest.is_empty() {
+            // Which connections go in this batch (an empty queue only
+            // needs the flush that closes a closing connection)...
             sent.clear();
             while let Some((&slot, tail)) = rest.split_first() {
-                if ring.is_full() {
+                if sent.len() == uring::BATCH {
                     break;
                 }
                 rest = tail;
@@ -1374,9 +1376,15 @@ impl<G: Game> IoThread<G> {
                     continue;
                 };
                 if conn.wq.is_empty() {
-                    self.flush(slot); // closes a closing connection
-                    continue;
+                    self.flush(slot);
+                } else {
+                    sent.push(slot);
                 }
+            }
+            // ...then their frames, borrowed until the batch is submitted.
+            let mut sends = ring.start();
+            for &slot in &sent {
+                let conn = &self.conns[slot];
                 let skip = conn.wq_head_written;
                 let bufs = conn.wq.iter().take(batch_frames).enumerate().map(|(i, f)| {
                     if i == 0 {
@@ -1385,17 +1393,10 @@ impl<G: Game> IoThread<G> {
                         &f[..]
                     }
                 });
-                // SAFETY: the frames stay in `conn.wq`, and the socket
-                // open, until `submit` below returns: nothing between here
-                // and there touches a connection.
-                #[allow(unsafe_code)]
-                unsafe {
-                    ring.push(conn.stream.as_raw_fd(), bufs)
-                };
-                sent.push(slot);
+                sends.push(conn.stream.as_fd(), bufs);
             }
             results.clear();
-            match ring.submit() {
+            match sends.submit() {
                 Ok(r) => results.extend_from_slice(r),
                 Err(e) => {
                     warn!(io = self.id, error = %e, "io_uring submission failed; back to writev");

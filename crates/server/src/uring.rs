@@ -5,13 +5,18 @@
 //! Each send is an `IORING_OP_SENDMSG` with `MSG_DONTWAIT`, so a full socket
 //! completes at once with `EAGAIN` (as `writev` on a non-blocking socket
 //! would) instead of waiting inside the ring; the batch is submitted and
-//! every completion awaited before the caller touches its queues again. The
-//! only `unsafe` of the server is here.
+//! every completion awaited before the caller touches its queues again.
+//!
+//! The API is safe: [`Sends`] borrows the buffers and sockets of a batch
+//! until it is submitted, and the ring sees a batch's entries only inside
+//! `submit`, which returns after the last completion. The only `unsafe` of
+//! the server is in this module.
 
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::RawFd;
+use std::marker::PhantomData;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use io_uring::{opcode, types, IoUring};
 
@@ -29,14 +34,19 @@ pub struct SendBatch {
     /// into it, so it never grows or moves.
     iovs: Box<[libc::iovec]>,
     msgs: Box<[libc::msghdr]>,
+    /// The socket of each recorded send.
+    fds: Vec<RawFd>,
     queued: usize,
     results: Vec<i32>,
+    /// A submission failed part-way: see `submit_and_wait_all`.
+    poisoned: bool,
 }
 
 // SAFETY: the raw pointers in `iovs` and `msgs` point into the batch's own
-// boxes, or at buffers that are only in use between a `push` and the
-// `submit` that follows it on the same thread; a batch is handed to another
-// thread (the I/O thread it belongs to) only before its first push.
+// boxes, or at buffers that are only read by the kernel inside
+// `Sends::submit`, on the thread that holds the batch; between batches they
+// are stale and never read (the next batch overwrites them before it
+// queues anything).
 unsafe impl Send for SendBatch {}
 
 impl SendBatch {
@@ -52,25 +62,36 @@ impl SendBatch {
             ring,
             iovs: vec![empty_iov; BATCH * MAX_IOV].into_boxed_slice(),
             msgs: vec![empty_msg; BATCH].into_boxed_slice(),
+            fds: Vec::with_capacity(BATCH),
             queued: 0,
             results: Vec::with_capacity(BATCH),
+            poisoned: false,
         })
     }
 
-    pub fn is_full(&self) -> bool {
-        self.queued == BATCH
+    /// Starts a batch of sends. Nothing reaches the ring before
+    /// [`Sends::submit`], which waits for every send: the buffers and
+    /// sockets only need to live as long as the `Sends`, which the borrow
+    /// checker holds them to. A `Sends` dropped unsubmitted sends nothing.
+    ///
+    /// Panics on a batch whose last submission failed: it is dropped, not
+    /// reused.
+    pub fn start<'a>(&'a mut self) -> Sends<'a> {
+        assert!(!self.poisoned, "a failed io_uring batch is not reused");
+        self.queued = 0;
+        self.fds.clear();
+        Sends {
+            batch: self,
+            _borrows: PhantomData,
+        }
     }
 
-    /// Queues one send of `bufs` (at most [`MAX_IOV`]) on `fd`. Returns its
-    /// index in the next [`SendBatch::submit`]'s results.
-    ///
-    /// # Safety
-    ///
-    /// `fd` and every buffer must stay open and unchanged until `submit`
-    /// returns: the kernel reads them then.
-    pub unsafe fn push<'a>(&mut self, fd: RawFd, bufs: impl Iterator<Item = &'a [u8]>) -> usize {
+    /// Records one send in the arrays the ring will read; nothing is
+    /// queued in the ring yet.
+    fn record<'a>(&mut self, fd: RawFd, bufs: impl Iterator<Item = &'a [u8]>) -> usize {
         assert!(self.queued < BATCH, "push on a full batch");
         let i = self.queued;
+        self.fds.push(fd);
         let slots = &mut self.iovs[i * MAX_IOV..(i + 1) * MAX_IOV];
         let mut n = 0;
         for (slot, buf) in slots.iter_mut().zip(bufs) {
@@ -81,27 +102,36 @@ impl SendBatch {
         let msg = &mut self.msgs[i];
         msg.msg_iov = slots.as_mut_ptr();
         msg.msg_iovlen = n;
-        let entry = opcode::SendMsg::new(types::Fd(fd), msg as *const libc::msghdr)
-            .flags(libc::MSG_DONTWAIT as u32 | libc::MSG_NOSIGNAL as u32)
-            .build()
-            .user_data(i as u64);
-        // SAFETY: the entry points at `self.msgs[i]` and `self.iovs`, which
-        // live as long as `self` and do not move; the buffers they point at
-        // are the caller's promise above. The ring has room: at most BATCH
-        // entries are queued between submissions and it holds BATCH.
-        unsafe {
-            self.ring
-                .submission()
-                .push(&entry)
-                .expect("the submission queue holds a whole batch");
-        }
         self.queued += 1;
         i
     }
 
-    /// Submits the queued sends and waits for all of them. Result `i` is
-    /// what send `i` returned: bytes written, or `-errno`.
-    pub fn submit(&mut self) -> io::Result<&[i32]> {
+    /// Queues the recorded sends in the ring. Only [`Sends::submit`] calls
+    /// it, while the buffers and sockets are still borrowed.
+    fn enqueue(&mut self) {
+        let mut sq = self.ring.submission();
+        for (i, &fd) in self.fds.iter().enumerate() {
+            let msg = &self.msgs[i];
+            let entry = opcode::SendMsg::new(types::Fd(fd), msg as *const libc::msghdr)
+                .flags(libc::MSG_DONTWAIT as u32 | libc::MSG_NOSIGNAL as u32)
+                .build()
+                .user_data(i as u64);
+            // SAFETY: the entry points at `self.msgs[i]` and `self.iovs`,
+            // which live as long as `self` and do not move, and through
+            // them at buffers and a socket that the `Sends` calling this
+            // borrows until `submit` has waited for every completion. The
+            // ring has room: a batch holds at most BATCH sends and the ring
+            // holds BATCH, and every entry is completed before the next
+            // batch starts.
+            unsafe {
+                sq.push(&entry)
+                    .expect("the submission queue holds a whole batch");
+            }
+        }
+    }
+
+    /// Submits the queued sends and waits for all of them.
+    fn submit_and_wait_all(&mut self) -> io::Result<&[i32]> {
         let n = self.queued;
         self.results.clear();
         self.results.resize(n, -libc::ECANCELED);
@@ -116,7 +146,11 @@ impl SendBatch {
                 Ok(_) => submitted = true,
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) => {
-                    self.queued = 0;
+                    // Sends may be left in the ring, pointing at buffers
+                    // whose borrow ends with this call: the batch is never
+                    // used again (the caller drops it and writes with
+                    // `writev`).
+                    self.poisoned = true;
                     return Err(e);
                 }
             }
@@ -129,5 +163,32 @@ impl SendBatch {
         }
         self.queued = 0;
         Ok(&self.results)
+    }
+}
+
+/// One batch of sends in the making; see [`SendBatch::start`].
+///
+/// `'a` is how long the buffers and sockets of its sends are borrowed: at
+/// least until [`Sends::submit`] returns, so none can be freed, changed or
+/// closed while the kernel may read it.
+pub struct Sends<'a> {
+    batch: &'a mut SendBatch,
+    _borrows: PhantomData<(&'a [u8], BorrowedFd<'a>)>,
+}
+
+impl<'a> Sends<'a> {
+    /// Adds one send of `bufs` (the first [`MAX_IOV`]) on `fd`. Returns its
+    /// index in [`Sends::submit`]'s results. Panics on a full batch.
+    pub fn push(&mut self, fd: BorrowedFd<'a>, bufs: impl Iterator<Item = &'a [u8]>) -> usize {
+        self.batch.record(fd.as_raw_fd(), bufs)
+    }
+
+    /// Hands the sends to the kernel in one submission and waits for all of
+    /// them. Result `i` is what send `i` returned: bytes written, or
+    /// `-errno`.
+    pub fn submit(self) -> io::Result<&'a [i32]> {
+        let batch = self.batch;
+        batch.enqueue();
+        batch.submit_and_wait_all()
     }
 }
