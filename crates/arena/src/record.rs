@@ -70,6 +70,7 @@ pub fn encode_record(p: &Profile) -> Record {
         account: p.name.clone(),
         version: RECORD_VERSION,
         data: Bytes::from(stored.encode_to_vec()),
+        session: None,
     }
 }
 
@@ -119,11 +120,13 @@ mod tests {
         let newer = Record {
             version: 2,
             ..r.clone()
+            session: None,
         };
         assert!(decode_record(&newer).is_err());
         let garbage = Record {
             data: Bytes::from_static(b"\xff\xff\xff"),
             ..r
+            session: None,
         };
         assert!(decode_record(&garbage).is_err());
     }

@@ -349,6 +349,7 @@ fn a_player_who_drops_mid_match_resumes_into_it() {
             session_id: b.welcome.session_id,
             token: b.welcome.resume_token.clone(),
             frames_received: b.frames,
+            restart_token: Vec::new(),
         },
     );
     let seen = drain(&mut e);
@@ -438,6 +439,7 @@ fn a_resume_past_the_replay_buffer_gets_the_board_as_a_snapshot() {
             session_id: b.welcome.session_id,
             token: b.welcome.resume_token.clone(),
             frames_received: 0,
+            restart_token: Vec::new(),
         },
     );
     let msgs = drain(&mut e).remove(&b.conn).unwrap();
@@ -499,7 +501,7 @@ fn a_player_who_never_comes_back_forfeits_and_the_engine_lets_go() {
         e.pool_pages_in_use() > 0,
         "ann's session still holds frames"
     );
-    e.shutdown(20_000, CloseCode::ServerShutdown, "bye");
+    e.shutdown(20_000, CloseCode::ServerShutdown, "bye", 0);
     assert_eq!(e.game().player_count(), 0);
     assert_eq!(e.pool_pages_in_use(), 0, "no replay page leaks");
 }

@@ -6,14 +6,14 @@ use bytes::Bytes;
 use slab::Slab;
 use tether_proto::pb::{self, CloseCode};
 use tether_session::{
-    InputVerdict, PagePool, ResumePlan, ResumeRefused, ServerSession, SessionConfig, SessionId,
-    SessionState, TimerEvent,
+    InputVerdict, PagePool, ResumePlan, ResumeRefused, ResumeToken, ServerSession, SessionConfig,
+    SessionId, SessionState, TimerEvent,
 };
 use tracing::{debug, warn};
 
 use crate::game::{Ctx, Game, Outbox, PlayerId, Route, Undeliverable};
 use crate::host::{BusMsg, Host};
-use crate::record::{Record, Tx};
+use crate::record::{Record, SessionMark, Tx};
 use crate::stats::{EngineStats, RefusedResume};
 use crate::wire::{close_frame, input_ack_frame, resumed_frame, welcome_frame};
 
@@ -74,6 +74,9 @@ pub struct EngineConfig {
     pub storage_retry_after_ms: u32,
     /// Idle replay pages the pool keeps for reuse.
     pub pool_max_idle_pages: usize,
+    /// What clients are told to wait before resuming when the server stops
+    /// (see [`Engine::shutdown`]).
+    pub restart_retry_ms: u32,
 }
 
 impl Default for EngineConfig {
@@ -86,6 +89,7 @@ impl Default for EngineConfig {
             unplayed_grace_ms: 5_000,
             storage_retry_after_ms: 2_000,
             pool_max_idle_pages: 4096,
+            restart_retry_ms: 1_000,
         }
     }
 }
@@ -99,6 +103,19 @@ struct SessionSlot {
     player: PlayerId,
     account: String,
     conn: Option<ConnId>,
+    /// Sent in the Welcome, saved with every record: what lets a resume
+    /// bring the session back from storage (see [`SessionMark`]).
+    restart_token: [u8; 16],
+}
+
+impl SessionSlot {
+    fn mark(&self) -> SessionMark {
+        SessionMark {
+            session_id: self.session.id(),
+            restart_token: self.restart_token,
+            last_input: self.session.last_applied_input(),
+        }
+    }
 }
 
 /// A read-only view of one session, for admin pages and tests.
@@ -139,6 +156,8 @@ pub struct Engine<G: Game, H: Host<G::Remote>> {
     next_session: u64,
     /// Logins waiting for their record from storage, by load tag.
     loading: HashMap<u64, (ConnId, String)>,
+    /// Resumes of sessions not in memory, waiting for storage, by load tag.
+    restoring: HashMap<u64, (ConnId, pb::Resume)>,
     loading_by_conn: HashMap<ConnId, u64>,
     next_load_tag: u64,
     /// Transactions storage could not take yet (its queue was full), oldest
@@ -159,8 +178,14 @@ pub struct Engine<G: Game, H: Host<G::Remote>> {
 
 impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
     /// An engine whose first tick is due at `now`.
-    pub fn new(cfg: EngineConfig, game: G, host: H, now: u64) -> Self {
+    pub fn new(cfg: EngineConfig, game: G, mut host: H, now: u64) -> Self {
         let pool = PagePool::new(cfg.pool_max_idle_pages);
+        // Session ids outlive the process (they are saved for resumes after
+        // a restart): each run numbers from a random point of a 24-bit
+        // space, so a new run's ids do not meet an earlier run's.
+        let salt = host.resume_token().0;
+        let salt = u64::from(u32::from_le_bytes([salt[0], salt[1], salt[2], 0]));
+        let first_session = (salt << 32) | 1;
         Engine {
             cfg,
             game,
@@ -172,8 +197,9 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
             by_conn: HashMap::new(),
             by_id: HashMap::new(),
             by_account: HashMap::new(),
-            next_session: 1,
+            next_session: first_session,
             loading: HashMap::new(),
+            restoring: HashMap::new(),
             loading_by_conn: HashMap::new(),
             next_load_tag: 1,
             commit_retry: VecDeque::new(),
@@ -358,8 +384,12 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
         }
         self.stats.takeovers += 1;
         let token = self.host.resume_token();
+        let restart_token = self.host.resume_token().0;
         let slot = &mut self.sessions[idx];
         slot.session.take_over(token, &mut self.pool, now);
+        // A new numbering: a mark saved before it must not restore this
+        // session for the old client.
+        slot.restart_token = restart_token;
         let old = slot.conn.replace(conn);
         let player = slot.player;
         if let Some(old) = old {
@@ -449,11 +479,13 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
         if self.protecting {
             session.set_grace_frozen(true, now);
         }
+        let restart_token = self.host.resume_token().0;
         let idx = self.sessions.insert(SessionSlot {
             session,
             player,
             account: account.clone(),
             conn: Some(conn),
+            restart_token,
         });
         self.by_conn.insert(conn, idx);
         self.by_id.insert(id, idx);
@@ -479,6 +511,7 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
             heartbeat_timeout_ms: cfg.heartbeat_timeout_ms as u32,
             resume_grace_ms: cfg.zombie_grace_ms as u32,
             took_over,
+            restart_token: slot.restart_token.to_vec(),
         });
         self.transmits.push_back(Transmit::Frame { conn, frame });
     }
@@ -487,7 +520,7 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
     pub fn resume(&mut self, now: u64, conn: ConnId, resume: pb::Resume) {
         self.route_outbox(now);
         let Some(&idx) = self.by_id.get(&resume.session_id) else {
-            return self.refuse_resume(conn, RefusedResume::UnknownSession);
+            return self.restore(conn, resume);
         };
         let token = self.host.resume_token();
         let slot = &mut self.sessions[idx];
@@ -552,6 +585,134 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
         if was_zombie {
             self.game.link_changed(&ctx, player, false, &mut self.out);
         }
+        self.route_outbox(now);
+    }
+
+    /// A resume of a session this engine does not hold: one it may have
+    /// held before a restart or crash. Storage is asked for the record
+    /// saved with that session; [`Engine::session_loaded`] finishes.
+    fn restore(&mut self, conn: ConnId, resume: pb::Resume) {
+        let ours = (resume.session_id >> SESSION_SHARD_SHIFT) == u64::from(self.cfg.shard);
+        if !ours || resume.restart_token.len() != 16 || self.loading_by_conn.contains_key(&conn) {
+            return self.refuse_resume(conn, RefusedResume::UnknownSession);
+        }
+        let tag = self.next_load_tag;
+        self.next_load_tag += 1;
+        if self.host.load_session(resume.session_id, tag).is_err() {
+            self.close(
+                conn,
+                CloseCode::StorageUnavailable,
+                "storage is unavailable; retry later",
+                self.cfg.storage_retry_after_ms,
+            );
+            return;
+        }
+        self.restoring.insert(tag, (conn, resume));
+        self.loading_by_conn.insert(conn, tag);
+    }
+
+    /// Storage answered [`Host::load_session`] `tag`: the record whose saved
+    /// session is the one being resumed (its mark in `record.session`), or
+    /// none. A matching restart token brings the session back: the player
+    /// joins the game from the record, and the session continues the
+    /// client's frame count and the saved input count (see
+    /// [`ServerSession::restored`]).
+    pub fn session_loaded(
+        &mut self,
+        now: u64,
+        tag: u64,
+        result: Result<Option<Record>, LoadFailed>,
+    ) {
+        let Some((conn, resume)) = self.restoring.remove(&tag) else {
+            return; // the connection went away while loading
+        };
+        self.loading_by_conn.remove(&conn);
+        let record = match result {
+            Ok(Some(record)) => record,
+            Ok(None) => return self.refuse_resume(conn, RefusedResume::UnknownSession),
+            Err(e) => {
+                warn!(shard = self.cfg.shard, error = %e.0, "session load failed");
+                self.close(
+                    conn,
+                    CloseCode::StorageUnavailable,
+                    "storage is unavailable; retry later",
+                    self.cfg.storage_retry_after_ms,
+                );
+                return;
+            }
+        };
+        let Some(mark) = record.session.filter(|m| m.session_id == resume.session_id) else {
+            return self.refuse_resume(conn, RefusedResume::UnknownSession);
+        };
+        if !ResumeToken(mark.restart_token).matches(&resume.restart_token) {
+            return self.refuse_resume(conn, RefusedResume::BadToken);
+        }
+        let account = record.account.clone();
+        // Since the save, the account logged in again (or another resume
+        // of this session got here first): the saved session is over.
+        if self.by_id.contains_key(&mark.session_id)
+            || self.by_account.contains_key(&account)
+            || self.is_loading(&account)
+        {
+            return self.refuse_resume(conn, RefusedResume::UnknownSession);
+        }
+        if !self.host.claim(&account) {
+            self.close(
+                conn,
+                CloseCode::ServerBusy,
+                "login in progress elsewhere; retry",
+                0,
+            );
+            return;
+        }
+        self.route_outbox(now);
+        let ctx = self.ctx(now);
+        let player = match self.game.join(&ctx, &account, Some(record), &mut self.out) {
+            Ok(player) => player,
+            Err(e) => {
+                warn!(shard = self.cfg.shard, %account, error = %e, "stored record unreadable; resume refused");
+                self.host.release(&account);
+                self.out = Outbox::default();
+                return self.refuse_resume(conn, RefusedResume::UnknownSession);
+            }
+        };
+        let token = self.host.resume_token();
+        let token_bytes = token.0.to_vec();
+        let frames_base = resume.frames_received;
+        let mut session = ServerSession::restored(
+            mark.session_id,
+            token,
+            mark.last_input,
+            frames_base,
+            now,
+            self.cfg.session.clone(),
+        );
+        if self.protecting {
+            session.set_grace_frozen(true, now);
+        }
+        let idx = self.sessions.insert(SessionSlot {
+            session,
+            player,
+            account: account.clone(),
+            conn: Some(conn),
+            restart_token: mark.restart_token,
+        });
+        self.by_conn.insert(conn, idx);
+        self.by_id.insert(mark.session_id, idx);
+        self.by_account.insert(account, idx);
+        self.by_player.insert(player, idx);
+        self.host.population(1);
+        self.stats.active += 1;
+        self.stats.resumes_restored += 1;
+        let frame = resumed_frame(pb::Resumed {
+            session_id: mark.session_id,
+            resume_token: token_bytes,
+            mode: pb::ResumeMode::Snapshot as i32,
+            frames_base,
+            last_input_seq: mark.last_input,
+        });
+        self.transmits.push_back(Transmit::Frame { conn, frame });
+        // The snapshot the game pushed in `join` follows the Resumed.
         self.route_outbox(now);
     }
 
@@ -631,8 +792,10 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
     /// session, if any, becomes a zombie. Returns whether it had one.
     pub fn closed(&mut self, now: u64, conn: ConnId) -> bool {
         if let Some(tag) = self.loading_by_conn.remove(&conn) {
-            // Its answer finds no login and releases the claim.
+            // Its answer finds no login (and releases the claim) or no
+            // resume.
             self.loading.remove(&tag);
+            self.restoring.remove(&tag);
         }
         match self.by_conn.remove(&conn) {
             Some(idx) => {
@@ -696,7 +859,9 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
         }
         self.stats.logouts += 1;
         let ctx = self.ctx(now);
-        if let Some(record) = self.game.leave(&ctx, slot.player, &mut self.out) {
+        if let Some(mut record) = self.game.leave(&ctx, slot.player, &mut self.out) {
+            // The session is over: its saved mark goes with this record.
+            record.session = None;
             self.host.save_now(record);
         }
         slot.session.release(&mut self.pool);
@@ -767,6 +932,11 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
         // and writes every flush interval, off this thread.
         self.game.take_dirty(&mut self.dirty);
         if !self.dirty.is_empty() {
+            let mut dirty = std::mem::take(&mut self.dirty);
+            for record in &mut dirty {
+                record.session = self.mark_of(&record.account);
+            }
+            self.dirty = dirty;
             self.host.save_dirty(&mut self.dirty);
             self.dirty.clear();
         }
@@ -823,17 +993,50 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
         }
     }
 
-    /// Shutdown: every login waiting for storage and every session is told
-    /// `code`; every player leaves and is saved.
-    pub fn shutdown(&mut self, now: u64, code: CloseCode, message: &str) {
-        let loading: Vec<ConnId> = self.loading.drain().map(|(_, (conn, _))| conn).collect();
+    /// Shutdown: every player leaves the game and is saved *with its
+    /// session*, so the client can resume it from storage on the next run
+    /// (with its restart token, see [`Engine::session_loaded`]); every
+    /// connection, and every login or resume waiting for storage, is closed
+    /// with `code` and `retry_after_ms` (when to come back).
+    pub fn shutdown(&mut self, now: u64, code: CloseCode, message: &str, retry_after_ms: u32) {
+        let waiting: Vec<ConnId> = self
+            .loading
+            .drain()
+            .map(|(_, (conn, _))| conn)
+            .chain(self.restoring.drain().map(|(_, (conn, _))| conn))
+            .collect();
         self.loading_by_conn.clear();
-        for conn in loading {
-            self.close(conn, code, message, 0);
+        for conn in waiting {
+            self.close(conn, code, message, retry_after_ms);
         }
+        self.route_outbox(now);
+        let ctx = self.ctx(now);
         let all: Vec<usize> = self.sessions.iter().map(|(i, _)| i).collect();
         for idx in all {
-            self.end_session(now, idx, Some(code));
+            let mark = self.sessions[idx].mark();
+            let player = self.sessions[idx].player;
+            if let Some(mut record) = self.game.leave(&ctx, player, &mut self.out) {
+                record.session = Some(mark);
+                self.host.save_now(record);
+            }
+            // Whatever else the game saved for it keeps the mark too.
+            self.route_outbox(now);
+            let mut slot = self.sessions.remove(idx);
+            if slot.conn.is_some() {
+                self.stats.active -= 1;
+            } else {
+                self.stats.zombies -= 1;
+            }
+            slot.session.release(&mut self.pool);
+            self.by_player.remove(&slot.player);
+            self.by_id.remove(&slot.session.id());
+            self.by_account.remove(&slot.account);
+            self.host.release(&slot.account);
+            self.host.population(-1);
+            if let Some(conn) = slot.conn {
+                self.by_conn.remove(&conn);
+                self.close(conn, code, message, retry_after_ms);
+            }
         }
         self.route_outbox(now);
     }
@@ -885,7 +1088,8 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
             for (route, msg) in std::mem::take(&mut self.out.remote) {
                 self.route_remote(now, route, msg);
             }
-            for record in std::mem::take(&mut self.out.saves) {
+            for mut record in std::mem::take(&mut self.out.saves) {
+                record.session = self.mark_of(&record.account);
                 self.host.save_now(record);
             }
             for tx in std::mem::take(&mut self.out.commits) {
@@ -929,7 +1133,8 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
     }
 
     /// Hands a transaction to storage; the game hears of it in `committed`.
-    fn commit(&mut self, now: u64, tx: Tx) {
+    fn commit(&mut self, now: u64, mut tx: Tx) {
+        tx.record.session = self.mark_of(&tx.record.account);
         let tx = if self.commit_retry.is_empty() {
             let result = self.host.commit(tx);
             self.refresh_can_commit();
@@ -963,6 +1168,13 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
             }
         }
         self.refresh_can_commit();
+    }
+
+    /// The mark saved with `account`'s records: its session as it is now,
+    /// or none when it has no session.
+    fn mark_of(&self, account: &str) -> Option<SessionMark> {
+        let idx = *self.by_account.get(account)?;
+        Some(self.sessions[idx].mark())
     }
 
     fn close(&mut self, conn: ConnId, code: CloseCode, message: &str, retry_after_ms: u32) {

@@ -43,6 +43,9 @@ pub struct EngineStats {
     pub takeovers: u64,
     pub resumes_replay: u64,
     pub resumes_snapshot: u64,
+    /// Sessions brought back from storage by a resume (after a restart,
+    /// an upgrade or a crash).
+    pub resumes_restored: u64,
     pub resumes_refused: [u64; 3],
     pub replayed_frames: u64,
     pub duplicate_inputs: u64,
@@ -63,6 +66,7 @@ impl Default for EngineStats {
             takeovers: 0,
             resumes_replay: 0,
             resumes_snapshot: 0,
+            resumes_restored: 0,
             resumes_refused: [0; 3],
             replayed_frames: 0,
             duplicate_inputs: 0,

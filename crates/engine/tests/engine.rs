@@ -43,6 +43,7 @@ fn record(account: &str, total: u64) -> Record {
         account: account.into(),
         version: 1,
         data: Bytes::from(total.to_le_bytes().to_vec()),
+        session: None,
     }
 }
 
@@ -164,7 +165,10 @@ impl Game for Counter {
 struct MemHost {
     stored: HashMap<String, Record>,
     loads: VecDeque<(String, u64)>,
+    session_loads: VecDeque<(u64, u64)>,
     dirty: Vec<Record>,
+    /// Every record handed to storage, in order (what a flush writes).
+    writes: Vec<Record>,
     saved_now: Vec<Record>,
     commits: VecDeque<Tx>,
     /// How many more commits storage takes before its queue is "full".
@@ -188,11 +192,20 @@ impl Host<u64> for MemHost {
         self.loads.push_back((account.into(), tag));
         Ok(())
     }
+    fn load_session(&mut self, session_id: u64, tag: u64) -> Result<(), StorageBusy> {
+        if self.refuse_loads {
+            return Err(StorageBusy);
+        }
+        self.session_loads.push_back((session_id, tag));
+        Ok(())
+    }
     fn save_dirty(&mut self, records: &mut Vec<Record>) {
+        self.writes.extend(records.iter().cloned());
         self.dirty.append(records);
     }
     fn save_now(&mut self, record: Record) {
         self.stored.insert(record.account.clone(), record.clone());
+        self.writes.push(record.clone());
         self.saved_now.push(record);
     }
     fn commit(&mut self, tx: Tx) -> Result<(), Tx> {
@@ -252,6 +265,10 @@ impl Host<u64> for MemHost {
 type Sut = Engine<Counter, MemHost>;
 
 fn engine() -> Sut {
+    engine_on(MemHost::default())
+}
+
+fn engine_on(host: MemHost) -> Sut {
     let cfg = EngineConfig {
         shard: 0,
         session: SessionConfig {
@@ -265,7 +282,15 @@ fn engine() -> Sut {
         tick_ms: 50,
         ..EngineConfig::default()
     };
-    Engine::new(cfg, Counter::default(), MemHost::default(), 0)
+    Engine::new(cfg, Counter::default(), host, 0)
+}
+
+/// A record without its session mark, to compare the game's part.
+fn unmarked(r: &Record) -> Record {
+    Record {
+        session: None,
+        ..r.clone()
+    }
 }
 
 fn conn(n: u32) -> ConnId {
@@ -378,6 +403,7 @@ fn inputs_are_applied_once_each_across_a_resume() {
             session_id: w.session_id,
             token: w.resume_token.clone(),
             frames_received: 2,
+            restart_token: Vec::new(),
         },
     );
     for seq in 2..=4 {
@@ -410,6 +436,7 @@ fn a_wrong_token_or_unknown_session_is_refused_without_harm() {
             session_id: w.session_id,
             token: vec![0; 16],
             frames_received: 0,
+            restart_token: Vec::new(),
         },
     );
     e.resume(
@@ -419,6 +446,7 @@ fn a_wrong_token_or_unknown_session_is_refused_without_harm() {
             session_id: 999,
             token: w.resume_token.clone(),
             frames_received: 0,
+            restart_token: Vec::new(),
         },
     );
     let seen = drain(&mut e);
@@ -564,6 +592,7 @@ fn storage_that_cannot_take_a_load_refuses_the_login_and_releases_the_account() 
             account: "ann".into(),
             version: 1,
             data: Bytes::from_static(b"x"),
+            session: None,
         },
     );
     e.login(3, conn(3), "ann".into());
@@ -600,7 +629,9 @@ fn a_transaction_is_told_to_the_player_only_once_committed() {
         .commits
         .pop_front()
         .expect("the transaction went to storage");
-    assert_eq!(tx.record, record("ann", 100));
+    // The record carries the session as of the input that made it.
+    assert_eq!(tx.record.session.map(|m| m.last_input), Some(1));
+    assert_eq!(unmarked(&tx.record), record("ann", 100));
     e.committed(2, tx);
     assert_eq!(pongs(&drain(&mut e)[&conn(1)].msgs), vec![1_000_001]);
 }
@@ -645,7 +676,9 @@ fn write_behind_gets_what_changed_each_tick() {
     e.input(1, conn(1), 2, 0, Some(2));
     let next = e.next_tick();
     e.tick(next);
-    assert_eq!(e.host().dirty.last(), Some(&record("ann", 4)));
+    let saved = e.host().dirty.last().expect("a write-behind record");
+    assert_eq!(unmarked(saved), record("ann", 4));
+    assert_eq!(saved.session.map(|m| m.last_input), Some(2));
     let next = e.next_tick();
     e.tick(next);
     let n = e.host().dirty.len();
@@ -708,7 +741,7 @@ fn shutdown_saves_everyone_and_closes_every_connection() {
     login(&mut e, 0, conn(2), "bob");
     e.closed(1, conn(2));
     e.login(2, conn(3), "cid".into()); // still loading
-    e.shutdown(3, CloseCode::ServerShutdown, "bye");
+    e.shutdown(3, CloseCode::ServerShutdown, "bye", 0);
     let seen = drain(&mut e);
     assert_eq!(seen[&conn(1)].closed, Some(CloseCode::ServerShutdown));
     assert_eq!(seen[&conn(3)].closed, Some(CloseCode::ServerShutdown));
@@ -845,4 +878,199 @@ fn a_game_that_ignores_can_commit_cannot_grow_the_backlog_without_bound() {
         total as u64,
         "the newest were handed back"
     );
+}
+
+// ----- sessions after a restart -------------------------------------------------
+
+/// Storage as a restarted process finds it: what was saved promptly, then
+/// the write-behind records (the flush).
+fn storage_after(e: &mut Sut) -> MemHost {
+    let mut stored = HashMap::new();
+    for r in e.host_mut().writes.drain(..) {
+        stored.insert(r.account.clone(), r);
+    }
+    MemHost {
+        stored,
+        next_token: 100,
+        ..MemHost::default()
+    }
+}
+
+fn restarted(host: MemHost) -> Sut {
+    engine_on(host)
+}
+
+/// Answers the engine's load by session id from the host's store.
+fn answer_session_load(e: &mut Sut, now: u64) {
+    let (id, tag) = e
+        .host_mut()
+        .session_loads
+        .pop_front()
+        .expect("a session load was asked for");
+    let found = e
+        .host()
+        .stored
+        .values()
+        .find(|r| r.session.is_some_and(|m| m.session_id == id))
+        .cloned();
+    e.session_loaded(now, tag, Ok(found));
+}
+
+fn resume_of(w: &pb::Welcome, frames_received: u64) -> pb::Resume {
+    pb::Resume {
+        session_id: w.session_id,
+        token: w.resume_token.clone(),
+        frames_received,
+        restart_token: w.restart_token.clone(),
+    }
+}
+
+#[test]
+fn a_session_comes_back_from_storage_after_a_crash_with_inputs_applied_once() {
+    let mut e = engine();
+    let w = login(&mut e, 0, conn(1), "ann");
+    assert_eq!(w.restart_token.len(), 16);
+    for seq in 1..=3 {
+        e.input(10, conn(1), seq, 0, Some(1));
+    }
+    e.tick(50); // write-behind hands over ann with her session mark
+    drain(&mut e);
+    let saved = e.host().dirty.last().cloned().expect("a write-behind record");
+    assert_eq!(
+        saved.session.map(|m| (m.session_id, m.last_input)),
+        Some((w.session_id, 3))
+    );
+    // The process dies; a new one starts on what storage holds.
+    let mut e = restarted(storage_after(&mut e));
+    // The client saw the snapshot and three answers (4 frames); inputs 2 and
+    // 3 were never acknowledged, so it re-sends them with a new 4.
+    e.resume(1_000, conn(7), resume_of(&w, 4));
+    answer_session_load(&mut e, 1_010);
+    for seq in 2..=4 {
+        e.input(1_020, conn(7), seq, 0, Some(1));
+    }
+    let seen = drain(&mut e);
+    let msgs = &seen[&conn(7)].msgs;
+    let Msg::Resumed(r) = &msgs[0] else {
+        panic!("Resumed first, got {:?}", msgs[0])
+    };
+    assert_eq!(r.mode, pb::ResumeMode::Snapshot as i32);
+    assert_eq!((r.frames_base, r.last_input_seq), (4, 3));
+    assert_ne!(r.resume_token, w.resume_token, "a fresh resume token");
+    // The snapshot from the saved record (3), then input 4 only.
+    assert_eq!(pongs(&msgs[1..]), vec![3, 4]);
+    assert_eq!(e.stats().duplicate_inputs, 2);
+    assert_eq!(e.stats().resumes_restored, 1);
+    assert_eq!(e.host().population, 1);
+    // It is a session like any other from here: the next save has its mark.
+    e.tick(1_050);
+    let saved = e.host().dirty.last().cloned().unwrap();
+    assert_eq!(saved.session.map(|m| m.last_input), Some(4));
+    assert_eq!(saved.session.map(|m| m.restart_token.to_vec()), Some(w.restart_token.clone()));
+}
+
+#[test]
+fn inputs_acknowledged_after_the_last_save_are_skipped_not_refused() {
+    let mut e = engine();
+    let w = login(&mut e, 0, conn(1), "ann");
+    e.input(10, conn(1), 1, 0, Some(1));
+    e.tick(50); // saved with last input 1
+    // Inputs 2 and 3 are applied and acknowledged, then the process dies
+    // before the next save: they are lost with it.
+    e.input(60, conn(1), 2, 0, Some(1));
+    e.input(60, conn(1), 3, 0, Some(1));
+    e.host_mut()
+        .writes
+        .retain(|r| r.session.is_some_and(|m| m.last_input <= 1));
+    let mut e = restarted(storage_after(&mut e));
+    e.resume(1_000, conn(7), resume_of(&w, 2));
+    answer_session_load(&mut e, 1_000);
+    // The client re-sends only what was never acknowledged: 4.
+    e.input(1_010, conn(7), 4, 0, Some(1));
+    let seen = drain(&mut e);
+    assert_eq!(seen[&conn(7)].closed, None, "no INPUT_SEQ_GAP");
+    assert_eq!(pongs(&seen[&conn(7)].msgs[1..]), vec![1, 2]);
+}
+
+#[test]
+fn a_planned_stop_saves_every_session_and_says_when_to_come_back() {
+    let mut e = engine();
+    let w = login(&mut e, 0, conn(1), "ann");
+    e.input(10, conn(1), 1, 0, Some(5));
+    e.shutdown(20, CloseCode::ServerShutdown, "restarting", 750);
+    let mut closes = Vec::new();
+    while let Some(t) = e.poll_transmit() {
+        if let Transmit::Close { frame, .. } = t {
+            closes.push(decode(&frame));
+        }
+    }
+    let [Msg::Close(c)] = &closes[..] else {
+        panic!("one Close, got {closes:?}")
+    };
+    assert_eq!(c.code, CloseCode::ServerShutdown as i32);
+    assert_eq!(c.retry_after_ms, 750);
+    let saved = e.host().stored["ann"].clone();
+    assert_eq!(saved.session.map(|m| m.last_input), Some(1));
+    // The next process resumes it: nothing to skip, nothing lost.
+    let mut e = restarted(storage_after(&mut e));
+    e.resume(1_000, conn(2), resume_of(&w, 2));
+    answer_session_load(&mut e, 1_000);
+    let seen = drain(&mut e);
+    let Msg::Resumed(r) = &seen[&conn(2)].msgs[0] else {
+        panic!("Resumed")
+    };
+    assert_eq!(r.last_input_seq, 1);
+    assert_eq!(pongs(&seen[&conn(2)].msgs[1..]), vec![5]);
+}
+
+#[test]
+fn an_ended_session_or_a_wrong_restart_token_is_not_restored() {
+    let mut e = engine();
+    let ann = login(&mut e, 0, conn(1), "ann");
+    let bob = login(&mut e, 0, conn(2), "bob");
+    e.input(10, conn(1), 1, 0, Some(1));
+    e.input(10, conn(2), 1, 0, Some(1));
+    e.tick(50);
+    e.logout(60, conn(2)); // bob's session is over: its mark is deleted
+    drain(&mut e);
+    assert_eq!(e.host().stored["bob"].session, None);
+    let mut e = restarted(storage_after(&mut e));
+    let mut forged = resume_of(&ann, 2);
+    forged.restart_token = vec![0; 16];
+    e.resume(1_000, conn(7), forged);
+    answer_session_load(&mut e, 1_000);
+    e.resume(1_000, conn(8), resume_of(&bob, 2));
+    answer_session_load(&mut e, 1_000);
+    // Without a restart token only a session in memory can be resumed.
+    let mut bare = resume_of(&ann, 2);
+    bare.restart_token.clear();
+    e.resume(1_000, conn(9), bare);
+    let seen = drain(&mut e);
+    for c in [conn(7), conn(8), conn(9)] {
+        assert_eq!(seen[&c].closed, Some(CloseCode::ResumeRefused), "{c:?}");
+    }
+    assert_eq!(e.stats().refused(RefusedResume::BadToken), 1);
+    assert_eq!(e.stats().refused(RefusedResume::UnknownSession), 2);
+    assert_eq!((e.session_count(), e.host().population), (0, 0));
+    assert!(e.host().claims.is_empty(), "no account left claimed");
+    // The real client still gets in.
+    e.resume(1_100, conn(10), resume_of(&ann, 2));
+    answer_session_load(&mut e, 1_100);
+    assert!(matches!(drain(&mut e)[&conn(10)].msgs[0], Msg::Resumed(_)));
+}
+
+#[test]
+fn a_login_since_the_save_wins_over_the_saved_session() {
+    let mut e = engine();
+    let w = login(&mut e, 0, conn(1), "ann");
+    e.tick(50);
+    let mut e = restarted(storage_after(&mut e));
+    // Ann logs in afresh on the new process, then an old client of hers
+    // tries to resume the saved session.
+    login(&mut e, 1_000, conn(2), "ann");
+    e.resume(1_010, conn(3), resume_of(&w, 1));
+    answer_session_load(&mut e, 1_010);
+    let seen = drain(&mut e);
+    assert_eq!(seen[&conn(3)].closed, Some(CloseCode::ResumeRefused));
+    assert_eq!(e.session_count(), 1);
 }

@@ -82,6 +82,10 @@ pub struct Config {
     /// On SIGTERM / SIGINT, how long storage may take to write what it holds
     /// before the server exits anyway (logging what it could not write).
     pub shutdown_timeout_ms: u64,
+    /// On SIGTERM / SIGINT, when clients are told to come back
+    /// (`Close.retry_after_ms`): they then resume their sessions, which the
+    /// server saved with every character, on the next process.
+    pub restart_retry_ms: u64,
     pub auth: AuthMode,
     /// HMAC secret for ticket auth (required when auth = "ticket").
     pub ticket_secret: Option<String>,
@@ -222,6 +226,7 @@ impl Default for Config {
             store: None,
             flush_interval_ms: 5_000,
             shutdown_timeout_ms: 10_000,
+            restart_retry_ms: 1_000,
             auth: AuthMode::Dev,
             ticket_secret: None,
             takeover: TakeoverPolicy::TakeOver,
@@ -305,6 +310,9 @@ pub struct Overrides {
     /// On SIGTERM, the longest wait for storage to take the last writes, ms [default: 10000].
     #[arg(long, env = "TETHER_SHUTDOWN_TIMEOUT_MS")]
     pub shutdown_timeout_ms: Option<u64>,
+    /// On SIGTERM, when clients are told to come back and resume, ms [default: 1000].
+    #[arg(long, env = "TETHER_RESTART_RETRY_MS")]
+    pub restart_retry_ms: Option<u64>,
     /// Authentication: dev (any name) or ticket (signed tickets) [default: dev].
     #[arg(long, env = "TETHER_AUTH")]
     pub auth: Option<AuthMode>,
@@ -521,6 +529,7 @@ impl Config {
             data_dir,
             flush_interval_ms,
             shutdown_timeout_ms,
+            restart_retry_ms,
             auth,
             takeover,
             pvp,
@@ -610,6 +619,9 @@ impl Config {
         }
         if !(100..=600_000).contains(&self.shutdown_timeout_ms) {
             return err("shutdown_timeout_ms must be 100..=600000");
+        }
+        if self.restart_retry_ms > 600_000 {
+            return err("restart_retry_ms must be 0..=600000");
         }
         if self.write_queue_cap_bytes < 4096 {
             return err("write_queue_cap_bytes must be at least 4096");

@@ -112,6 +112,12 @@ impl<R> Host<R> for ShardHost<R> {
         self.store.load(account, tag).map_err(|_| StorageBusy)
     }
 
+    fn load_session(&mut self, session_id: u64, tag: u64) -> Result<(), StorageBusy> {
+        self.store
+            .load_session(session_id, tag)
+            .map_err(|_| StorageBusy)
+    }
+
     fn save_dirty(&mut self, records: &mut Vec<Record>) {
         self.store.mark_dirty_all(records.drain(..));
     }
@@ -211,6 +217,7 @@ pub fn engine_config(cfg: &Config, shard: u16) -> EngineConfig {
         unplayed_grace_ms: cfg.unplayed_zombie_grace_ms,
         storage_retry_after_ms: STORAGE_RETRY_AFTER_MS,
         pool_max_idle_pages: POOL_MAX_IDLE_PAGES,
+        restart_retry_ms: cfg.restart_retry_ms.min(u64::from(u32::MAX)) as u32,
     }
 }
 
@@ -376,6 +383,10 @@ impl<G: Game> Shard<G> {
                 let result = result.map_err(|e| LoadFailed(e.to_string()));
                 self.engine.loaded(now, account, tag, result);
             }
+            StoreEvent::SessionLoaded { tag, result, .. } => {
+                let result = result.map_err(|e| LoadFailed(e.to_string()));
+                self.engine.session_loaded(now, tag, result);
+            }
             StoreEvent::Committed(tx) => self.engine.committed(now, tx),
             StoreEvent::Rejected { tx, error } => {
                 // Never confirmed to the player; the store logged and counted it.
@@ -473,6 +484,7 @@ impl<G: Game> Shard<G> {
         for (mode, new, old) in [
             ("replay", s.resumes_replay, e.resumes_replay),
             ("snapshot", s.resumes_snapshot, e.resumes_snapshot),
+            ("restored", s.resumes_restored, e.resumes_restored),
         ] {
             if new > old {
                 m.resumes
@@ -558,13 +570,19 @@ impl<G: Game> Shard<G> {
         }
     }
 
-    /// Shutdown: save every player, tell every client the server is
-    /// restarting, and tell the I/O threads this shard is done.
+    /// Shutdown: save every player with its session, tell every client when
+    /// to come back and resume it, and tell the I/O threads this shard is
+    /// done.
     fn stop(&mut self) {
         let now = self.refresh_now();
         let n = self.engine.session_count();
-        self.engine
-            .shutdown(now, CloseCode::ServerShutdown, "server shutting down");
+        let retry = self.engine.config().restart_retry_ms;
+        self.engine.shutdown(
+            now,
+            CloseCode::ServerShutdown,
+            "server restarting; resume your session",
+            retry,
+        );
         self.take_transmits();
         self.export_stats();
         for io in 0..self.io.len() {

@@ -88,6 +88,7 @@ fn resume(addr: SocketAddr, old: &TestClient, source: &str) -> (TestClient, Opti
         session_id: old.session_id,
         token: old.token.clone(),
         frames_received: old.frames,
+        restart_token: Vec::new(),
     }));
     let reply = c.recv();
     (c, reply)

@@ -16,6 +16,7 @@ fn resume(addr: std::net::SocketAddr, old: &TestClient, token: &[u8]) -> (TestCl
         session_id: old.session_id,
         token: token.to_vec(),
         frames_received: old.frames,
+        restart_token: Vec::new(),
     }));
     let reply = c.recv();
     (c, reply)
@@ -82,6 +83,7 @@ fn a_dropped_player_resumes_and_misses_nothing() {
         session_id: 12345,
         token: vec![0; 16],
         frames_received: 0,
+        restart_token: Vec::new(),
     }));
     assert_eq!(close_code(&stranger.recv()), Some(CloseCode::ResumeRefused));
 }

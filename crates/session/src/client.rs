@@ -157,6 +157,8 @@ pub struct ClientSession {
     silence_ms: u64,
     session_id: Option<SessionId>,
     token: Vec<u8>,
+    /// From the Welcome; fixed for the session (see `Resume.restart_token`).
+    restart_token: Vec<u8>,
     established: bool,
     frames_received: u64,
     /// `frames_received` as of the last ack written.
@@ -178,6 +180,7 @@ impl ClientSession {
             cfg,
             session_id: None,
             token: Vec::new(),
+            restart_token: Vec::new(),
             established: false,
             frames_received: 0,
             frames_acked_sent: 0,
@@ -238,6 +241,7 @@ impl ClientSession {
                 session_id,
                 token: self.token.clone(),
                 frames_received: self.frames_received,
+                restart_token: self.restart_token.clone(),
             })),
         })
     }
@@ -363,6 +367,7 @@ impl ClientSession {
         }
         self.session_id = Some(w.session_id);
         self.token = w.resume_token.clone();
+        self.restart_token = w.restart_token.clone();
         self.frames_received = 0;
         self.next_input_seq = Some(1);
         self.acked_input = 0;
@@ -613,7 +618,8 @@ mod tests {
             Some(ClientMsg::Resume(pb::Resume {
                 session_id: 1,
                 token: vec![1; 16],
-                frames_received: 0
+                frames_received: 0,
+                restart_token: Vec::new(),
             }))
         );
     }

@@ -147,6 +147,15 @@ impl ReplayBuffer {
         }
     }
 
+    /// An empty buffer whose first frame will be number `first`: the count of
+    /// a session that continues one a client already counted frames of.
+    pub fn starting_at(first: u64) -> Self {
+        ReplayBuffer {
+            first: first.max(1),
+            ..ReplayBuffer::new()
+        }
+    }
+
     /// Frames held.
     pub fn len(&self) -> usize {
         self.len

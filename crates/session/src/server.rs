@@ -264,6 +264,12 @@ pub struct ServerSession {
     /// so frames are numbered but not kept until the session goes live.
     replay_abandoned: bool,
     last_applied: u32,
+    /// Restored from storage: the first input may skip numbers (see
+    /// [`ServerSession::restored`]).
+    first_input_may_skip: bool,
+    /// Input numbers skipped that way (applied by the lost process after its
+    /// last save: lost with it).
+    inputs_skipped: u64,
     /// Inputs applied since the last `InputAck`, and when that ack is due.
     inputs_unacked: u32,
     input_ack_due_ms: Option<u64>,
@@ -294,6 +300,8 @@ impl ServerSession {
             detached_next: 1,
             replay_abandoned: false,
             last_applied: 0,
+            first_input_may_skip: false,
+            inputs_skipped: 0,
             inputs_unacked: 0,
             input_ack_due_ms: None,
             last_heard_ms: now_ms,
@@ -304,6 +312,43 @@ impl ServerSession {
             grace_running_since_ms: None,
             expired: false,
         }
+    }
+
+    /// A session brought back from storage by a resume, after the process
+    /// that held it is gone (a restart, an upgrade, a crash). Live, with
+    /// nothing to replay: the caller answers `Resumed` in snapshot mode with
+    /// `frames_base` (the client's own count, so its next frame is
+    /// `frames_base + 1`) and `last_input_seq = last_applied`, the last
+    /// input the saved state reflects.
+    ///
+    /// Inputs continue exactly once from `last_applied`, with one allowance:
+    /// the first input may skip ahead. The client re-sends only inputs the
+    /// lost process never acknowledged; any acknowledged after the last save
+    /// were applied by that process and lost with it (counted in
+    /// [`ServerSession::inputs_skipped`]), and applying them now could apply
+    /// one twice.
+    pub fn restored(
+        id: SessionId,
+        token: ResumeToken,
+        last_applied: u32,
+        frames_base: u64,
+        now_ms: u64,
+        cfg: SessionConfig,
+    ) -> Self {
+        let mut session = ServerSession::new(id, token, now_ms, cfg);
+        session.replay = ReplayBuffer::starting_at(frames_base + 1);
+        session.frames_acked = frames_base;
+        session.detached_next = frames_base + 1;
+        session.resumed_at_count = frames_base;
+        session.last_applied = last_applied;
+        session.first_input_may_skip = true;
+        session
+    }
+
+    /// Input numbers a restored session skipped (see
+    /// [`ServerSession::restored`]).
+    pub fn inputs_skipped(&self) -> u64 {
+        self.inputs_skipped
     }
 
     pub fn id(&self) -> SessionId {
@@ -444,8 +489,12 @@ impl ServerSession {
             return Ok(InputVerdict::Duplicate);
         }
         let expected = self.last_applied + 1;
+        let may_skip = std::mem::take(&mut self.first_input_may_skip);
         if seq != expected {
-            return Err(SessionError::InputSeqGap { expected, got: seq });
+            if !may_skip {
+                return Err(SessionError::InputSeqGap { expected, got: seq });
+            }
+            self.inputs_skipped += u64::from(seq - expected);
         }
         self.last_applied = seq;
         self.inputs_unacked += 1;
@@ -572,6 +621,7 @@ impl ServerSession {
         self.replay.restart_numbering(pool);
         self.frames_acked = 0;
         self.last_applied = 0;
+        self.first_input_may_skip = false;
         self.go_live(now_ms);
         self.frames_sent()
     }
@@ -1113,5 +1163,42 @@ mod tests {
         );
         s.detach(0);
         assert_eq!(fire(&mut s, 0), vec![TimerEvent::ZombieExpired]);
+    }
+
+    #[test]
+    fn restored_session_continues_the_clients_count() {
+        let mut pool = PagePool::new(8);
+        let mut s = ServerSession::restored(7, tok(3), 40, 500, T0, cfg());
+        assert_eq!(s.state(), SessionState::Live);
+        assert_eq!(s.frames_sent(), 500);
+        assert_eq!(s.last_applied_input(), 40);
+        assert_eq!(s.push_frame(frame(1), &mut pool, T0), 501);
+        // Acks count from the client's own base; the next resume replays.
+        s.on_ack(501, &mut pool, T0).unwrap();
+        s.detach(T0);
+        push(&mut s, &mut pool, 2, T0);
+        match s.resume(&[3; 16], 501, tok(4), &mut pool, T0).unwrap() {
+            ResumePlan::Replay(frames) => assert_eq!(frames.len(), 2),
+            ResumePlan::Snapshot { .. } => panic!("every frame after 501 is held"),
+        }
+    }
+
+    #[test]
+    fn restored_session_lets_only_its_first_input_skip() {
+        let mut s = ServerSession::restored(7, tok(3), 40, 0, T0, cfg());
+        // Old numbers stay applied once.
+        assert_eq!(s.check_input(40, T0).unwrap(), InputVerdict::Duplicate);
+        // 41..=44 were acknowledged by the lost process: the client re-sends
+        // from 45.
+        assert_eq!(s.check_input(45, T0).unwrap(), InputVerdict::Apply);
+        assert_eq!(s.inputs_skipped(), 4);
+        assert_eq!(s.check_input(46, T0).unwrap(), InputVerdict::Apply);
+        assert!(matches!(
+            s.check_input(48, T0),
+            Err(SessionError::InputSeqGap { expected: 47, got: 48 })
+        ));
+        // A session that was never restored allows no skip.
+        let mut fresh = session();
+        assert!(fresh.check_input(2, T0).is_err());
     }
 }

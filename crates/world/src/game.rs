@@ -98,6 +98,7 @@ fn encode_fields(
         version: RECORD_VERSION,
         data: Bytes::from(buf),
     }
+    session: None,
 }
 
 /// Reads a stored character, of any version this build knows.
@@ -416,6 +417,7 @@ mod tests {
             account: "ann".into(),
             version: 0,
             data: Bytes::from(text.as_bytes().to_vec()),
+            session: None,
         }
     }
 
@@ -493,11 +495,13 @@ mod tests {
         let future = Record {
             version: RECORD_VERSION + 1,
             ..legacy("")
+            session: None,
         };
         assert!(decode_record(&future).is_err());
         let garbage = Record {
             version: RECORD_VERSION,
             ..legacy("\u{ff}\u{ff}\u{ff}")
+            session: None,
         };
         assert!(decode_record(&garbage).is_err());
     }

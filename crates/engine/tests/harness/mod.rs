@@ -219,6 +219,7 @@ impl World {
             account: account.to_string(),
             version: 1,
             data: Bytes::from(data),
+            session: None,
         }
     }
 
@@ -419,6 +420,8 @@ pub struct SimHost {
     pub stored: BTreeMap<String, Record>,
     /// Loads asked for and not yet picked up by the [`Server`].
     loads: Vec<(String, u64)>,
+    /// Loads by saved session id, likewise.
+    session_loads: Vec<(u64, u64)>,
     /// The account directory: which shard holds each account's session.
     pub claims: BTreeMap<String, u16>,
     pub population: isize,
@@ -430,6 +433,7 @@ impl SimHost {
             rng: SmallRng::seed_from_u64(cfg.seed ^ 0x7365_7276),
             stored: BTreeMap::new(),
             loads: Vec::new(),
+            session_loads: Vec::new(),
             claims: BTreeMap::new(),
             population: 0,
         }
@@ -443,6 +447,11 @@ impl Host<()> for SimHost {
 
     fn load(&mut self, account: &str, tag: u64) -> Result<(), StorageBusy> {
         self.loads.push((account.to_string(), tag));
+        Ok(())
+    }
+
+    fn load_session(&mut self, session_id: u64, tag: u64) -> Result<(), StorageBusy> {
+        self.session_loads.push((session_id, tag));
         Ok(())
     }
 
@@ -1012,6 +1021,20 @@ impl Server {
                 .push_back((now + self.load_delay_ms, account, tag));
         }
         self.answer_loads(net, now);
+        // Resumes of sessions the engine no longer holds (expired): storage
+        // answers at once from what it holds.
+        let asked = std::mem::take(&mut self.engine.host_mut().session_loads);
+        for (id, tag) in asked {
+            let stored = self
+                .engine
+                .host()
+                .stored
+                .values()
+                .find(|r| r.session.is_some_and(|m| m.session_id == id))
+                .cloned();
+            self.engine.session_loaded(now, tag, Ok(stored));
+            self.flush(net, now);
+        }
         for link in welcomed {
             let held = self.awaiting_welcome.remove(&link).unwrap_or_default();
             for packet in held {
