@@ -124,7 +124,8 @@ wait_health() {
 }
 
 # A metric's value summed over its label sets, from /metrics (empty when
-# the server does not answer).
+# the server does not answer). `metric NAME LABEL=VALUE` sums only the
+# series with that label.
 metric() {
     "$python" -c "
 import urllib.request
@@ -137,7 +138,11 @@ for line in text.splitlines():
     if line.startswith('#'):
         continue
     parts = line.split()
-    if len(parts) >= 2 and parts[0].split('{')[0] == '$1':
+    want = '${2:-}'
+    if want and '=' in want:
+        k, v = want.split('=', 1)
+        want = k + '="' + v + '"'
+    if len(parts) >= 2 and parts[0].split('{')[0] == '$1' and want in parts[0]:
         total += float(parts[1])
         seen = True
 if seen:

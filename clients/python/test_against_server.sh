@@ -44,7 +44,8 @@ trap 'exit 143' TERM
 
 
 start_server() {
-    read -r game_port admin_port < <(pick_ports)
+    # A restart keeps the ports (the client comes back to the same address).
+    [[ "${1:-}" == "--same-ports" ]] || read -r game_port admin_port < <(pick_ports)
     RUST_BACKTRACE=0 "$server" --listen "127.0.0.1:$game_port" --admin-listen "127.0.0.1:$admin_port" \
         --data-dir "$tmp/data" --log warn >"$tmp/server.log" 2>&1 &
     server_pid=$!
@@ -84,5 +85,43 @@ client_pid=""
 if [[ "$status" != 0 ]]; then
     echo "test_against_server: client failed with status $status; server log:" >&2
     sed 's/^/  server: /' "$tmp/server.log" >&2 || true
+    exit "$status"
+fi
+
+# The restart drill: the client plays, the server is stopped (SIGTERM) and
+# started again on the same address and data; the client must be told to
+# come back and get its session back by itself.
+echo "---- restart drill ----"
+marker="$tmp/restart-now"
+"$python" "$here/tether_client.py" --addr "127.0.0.1:$game_port" --name PyDrill \
+    --restart-drill "$marker" &
+client_pid=$!
+for _ in $(seq 1 100); do
+    [[ -e "$marker" ]] && break
+    kill -0 "$client_pid" 2>/dev/null || break
+    sleep 0.1
+done
+if [[ ! -e "$marker" ]]; then
+    echo "test_against_server: the drill client did not get ready" >&2
+    exit 1
+fi
+kill -TERM "$server_pid"
+for _ in $(seq 1 150); do
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 0.1
+done
+wait "$server_pid" 2>/dev/null || true
+server_pid=""
+mv "$tmp/server.log" "$tmp/server-before.log"
+if ! start_server --same-ports; then
+    echo "test_against_server: the server did not start again" >&2
+    sed 's/^/  server: /' "$tmp/server.log" >&2 || true
+    exit 2
+fi
+wait "$client_pid" || status=$?
+client_pid=""
+if [[ "$status" != 0 ]]; then
+    echo "test_against_server: restart drill failed with status $status; server logs:" >&2
+    sed 's/^/  server: /' "$tmp/server-before.log" "$tmp/server.log" >&2 || true
 fi
 exit "$status"

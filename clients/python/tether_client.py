@@ -152,7 +152,7 @@ SCHEMA: dict[str, dict[int, tuple]] = {
     "Hello": {1: ("protocol_version", "uint32", False), 2: ("dev_name", "string", True),
               3: ("ticket", "string", True), 4: ("client", "string", False)},
     "Resume": {1: ("session_id", "uint64", False), 2: ("token", "bytes", False),
-               3: ("frames_received", "uint64", False)},
+               3: ("frames_received", "uint64", False), 4: ("restart_token", "bytes", False)},
     "Input": {
         1: ("seq", "uint32", False), 2: ("ack", "uint64", False),
         3: ("move", ("msg", "Move"), True), 4: ("attack", ("msg", "Attack"), True),
@@ -186,6 +186,7 @@ SCHEMA: dict[str, dict[int, tuple]] = {
         3: ("entity_id", "uint64", False), 4: ("world", ("msg", "WorldInfo"), False),
         5: ("heartbeat_interval_ms", "uint32", False), 6: ("heartbeat_timeout_ms", "uint32", False),
         7: ("resume_grace_ms", "uint32", False), 8: ("took_over", "bool", False),
+        9: ("restart_token", "bytes", False),
     },
     "WorldInfo": {
         1: ("width", "float", False), 2: ("height", "float", False),
@@ -424,6 +425,8 @@ class TetherClient:
         # Session state (survives connections).
         self.session_id: int | None = None
         self.token = b""
+        self.restart_token = b""
+        self.credentials: dict = {}
         self.entity_id = 0
         self.world: dict = {}
         self.heartbeat_interval_ms = 2000.0
@@ -499,6 +502,9 @@ class TetherClient:
             raise ProtocolViolation(f"expected Welcome, got {kind}")
         self.session_id = body["session_id"]
         self.token = body["resume_token"]
+        # Fixed for the session: lets a restarted server restore it.
+        self.restart_token = body["restart_token"]
+        self.credentials = {"dev_name": dev_name, "ticket": ticket}
         self.entity_id = body["entity_id"]
         self.world = body["world"] or {}
         if body["heartbeat_interval_ms"]:
@@ -523,7 +529,8 @@ class TetherClient:
         if self.session_id is None:
             raise RuntimeError("no session to resume")
         self._send("resume", {"session_id": self.session_id, "token": self.token,
-                              "frames_received": self.frames_received})
+                              "frames_received": self.frames_received,
+                              "restart_token": self.restart_token})
         kind, body = self._read_control(timeout)
         if kind != "resumed":
             raise ProtocolViolation(f"expected Resumed, got {kind}")
@@ -551,6 +558,40 @@ class TetherClient:
         for seq, cmd, cbody in list(self.unacked):
             self._send("input", {"seq": seq, "ack": self._take_ack(), cmd: cbody})
         return body
+
+    def reconnect(self, closed: "ServerClosed | None" = None, within: float = 30.0) -> dict:
+        """Gets the session back after the connection was lost or closed with
+        a code that invites a return (SERVER_SHUTDOWN, SERVER_BUSY, ...): waits
+        the server's retry_after_ms, then connects and resumes, with backoff
+        (0.1 s doubling to 2 s) while the server is not there (a restart).
+        A restarted server restores the session from storage. If the server
+        refuses the resume (the session is over), logs in again with the same
+        credentials. Returns the Resumed body, or the Welcome body with
+        "relogged": True. Raises the last error after `within` seconds."""
+        if closed is not None and closed.close.get("retry_after_ms"):
+            time.sleep(closed.close["retry_after_ms"] / 1000)
+        deadline = time.monotonic() + within
+        delay = 0.1
+        while True:
+            self.drop()
+            try:
+                self.connect()
+                return self.resume()
+            except ServerClosed as e:
+                if e.name == "RESUME_REFUSED":
+                    self.drop()
+                    self.connect()
+                    body = self.login(**self.credentials)
+                    body["relogged"] = True
+                    return body
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(max(delay, e.close.get("retry_after_ms", 0) / 1000))
+            except (OSError, ConnectionLost):
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     def _establish(self) -> None:
         self.established = True
@@ -948,6 +989,66 @@ def run(args) -> int:
         c.drop()
 
 
+def restart_drill(args) -> int:
+    """Logs in, plays, and tells the caller (by creating the file named by
+    --restart-drill) to restart the server; then must be told to come back
+    (Close SERVER_SHUTDOWN with retry_after_ms), must get its session back
+    from the next process by itself (Resumed, not a new login), and a ping
+    sent while the server was away must be answered exactly once."""
+    host, _, port = args.addr.rpartition(":")
+    c = TetherClient(host.strip("[]") or "127.0.0.1", int(port), verbose=args.verbose)
+    try:
+        c.connect()
+        w = c.login(dev_name=args.name)
+        if len(w["restart_token"]) != 16:
+            print("[FAILED] Welcome has no 16-byte restart_token", flush=True)
+            return 1
+        c.wait_for(lambda k, b: k == "snapshot_end", 10, "SnapshotEnd")
+        t0 = time.monotonic_ns() // 1000
+        c.send_input("ping", {"client_time": t0})
+        c.wait_for(lambda k, b: k == "pong" and b["client_time"] == t0, 10, "Pong")
+        print(f"[ok] logged in as {args.name}; asking for the server restart", flush=True)
+        open(args.restart_drill, "w").close()
+        try:
+            c.idle(60)
+            print("[FAILED] the server did not close the connection", flush=True)
+            return 1
+        except ServerClosed as closed:
+            if closed.name != "SERVER_SHUTDOWN":
+                raise
+            print(f"[ok] told to come back: {closed}", flush=True)
+            away = closed
+        # An input while the server is away: kept, re-sent after the resume.
+        t1 = time.monotonic_ns() // 1000
+        c.drop()
+        c.send_input("ping", {"client_time": t1})
+        r = c.reconnect(away, within=30)
+        if r.get("relogged"):
+            print("[FAILED] the session was not restored: logged in again", flush=True)
+            return 1
+        print(f"[ok] session restored: mode={RESUME_MODES.get(r['mode'], r['mode'])} "
+              f"last_input_seq={r['last_input_seq']}", flush=True)
+        # Count its answers: one must come, and no second one within 2 s.
+        answered = 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for k, b in c.poll(0.2):
+                if k == "pong" and b["client_time"] == t1:
+                    answered += 1
+                    deadline = min(deadline, time.monotonic() + 2)
+        if answered != 1:
+            print(f"[FAILED] the ping sent while away was answered {answered} times", flush=True)
+            return 1
+        print("[ok] the ping sent while the server was away was answered once", flush=True)
+        c.logout()
+        return 0
+    except Exception as e:  # noqa: BLE001 - the drill reports any failure
+        print(f"[FAILED] restart drill: {e!r}", flush=True)
+        return 1
+    finally:
+        c.drop()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -958,7 +1059,12 @@ def main(argv=None) -> int:
     p.add_argument("--ticket", help="log in with this ticket instead of dev auth")
     p.add_argument("--ticket-secret", help="mint a one-hour ticket for --name with this secret")
     p.add_argument("-v", "--verbose", action="store_true", help="print every counted frame")
+    p.add_argument("--restart-drill", metavar="FILE",
+                   help="instead of the walkthrough: play, create FILE, and resume by itself "
+                        "once the caller restarted the server")
     args = p.parse_args(argv)
+    if args.restart_drill:
+        return restart_drill(args)
     return run(args)
 
 
