@@ -17,18 +17,20 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-/// What to do with a connection that keeps sending far over its allowance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum FloodAction {
-    /// Keep dropping what is over the allowance; the connection stays.
-    Drop,
-    /// Close the connection with RATE_LIMITED; the session turns zombie and
-    /// can be resumed.
-    Zombie,
-    /// Close the connection with RATE_LIMITED and end the session (the
-    /// character is saved and leaves the world).
-    Kick,
+/// What to do with a connection that keeps sending far over its allowance
+/// (the gate's own type, read here by its names: `drop`, `zombie`, `kick`).
+pub use tether_engine::gate::FloodAction;
+
+fn flood_action_setting<'de, D: serde::Deserializer<'de>>(d: D) -> Result<FloodAction, D::Error> {
+    let name = String::deserialize(d)?;
+    FloodAction::parse(&name)
+        .ok_or_else(|| serde::de::Error::unknown_variant(&name, &FloodAction::NAMES))
+}
+
+fn flood_action_flag() -> impl clap::builder::TypedValueParser<Value = FloodAction> {
+    use clap::builder::{PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(FloodAction::NAMES)
+        .map(|name: String| FloodAction::parse(&name).expect("one of FloodAction::NAMES"))
 }
 
 /// How players prove who they are.
@@ -205,6 +207,7 @@ pub struct Config {
     pub input_flood_tolerance: u32,
     /// Sustained input flood: drop (keep dropping), zombie (cut the
     /// connection; the session can resume) or kick (end the session).
+    #[serde(deserialize_with = "flood_action_setting")]
     pub input_flood_action: FloodAction,
     /// A shard whose ticks start this late (3 in a row) enters protect mode.
     pub protect_tick_lag_ms: u64,
@@ -456,7 +459,7 @@ pub struct Overrides {
     #[arg(long, env = "TETHER_INPUT_FLOOD_TOLERANCE")]
     pub input_flood_tolerance: Option<u32>,
     /// Sustained input flood: drop, zombie (cut; session resumable) or kick [default: zombie].
-    #[arg(long, env = "TETHER_INPUT_FLOOD_ACTION")]
+    #[arg(long, env = "TETHER_INPUT_FLOOD_ACTION", value_parser = flood_action_flag())]
     pub input_flood_action: Option<FloodAction>,
     /// Tick lag that (3 ticks in a row) puts a shard in protect mode, ms [default: 250].
     #[arg(long, env = "TETHER_PROTECT_TICK_LAG_MS")]
@@ -764,6 +767,42 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.game, GameKind::Mmo, "a flag overrides the file");
         assert_eq!(Config::default().game, GameKind::Mmo);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn the_flood_action_is_read_by_name_from_a_file_and_a_flag() {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            settings: Overrides,
+        }
+        let parse = |args: &[&str]| {
+            <Flags as clap::Parser>::try_parse_from(
+                std::iter::once("tether").chain(args.iter().copied()),
+            )
+            .map(|f| f.settings.input_flood_action)
+        };
+        assert_eq!(
+            parse(&["--input-flood-action", "drop"]).unwrap(),
+            Some(FloodAction::Drop)
+        );
+        assert_eq!(
+            parse(&["--input-flood-action", "kick"]).unwrap(),
+            Some(FloodAction::Kick)
+        );
+        assert!(parse(&["--input-flood-action", "ban"]).is_err());
+
+        let dir = std::env::temp_dir().join(format!("tether-cfg5-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.toml");
+        std::fs::write(&path, "input_flood_action = \"ban\"\n").unwrap();
+        let e = Config::load(Overrides {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.0.contains("ban") && e.0.contains("zombie"), "{e}");
         std::fs::remove_dir_all(dir).ok();
     }
 

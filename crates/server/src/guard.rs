@@ -10,14 +10,17 @@
 //!  Hello / Resume ──► Guard::login(ip)  login rate per ip, global Hello / Resume rate
 //!  misbehaviour ──► Guard::strike(ip)   N strikes within a window ──► temporary ban
 //!  close ──► Guard::release(ip)
-//!  Input / Ack ──► InputAllowance       per connection, no lock: pass, drop, flood
+//!  Input / Ack ──► gate::InputAllowance per connection, no lock: pass, drop, flood
 //!  shard tick ──► ProtectMode            tick lag / memory ──► protect mode on / off
 //! ```
 //!
 //! [`Guard`] is shared by the I/O threads and the admin endpoint behind one
 //! mutex ([`Defences`]). It is taken once per connection event (accept,
 //! first frame, close, strike), never per message; the per-message check,
-//! [`InputAllowance`], lives in the connection and takes no lock.
+//! [`InputAllowance`](tether_engine::gate::InputAllowance), lives in the
+//! connection's [`Gate`](tether_engine::gate::Gate) and takes no lock. The
+//! gate also holds the rules this guard's answers feed into (which close
+//! code, which strike, which retry hint).
 //!
 //! Every map here is bounded: the per-IP table holds at most
 //! `max_tracked_ips` addresses; when it is full, idle entries are swept and,
@@ -32,7 +35,7 @@ use crate::cidr::canonical;
 pub use crate::cidr::{BadCidr, Cidr};
 use crate::config::ConfigError;
 use crate::kernel_filter::{KernelFilter, MAX_FILTERED};
-use tether_proto::pb::CloseCode;
+pub use tether_engine::gate::{LoginKind, Strike, TokenBucket};
 
 /// The key a peer is counted under: its IPv4 address, or its IPv6 /64 (one
 /// IPv6 host usually holds a whole /64, so per-address limits would be free
@@ -44,64 +47,6 @@ pub fn peer_key(ip: IpAddr) -> IpAddr {
             IpAddr::V6(Ipv6Addr::from(bits))
         }
         v4 => v4,
-    }
-}
-
-/// A token bucket: refills at `rate` tokens a second up to `burst`. Rate and
-/// burst are passed in on each call, so a table of buckets stores only the
-/// two fields below.
-#[derive(Debug, Clone, Copy)]
-pub struct TokenBucket {
-    tokens: f64,
-    last_ms: u64,
-}
-
-impl TokenBucket {
-    /// A full bucket.
-    pub fn full(burst: f64, now_ms: u64) -> TokenBucket {
-        TokenBucket {
-            tokens: burst,
-            last_ms: now_ms,
-        }
-    }
-
-    fn refill(&mut self, rate: f64, burst: f64, now_ms: u64) {
-        if now_ms > self.last_ms {
-            let gained = (now_ms - self.last_ms) as f64 * rate / 1000.0;
-            self.tokens = (self.tokens + gained).min(burst);
-            self.last_ms = now_ms;
-        }
-    }
-
-    /// Takes one token if there is one.
-    pub fn take(&mut self, rate: f64, burst: f64, now_ms: u64) -> bool {
-        self.refill(rate, burst, now_ms);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Whether a token is there now (refills, takes nothing).
-    pub fn has_token(&mut self, rate: f64, burst: f64, now_ms: u64) -> bool {
-        self.refill(rate, burst, now_ms);
-        self.tokens >= 1.0
-    }
-
-    /// Milliseconds until one token is there (0 if there is one now).
-    pub fn wait_ms(&self, rate: f64) -> u64 {
-        if self.tokens >= 1.0 || rate <= 0.0 {
-            return 0;
-        }
-        ((1.0 - self.tokens) * 1000.0 / rate).ceil() as u64
-    }
-
-    /// Whether the bucket would be full at `now_ms` (an idle peer).
-    fn is_full(&self, rate: f64, burst: f64, now_ms: u64) -> bool {
-        let gained = now_ms.saturating_sub(self.last_ms) as f64 * rate / 1000.0;
-        self.tokens + gained >= burst
     }
 }
 
@@ -220,13 +165,6 @@ impl Refusal {
     }
 }
 
-/// The first frame of a connection, as far as login limits care.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoginKind {
-    Hello,
-    Resume,
-}
-
 /// Why a Hello / Resume was refused; label of `tether_logins_refused_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoginRefusal {
@@ -248,107 +186,6 @@ impl LoginRefusal {
         match *self {
             LoginRefusal::RateIp { retry_after_ms }
             | LoginRefusal::RateGlobal { retry_after_ms } => retry_after_ms,
-        }
-    }
-}
-
-/// Misbehaviour that counts toward a ban; label of `tether_strikes_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strike {
-    /// A frame that did not decode, or over the frame cap.
-    Malformed,
-    /// A frame out of place (no Hello / Resume first, a second Hello).
-    Protocol,
-    /// No Hello / Resume within the handshake deadline.
-    HandshakeTimeout,
-    /// Bad credentials or protocol version.
-    AuthFailed,
-    /// Sustained input far over the allowance.
-    InputFlood,
-    /// Connected again before the retry-after of its last refusal by rate
-    /// had passed (a client honouring `retry_after_ms` never does).
-    IgnoredRetryAfter,
-}
-
-/// Everything a peer can do wrong on the wire before the engine sees it, and
-/// the one place that says what it costs: the close code it is sent, the
-/// strike its address earns, and the retry hint.
-///
-/// (What the engine refuses from a logged-in client, an ack beyond what was
-/// sent or an input number that skips ahead, closes the connection with
-/// `PROTOCOL_ERROR` / `INPUT_SEQ_GAP` and no strike: the session stays, for
-/// a well-behaved resume.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Misbehaviour {
-    /// A frame that did not decode, or over the frame cap; carries the
-    /// decoder's close code (`PROTOCOL_ERROR` or `FRAME_TOO_LARGE`).
-    BadFrame(CloseCode),
-    /// Something other than Hello or Resume as the first frame.
-    NotAHandshake,
-    /// A second Hello or Resume on a connection.
-    SecondHandshake,
-    /// `Hello.protocol_version` is not one this server speaks.
-    UnsupportedVersion,
-    /// Credentials that do not verify, or an auth method not accepted.
-    BadCredentials,
-    /// A ticket past its expiry: an honest client with an old ticket, so no
-    /// strike.
-    ExpiredTicket,
-    /// No Hello or Resume within the handshake deadline.
-    HandshakeTimeout,
-    /// Sustained input far over the allowance.
-    InputFlood,
-}
-
-/// What an input flood is told to wait before coming back.
-pub const FLOOD_RETRY_AFTER_MS: u32 = 1_000;
-
-impl Misbehaviour {
-    /// The code of the Close the connection is sent.
-    pub fn close_code(self) -> CloseCode {
-        match self {
-            Misbehaviour::BadFrame(code) => code,
-            Misbehaviour::NotAHandshake | Misbehaviour::SecondHandshake => CloseCode::ProtocolError,
-            Misbehaviour::UnsupportedVersion => CloseCode::UnsupportedVersion,
-            Misbehaviour::BadCredentials => CloseCode::AuthFailed,
-            Misbehaviour::ExpiredTicket => CloseCode::TicketExpired,
-            Misbehaviour::HandshakeTimeout => CloseCode::HandshakeTimeout,
-            Misbehaviour::InputFlood => CloseCode::RateLimited,
-        }
-    }
-
-    /// The strike the peer's address earns, if any.
-    pub fn strike(self) -> Option<Strike> {
-        match self {
-            Misbehaviour::BadFrame(_) => Some(Strike::Malformed),
-            Misbehaviour::NotAHandshake | Misbehaviour::SecondHandshake => Some(Strike::Protocol),
-            Misbehaviour::UnsupportedVersion | Misbehaviour::BadCredentials => {
-                Some(Strike::AuthFailed)
-            }
-            Misbehaviour::ExpiredTicket => None,
-            Misbehaviour::HandshakeTimeout => Some(Strike::HandshakeTimeout),
-            Misbehaviour::InputFlood => Some(Strike::InputFlood),
-        }
-    }
-
-    /// The Close's retry hint (0: none).
-    pub fn retry_after_ms(self) -> u32 {
-        match self {
-            Misbehaviour::InputFlood => FLOOD_RETRY_AFTER_MS,
-            _ => 0,
-        }
-    }
-}
-
-impl Strike {
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Strike::Malformed => "malformed",
-            Strike::Protocol => "protocol",
-            Strike::HandshakeTimeout => "handshake_timeout",
-            Strike::AuthFailed => "auth_failed",
-            Strike::InputFlood => "input_flood",
-            Strike::IgnoredRetryAfter => "ignored_retry_after",
         }
     }
 }
@@ -744,56 +581,6 @@ impl Guard {
     }
 }
 
-/// The per-connection input allowance, in messages (Input and Ack).
-#[derive(Debug, Clone, Copy)]
-pub struct InputLimit {
-    /// Sustained messages a second.
-    pub rate: f64,
-    /// Messages that may arrive at once (a resume re-sends every
-    /// unacknowledged input in one go).
-    pub burst: f64,
-    /// Messages over the allowance tolerated before the connection counts
-    /// as flooding; this allowance refills at `rate` too, so a peer sending
-    /// less than twice its rate is only ever dropped, never cut.
-    pub flood_tolerance: f64,
-}
-
-/// The verdict on one message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InputVerdict {
-    Pass,
-    /// Over the allowance: drop it (count it).
-    Drop,
-    /// Over the allowance and the flood tolerance is spent.
-    Flood,
-}
-
-/// One connection's input allowance: two token buckets, no allocation.
-#[derive(Debug, Clone, Copy)]
-pub struct InputAllowance {
-    bucket: TokenBucket,
-    excess: TokenBucket,
-}
-
-impl InputAllowance {
-    pub fn new(limit: &InputLimit, now_ms: u64) -> InputAllowance {
-        InputAllowance {
-            bucket: TokenBucket::full(limit.burst, now_ms),
-            excess: TokenBucket::full(limit.flood_tolerance, now_ms),
-        }
-    }
-
-    pub fn check(&mut self, limit: &InputLimit, now_ms: u64) -> InputVerdict {
-        if self.bucket.take(limit.rate, limit.burst, now_ms) {
-            InputVerdict::Pass
-        } else if self.excess.take(limit.rate, limit.flood_tolerance, now_ms) {
-            InputVerdict::Drop
-        } else {
-            InputVerdict::Flood
-        }
-    }
-}
-
 /// Consecutive late ticks before a shard enters protect mode, so a single
 /// hiccup (a page fault storm, a descheduled thread) does not refuse logins.
 pub const PROTECT_ENTER_TICKS: u32 = 3;
@@ -1009,57 +796,6 @@ mod tests {
     }
 
     #[test]
-    fn every_misbehaviour_has_one_close_code_and_strike() {
-        use Misbehaviour as M;
-        let table = [
-            (
-                M::BadFrame(CloseCode::FrameTooLarge),
-                CloseCode::FrameTooLarge,
-                Some(Strike::Malformed),
-            ),
-            (
-                M::NotAHandshake,
-                CloseCode::ProtocolError,
-                Some(Strike::Protocol),
-            ),
-            (
-                M::SecondHandshake,
-                CloseCode::ProtocolError,
-                Some(Strike::Protocol),
-            ),
-            (
-                M::UnsupportedVersion,
-                CloseCode::UnsupportedVersion,
-                Some(Strike::AuthFailed),
-            ),
-            (
-                M::BadCredentials,
-                CloseCode::AuthFailed,
-                Some(Strike::AuthFailed),
-            ),
-            (M::ExpiredTicket, CloseCode::TicketExpired, None),
-            (
-                M::HandshakeTimeout,
-                CloseCode::HandshakeTimeout,
-                Some(Strike::HandshakeTimeout),
-            ),
-            (
-                M::InputFlood,
-                CloseCode::RateLimited,
-                Some(Strike::InputFlood),
-            ),
-        ];
-        for (m, code, strike) in table {
-            assert_eq!((m.close_code(), m.strike()), (code, strike), "{m:?}");
-        }
-        assert!(
-            M::InputFlood.retry_after_ms() > 0,
-            "a flood is told when to come back"
-        );
-        assert_eq!(M::NotAHandshake.retry_after_ms(), 0);
-    }
-
-    #[test]
     fn the_default_config_trusts_loopback_only_and_an_empty_list_nobody() {
         let guard = GuardConfig::from_config(&crate::config::Config::default()).unwrap();
         assert!(guard.is_trusted(ip("127.0.0.1")));
@@ -1104,21 +840,6 @@ mod tests {
         ] {
             assert_eq!(Refusal::REASONS[r.index()], r.reason());
         }
-    }
-
-    #[test]
-    fn token_bucket_refills_at_its_rate_up_to_its_burst() {
-        let mut b = TokenBucket::full(2.0, 0);
-        assert!(b.take(10.0, 2.0, 0));
-        assert!(b.take(10.0, 2.0, 0));
-        assert!(!b.take(10.0, 2.0, 0));
-        assert_eq!(b.wait_ms(10.0), 100);
-        assert!(!b.take(10.0, 2.0, 99));
-        assert!(b.take(10.0, 2.0, 100));
-        // A long idle period refills to the burst, no more.
-        assert!(b.take(10.0, 2.0, 100_000));
-        assert!(b.take(10.0, 2.0, 100_000));
-        assert!(!b.take(10.0, 2.0, 100_000));
     }
 
     #[test]
@@ -1369,33 +1090,6 @@ mod tests {
             g.sweep(t);
             assert!(g.is_banned(ip("10.0.0.5"), t));
         }
-    }
-
-    #[test]
-    fn input_allowance_drops_then_flags_a_flood() {
-        let limit = InputLimit {
-            rate: 10.0,
-            burst: 5.0,
-            flood_tolerance: 3.0,
-        };
-        let mut a = InputAllowance::new(&limit, 0);
-        for _ in 0..5 {
-            assert_eq!(a.check(&limit, 0), InputVerdict::Pass);
-        }
-        for _ in 0..3 {
-            assert_eq!(a.check(&limit, 0), InputVerdict::Drop);
-        }
-        assert_eq!(a.check(&limit, 0), InputVerdict::Flood);
-        // A well-behaved rate passes again.
-        assert_eq!(a.check(&limit, 100), InputVerdict::Pass);
-        // Just under twice the rate is dropped, never a flood.
-        let mut a = InputAllowance::new(&limit, 0);
-        let mut verdicts = Vec::new();
-        for i in 0..2_000u64 {
-            verdicts.push(a.check(&limit, i * 1000 / 19));
-        }
-        assert!(verdicts.contains(&InputVerdict::Drop));
-        assert!(!verdicts.contains(&InputVerdict::Flood));
     }
 
     #[test]

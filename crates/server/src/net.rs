@@ -16,10 +16,14 @@
 //! connection whose backlog passes `write_queue_cap_bytes` is cut and its
 //! session turns zombie, keeping its frames for replay.
 //!
-//! The defences are decided in [`crate::guard`]; this thread only asks it,
-//! cheapest question first: at accept (before any buffer is allocated for
-//! the peer), at the first frame (before any crypto or storage), and per
-//! message through the connection's own [`InputAllowance`] (no lock).
+//! What a connection may send, and what happens when it breaks a rule, is
+//! decided by its [`Gate`] (`tether_engine::gate`, sans IO): this thread
+//! hands it each decoded frame and carries out the [`Step`] it answers
+//! (forward to a shard, drop, close with a code, a retry hint and a strike).
+//! The per-address defences are the [`crate::guard`]'s, asked cheapest
+//! question first: at accept (before any buffer is allocated for the peer),
+//! at the first frame (through the gate's [`Admission`], before any crypto
+//! or storage), and per message through the gate's own allowance (no lock).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
@@ -33,18 +37,19 @@ use bytes::Bytes;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
+use tether_engine::gate::{
+    decode_incoming, Admission, AuthRefused, Close, Count, Dropped, Gate, GateConfig, Incoming,
+    InputLimit, LoginKind, LoginRefused, Misbehaviour, Step, Strike,
+};
 use tether_engine::Game;
-use tether_proto::pb::{self, client_envelope::Msg, CloseCode};
-use tether_proto::{decode_envelope, split_frame, DecodeError};
+use tether_proto::pb::{self, CloseCode};
+use tether_proto::{split_frame, DecodeError};
 use tracing::{debug, warn};
 
 use crate::auth;
-use crate::config::{AuthMode, Config, FloodAction};
+use crate::config::{AuthMode, Config};
 use crate::directory::Directory;
-use crate::guard::{
-    Defences, Guard, InputAllowance, InputLimit, InputVerdict, LoginKind, Misbehaviour, Refusal,
-    Strike,
-};
+use crate::guard::{Defences, Guard, Refusal};
 use crate::kernel_filter;
 use crate::link::{close_frame, ConnLoss, ConnRef, IoWaker, ShardLink, ToIo, ToShard};
 use crate::metrics::{labels, Metrics};
@@ -104,14 +109,9 @@ struct Conn {
     generation: u32,
     peer: SocketAddr,
     ip: IpAddr,
-    /// Counted by the guard as not logged in yet.
-    pending: bool,
-    /// Input / Ack allowance (token buckets; no lock, no allocation).
-    allowance: InputAllowance,
-    /// Already struck for flooding (one strike per connection).
-    flooded: bool,
-    /// None until a Hello / Resume bound the connection to a shard.
-    shard: Option<u16>,
+    /// What the connection may send now, the shard it is bound to, its
+    /// input allowance.
+    gate: Gate,
     /// The unparsed tail of the last read (a partial frame).
     rbuf: Vec<u8>,
     wq: VecDeque<Bytes>,
@@ -129,40 +129,6 @@ struct Conn {
     write_blocked: bool,
     /// A readable event was deferred (inbound paused or read budget spent).
     read_pending: bool,
-    /// Sent a Hello, no Welcome yet: what follows stays unparsed in
-    /// `rbuf` (see [`PIPELINED_BEFORE_WELCOME_CAP`]).
-    awaiting_welcome: bool,
-}
-
-/// One client frame as the I/O thread decoded it: the session messages, and
-/// an input with the game's command already decoded by the game.
-enum Incoming<I> {
-    Hello(pb::Hello),
-    Resume(pb::Resume),
-    Input { seq: u32, ack: u64, cmd: Option<I> },
-    Ack(u64),
-    Logout,
-}
-
-/// Decodes a client frame's payload: the engine's envelope, then for an
-/// `Input` the game's command from the same bytes.
-fn decode_incoming<G: Game>(payload: &[u8]) -> Result<Incoming<G::Input>, DecodeError> {
-    let msg = decode_envelope(payload)?;
-    Ok(match msg.msg {
-        Some(Msg::Hello(h)) => Incoming::Hello(h),
-        Some(Msg::Resume(r)) => Incoming::Resume(r),
-        Some(Msg::Input(header)) => {
-            let cmd = G::decode_input(payload).map_err(|e| DecodeError::Malformed(e.0))?;
-            Incoming::Input {
-                seq: header.seq,
-                ack: header.ack,
-                cmd,
-            }
-        }
-        Some(Msg::Ack(a)) => Incoming::Ack(a.frames_received),
-        Some(Msg::Logout(_)) => Incoming::Logout,
-        None => return Err(DecodeError::MissingBody),
-    })
 }
 
 /// What an I/O thread needs of the server's settings.
@@ -172,15 +138,12 @@ pub(crate) struct IoConfig {
     pub ticket_secret: Option<String>,
     pub max_connections: usize,
     pub max_frame_len: usize,
-    pub handshake_timeout_ms: u64,
     pub write_queue_cap_bytes: usize,
     pub write_batch_frames: usize,
     pub write_coalesce_ms: u64,
     pub io_uring: bool,
     pub busy_poll_us: u64,
-    pub input_limit: InputLimit,
-    pub input_flood_action: FloodAction,
-    pub protect_retry_after_ms: u32,
+    pub gate: GateConfig,
 }
 
 impl IoConfig {
@@ -190,19 +153,21 @@ impl IoConfig {
             ticket_secret: cfg.ticket_secret.clone(),
             max_connections: cfg.max_connections,
             max_frame_len: cfg.max_frame_len,
-            handshake_timeout_ms: cfg.handshake_timeout_ms,
             write_queue_cap_bytes: cfg.write_queue_cap_bytes,
             write_batch_frames: cfg.write_batch_frames,
             write_coalesce_ms: cfg.write_coalesce_ms,
             io_uring: cfg.io_uring,
             busy_poll_us: cfg.busy_poll_us,
-            input_limit: InputLimit {
-                rate: cfg.input_rate,
-                burst: cfg.input_burst as f64,
-                flood_tolerance: cfg.input_flood_tolerance as f64,
+            gate: GateConfig {
+                handshake_timeout_ms: cfg.handshake_timeout_ms,
+                input_limit: InputLimit {
+                    rate: cfg.input_rate,
+                    burst: cfg.input_burst as f64,
+                    flood_tolerance: cfg.input_flood_tolerance as f64,
+                },
+                flood_action: cfg.input_flood_action,
+                protect_retry_after_ms: cfg.protect_retry_after_ms,
             },
-            input_flood_action: cfg.input_flood_action,
-            protect_retry_after_ms: cfg.protect_retry_after_ms,
         }
     }
 }
@@ -222,7 +187,6 @@ pub struct IoThread<G: Game> {
     directory: Arc<Directory>,
     metrics: Arc<Metrics>,
     defences: Arc<Defences>,
-    input_limit: InputLimit,
     next_sweep_ms: u64,
     shutdown: Arc<AtomicBool>,
     clock: Instant,
@@ -281,7 +245,6 @@ impl<G: Game> IoThread<G> {
         } else {
             None
         };
-        let input_limit = cfg.input_limit;
         Ok(IoThread {
             id,
             cfg,
@@ -297,7 +260,6 @@ impl<G: Game> IoThread<G> {
             directory,
             metrics,
             defences,
-            input_limit,
             next_sweep_ms: 0,
             shutdown,
             clock,
@@ -578,15 +540,15 @@ impl<G: Game> IoThread<G> {
         }
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        let gate = Gate::new(&self.cfg.gate, now);
+        // A new gate is awaiting its first frame: it always has a deadline.
+        let deadline = gate.handshake_deadline().unwrap_or(now);
         entry.insert(Conn {
             stream,
             generation,
             peer,
             ip,
-            pending: true,
-            allowance: InputAllowance::new(&self.input_limit, now),
-            flooded: false,
-            shard: None,
+            gate,
             rbuf: Vec::new(),
             wq: VecDeque::new(),
             wq_bytes: 0,
@@ -596,13 +558,8 @@ impl<G: Game> IoThread<G> {
             dirty_since_ms: 0,
             write_blocked: false,
             read_pending: false,
-            awaiting_welcome: false,
         });
-        self.handshakes.push_back((
-            self.now_ms() + self.cfg.handshake_timeout_ms,
-            slot,
-            generation,
-        ));
+        self.handshakes.push_back((deadline, slot, generation));
         self.metrics.accepted.inc();
         self.metrics.connections.inc();
         // The socket may already hold the Hello.
@@ -674,7 +631,7 @@ impl<G: Game> IoThread<G> {
     fn evict_oldest_handshake(&mut self) -> bool {
         while let Some((_, slot, generation)) = self.handshakes.pop_front() {
             let live = match self.conns.get(slot) {
-                Some(c) => c.generation == generation && c.pending && !c.closing,
+                Some(c) => c.generation == generation && c.gate.is_pending() && !c.closing,
                 None => false,
             };
             if live {
@@ -685,21 +642,64 @@ impl<G: Game> IoThread<G> {
                 );
                 // Its pending count goes when it is removed (at once when
                 // the Close could be written).
-                return !self.conns.contains(slot) || !self.conns[slot].pending;
+                return !self.conns.contains(slot) || !self.conns[slot].gate.is_pending();
             }
         }
         false
     }
 
-    /// Counts misbehaviour against the connection's source address; enough
-    /// of it within the window bans the address.
-    /// The peer broke a rule: strike its address as the rule says, and
-    /// close the connection with the rule's code.
+    /// The peer sent a frame that does not decode: strike its address and
+    /// close the connection with the decoder's code.
     fn misbehaved(&mut self, slot: usize, m: Misbehaviour, detail: &str) {
         if let Some(strike) = m.strike() {
             self.strike(slot, strike);
         }
         self.close_with_retry(slot, m.close_code(), detail, m.retry_after_ms());
+    }
+
+    /// Carries out a close the gate decided: what it counts, the Logout a
+    /// kick sends first, the strike against the address (enough of them
+    /// within the window ban it), then the Close.
+    fn close_as(&mut self, slot: usize, close: Close) {
+        match close.count {
+            Some(Count::LoginRefused(reason)) => {
+                self.metrics
+                    .logins_refused
+                    .get_or_create(&labels(&[("reason", reason)]))
+                    .inc();
+            }
+            Some(Count::ResumeRefused(reason)) => {
+                self.metrics
+                    .resumes_refused
+                    .get_or_create(&labels(&[("reason", reason)]))
+                    .inc();
+            }
+            Some(Count::InputDropped) => self.inputs_dropped += 1,
+            None => {}
+        }
+        let Some(conn) = self.conns.get(slot) else {
+            return;
+        };
+        if close.strike == Some(Strike::InputFlood) {
+            debug!(peer = %conn.peer, "input flood; cutting the connection");
+        }
+        if let (true, Some(shard)) = (close.logout_first, conn.gate.shard()) {
+            let cref = self.conn_ref(slot);
+            self.send_to_shard(shard, ToShard::Logout { conn: cref });
+        }
+        if let Some(strike) = close.strike {
+            self.strike(slot, strike);
+        }
+        self.close_with_retry(slot, close.code, close.message, close.retry_after_ms);
+    }
+
+    /// A message over the allowance: counted, and the address struck if the
+    /// gate says so.
+    fn dropped(&mut self, slot: usize, dropped: Dropped) {
+        self.inputs_dropped += 1;
+        if let Some(strike) = dropped.strike {
+            self.strike(slot, strike);
+        }
     }
 
     fn strike(&mut self, slot: usize, why: Strike) {
@@ -731,16 +731,12 @@ impl<G: Game> IoThread<G> {
                 break;
             }
             self.handshakes.pop_front();
-            let stale = match self.conns.get(slot) {
-                Some(c) => c.generation != generation || c.shard.is_some() || c.closing,
-                None => true,
+            let close = match self.conns.get_mut(slot) {
+                Some(c) if c.generation == generation && !c.closing => c.gate.handle_timeout(now),
+                _ => None,
             };
-            if !stale {
-                self.misbehaved(
-                    slot,
-                    Misbehaviour::HandshakeTimeout,
-                    "no Hello or Resume in time",
-                );
+            if let Some(close) = close {
+                self.close_as(slot, close);
             }
         }
     }
@@ -768,7 +764,7 @@ impl<G: Game> IoThread<G> {
             };
             // Until the Welcome, a read takes no more than the connection
             // may hold unparsed; at the cap reading waits for the Welcome.
-            let want = if conn.shard.is_none() || conn.awaiting_welcome {
+            let want = if !conn.gate.is_bound() {
                 let cap = PIPELINED_BEFORE_WELCOME_CAP
                     .max(self.cfg.max_frame_len + tether_proto::FRAME_HEADER_LEN);
                 cap.saturating_sub(conn.rbuf.len()).min(READ_CHUNK)
@@ -781,7 +777,7 @@ impl<G: Game> IoThread<G> {
             match conn.stream.read(&mut self.scratch[..want]) {
                 // The peer's FIN behind its pipelined frames: they are
                 // handled after the Welcome, whose read meets the end again.
-                Ok(0) if conn.awaiting_welcome => return,
+                Ok(0) if conn.gate.is_welcoming() => return,
                 Ok(0) => {
                     self.lose(slot, ConnLoss::Peer);
                     return;
@@ -847,12 +843,9 @@ impl<G: Game> IoThread<G> {
         } else {
             &carried
         };
-        let conn = &self.conns[slot];
-        let parse_max = match (conn.shard, conn.awaiting_welcome) {
-            (_, true) => 0,     // held until the Welcome
-            (None, false) => 1, // the Hello / Resume decides what follows
-            (Some(_), false) => usize::MAX,
-        };
+        // None while a Hello waits for its Welcome, one before the
+        // handshake (it decides what follows), then all.
+        let parse_max = self.conns[slot].gate.parse_budget();
         let mut pos = 0;
         let mut failure = None;
         while msgs.len() < parse_max {
@@ -898,8 +891,7 @@ impl<G: Game> IoThread<G> {
             self.reject(slot, &e);
             return false;
         }
-        let conn = &self.conns[slot];
-        if parse_max == 1 && conn.shard.is_some() && !conn.awaiting_welcome {
+        if parse_max == 1 && self.conns[slot].gate.is_bound() {
             // A Resume bound the connection: the frames behind it go now.
             return self.consume(slot, 0);
         }
@@ -914,7 +906,7 @@ impl<G: Game> IoThread<G> {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        if !std::mem::take(&mut conn.awaiting_welcome) {
+        if !conn.gate.welcomed() {
             return;
         }
         if self.consume(slot, 0) {
@@ -927,112 +919,41 @@ impl<G: Game> IoThread<G> {
         self.misbehaved(slot, Misbehaviour::BadFrame(e.close_code()), &e.to_string());
     }
 
-    /// Handles one decoded message. Returns false if the connection closed.
+    /// Hands one decoded message to the connection's gate and carries out
+    /// its decision. Returns false if the connection closed.
     fn handle(&mut self, slot: usize, msg: Incoming<G::Input>, now: u64) -> bool {
-        let conn = &self.conns[slot];
-        let cref = ConnRef {
-            io: self.id,
-            slot: slot as u32,
-            generation: conn.generation,
+        let cref = self.conn_ref(slot);
+        let conn = &mut self.conns[slot];
+        let mut admission = SharedAdmission {
+            ip: conn.ip,
+            defences: &self.defences,
+            directory: &self.directory,
+            io: &self.cfg,
+            shards: self.shards.len(),
         };
-        match (conn.shard, msg) {
-            (None, Incoming::Hello(hello)) => {
-                // Cheapest first: protect mode (an atomic), the login rates
-                // (the guard), then the version, then credentials (crypto).
-                if self.defences.protecting() {
-                    self.metrics
-                        .logins_refused
-                        .get_or_create(&labels(&[("reason", "protect")]))
-                        .inc();
-                    self.close_with_retry(
-                        slot,
-                        CloseCode::ServerBusy,
-                        "server busy; retry later",
-                        self.cfg.protect_retry_after_ms,
-                    );
-                    return false;
+        let step = conn
+            .gate
+            .on_message(&self.cfg.gate, msg, now, &mut admission);
+        let (shard, msg) = match step {
+            Step::Login { shard, account } => (
+                shard,
+                ToShard::Login {
+                    conn: cref,
+                    account,
+                },
+            ),
+            Step::Resume { shard, resume } => (shard, ToShard::Resume { conn: cref, resume }),
+            Step::Input {
+                shard,
+                seq,
+                ack,
+                cmd,
+                dropped,
+            } => {
+                if let Some(dropped) = dropped {
+                    self.dropped(slot, dropped);
                 }
-                if !self.admit_login(slot, LoginKind::Hello, now) {
-                    return false;
-                }
-                if hello.protocol_version != tether_proto::PROTOCOL_VERSION {
-                    self.misbehaved(
-                        slot,
-                        Misbehaviour::UnsupportedVersion,
-                        "protocol_version must be 1",
-                    );
-                    return false;
-                }
-                let now_unix = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                match auth::authenticate(
-                    self.cfg.auth,
-                    self.cfg.ticket_secret.as_deref(),
-                    hello.auth.as_ref(),
-                    now_unix,
-                ) {
-                    Ok(account) => {
-                        let shard = self.directory.route_login(&account);
-                        self.conns[slot].shard = Some(shard);
-                        self.conns[slot].awaiting_welcome = true;
-                        self.send_to_shard(
-                            shard,
-                            ToShard::Login {
-                                conn: cref,
-                                account,
-                            },
-                        );
-                        true
-                    }
-                    Err(e) => {
-                        let m = if e.close_code() == CloseCode::TicketExpired {
-                            Misbehaviour::ExpiredTicket
-                        } else {
-                            Misbehaviour::BadCredentials
-                        };
-                        self.misbehaved(slot, m, e.message());
-                        false
-                    }
-                }
-            }
-            (None, Incoming::Resume(resume)) => {
-                // Resumes are admitted in protect mode: they bring existing
-                // players back and cost no storage.
-                if !self.admit_login(slot, LoginKind::Resume, now) {
-                    return false;
-                }
-                let shard = (resume.session_id >> 56) as usize;
-                if shard >= self.shards.len() {
-                    self.metrics
-                        .resumes_refused
-                        .get_or_create(&labels(&[("reason", "unknown_session")]))
-                        .inc();
-                    self.close_with(slot, CloseCode::ResumeRefused, "resume refused");
-                    return false;
-                }
-                self.conns[slot].shard = Some(shard as u16);
-                self.send_to_shard(shard as u16, ToShard::Resume { conn: cref, resume });
-                true
-            }
-            (None, _) => {
-                self.misbehaved(
-                    slot,
-                    Misbehaviour::NotAHandshake,
-                    "expected Hello or Resume first",
-                );
-                false
-            }
-            (Some(shard), Incoming::Input { seq, ack, mut cmd }) => {
-                match self.allowance(slot, now) {
-                    InputVerdict::Pass => {}
-                    // The input keeps its number (the session's sequence
-                    // stays whole) but loses its command.
-                    InputVerdict::Drop => cmd = None,
-                    InputVerdict::Flood => return self.flood(slot, shard, cref),
-                }
-                self.send_to_shard(
+                (
                     shard,
                     ToShard::Input {
                         conn: cref,
@@ -1040,100 +961,39 @@ impl<G: Game> IoThread<G> {
                         ack,
                         cmd,
                     },
-                );
-                true
+                )
             }
-            (Some(shard), Incoming::Ack(frames_received)) => {
-                match self.allowance(slot, now) {
-                    InputVerdict::Pass => {}
-                    // Acks are cumulative: a later one covers this one.
-                    InputVerdict::Drop => return true,
-                    InputVerdict::Flood => return self.flood(slot, shard, cref),
-                }
-                self.send_to_shard(
-                    shard,
-                    ToShard::Ack {
-                        conn: cref,
-                        frames_received,
-                    },
-                );
-                true
+            Step::Ack {
+                shard,
+                frames_received,
+            } => (
+                shard,
+                ToShard::Ack {
+                    conn: cref,
+                    frames_received,
+                },
+            ),
+            Step::Logout { shard } => (shard, ToShard::Logout { conn: cref }),
+            Step::Dropped(dropped) => {
+                self.dropped(slot, dropped);
+                return true;
             }
-            (Some(shard), Incoming::Logout) => {
-                self.send_to_shard(shard, ToShard::Logout { conn: cref });
-                true
+            Step::Close(close) => {
+                self.close_as(slot, close);
+                return false;
             }
-            (Some(_), Incoming::Hello(_) | Incoming::Resume(_)) => {
-                self.misbehaved(
-                    slot,
-                    Misbehaviour::SecondHandshake,
-                    "Hello / Resume only as the first frame",
-                );
-                false
-            }
-        }
+            Step::Ignored => return false,
+        };
+        self.send_to_shard(shard, msg);
+        true
     }
 
-    /// The login rate limits for a connection's first frame. On refusal the
-    /// connection is closed with RATE_LIMITED and a retry hint.
-    fn admit_login(&mut self, slot: usize, kind: LoginKind, now: u64) -> bool {
-        let ip = self.conns[slot].ip;
-        let verdict = self.defences.guard().login(ip, kind, now);
-        match verdict {
-            Ok(()) => {
-                self.conns[slot].pending = false;
-                true
-            }
-            Err(refusal) => {
-                self.metrics
-                    .logins_refused
-                    .get_or_create(&labels(&[("reason", refusal.reason())]))
-                    .inc();
-                let retry = refusal.retry_after_ms().clamp(1, u32::MAX as u64) as u32;
-                self.close_with_retry(
-                    slot,
-                    CloseCode::RateLimited,
-                    "too many logins; retry later",
-                    retry,
-                );
-                false
-            }
+    fn conn_ref(&self, slot: usize) -> ConnRef {
+        ConnRef {
+            io: self.id,
+            slot: slot as u32,
+            generation: self.conns[slot].generation,
         }
-    }
-
-    /// One message against the connection's allowance; drops are counted.
-    fn allowance(&mut self, slot: usize, now: u64) -> InputVerdict {
-        let conn = &mut self.conns[slot];
-        match conn.allowance.check(&self.input_limit, now) {
-            InputVerdict::Pass => InputVerdict::Pass,
-            InputVerdict::Drop => {
-                self.inputs_dropped += 1;
-                InputVerdict::Drop
-            }
-            InputVerdict::Flood => {
-                self.inputs_dropped += 1;
-                if self.cfg.input_flood_action != FloodAction::Drop {
-                    return InputVerdict::Flood;
-                }
-                if !std::mem::replace(&mut conn.flooded, true) {
-                    if let Some(strike) = Misbehaviour::InputFlood.strike() {
-                        self.strike(slot, strike);
-                    }
-                }
-                InputVerdict::Drop
-            }
-        }
-    }
-
-    /// A sustained flood with the zombie or kick action: strike, and close
-    /// with RATE_LIMITED (kick also ends the session). Returns false (closed).
-    fn flood(&mut self, slot: usize, shard: u16, cref: ConnRef) -> bool {
-        debug!(peer = %self.conns[slot].peer, "input flood; cutting the connection");
-        if self.cfg.input_flood_action == FloodAction::Kick {
-            self.send_to_shard(shard, ToShard::Logout { conn: cref });
-        }
-        self.misbehaved(slot, Misbehaviour::InputFlood, "input over the allowance");
-        false
     }
 
     fn send_to_shard(&mut self, shard: u16, msg: ToShard<G::Input>) {
@@ -1449,7 +1309,7 @@ impl<G: Game> IoThread<G> {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        conn.shard = None;
+        conn.gate.closed();
         conn.rbuf = Vec::new();
         let frame = close_frame(code, message, retry_after_ms);
         conn.wq_bytes += frame.len();
@@ -1472,7 +1332,7 @@ impl<G: Game> IoThread<G> {
         if conn.closing {
             return; // the shard asked for this close, or already knows
         }
-        if let Some(shard) = conn.shard.take() {
+        if let Some(shard) = conn.gate.closed() {
             let cref = ConnRef {
                 io: self.id,
                 slot: slot as u32,
@@ -1486,7 +1346,60 @@ impl<G: Game> IoThread<G> {
         if let Some(mut conn) = self.conns.try_remove(slot) {
             let _ = self.poll.registry().deregister(&mut conn.stream);
             self.metrics.connections.dec();
-            self.defences.guard().release(conn.ip, conn.pending);
+            self.defences
+                .guard()
+                .release(conn.ip, conn.gate.is_pending());
         }
+    }
+}
+
+/// A connection's first frame checked against the server's shared state:
+/// protect mode (an atomic), the guard's login rates (its lock, once),
+/// credentials (crypto, against the wall clock for ticket expiry) and the
+/// account directory.
+struct SharedAdmission<'a> {
+    ip: IpAddr,
+    defences: &'a Defences,
+    directory: &'a Directory,
+    io: &'a IoConfig,
+    shards: usize,
+}
+
+impl Admission for SharedAdmission<'_> {
+    fn protecting(&self) -> bool {
+        self.defences.protecting()
+    }
+
+    fn admit_login(&mut self, kind: LoginKind, now: u64) -> Result<(), LoginRefused> {
+        let verdict = self.defences.guard().login(self.ip, kind, now);
+        verdict.map_err(|refusal| LoginRefused {
+            reason: refusal.reason(),
+            retry_after_ms: refusal.retry_after_ms(),
+        })
+    }
+
+    fn authenticate(&mut self, hello: &pb::Hello) -> Result<String, AuthRefused> {
+        let now_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        auth::authenticate(
+            self.io.auth,
+            self.io.ticket_secret.as_deref(),
+            hello.auth.as_ref(),
+            now_unix,
+        )
+        .map_err(|e| AuthRefused {
+            code: e.close_code(),
+            message: e.message(),
+        })
+    }
+
+    fn route_login(&mut self, account: &str) -> u16 {
+        self.directory.route_login(account)
+    }
+
+    fn shards(&self) -> usize {
+        self.shards
     }
 }
