@@ -1,7 +1,8 @@
 //! Tether's durable state, for any game: one versioned record of opaque
-//! bytes per account, and a ledger of transactions, in SQLite (embedded, the
-//! default) or PostgreSQL, written from a thread of its own so that a world
-//! thread never waits on a disk or a database.
+//! bytes per account, the account's session as of that record (so that a
+//! session survives a restart or a crash), and a ledger of transactions, in
+//! SQLite (embedded, the default) or PostgreSQL, written from a thread of
+//! its own so that a world thread never waits on a disk or a database.
 //!
 //! The store does not know what a game keeps. A game hands it
 //! [`tether_engine::Record`]s (account, format version, bytes in the game's
@@ -9,7 +10,10 @@
 //! record after the transaction, and a ledger entry in the game's encoding)
 //! and gets them back unchanged. What the bytes mean, and how a newer build
 //! reads an older `version`, is the game's business; the store's is when
-//! they are written and that nothing acknowledged is lost.
+//! they are written and that nothing acknowledged is lost. A record's
+//! `session` ([`tether_engine::SessionMark`], filled in by the engine) is
+//! the store's business too: it is saved with the record, in the same
+//! database transaction, and a record can be loaded by its session's id.
 //!
 //! A store is opened for one game ([`open`]`(spec, game)`): every row is
 //! keyed by the game's name first, records by (game, account) and the
@@ -28,9 +32,9 @@
 //!
 //! # Layout
 //!
-//! - [`backend`]: the [`Backend`] trait (migrate, load, save a batch,
-//!   commit transactions idempotently, ping), [`TxOutcome`],
-//!   [`SCHEMA_VERSION`].
+//! - [`backend`]: the [`Backend`] trait (migrate, load by account or by
+//!   session id, save a batch, commit transactions idempotently, ping),
+//!   [`TxOutcome`], [`SCHEMA_VERSION`].
 //! - [`sqlite`]: [`SqliteBackend`], one file in WAL mode, `synchronous=FULL`.
 //! - `pg`: [`PostgresBackend`], the synchronous `postgres` client,
 //!   reconnecting after connection loss.
@@ -145,19 +149,30 @@
 //!
 //! Versioned migrations, applied when a backend is opened (and re-checked on
 //! reconnect), each recorded in `schema_version`; a database newer than the
-//! build is refused ([`StoreError::SchemaTooNew`]). Version 2 (current):
+//! build is refused ([`StoreError::SchemaTooNew`]). Version 3 (current):
 //!
 //! - `records(game, account, version, data, updated_at)`, primary key
 //!   `(game, account)`: one row per account of each game, `data` a BLOB
 //!   (SQLite) or BYTEA (PostgreSQL), written whole.
+//! - `sessions(game, account, session_id, restart_token, last_input,
+//!   saved_at)`, primary key `(game, account)` (one saved session per
+//!   account of each game), a unique index `sessions_by_id` on `(game,
+//!   session_id)`, and a foreign key to the account's `records` row:
+//!   written (or deleted, for a record without a mark) with every record
+//!   write, in the same transaction. `restart_token` is 16 bytes (a
+//!   `CHECK`); `session_id` is the engine's 64 bits read as signed, like a
+//!   transaction id.
 //! - `tx_ledger(game, run_id, tx_id, account, entry, committed_at)`, primary
 //!   key `(game, run_id, tx_id)`: every transaction ever committed, with the
 //!   game's entry bytes (an audit trail; it is not pruned).
 //! - `store_runs(id, started_at)`: one row per server process that commits
 //!   transactions (shared by every game in the database).
 //!
-//! An empty account is refused by a `CHECK` on both tables (a
-//! [`StoreError::Rejected`]).
+//! An empty account is refused by a `CHECK` on `records`, `tx_ledger` and
+//! `sessions` (a [`StoreError::Rejected`]).
+//!
+//! Migration 3 creates `sessions` and its index (and nothing else: version
+//! 2's rows stay as they are, with no saved session).
 //!
 //! Version 1 held the MMO's typed tables: `accounts`, `characters(name,
 //! account, x, y, hp, level, xp, gold, inventory, updated_at)` and
@@ -215,10 +230,10 @@
 //! `cargo test -p tether-store` runs the queue against the fake backend
 //! (unit tests in `queue`), the threaded writer (`tests/writer.rs`) and the
 //! backend suite on SQLite in a temporary directory (`tests/backends.rs`),
-//! migration from a version-1 database included. The same backend suite
-//! runs on PostgreSQL when `TETHER_TEST_POSTGRES` holds a connection URL
-//! (each run in a schema of its own, dropped afterwards); without it those
-//! tests print that they were skipped.
+//! migrations from version-1 and version-2 databases included. The same
+//! backend suite runs on PostgreSQL when `TETHER_TEST_POSTGRES` holds a
+//! connection URL (each run in a schema of its own, dropped afterwards);
+//! without it those tests print that they were skipped.
 #![forbid(unsafe_code)]
 
 pub mod backend;

@@ -588,11 +588,7 @@ mod tests {
 
     /// A record whose bytes are `data` (the tests read them back as text).
     fn rec(account: &str, data: &str) -> Record {
-        Record {
-            account: account.into(),
-            version: 1,
-            data: Bytes::from(data.to_string()),
-        }
+        Record::new(account, 1, Bytes::from(data.to_string()))
     }
 
     /// A transaction leaving `account`'s record as `data`.

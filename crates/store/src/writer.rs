@@ -366,6 +366,10 @@ impl<B: Backend> Backend for Timed<B> {
         self.call(|b| b.load(account))
     }
 
+    fn load_session(&mut self, session_id: u64) -> Result<Option<Record>, StoreError> {
+        self.call(|b| b.load_session(session_id))
+    }
+
     fn save_batch(&mut self, records: &[Record]) -> Result<(), StoreError> {
         self.call(|b| b.save_batch(records))
     }
@@ -506,6 +510,11 @@ impl StoreHandle {
     /// Refused with `StoreFull` (the transaction given back) when
     /// `max_pending_tx` are waiting. Check [`StoreHandle::accepts_value`]
     /// before letting a value action happen at all, so that this is rare.
+    // The error is the refused transaction itself, given back by value so
+    // that the caller can resubmit it: boxing it would add an allocation to
+    // every refusal to save a copy of a few words on a path taken only when
+    // the queue is full.
+    #[allow(clippy::result_large_err)]
     pub fn commit(&self, tx: Tx) -> Result<(), SubmitError<Tx>> {
         if self.shared.closed.load(Ordering::SeqCst) {
             return Err(SubmitError::Closed(tx));

@@ -19,11 +19,7 @@ const PATIENCE: Duration = Duration::from_secs(10);
 
 /// A record whose bytes are the text `data`.
 fn rec(account: &str, data: &str) -> Record {
-    Record {
-        account: account.into(),
-        version: 3,
-        data: Bytes::from(data.to_string()),
-    }
+    Record::new(account, 3, Bytes::from(data.to_string()))
 }
 
 /// A transaction leaving `account`'s record as `data`.
