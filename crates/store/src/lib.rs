@@ -59,14 +59,20 @@
 //!  logout / expiry ─── save_now ───────┤ per-shard dirty map (latest per account)
 //!                                      │      │ drained before each request
 //!  login ───────────── load ──────────┐│      v
-//!  game transactions ─ commit ───────┐││  WriteBehind: 1. transactions (batched, ──> commit_batch
-//!                      (capped)      └┴┴─>               in order)
-//!                                                     2. loads ─────────────────────> load
+//!  resume of a session                ││
+//!  not held ────────── load_session ─┐││
+//!  game transactions ─ commit ──────┐│││  WriteBehind: 1. transactions (batched, ──> commit_batch
+//!                      (capped)     └┴┴┴─>               in order)
+//!                                                     2. loads ─────────────────────> load /
+//!                                                                                     load_session
 //!                                                     3. due records ──────────────> save_batch
+//!                                                     (records carry their session
+//!                                                      mark, written with them)
 //!                                                     failure: keep all, back off,
 //!                                                     report Degraded, retry
 //!  StoreEvents::try_recv <── events (one channel per shard) + wake callback
 //!    Loaded          -> finish the login (or refuse it)
+//!    SessionLoaded   -> finish the resume (or refuse it)
 //!    Committed       -> only now tell the player (the MMO's LootGranted)
 //!    Rejected        -> the transaction never happened; never tell
 //!    Health          -> /healthz, metrics
@@ -101,6 +107,21 @@
 //! written after it. One sequence counter orders every request of every
 //! shard, so "before" holds across shards too (see `queue`).
 //!
+//! **Sessions outlive the process.** Every record the engine hands over
+//! carries the account's session mark (session id, restart token, the last
+//! input the record reflects), or `None` once the session ended (logout,
+//! expiry). Each write of a record sets the account's saved session from
+//! it in the same database transaction, so after a crash the saved session
+//! and the saved record agree: the mark's last input is the last input the
+//! record reflects, which is what lets the engine resume the session
+//! exactly once. After a restart, a resume for a session the new
+//! process does not hold asks [`StoreHandle::load_session`]; the answer
+//! ([`StoreEvent::SessionLoaded`]) is the account's record with its saved
+//! mark, and reflects the records handed over before the call even when not
+//! written yet (a session ended in memory is not resumed from the mark the
+//! database still holds). A session id names one session: a mark saved for
+//! another account with the same id takes the id over.
+//!
 //! **What survives a crash or power loss.** SQLite runs in WAL mode with
 //! `synchronous=FULL`: a commit is fsynced before it returns, so every
 //! acknowledged transaction survives a power cut (`NORMAL` would not; see
@@ -116,8 +137,9 @@
 //! order they were made, then loads, then records. Nothing acknowledged is
 //! lost: an acknowledged transaction is by definition committed, and
 //! everything else is held. Loads of records held in memory (logged out
-//! during the outage) are answered from memory at once; other loads wait up
-//! to [`WriterConfig::load_timeout`] (3 s) and are then answered
+//! during the outage) are answered from memory at once, and so are loads by
+//! session id whose session a record held in memory carries; other loads
+//! wait up to [`WriterConfig::load_timeout`] (3 s) and are then answered
 //! [`StoreError::Unavailable`].
 //!
 //! **When the queue is full.** Every queue has a cap, and handles refuse
@@ -126,8 +148,8 @@
 //! | queue | cap (default) | refused | server's answer |
 //! |---|---|---|---|
 //! | transactions waiting for commit | `max_pending_tx` (4,096) | `commit` | value actions refused with a `CommandError`; check [`StoreHandle::accepts_value`] first |
-//! | loads waiting | `max_pending_loads` (1,024) | `load` | login closed with `CLOSE_CODE_STORAGE_UNAVAILABLE` |
-//! | logged-out records unsaved | `max_pending_saves` (10,000) | `load` | login closed with `CLOSE_CODE_STORAGE_UNAVAILABLE` |
+//! | loads waiting (by account or session id) | `max_pending_loads` (1,024) | `load`, `load_session` | login or resume closed with `CLOSE_CODE_STORAGE_UNAVAILABLE` |
+//! | logged-out records unsaved | `max_pending_saves` (10,000) | `load`, `load_session` | login or resume closed with `CLOSE_CODE_STORAGE_UNAVAILABLE` |
 //! | records of players online | one per account (coalesced) | never | movement is always served |
 //! | events back to a shard | one per load and transaction submitted, plus health changes | never | (bounded by the caps above) |
 //!
@@ -209,6 +231,13 @@
 //!    `Ok(None)` creates the account's state, joins, and `save_now`s it;
 //!    `Err(_)` closes with `CLOSE_CODE_STORAGE_UNAVAILABLE`. (The directory
 //!    claim is held while loading; release it on refusal.)
+//!    A resume of a session the process does not hold:
+//!    `handle.load_session(session_id, tag)`; on
+//!    [`StoreEvent::SessionLoaded`], `Ok(Some(r))` is the saved session:
+//!    `r.session` holds the restart token to check the client's against
+//!    and the last input `r` reflects; `Ok(None)` means there is no such
+//!    session (refuse the resume: the client logs in); `Err(_)` closes as a
+//!    failed load does.
 //! 4. Each tick: encode the records that changed and
 //!    `handle.mark_dirty_all(records)`.
 //! 5. Logout and zombie expiry: `handle.save_now(record)`.
@@ -230,10 +259,11 @@
 //! `cargo test -p tether-store` runs the queue against the fake backend
 //! (unit tests in `queue`), the threaded writer (`tests/writer.rs`) and the
 //! backend suite on SQLite in a temporary directory (`tests/backends.rs`),
-//! migrations from version-1 and version-2 databases included. The same
-//! backend suite runs on PostgreSQL when `TETHER_TEST_POSTGRES` holds a
-//! connection URL (each run in a schema of its own, dropped afterwards);
-//! without it those tests print that they were skipped.
+//! migrations from version-1 and version-2 databases and sessions carried
+//! from one writer to the next included. The same backend suite runs on
+//! PostgreSQL when `TETHER_TEST_POSTGRES` holds a connection URL (each run
+//! in a schema of its own, dropped afterwards); without it those tests
+//! print that they were skipped.
 #![forbid(unsafe_code)]
 
 pub mod backend;

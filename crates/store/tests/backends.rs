@@ -992,6 +992,61 @@ fn a_version_2_database_is_migrated(fx: &dyn Fixture) {
     assert_eq!(fx.sessions(), vec![session_row("ann", mark(11, 1))]);
 }
 
+/// A session saved by one writer (one server process) is found by id by
+/// the next, and a logout handed to the next one ends it.
+fn sessions_outlive_the_writer(fx: &dyn Fixture) {
+    let cfg = WriterConfig {
+        flush_interval: Duration::from_secs(60),
+        ..WriterConfig::default()
+    };
+    let writer = StoreWriter::start(fx.open().unwrap(), cfg.clone()).unwrap();
+    let (h, _ev) = writer.client(None);
+    let ann = in_session("ann", b"ann", mark(11, 40));
+    h.mark_dirty(rec("ann", b"ann joined"));
+    h.mark_dirty(ann.clone());
+    h.commit(tx_in_session(
+        1,
+        "bob",
+        b"bob looted",
+        mark(HIGH_SESSION, 8),
+    ))
+    .unwrap();
+    // The process goes away; what it held is written on the way out.
+    assert!(writer.shutdown(Duration::from_secs(10)).is_complete());
+
+    let writer = StoreWriter::start(fx.open().unwrap(), cfg).unwrap();
+    let (h, ev) = writer.client(None);
+    let session_loaded = |id: u64| {
+        h.load_session(id, id ^ 1).unwrap();
+        match ev.recv_timeout(Duration::from_secs(10)) {
+            Some(StoreEvent::SessionLoaded {
+                session_id,
+                tag,
+                result,
+            }) => {
+                assert_eq!((session_id, tag), (id, id ^ 1));
+                result.unwrap()
+            }
+            other => panic!("expected a session answer, got {other:?}"),
+        }
+    };
+    assert_eq!(session_loaded(11), Some(ann));
+    assert_eq!(
+        session_loaded(HIGH_SESSION).unwrap().session,
+        Some(mark(HIGH_SESSION, 8))
+    );
+    assert_eq!(session_loaded(12), None);
+    // Logged out, not yet written: the database still has the session,
+    // the answer does not.
+    h.save_now(rec("ann", b"ann out"));
+    assert_eq!(session_loaded(11), None);
+    assert!(writer.shutdown(Duration::from_secs(10)).is_complete());
+    assert_eq!(
+        fx.sessions(),
+        vec![session_row("bob", mark(HIGH_SESSION, 8))]
+    );
+}
+
 fn the_writer_over_a_real_database(fx: &dyn Fixture) {
     let writer = StoreWriter::start(
         fx.open().unwrap(),
@@ -1071,6 +1126,7 @@ suite!(
     load_session_finds_the_account_by_session_id,
     commits_write_the_session_mark,
     a_version_2_database_is_migrated,
+    sessions_outlive_the_writer,
 );
 
 // --- one backend only ---
