@@ -29,6 +29,17 @@ pub enum StoreEvent {
         tag: u64,
         result: Result<Option<Record>, StoreError>,
     },
+    /// The answer to [`crate::StoreHandle::load_session`]: the record of
+    /// the account whose saved session has this id, its `session` the saved
+    /// mark (restart token, last input the record reflects); `None` when no
+    /// account has that session (it ended, or was never saved: refuse the
+    /// resume); or why there is no answer, as for `Loaded`.
+    SessionLoaded {
+        session_id: u64,
+        /// The caller's own tag, given back unchanged.
+        tag: u64,
+        result: Result<Option<Record>, StoreError>,
+    },
     /// The transaction is durable: now tell the player (the MMO sends
     /// `LootGranted`).
     Committed(Tx),

@@ -7,7 +7,9 @@
 //! the answer of a commit that did happen (an ambiguous failure), and to
 //! look at what was stored.
 //!
-//! It holds one game's rows, like a backend opened for one game.
+//! It holds one game's rows, like a backend opened for one game: records,
+//! the saved session of each account (written with its record, as the real
+//! backends do), and the ledger.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,7 +17,7 @@ use bytes::Bytes;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tether_engine::{Record, Tx};
+use tether_engine::{Record, SessionMark, Tx};
 
 use crate::backend::{Backend, SCHEMA_VERSION};
 use crate::StoreError;
@@ -25,6 +27,7 @@ use crate::StoreError;
 pub enum FakeCall {
     Migrate,
     Load(String),
+    LoadSession(u64),
     /// The accounts of the records in the batch, in order.
     SaveBatch(Vec<String>),
     /// The transaction ids of the batch, in order.
@@ -40,7 +43,10 @@ struct State {
     rejected: BTreeSet<String>,
     latency: Duration,
     hold: bool,
+    /// Stored without their session mark, which lives in `sessions`.
     records: BTreeMap<String, Record>,
+    /// The saved session of each account that has one.
+    sessions: BTreeMap<String, SessionMark>,
     /// (transaction id, account, entry), in commit order.
     ledger: Vec<(u64, String, Bytes)>,
     calls: Vec<FakeCall>,
@@ -72,6 +78,40 @@ impl FakeBackend {
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl State {
+    /// Writes a record and sets its account's saved session from its mark,
+    /// taking the session id from any other account that held it (as the
+    /// real backends do).
+    fn write(&mut self, record: &Record) {
+        let account = record.account.clone();
+        match record.session {
+            Some(mark) => {
+                self.sessions
+                    .retain(|a, m| m.session_id != mark.session_id || *a == account);
+                self.sessions.insert(account.clone(), mark);
+            }
+            None => {
+                self.sessions.remove(&account);
+            }
+        }
+        self.records.insert(
+            account,
+            Record {
+                session: None,
+                ..record.clone()
+            },
+        );
+    }
+
+    /// The record of `account` as a load returns it: with its saved
+    /// session.
+    fn stored(&self, account: &str) -> Option<Record> {
+        let mut r = self.records.get(account)?.clone();
+        r.session = self.sessions.get(account).copied();
+        Some(r)
+    }
 }
 
 impl FakeControl {
@@ -110,16 +150,26 @@ impl FakeControl {
         lock(&self.state).latency = latency;
     }
 
-    /// Puts a record in the database directly.
+    /// Puts a record in the database directly, with its session mark (as
+    /// a save would: `None` deletes the account's saved session).
     pub fn insert(&self, record: Record) {
-        lock(&self.state)
-            .records
-            .insert(record.account.clone(), record);
+        lock(&self.state).write(&record);
     }
 
-    /// The stored record of that account.
+    /// The stored record of that account, with its saved session as
+    /// `session` (what a load returns).
     pub fn record(&self, account: &str) -> Option<Record> {
-        lock(&self.state).records.get(account).cloned()
+        lock(&self.state).stored(account)
+    }
+
+    /// The saved session of that account.
+    pub fn session(&self, account: &str) -> Option<SessionMark> {
+        lock(&self.state).sessions.get(account).copied()
+    }
+
+    /// How many accounts have a saved session.
+    pub fn session_count(&self) -> usize {
+        lock(&self.state).sessions.len()
     }
 
     /// How many records are stored.
@@ -189,7 +239,17 @@ impl Backend for FakeBackend {
 
     fn load(&mut self, account: &str) -> Result<Option<Record>, StoreError> {
         let s = self.enter(FakeCall::Load(account.to_string()))?;
-        Ok(s.records.get(account).cloned())
+        Ok(s.stored(account))
+    }
+
+    fn load_session(&mut self, session_id: u64) -> Result<Option<Record>, StoreError> {
+        let s = self.enter(FakeCall::LoadSession(session_id))?;
+        let account = s
+            .sessions
+            .iter()
+            .find(|(_, m)| m.session_id == session_id)
+            .map(|(a, _)| a.clone());
+        Ok(account.and_then(|a| s.stored(&a)))
     }
 
     fn save_batch(&mut self, records: &[Record]) -> Result<(), StoreError> {
@@ -201,8 +261,11 @@ impl Backend for FakeBackend {
                 bad.account
             )));
         }
+        // One by one in order: the same outcome as the real backends' batch
+        // (the last record of an account wins, a later record keeps a shared
+        // session id).
         for r in records {
-            s.records.insert(r.account.clone(), r.clone());
+            s.write(r);
         }
         Ok(())
     }
@@ -224,7 +287,7 @@ impl Backend for FakeBackend {
             applied += 1;
             s.ledger
                 .push((t.tx_id, t.account().to_string(), t.entry.clone()));
-            s.records.insert(t.account().to_string(), t.record.clone());
+            s.write(&t.record);
         }
         if std::mem::take(&mut s.lose_next_commit_answer) {
             return Err(StoreError::Unavailable(

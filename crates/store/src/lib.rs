@@ -1,7 +1,8 @@
 //! Tether's durable state, for any game: one versioned record of opaque
-//! bytes per account, and a ledger of transactions, in SQLite (embedded, the
-//! default) or PostgreSQL, written from a thread of its own so that a world
-//! thread never waits on a disk or a database.
+//! bytes per account, the account's session as of that record (so that a
+//! session survives a restart or a crash), and a ledger of transactions, in
+//! SQLite (embedded, the default) or PostgreSQL, written from a thread of
+//! its own so that a world thread never waits on a disk or a database.
 //!
 //! The store does not know what a game keeps. A game hands it
 //! [`tether_engine::Record`]s (account, format version, bytes in the game's
@@ -9,7 +10,10 @@
 //! record after the transaction, and a ledger entry in the game's encoding)
 //! and gets them back unchanged. What the bytes mean, and how a newer build
 //! reads an older `version`, is the game's business; the store's is when
-//! they are written and that nothing acknowledged is lost.
+//! they are written and that nothing acknowledged is lost. A record's
+//! `session` ([`tether_engine::SessionMark`], filled in by the engine) is
+//! the store's business too: it is saved with the record, in the same
+//! database transaction, and a record can be loaded by its session's id.
 //!
 //! A store is opened for one game ([`open`]`(spec, game)`): every row is
 //! keyed by the game's name first, records by (game, account) and the
@@ -28,9 +32,9 @@
 //!
 //! # Layout
 //!
-//! - [`backend`]: the [`Backend`] trait (migrate, load, save a batch,
-//!   commit transactions idempotently, ping), [`TxOutcome`],
-//!   [`SCHEMA_VERSION`].
+//! - [`backend`]: the [`Backend`] trait (migrate, load by account or by
+//!   session id, save a batch, commit transactions idempotently, ping),
+//!   [`TxOutcome`], [`SCHEMA_VERSION`].
 //! - [`sqlite`]: [`SqliteBackend`], one file in WAL mode, `synchronous=FULL`.
 //! - `pg`: [`PostgresBackend`], the synchronous `postgres` client,
 //!   reconnecting after connection loss.
@@ -55,14 +59,20 @@
 //!  logout / expiry ─── save_now ───────┤ per-shard dirty map (latest per account)
 //!                                      │      │ drained before each request
 //!  login ───────────── load ──────────┐│      v
-//!  game transactions ─ commit ───────┐││  WriteBehind: 1. transactions (batched, ──> commit_batch
-//!                      (capped)      └┴┴─>               in order)
-//!                                                     2. loads ─────────────────────> load
+//!  resume of a session                ││
+//!  not held ────────── load_session ─┐││
+//!  game transactions ─ commit ──────┐│││  WriteBehind: 1. transactions (batched, ──> commit_batch
+//!                      (capped)     └┴┴┴─>               in order)
+//!                                                     2. loads ─────────────────────> load /
+//!                                                                                     load_session
 //!                                                     3. due records ──────────────> save_batch
+//!                                                     (records carry their session
+//!                                                      mark, written with them)
 //!                                                     failure: keep all, back off,
 //!                                                     report Degraded, retry
 //!  StoreEvents::try_recv <── events (one channel per shard) + wake callback
 //!    Loaded          -> finish the login (or refuse it)
+//!    SessionLoaded   -> finish the resume (or refuse it)
 //!    Committed       -> only now tell the player (the MMO's LootGranted)
 //!    Rejected        -> the transaction never happened; never tell
 //!    Health          -> /healthz, metrics
@@ -97,6 +107,21 @@
 //! written after it. One sequence counter orders every request of every
 //! shard, so "before" holds across shards too (see `queue`).
 //!
+//! **Sessions outlive the process.** Every record the engine hands over
+//! carries the account's session mark (session id, restart token, the last
+//! input the record reflects), or `None` once the session ended (logout,
+//! expiry). Each write of a record sets the account's saved session from
+//! it in the same database transaction, so after a crash the saved session
+//! and the saved record agree: the mark's last input is the last input the
+//! record reflects, which is what lets the engine resume the session
+//! exactly once. After a restart, a resume for a session the new
+//! process does not hold asks [`StoreHandle::load_session`]; the answer
+//! ([`StoreEvent::SessionLoaded`]) is the account's record with its saved
+//! mark, and reflects the records handed over before the call even when not
+//! written yet (a session ended in memory is not resumed from the mark the
+//! database still holds). A session id names one session: a mark saved for
+//! another account with the same id takes the id over.
+//!
 //! **What survives a crash or power loss.** SQLite runs in WAL mode with
 //! `synchronous=FULL`: a commit is fsynced before it returns, so every
 //! acknowledged transaction survives a power cut (`NORMAL` would not; see
@@ -112,8 +137,9 @@
 //! order they were made, then loads, then records. Nothing acknowledged is
 //! lost: an acknowledged transaction is by definition committed, and
 //! everything else is held. Loads of records held in memory (logged out
-//! during the outage) are answered from memory at once; other loads wait up
-//! to [`WriterConfig::load_timeout`] (3 s) and are then answered
+//! during the outage) are answered from memory at once, and so are loads by
+//! session id whose session a record held in memory carries; other loads
+//! wait up to [`WriterConfig::load_timeout`] (3 s) and are then answered
 //! [`StoreError::Unavailable`].
 //!
 //! **When the queue is full.** Every queue has a cap, and handles refuse
@@ -122,8 +148,8 @@
 //! | queue | cap (default) | refused | server's answer |
 //! |---|---|---|---|
 //! | transactions waiting for commit | `max_pending_tx` (4,096) | `commit` | value actions refused with a `CommandError`; check [`StoreHandle::accepts_value`] first |
-//! | loads waiting | `max_pending_loads` (1,024) | `load` | login closed with `CLOSE_CODE_STORAGE_UNAVAILABLE` |
-//! | logged-out records unsaved | `max_pending_saves` (10,000) | `load` | login closed with `CLOSE_CODE_STORAGE_UNAVAILABLE` |
+//! | loads waiting (by account or session id) | `max_pending_loads` (1,024) | `load`, `load_session` | login or resume closed with `CLOSE_CODE_STORAGE_UNAVAILABLE` |
+//! | logged-out records unsaved | `max_pending_saves` (10,000) | `load`, `load_session` | login or resume closed with `CLOSE_CODE_STORAGE_UNAVAILABLE` |
 //! | records of players online | one per account (coalesced) | never | movement is always served |
 //! | events back to a shard | one per load and transaction submitted, plus health changes | never | (bounded by the caps above) |
 //!
@@ -145,19 +171,30 @@
 //!
 //! Versioned migrations, applied when a backend is opened (and re-checked on
 //! reconnect), each recorded in `schema_version`; a database newer than the
-//! build is refused ([`StoreError::SchemaTooNew`]). Version 2 (current):
+//! build is refused ([`StoreError::SchemaTooNew`]). Version 3 (current):
 //!
 //! - `records(game, account, version, data, updated_at)`, primary key
 //!   `(game, account)`: one row per account of each game, `data` a BLOB
 //!   (SQLite) or BYTEA (PostgreSQL), written whole.
+//! - `sessions(game, account, session_id, restart_token, last_input,
+//!   saved_at)`, primary key `(game, account)` (one saved session per
+//!   account of each game), a unique index `sessions_by_id` on `(game,
+//!   session_id)`, and a foreign key to the account's `records` row:
+//!   written (or deleted, for a record without a mark) with every record
+//!   write, in the same transaction. `restart_token` is 16 bytes (a
+//!   `CHECK`); `session_id` is the engine's 64 bits read as signed, like a
+//!   transaction id.
 //! - `tx_ledger(game, run_id, tx_id, account, entry, committed_at)`, primary
 //!   key `(game, run_id, tx_id)`: every transaction ever committed, with the
 //!   game's entry bytes (an audit trail; it is not pruned).
 //! - `store_runs(id, started_at)`: one row per server process that commits
 //!   transactions (shared by every game in the database).
 //!
-//! An empty account is refused by a `CHECK` on both tables (a
-//! [`StoreError::Rejected`]).
+//! An empty account is refused by a `CHECK` on `records`, `tx_ledger` and
+//! `sessions` (a [`StoreError::Rejected`]).
+//!
+//! Migration 3 creates `sessions` and its index (and nothing else: version
+//! 2's rows stay as they are, with no saved session).
 //!
 //! Version 1 held the MMO's typed tables: `accounts`, `characters(name,
 //! account, x, y, hp, level, xp, gold, inventory, updated_at)` and
@@ -194,6 +231,13 @@
 //!    `Ok(None)` creates the account's state, joins, and `save_now`s it;
 //!    `Err(_)` closes with `CLOSE_CODE_STORAGE_UNAVAILABLE`. (The directory
 //!    claim is held while loading; release it on refusal.)
+//!    A resume of a session the process does not hold:
+//!    `handle.load_session(session_id, tag)`; on
+//!    [`StoreEvent::SessionLoaded`], `Ok(Some(r))` is the saved session:
+//!    `r.session` holds the restart token to check the client's against
+//!    and the last input `r` reflects; `Ok(None)` means there is no such
+//!    session (refuse the resume: the client logs in); `Err(_)` closes as a
+//!    failed load does.
 //! 4. Each tick: encode the records that changed and
 //!    `handle.mark_dirty_all(records)`.
 //! 5. Logout and zombie expiry: `handle.save_now(record)`.
@@ -215,10 +259,11 @@
 //! `cargo test -p tether-store` runs the queue against the fake backend
 //! (unit tests in `queue`), the threaded writer (`tests/writer.rs`) and the
 //! backend suite on SQLite in a temporary directory (`tests/backends.rs`),
-//! migration from a version-1 database included. The same backend suite
-//! runs on PostgreSQL when `TETHER_TEST_POSTGRES` holds a connection URL
-//! (each run in a schema of its own, dropped afterwards); without it those
-//! tests print that they were skipped.
+//! migrations from version-1 and version-2 databases and sessions carried
+//! from one writer to the next included. The same backend suite runs on
+//! PostgreSQL when `TETHER_TEST_POSTGRES` holds a connection URL (each run
+//! in a schema of its own, dropped afterwards); without it those tests
+//! print that they were skipped.
 #![forbid(unsafe_code)]
 
 pub mod backend;

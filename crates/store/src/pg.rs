@@ -27,7 +27,8 @@ use postgres::{Client, Config, NoTls};
 use tether_engine::{Record, Tx};
 
 use crate::backend::{
-    check_game, last_per_account, tx_key, unix_ms, version_from_sql, Backend, SCHEMA_VERSION,
+    check_game, last_per_account, mark_from_sql, session_key, session_writes, tx_key, unix_ms,
+    version_from_sql, Backend, SessionWrites, SCHEMA_VERSION,
 };
 use crate::StoreError;
 
@@ -115,6 +116,19 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE loot_ledger;
     DROP TABLE characters;
     DROP TABLE accounts;",
+    // 3: the saved session of each account; see the SQLite migration 3,
+    // which this one mirrors.
+    "CREATE TABLE IF NOT EXISTS sessions (
+        game        TEXT NOT NULL,
+        account     TEXT NOT NULL CHECK (account <> ''),
+        session_id  BIGINT NOT NULL,
+        restart_token BYTEA NOT NULL CHECK (octet_length(restart_token) = 16),
+        last_input  BIGINT NOT NULL,
+        saved_at    BIGINT NOT NULL,
+        PRIMARY KEY (game, account),
+        FOREIGN KEY (game, account) REFERENCES records (game, account)
+    );
+    CREATE UNIQUE INDEX IF NOT EXISTS sessions_by_id ON sessions (game, session_id);",
 ];
 
 /// A whole batch of records in one statement: the columns travel as arrays
@@ -130,6 +144,37 @@ const UPSERT_RECORD: &str = "INSERT INTO records (game, account, version, data, 
         VALUES ($1, $2, $3, $4, $5)
     ON CONFLICT (game, account) DO UPDATE SET
         version = EXCLUDED.version, data = EXCLUDED.data, updated_at = EXCLUDED.updated_at";
+
+/// The sessions of a batch's records without a mark end.
+const END_SESSIONS: &str = "DELETE FROM sessions WHERE game = $1 AND account = ANY($2::text[])";
+
+/// The ids a batch saves are taken from any other account holding them
+/// (see [`Backend`]), so that [`SAVE_SESSIONS`] never meets the unique
+/// index.
+const TAKE_SESSION_IDS: &str = "DELETE FROM sessions s
+    USING UNNEST($2::text[], $3::bigint[]) AS t(a, id)
+    WHERE s.game = $1 AND s.session_id = t.id AND s.account <> t.a";
+
+/// A batch's marks, one statement like [`SAVE_RECORDS`].
+const SAVE_SESSIONS: &str = "INSERT INTO sessions
+        (game, account, session_id, restart_token, last_input, saved_at)
+    SELECT $1, a, id, tok, li, $6
+    FROM UNNEST($2::text[], $3::bigint[], $4::bytea[], $5::bigint[]) AS t(a, id, tok, li)
+    ON CONFLICT (game, account) DO UPDATE SET
+        session_id = EXCLUDED.session_id, restart_token = EXCLUDED.restart_token,
+        last_input = EXCLUDED.last_input, saved_at = EXCLUDED.saved_at";
+
+/// A record with the account's saved session, if any.
+const LOAD: &str = "SELECT r.version, r.data, s.session_id, s.restart_token, s.last_input
+    FROM records r
+    LEFT JOIN sessions s ON s.game = r.game AND s.account = r.account
+    WHERE r.game = $1 AND r.account = $2";
+
+const LOAD_SESSION: &str =
+    "SELECT r.version, r.data, s.session_id, s.restart_token, s.last_input, r.account
+    FROM sessions s
+    JOIN records r ON r.game = s.game AND r.account = s.account
+    WHERE s.game = $1 AND s.session_id = $2";
 
 const INSERT_LEDGER: &str = "INSERT INTO tx_ledger
         (game, run_id, tx_id, account, entry, committed_at)
@@ -292,6 +337,57 @@ fn run_id(client: &mut Client, slot: &mut Option<i64>) -> Result<i64, StoreError
     Ok(id)
 }
 
+/// Applies a batch's session writes (see [`session_writes`]).
+fn write_sessions(
+    tx: &mut postgres::Transaction<'_>,
+    game: &str,
+    w: &SessionWrites<'_>,
+    now: i64,
+) -> Result<(), StoreError> {
+    if !w.ends.is_empty() {
+        tx.execute(END_SESSIONS, &[&game, &w.ends])?;
+    }
+    if !w.saves.is_empty() {
+        let accounts: Vec<&str> = w.saves.iter().map(|(a, _)| *a).collect();
+        let ids: Vec<i64> = w
+            .saves
+            .iter()
+            .map(|(_, m)| session_key(m.session_id))
+            .collect();
+        let tokens: Vec<&[u8]> = w.saves.iter().map(|(_, m)| &m.restart_token[..]).collect();
+        let last: Vec<i64> = w
+            .saves
+            .iter()
+            .map(|(_, m)| i64::from(m.last_input))
+            .collect();
+        tx.execute(TAKE_SESSION_IDS, &[&game, &accounts, &ids])?;
+        tx.execute(
+            SAVE_SESSIONS,
+            &[&game, &accounts, &ids, &tokens, &last, &now],
+        )?;
+    }
+    Ok(())
+}
+
+/// A record from a [`LOAD`] or [`LOAD_SESSION`] row.
+fn record_from_row(account: String, row: &postgres::Row) -> Result<Record, StoreError> {
+    let version: i64 = row.try_get(0).map_err(row_error)?;
+    let data: Vec<u8> = row.try_get(1).map_err(row_error)?;
+    let session_id: Option<i64> = row.try_get(2).map_err(row_error)?;
+    let token: Option<Vec<u8>> = row.try_get(3).map_err(row_error)?;
+    let last_input: Option<i64> = row.try_get(4).map_err(row_error)?;
+    let session = match (session_id, token, last_input) {
+        (Some(id), Some(token), Some(last)) => Some(mark_from_sql(id, &token, last)?),
+        _ => None,
+    };
+    Ok(Record {
+        account,
+        version: version_from_sql(version)?,
+        data: Bytes::from(data),
+        session,
+    })
+}
+
 impl Backend for PostgresBackend {
     fn kind(&self) -> &'static str {
         "postgres"
@@ -307,20 +403,19 @@ impl Backend for PostgresBackend {
 
     fn load(&mut self, account: &str) -> Result<Option<Record>, StoreError> {
         self.with_client(|c, game, _| {
-            let Some(row) = c.query_opt(
-                "SELECT version, data FROM records WHERE game = $1 AND account = $2",
-                &[&game, &account],
-            )?
-            else {
+            c.query_opt(LOAD, &[&game, &account])?
+                .map(|row| record_from_row(account.to_string(), &row))
+                .transpose()
+        })
+    }
+
+    fn load_session(&mut self, session_id: u64) -> Result<Option<Record>, StoreError> {
+        self.with_client(|c, game, _| {
+            let Some(row) = c.query_opt(LOAD_SESSION, &[&game, &session_key(session_id)])? else {
                 return Ok(None);
             };
-            let version: i64 = row.try_get(0).map_err(row_error)?;
-            let data: Vec<u8> = row.try_get(1).map_err(row_error)?;
-            Ok(Some(Record {
-                account: account.to_string(),
-                version: version_from_sql(version)?,
-                data: Bytes::from(data),
-            }))
+            let account: String = row.try_get(5).map_err(row_error)?;
+            record_from_row(account, &row).map(Some)
         })
     }
 
@@ -329,6 +424,7 @@ impl Backend for PostgresBackend {
             return Ok(());
         }
         let mut batch = last_per_account(records);
+        let sessions = session_writes(&batch);
         // One lock order for every writer: two processes saving overlapping
         // batches cannot deadlock.
         batch.sort_by(|a, b| a.account.cmp(&b.account));
@@ -339,6 +435,7 @@ impl Backend for PostgresBackend {
             let now = unix_ms();
             let mut tx = c.transaction()?;
             tx.execute(SAVE_RECORDS, &[&game, &accounts, &versions, &data, &now])?;
+            write_sessions(&mut tx, game, &sessions, now)?;
             tx.commit()?;
             Ok(())
         })
@@ -354,7 +451,7 @@ impl Backend for PostgresBackend {
             let mut tx = c.transaction()?;
             let ledger = tx.prepare(INSERT_LEDGER)?;
             let upsert = tx.prepare(UPSERT_RECORD)?;
-            let mut applied = 0;
+            let mut applied = Vec::with_capacity(txs.len());
             for t in txs {
                 let inserted = tx.execute(
                     &ledger,
@@ -370,15 +467,25 @@ impl Backend for PostgresBackend {
                 if inserted == 0 {
                     continue;
                 }
-                applied += 1;
                 let r = &t.record;
+                applied.push(r);
                 tx.execute(
                     &upsert,
                     &[&game, &r.account, &i64::from(r.version), &&r.data[..], &now],
                 )?;
             }
+            // The sessions of the records written, in one go: the same
+            // outcome as one by one in order (the last record of an account
+            // wins, a later record keeps a shared id), in three statements
+            // whatever the batch.
+            write_sessions(
+                &mut tx,
+                game,
+                &session_writes(&last_per_account(applied.iter().copied())),
+                now,
+            )?;
             tx.commit()?;
-            Ok(applied)
+            Ok(applied.len())
         })
     }
 

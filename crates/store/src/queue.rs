@@ -44,6 +44,22 @@
 //! driver merges the shards' queued records before it applies each
 //! request, so every record queued before a transaction is here when the
 //! transaction arrives.
+//!
+//! # Loads by session id
+//!
+//! A load by session id (a resume the process does not hold) must see the
+//! records still queued here, like a load by account: a session that ended
+//! (its account's newest record has no mark) must not be resumed from the
+//! mark still in the database, and a newer mark must win over an older
+//! one. But the database is keyed by account, and the id only names the
+//! account through a mark. So the queue keeps an index from the session id
+//! of each queued record's mark to its account: a load whose id is there
+//! is answered from memory at once (that record is the account's newest).
+//! Otherwise the database is asked, after the transactions queued before
+//! (as for any load), and its answer is checked against the queue: if the
+//! account it names has a record queued here by then, that newer record
+//! decides (its mark still has the id: it is the answer; it has none or
+//! another: `None`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
@@ -91,10 +107,17 @@ struct PendingTx {
     tx: Tx,
 }
 
+/// What a load asks for.
+#[derive(Debug, Clone)]
+enum LoadKey {
+    Account(String),
+    Session(u64),
+}
+
 #[derive(Debug)]
 struct PendingLoad {
     client: ClientId,
-    account: String,
+    key: LoadKey,
     tag: u64,
     deadline: Instant,
 }
@@ -112,6 +135,10 @@ pub(crate) struct WriteBehind {
     stats: Arc<StoreStats>,
     /// Keyed by account.
     records: HashMap<String, PendingRecord>,
+    /// The session id of each mark in `records`, to its account (see the
+    /// module docs). When two accounts' records carry one id, the newer
+    /// holds it.
+    by_session: HashMap<u64, String>,
     /// How many of `records` are urgent (kept in step with every change).
     urgent: usize,
     txs: VecDeque<PendingTx>,
@@ -138,6 +165,7 @@ impl WriteBehind {
             cfg,
             stats,
             records: HashMap::new(),
+            by_session: HashMap::new(),
             urgent: 0,
             txs: VecDeque::new(),
             loads: VecDeque::new(),
@@ -173,6 +201,7 @@ impl WriteBehind {
             match self.records.get_mut(&account) {
                 Some(p) => {
                     if e.seq > p.seq {
+                        reindex(&mut self.by_session, &account, &p.record, &e.record);
                         p.record = e.record;
                         p.seq = e.seq;
                     }
@@ -185,6 +214,9 @@ impl WriteBehind {
                 None => {
                     if e.urgent {
                         self.urgent += 1;
+                    }
+                    if let Some(m) = e.record.session {
+                        self.by_session.insert(m.session_id, account.clone());
                     }
                     self.records.insert(
                         account,
@@ -207,6 +239,7 @@ impl WriteBehind {
     pub fn on_tx(&mut self, client: ClientId, seq: u64, tx: Tx) {
         if let Some(p) = self.records.get_mut(tx.account()) {
             if p.seq < seq {
+                reindex(&mut self.by_session, tx.account(), &p.record, &tx.record);
                 p.record = tx.record.clone();
                 p.seq = seq;
             }
@@ -218,21 +251,62 @@ impl WriteBehind {
     /// newest state is not in the database yet); otherwise queued until the
     /// database answers or `load_timeout` passes.
     pub fn on_load(&mut self, now: Instant, client: ClientId, account: String, tag: u64) {
+        let held = self.records.get(&account).map(|p| p.record.clone());
+        self.load_or_queue(now, client, LoadKey::Account(account), tag, held);
+    }
+
+    /// A load by session id: answered at once when a record queued here
+    /// carries that session (the newest of its account); otherwise queued
+    /// like any load, and the database's answer checked against what is
+    /// queued by then (see the module docs).
+    pub fn on_load_session(&mut self, now: Instant, client: ClientId, session_id: u64, tag: u64) {
+        let held = self.held_session(session_id);
+        self.load_or_queue(now, client, LoadKey::Session(session_id), tag, held);
+    }
+
+    fn load_or_queue(
+        &mut self,
+        now: Instant,
+        client: ClientId,
+        key: LoadKey,
+        tag: u64,
+        held: Option<Record>,
+    ) {
         if self.draining {
-            self.answer_load(client, account, tag, Err(StoreError::Closed));
+            self.answer_load(client, key, tag, Err(StoreError::Closed));
             return;
         }
-        if let Some(p) = self.records.get(&account) {
-            let record = p.record.clone();
-            self.answer_load(client, account, tag, Ok(Some(record)));
+        if let Some(record) = held {
+            self.answer_load(client, key, tag, Ok(Some(record)));
             return;
         }
         self.loads.push_back(PendingLoad {
             client,
-            account,
+            key,
             tag,
             deadline: now + self.cfg.load_timeout,
         });
+    }
+
+    /// The record queued here whose mark has this session id.
+    fn held_session(&self, session_id: u64) -> Option<Record> {
+        let account = self.by_session.get(&session_id)?;
+        let p = self.records.get(account)?;
+        debug_assert_eq!(p.record.session.map(|m| m.session_id), Some(session_id));
+        Some(p.record.clone())
+    }
+
+    /// The database's answer to a load by session id, checked against the
+    /// records queued here now (see the module docs). None of them carries
+    /// the id (the caller looked first).
+    fn newest_of_session(&self, found: Option<Record>) -> Option<Record> {
+        let found = found?;
+        match self.records.get(&found.account) {
+            // Queued here, and not under this id (or the index would have
+            // it): the session ended or moved on since it was saved.
+            Some(_) => None,
+            None => Some(found),
+        }
     }
 
     /// Shutting down: every record is due now; loads still queued are
@@ -243,7 +317,7 @@ impl WriteBehind {
             p.due = true;
         }
         while let Some(l) = self.loads.pop_front() {
-            self.answer_load(l.client, l.account, l.tag, Err(StoreError::Closed));
+            self.answer_load(l.client, l.key, l.tag, Err(StoreError::Closed));
         }
     }
 
@@ -326,6 +400,7 @@ impl WriteBehind {
     pub fn into_leftovers(mut self) -> (Leftovers, Vec<(Target, StoreEvent)>) {
         self.begin_shutdown();
         let tx_n = self.txs.len();
+        self.by_session.clear();
         let mut left = Leftovers {
             records: self.records.drain().map(|(_, p)| p.record).collect(),
             txs: self.txs.drain(..).map(|t| t.tx).collect(),
@@ -399,8 +474,22 @@ impl WriteBehind {
     }
 
     fn serve_load(&mut self, now: Instant, backend: &mut dyn Backend) {
-        let account = self.loads.front().expect("a queued load").account.clone();
-        let result = backend.load(&account);
+        let key = self.loads.front().expect("a queued load").key.clone();
+        if let LoadKey::Session(id) = key {
+            if let Some(held) = self.held_session(id) {
+                // Queued here since the load arrived: answered without the
+                // database, which says nothing about its health.
+                let l = self.loads.pop_front().expect("a queued load");
+                self.answer_load(l.client, l.key, l.tag, Ok(Some(held)));
+                return;
+            }
+        }
+        let result = match key {
+            LoadKey::Account(account) => backend.load(&account),
+            LoadKey::Session(id) => backend
+                .load_session(id)
+                .map(|found| self.newest_of_session(found)),
+        };
         let result = match result {
             Err(e) if e.is_retryable() => {
                 // Kept: answered when the database returns, or at its
@@ -421,7 +510,7 @@ impl WriteBehind {
             }
         };
         let l = self.loads.pop_front().expect("a queued load");
-        self.answer_load(l.client, l.account, l.tag, result);
+        self.answer_load(l.client, l.key, l.tag, result);
     }
 
     fn expire_loads(&mut self, now: Instant) {
@@ -433,14 +522,14 @@ impl WriteBehind {
                 "no answer from the database within {} ms",
                 self.cfg.load_timeout.as_millis()
             ));
-            self.answer_load(l.client, l.account, l.tag, Err(error));
+            self.answer_load(l.client, l.key, l.tag, Err(error));
         }
     }
 
     fn answer_load(
         &mut self,
         client: ClientId,
-        account: String,
+        key: LoadKey,
         tag: u64,
         result: Result<Option<Record>, StoreError>,
     ) {
@@ -451,14 +540,19 @@ impl WriteBehind {
             &self.stats.loads_failed
         };
         counter.fetch_add(1, Relaxed);
-        self.out.push((
-            Target::Client(client),
-            StoreEvent::Loaded {
+        let event = match key {
+            LoadKey::Account(account) => StoreEvent::Loaded {
                 account,
                 tag,
                 result,
             },
-        ));
+            LoadKey::Session(session_id) => StoreEvent::SessionLoaded {
+                session_id,
+                tag,
+                result,
+            },
+        };
+        self.out.push((Target::Client(client), event));
     }
 
     fn save_due(&mut self, now: Instant, backend: &mut dyn Backend) {
@@ -517,7 +611,7 @@ impl WriteBehind {
     }
 
     fn record_done(&mut self, account: &str) {
-        if let Some(p) = self.records.remove(account) {
+        if let Some(p) = self.remove_record(account) {
             if p.urgent {
                 self.urgent -= 1;
             }
@@ -526,7 +620,7 @@ impl WriteBehind {
     }
 
     fn record_rejected(&mut self, account: &str, error: &StoreError) {
-        if let Some(p) = self.records.remove(account) {
+        if let Some(p) = self.remove_record(account) {
             if p.urgent {
                 self.urgent -= 1;
             }
@@ -537,6 +631,20 @@ impl WriteBehind {
                 "record rejected by the database; dropped"
             );
         }
+    }
+
+    fn remove_record(&mut self, account: &str) -> Option<PendingRecord> {
+        let p = self.records.remove(account)?;
+        if let Some(m) = p.record.session {
+            if self
+                .by_session
+                .get(&m.session_id)
+                .is_some_and(|a| a == account)
+            {
+                self.by_session.remove(&m.session_id);
+            }
+        }
+        Some(p)
     }
 
     // --- health ---
@@ -580,6 +688,28 @@ impl WriteBehind {
     }
 }
 
+/// Keeps the session index true when `account`'s queued record `old` is
+/// replaced by `new`: the old mark's id stops naming the account (unless
+/// another account's newer record took it), the new one names it.
+fn reindex(index: &mut HashMap<u64, String>, account: &str, old: &Record, new: &Record) {
+    let old = old.session.map(|m| m.session_id);
+    let new = new.session.map(|m| m.session_id);
+    let holds =
+        |index: &HashMap<u64, String>, id: u64| index.get(&id).is_some_and(|a| a == account);
+    if let Some(id) = new {
+        // The common case: the same session, a later input. No allocation.
+        if old == Some(id) && holds(index, id) {
+            return;
+        }
+        index.insert(id, account.to_string());
+    }
+    if let Some(id) = old {
+        if old != new && holds(index, id) {
+            index.remove(&id);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,10 +718,27 @@ mod tests {
 
     /// A record whose bytes are `data` (the tests read them back as text).
     fn rec(account: &str, data: &str) -> Record {
+        Record::new(account, 1, Bytes::from(data.to_string()))
+    }
+
+    /// `rec(account, data)` in session `session_id`, inputs up to `last`
+    /// applied.
+    fn in_session(account: &str, data: &str, session_id: u64, last: u32) -> Record {
         Record {
-            account: account.into(),
-            version: 1,
-            data: Bytes::from(data.to_string()),
+            session: Some(tether_engine::SessionMark {
+                session_id,
+                restart_token: [session_id as u8; 16],
+                last_input: last,
+            }),
+            ..rec(account, data)
+        }
+    }
+
+    fn session_loaded(session_id: u64, tag: u64, result: Option<Record>) -> StoreEvent {
+        StoreEvent::SessionLoaded {
+            session_id,
+            tag,
+            result: Ok(result),
         }
     }
 
@@ -673,6 +820,17 @@ mod tests {
             self.stats.loads_pending.fetch_add(1, Relaxed);
             let now = self.at(ms);
             self.q.on_load(now, 0, account.into(), tag);
+        }
+
+        fn load_session(&mut self, ms: u64, session_id: u64, tag: u64) {
+            self.stats.loads_pending.fetch_add(1, Relaxed);
+            let now = self.at(ms);
+            self.q.on_load_session(now, 0, session_id, tag);
+        }
+
+        /// Events already produced, without running a step.
+        fn events(&mut self) -> Vec<StoreEvent> {
+            self.q.take_events().map(|(_, e)| e).collect()
         }
 
         /// Runs every step that is ready at `ms`; returns the events.
@@ -1021,6 +1179,189 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_load_by_session_is_answered_from_the_newest_queued_record() {
+        let mut h = Harness::new();
+        h.ctl.insert(in_session("ann", "in the database", 11, 5));
+        h.ctl.set_down(true);
+        h.dirty(in_session("ann", "ann 1", 11, 6));
+        h.dirty(in_session("ann", "ann 2", 11, 7));
+        h.load_session(0, 11, 1);
+        assert_eq!(
+            h.events(),
+            vec![session_loaded(
+                11,
+                1,
+                Some(in_session("ann", "ann 2", 11, 7))
+            )],
+            "answered at once, database down or not"
+        );
+        // A transaction's record replaces the queued one, mark included.
+        h.commit(tx(1, "ann", "after tx"));
+        h.q.on_tx(0, 100, {
+            h.stats.tx_pending.fetch_add(1, Relaxed);
+            Tx {
+                record: in_session("ann", "after tx 2", 11, 8),
+                ..tx(2, "ann", "")
+            }
+        });
+        h.load_session(0, 11, 2);
+        assert_eq!(
+            h.events(),
+            vec![session_loaded(
+                11,
+                2,
+                Some(in_session("ann", "after tx 2", 11, 8))
+            )]
+        );
+        // Another account's newer record with the same id takes it.
+        h.dirty(in_session("bob", "bob", 11, 1));
+        h.load_session(0, 11, 3);
+        assert_eq!(
+            h.events(),
+            vec![session_loaded(11, 3, Some(in_session("bob", "bob", 11, 1)))]
+        );
+        assert!(
+            !h.ctl
+                .calls()
+                .iter()
+                .any(|c| matches!(c, FakeCall::LoadSession(_))),
+            "the database was not asked"
+        );
+        let s = h.stats.snapshot();
+        assert_eq!((s.loads_pending, s.loads_served), (0, 3));
+    }
+
+    #[test]
+    fn a_session_ended_or_replaced_in_the_queue_is_not_resumed_from_the_database() {
+        let mut h = Harness::new();
+        h.ctl.insert(in_session("ann", "ann saved", 11, 5));
+        h.ctl.insert(in_session("bob", "bob saved", 12, 5));
+        h.ctl.insert(in_session("cat", "cat saved", 13, 5));
+        // ann logged out, bob is in a new session; neither written yet.
+        h.save_now(rec("ann", "ann out"));
+        h.dirty(in_session("bob", "bob again", 22, 0));
+        h.dirty(rec("dan", "dan"));
+        for (tag, id) in [(1, 11), (2, 12), (3, 13), (4, 14)] {
+            h.load_session(0, id, tag);
+        }
+        assert!(h.events().is_empty(), "none of these is held here");
+        let ev = h.run(0);
+        assert_eq!(
+            ev,
+            vec![
+                session_loaded(11, 1, None),
+                session_loaded(12, 2, None),
+                session_loaded(13, 3, Some(in_session("cat", "cat saved", 13, 5))),
+                session_loaded(14, 4, None),
+            ]
+        );
+        assert_eq!(
+            h.ctl.calls()[..4],
+            [
+                FakeCall::LoadSession(11),
+                FakeCall::LoadSession(12),
+                FakeCall::LoadSession(13),
+                FakeCall::LoadSession(14),
+            ],
+            "asked before the records were written"
+        );
+        assert_eq!(h.ctl.session("ann"), None, "then the logout was written");
+        // Written and gone from the queue: the database answers alone.
+        h.load_session(5_000, 22, 5);
+        h.load_session(5_000, 11, 6);
+        assert_eq!(
+            h.run(5_000),
+            vec![
+                session_loaded(22, 5, Some(in_session("bob", "bob again", 22, 0))),
+                session_loaded(11, 6, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_record_queued_after_a_load_by_session_is_seen_when_it_is_served() {
+        let mut h = Harness::new();
+        h.ctl.insert(in_session("ann", "ann saved", 11, 5));
+        h.ctl.set_down(true);
+        h.load_session(0, 11, 1);
+        h.load_session(0, 11, 2);
+        h.run(0);
+        // Handed over while the loads wait: the newest state answers them.
+        h.save_now(rec("ann", "ann out"));
+        h.ctl.set_down(false);
+        h.load_session(100, 99, 3);
+        let ev = h.run(100);
+        assert!(ev.contains(&session_loaded(11, 1, None)), "{ev:?}");
+        assert!(ev.contains(&session_loaded(11, 2, None)), "{ev:?}");
+        assert!(ev.contains(&session_loaded(99, 3, None)), "{ev:?}");
+        // Answered from memory at the retry, the database still away: no
+        // word about its health, which is still in doubt.
+        let mut h = Harness::new();
+        h.ctl.set_down(true);
+        h.load_session(0, 11, 1);
+        assert_eq!(h.run(0), vec![StoreEvent::Health(Health::Degraded)]);
+        h.dirty(in_session("ann", "ann", 11, 1));
+        let ev = h.run(100);
+        assert_eq!(
+            ev,
+            vec![session_loaded(11, 1, Some(in_session("ann", "ann", 11, 1)))]
+        );
+        assert_eq!(h.q.health(), Health::Degraded);
+        assert!(h.stats.snapshot().degraded);
+    }
+
+    #[test]
+    fn a_load_by_session_waits_for_transactions_and_outages_like_a_load() {
+        let mut h = Harness::new();
+        h.ctl.insert(in_session("ann", "ann saved", 11, 5));
+        h.commit(Tx {
+            record: in_session("ann", "after tx", 11, 6),
+            ..tx(1, "ann", "")
+        });
+        h.load_session(0, 11, 1);
+        assert!(
+            h.events().is_empty(),
+            "the transaction is not a queued record"
+        );
+        let ev = h.run(0);
+        assert_eq!(
+            ev,
+            vec![
+                StoreEvent::Committed(Tx {
+                    record: in_session("ann", "after tx", 11, 6),
+                    ..tx(1, "ann", "")
+                }),
+                session_loaded(11, 1, Some(in_session("ann", "after tx", 11, 6))),
+            ]
+        );
+
+        h.ctl.set_down(true);
+        h.load_session(0, 11, 2);
+        assert_eq!(h.run(0), vec![StoreEvent::Health(Health::Degraded)]);
+        assert!(h.run(2_999).is_empty());
+        match &h.run(3_000)[..] {
+            [StoreEvent::SessionLoaded {
+                session_id: 11,
+                tag: 2,
+                result: Err(e),
+            }] => assert!(e.is_retryable()),
+            other => panic!("unexpected {other:?}"),
+        }
+        h.load_session(3_000, 12, 3);
+        h.q.begin_shutdown();
+        assert_eq!(
+            h.events(),
+            vec![StoreEvent::SessionLoaded {
+                session_id: 12,
+                tag: 3,
+                result: Err(StoreError::Closed),
+            }]
+        );
+        let s = h.stats.snapshot();
+        assert_eq!((s.loads_pending, s.loads_served, s.loads_failed), (0, 1, 2));
     }
 
     #[test]

@@ -29,10 +29,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
-use tether_engine::{Record, Tx};
+use tether_engine::{Record, SessionMark, Tx};
 
 use crate::backend::{
-    check_game, last_per_account, tx_key, unix_ms, version_from_sql, Backend, SCHEMA_VERSION,
+    check_game, last_per_account, mark_from_sql, session_key, session_writes, tx_key, unix_ms,
+    version_from_sql, Backend, SCHEMA_VERSION,
 };
 use crate::StoreError;
 
@@ -119,12 +120,56 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX characters_by_account;
     DROP TABLE characters;
     DROP TABLE accounts;",
+    // 3: the saved session of each account (at most one per game), written
+    // with the account's record in the same transaction, so that a session
+    // survives a restart. A session id names one session of a game; the
+    // unique index finds a resumed session's account. The foreign key holds
+    // what the writes guarantee: a saved session always has a record.
+    // IF NOT EXISTS: idempotent, whatever a crash left.
+    "CREATE TABLE IF NOT EXISTS sessions (
+        game        TEXT NOT NULL,
+        account     TEXT NOT NULL CHECK (account <> ''),
+        session_id  INTEGER NOT NULL,
+        restart_token BLOB NOT NULL CHECK (length(restart_token) = 16),
+        last_input  INTEGER NOT NULL,
+        saved_at    INTEGER NOT NULL,
+        PRIMARY KEY (game, account),
+        FOREIGN KEY (game, account) REFERENCES records (game, account)
+    );
+    CREATE UNIQUE INDEX IF NOT EXISTS sessions_by_id ON sessions (game, session_id);",
 ];
 
 const UPSERT_RECORD: &str = "INSERT INTO records (game, account, version, data, updated_at)
         VALUES (?1, ?2, ?3, ?4, ?5)
     ON CONFLICT (game, account) DO UPDATE SET
         version = excluded.version, data = excluded.data, updated_at = excluded.updated_at";
+
+/// A record's session mark: first the id is taken from any other account
+/// holding it (see [`Backend`]), then the account's row is written.
+const TAKE_SESSION_ID: &str =
+    "DELETE FROM sessions WHERE game = ?1 AND session_id = ?2 AND account <> ?3";
+
+const UPSERT_SESSION: &str = "INSERT INTO sessions
+        (game, account, session_id, restart_token, last_input, saved_at)
+        VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+    ON CONFLICT (game, account) DO UPDATE SET
+        session_id = excluded.session_id, restart_token = excluded.restart_token,
+        last_input = excluded.last_input, saved_at = excluded.saved_at";
+
+/// A record without a session mark: the account's session ended.
+const END_SESSION: &str = "DELETE FROM sessions WHERE game = ?1 AND account = ?2";
+
+/// A record with the account's saved session, if any.
+const LOAD: &str = "SELECT r.version, r.data, s.session_id, s.restart_token, s.last_input
+    FROM records r
+    LEFT JOIN sessions s ON s.game = r.game AND s.account = r.account
+    WHERE r.game = ?1 AND r.account = ?2";
+
+const LOAD_SESSION: &str =
+    "SELECT r.account, r.version, r.data, s.session_id, s.restart_token, s.last_input
+    FROM sessions s
+    JOIN records r ON r.game = s.game AND r.account = s.account
+    WHERE s.game = ?1 AND s.session_id = ?2";
 
 const INSERT_LEDGER: &str = "INSERT INTO tx_ledger
         (game, run_id, tx_id, account, entry, committed_at)
@@ -262,6 +307,64 @@ fn run_id(conn: &Connection, slot: &mut Option<i64>) -> Result<i64, StoreError> 
     Ok(id)
 }
 
+/// Sets `account`'s saved session: `mark`, or none.
+fn write_session(
+    tx: &rusqlite::Transaction<'_>,
+    game: &str,
+    account: &str,
+    mark: Option<&SessionMark>,
+    now: i64,
+) -> Result<(), StoreError> {
+    match mark {
+        Some(m) => {
+            let id = session_key(m.session_id);
+            tx.prepare_cached(TAKE_SESSION_ID)?
+                .execute(params![game, id, account])?;
+            tx.prepare_cached(UPSERT_SESSION)?.execute(params![
+                game,
+                account,
+                id,
+                &m.restart_token[..],
+                m.last_input,
+                now
+            ])?;
+        }
+        None => {
+            tx.prepare_cached(END_SESSION)?
+                .execute(params![game, account])?;
+        }
+    }
+    Ok(())
+}
+
+/// A record row and its saved session's columns, as [`LOAD`] and
+/// [`LOAD_SESSION`] read them (from column `first` on).
+type Row = (i64, Vec<u8>, Option<i64>, Option<Vec<u8>>, Option<i64>);
+
+fn read_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Row> {
+    Ok((
+        r.get(first)?,
+        r.get(first + 1)?,
+        r.get(first + 2)?,
+        r.get(first + 3)?,
+        r.get(first + 4)?,
+    ))
+}
+
+fn record_from_row(account: String, row: Row) -> Result<Record, StoreError> {
+    let (version, data, session_id, token, last_input) = row;
+    let session = match (session_id, token, last_input) {
+        (Some(id), Some(token), Some(last)) => Some(mark_from_sql(id, &token, last)?),
+        _ => None,
+    };
+    Ok(Record {
+        account,
+        version: version_from_sql(version)?,
+        data: Bytes::from(data),
+        session,
+    })
+}
+
 impl Backend for SqliteBackend {
     fn kind(&self) -> &'static str {
         "sqlite"
@@ -278,21 +381,24 @@ impl Backend for SqliteBackend {
     fn load(&mut self, account: &str) -> Result<Option<Record>, StoreError> {
         self.with_conn(|c, game, _| {
             let row = c
-                .prepare_cached(
-                    "SELECT version, data FROM records WHERE game = ?1 AND account = ?2",
-                )?
-                .query_row(params![game, account], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                .prepare_cached(LOAD)?
+                .query_row(params![game, account], |r| read_row(r, 0))
+                .optional()?;
+            row.map(|row| record_from_row(account.to_string(), row))
+                .transpose()
+        })
+    }
+
+    fn load_session(&mut self, session_id: u64) -> Result<Option<Record>, StoreError> {
+        self.with_conn(|c, game, _| {
+            let row = c
+                .prepare_cached(LOAD_SESSION)?
+                .query_row(params![game, session_key(session_id)], |r| {
+                    Ok((r.get::<_, String>(0)?, read_row(r, 1)?))
                 })
                 .optional()?;
-            let Some((version, data)) = row else {
-                return Ok(None);
-            };
-            Ok(Some(Record {
-                account: account.to_string(),
-                version: version_from_sql(version)?,
-                data: Bytes::from(data),
-            }))
+            row.map(|(account, row)| record_from_row(account, row))
+                .transpose()
         })
     }
 
@@ -301,6 +407,7 @@ impl Backend for SqliteBackend {
             return Ok(());
         }
         let mut batch = last_per_account(records);
+        let sessions = session_writes(&batch);
         batch.sort_by(|a, b| a.account.cmp(&b.account));
         self.with_conn(|c, game, _| {
             let now = unix_ms();
@@ -310,6 +417,12 @@ impl Backend for SqliteBackend {
                 for r in batch {
                     upsert.execute(params![game, r.account, r.version, &r.data[..], now])?;
                 }
+            }
+            for account in sessions.ends {
+                write_session(&tx, game, account, None, now)?;
+            }
+            for (account, mark) in &sessions.saves {
+                write_session(&tx, game, account, Some(mark), now)?;
             }
             tx.commit()?;
             Ok(())
@@ -343,6 +456,7 @@ impl Backend for SqliteBackend {
                     applied += 1;
                     let r = &t.record;
                     upsert.execute(params![game, r.account, r.version, &r.data[..], now])?;
+                    write_session(&tx, game, &r.account, r.session.as_ref(), now)?;
                 }
             }
             tx.commit()?;

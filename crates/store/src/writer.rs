@@ -3,8 +3,8 @@
 //! ```text
 //!  shard thread (never blocks)                     writer thread (owns the backend)
 //!  StoreHandle::mark_dirty / save_now --> client's dirty map (latest wins) --+
-//!  StoreHandle::load / commit ---------> request channel (capped by the  ---+-> WriteBehind
-//!                                        tx / load gauges)                  |     -> Backend (blocking)
+//!  StoreHandle::load / load_session ---> request channel (capped by the  ---+-> WriteBehind
+//!  StoreHandle::commit ---------------->  tx / load gauges)                 |     -> Backend (blocking)
 //!  StoreEvents (poll) <-- events channel (one per client) <-- route <-------+
 //!        ^-- wake callback, called after events are pushed
 //! ```
@@ -13,7 +13,8 @@
 //! and answers come back as [`StoreEvent`]s. Records that change every tick
 //! are coalesced before they reach the channel (a per-client map, latest
 //! wins, one short lock per call), so the channel holds only requests whose
-//! number is capped: loads, transactions, nudges, shutdown.
+//! number is capped: loads (by account or by session id), transactions,
+//! nudges, shutdown.
 //!
 //! The events channels have no cap of their own; they are bounded by the
 //! ones above: one event per load and per transaction submitted, plus
@@ -67,6 +68,11 @@ enum Request {
     Load {
         client: ClientId,
         account: String,
+        tag: u64,
+    },
+    LoadSession {
+        client: ClientId,
+        session_id: u64,
         tag: u64,
     },
     Commit {
@@ -366,6 +372,10 @@ impl<B: Backend> Backend for Timed<B> {
         self.call(|b| b.load(account))
     }
 
+    fn load_session(&mut self, session_id: u64) -> Result<Option<Record>, StoreError> {
+        self.call(|b| b.load_session(session_id))
+    }
+
     fn save_batch(&mut self, records: &[Record]) -> Result<(), StoreError> {
         self.call(|b| b.save_batch(records))
     }
@@ -422,6 +432,35 @@ impl StoreHandle {
     /// or `max_pending_saves` records of players who logged out are
     /// unsaved: refuse the login with `CLOSE_CODE_STORAGE_UNAVAILABLE`.
     pub fn load(&self, account: &str, tag: u64) -> Result<(), SubmitError> {
+        self.submit_load(|| Request::Load {
+            client: self.client,
+            account: account.to_string(),
+            tag,
+        })
+    }
+
+    /// Asks for the record of the account whose saved session has this id
+    /// (a client resumes a session this process does not hold: it may have
+    /// been saved by an earlier process). The answer comes back as
+    /// [`StoreEvent::SessionLoaded`] with the same `tag`; the record's
+    /// `session` is the saved mark.
+    ///
+    /// The answer reflects every record handed over before this call, even
+    /// those not written yet: a session whose account's newest record has no
+    /// mark (it ended) is answered `None`, whatever the database still
+    /// holds. Admitted like [`StoreHandle::load`] (it counts as a load), and
+    /// like a load it waits out an outage up to `load_timeout`, unless the
+    /// answer is held in memory.
+    pub fn load_session(&self, session_id: u64, tag: u64) -> Result<(), SubmitError> {
+        self.submit_load(|| Request::LoadSession {
+            client: self.client,
+            session_id,
+            tag,
+        })
+    }
+
+    /// Admits a load against the caps and sends it.
+    fn submit_load(&self, request: impl FnOnce() -> Request) -> Result<(), SubmitError> {
         if self.shared.closed.load(Ordering::SeqCst) {
             return Err(SubmitError::Closed(()));
         }
@@ -432,12 +471,7 @@ impl StoreHandle {
             stats.refused.fetch_add(1, Ordering::Relaxed);
             return Err(SubmitError::StoreFull(()));
         }
-        let sent = self.tx.send(Request::Load {
-            client: self.client,
-            account: account.to_string(),
-            tag,
-        });
-        if sent.is_err() {
+        if self.tx.send(request()).is_err() {
             StoreStats::release(&stats.loads_pending, 1);
             return Err(SubmitError::Closed(()));
         }
@@ -506,6 +540,11 @@ impl StoreHandle {
     /// Refused with `StoreFull` (the transaction given back) when
     /// `max_pending_tx` are waiting. Check [`StoreHandle::accepts_value`]
     /// before letting a value action happen at all, so that this is rare.
+    // The error is the refused transaction itself, given back by value so
+    // that the caller can resubmit it: boxing it would add an allocation to
+    // every refusal to save a copy of a few words on a path taken only when
+    // the queue is full.
+    #[allow(clippy::result_large_err)]
     pub fn commit(&self, tx: Tx) -> Result<(), SubmitError<Tx>> {
         if self.shared.closed.load(Ordering::SeqCst) {
             return Err(SubmitError::Closed(tx));
@@ -732,6 +771,15 @@ impl<B: Backend> Driver<B> {
             } => {
                 self.drain_dirty();
                 self.core.on_load(Instant::now(), client, account, tag);
+            }
+            Request::LoadSession {
+                client,
+                session_id,
+                tag,
+            } => {
+                self.drain_dirty();
+                self.core
+                    .on_load_session(Instant::now(), client, session_id, tag);
             }
             Request::Commit { client, seq, tx } => {
                 self.drain_dirty();

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tether_engine::{Record, Tx};
+use tether_engine::{Record, SessionMark, Tx};
 use tether_store::{
     Backend, PostgresBackend, SqliteBackend, StoreError, StoreEvent, StoreWriter, TxOutcome,
     WriterConfig, SCHEMA_VERSION,
@@ -25,6 +25,10 @@ type RecordRow = (String, String, i64, Vec<u8>);
 
 /// A `tx_ledger` row as stored: game, run id, tx id, account, entry.
 type LedgerRow = (String, i64, i64, String, Vec<u8>);
+
+/// A `sessions` row as stored: game, account, session id, restart token,
+/// last input.
+type SessionRow = (String, String, i64, Vec<u8>, i64);
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -53,10 +57,17 @@ trait Fixture {
     /// Creates the schema as a version-1 build left it (nothing opened
     /// yet): that build's migration 1, verbatim, recorded as applied.
     fn create_v1(&self);
+    /// Creates the schema as a version-2 build left it (nothing opened
+    /// yet): its tables, versions 1 and 2 recorded as applied.
+    fn create_v2(&self);
     /// Every `records` row, by game and account.
     fn records(&self) -> Vec<RecordRow>;
     /// Every `tx_ledger` row, by game, run and transaction id.
     fn ledger(&self) -> Vec<LedgerRow>;
+    /// Every `sessions` row, by game and account.
+    fn sessions(&self) -> Vec<SessionRow>;
+    /// The schema versions recorded as applied, in order.
+    fn versions(&self) -> Vec<i64>;
     /// The names of the tables there are.
     fn tables(&self) -> Vec<String>;
 }
@@ -64,6 +75,9 @@ trait Fixture {
 const RECORDS_SQL: &str = "SELECT game, account, version, data FROM records ORDER BY game, account";
 const LEDGER_SQL: &str =
     "SELECT game, run_id, tx_id, account, entry FROM tx_ledger ORDER BY game, run_id, tx_id";
+const SESSIONS_SQL: &str = "SELECT game, account, session_id, restart_token, last_input \
+     FROM sessions ORDER BY game, account";
+const VERSIONS_SQL: &str = "SELECT CAST(version AS BIGINT) FROM schema_version ORDER BY version";
 
 /// Migration 1 of the SQLite backend as a version-1 build shipped it.
 const SQLITE_V1: &str = "CREATE TABLE schema_version (
@@ -101,6 +115,62 @@ const SQLITE_V1: &str = "CREATE TABLE schema_version (
         total_gold  INTEGER NOT NULL,
         committed_at INTEGER NOT NULL,
         PRIMARY KEY (run_id, tx_id)
+    );";
+
+/// The SQLite tables as a version-2 build left them.
+const SQLITE_V2: &str = "CREATE TABLE schema_version (
+        version     INTEGER PRIMARY KEY,
+        applied_at  INTEGER NOT NULL
+    );
+    INSERT INTO schema_version (version, applied_at) VALUES (1, 0), (2, 0);
+    CREATE TABLE store_runs (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        started_at  INTEGER NOT NULL
+    );
+    CREATE TABLE records (
+        game        TEXT NOT NULL,
+        account     TEXT NOT NULL CHECK (account <> ''),
+        version     INTEGER NOT NULL,
+        data        BLOB NOT NULL,
+        updated_at  INTEGER NOT NULL,
+        PRIMARY KEY (game, account)
+    );
+    CREATE TABLE tx_ledger (
+        game        TEXT NOT NULL,
+        run_id      INTEGER NOT NULL REFERENCES store_runs(id),
+        tx_id       INTEGER NOT NULL,
+        account     TEXT NOT NULL CHECK (account <> ''),
+        entry       BLOB NOT NULL,
+        committed_at INTEGER NOT NULL,
+        PRIMARY KEY (game, run_id, tx_id)
+    );";
+
+/// The PostgreSQL tables as a version-2 build left them.
+const PG_V2: &str = "CREATE TABLE schema_version (
+        version     INTEGER PRIMARY KEY,
+        applied_at  BIGINT NOT NULL
+    );
+    INSERT INTO schema_version (version, applied_at) VALUES (1, 0), (2, 0);
+    CREATE TABLE store_runs (
+        id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        started_at  BIGINT NOT NULL
+    );
+    CREATE TABLE records (
+        game        TEXT NOT NULL,
+        account     TEXT NOT NULL CHECK (account <> ''),
+        version     BIGINT NOT NULL,
+        data        BYTEA NOT NULL,
+        updated_at  BIGINT NOT NULL,
+        PRIMARY KEY (game, account)
+    );
+    CREATE TABLE tx_ledger (
+        game        TEXT NOT NULL,
+        run_id      BIGINT NOT NULL REFERENCES store_runs(id),
+        tx_id       BIGINT NOT NULL,
+        account     TEXT NOT NULL CHECK (account <> ''),
+        entry       BYTEA NOT NULL,
+        committed_at BIGINT NOT NULL,
+        PRIMARY KEY (game, run_id, tx_id)
     );";
 
 /// Migration 1 of the PostgreSQL backend as a version-1 build shipped it.
@@ -186,6 +256,10 @@ impl Fixture for SqliteFx {
         self.exec(SQLITE_V1);
     }
 
+    fn create_v2(&self) {
+        self.exec(SQLITE_V2);
+    }
+
     fn records(&self) -> Vec<RecordRow> {
         let c = self.conn();
         let mut st = c.prepare(RECORDS_SQL).unwrap();
@@ -204,6 +278,26 @@ impl Fixture for SqliteFx {
         .unwrap()
         .map(Result::unwrap)
         .collect()
+    }
+
+    fn sessions(&self) -> Vec<SessionRow> {
+        let c = self.conn();
+        let mut st = c.prepare(SESSIONS_SQL).unwrap();
+        st.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    }
+
+    fn versions(&self) -> Vec<i64> {
+        let c = self.conn();
+        let mut st = c.prepare(VERSIONS_SQL).unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
     }
 
     fn tables(&self) -> Vec<String> {
@@ -290,6 +384,31 @@ impl Fixture for PgFx {
         self.exec(PG_V1);
     }
 
+    fn create_v2(&self) {
+        self.client()
+            .batch_execute(&format!("CREATE SCHEMA {}", self.schema))
+            .unwrap();
+        self.exec(PG_V2);
+    }
+
+    fn sessions(&self) -> Vec<SessionRow> {
+        self.in_schema()
+            .query(SESSIONS_SQL, &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect()
+    }
+
+    fn versions(&self) -> Vec<i64> {
+        self.in_schema()
+            .query(VERSIONS_SQL, &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
     fn records(&self) -> Vec<RecordRow> {
         self.in_schema()
             .query(RECORDS_SQL, &[])
@@ -323,11 +442,7 @@ impl Fixture for PgFx {
 }
 
 fn rec(account: &str, data: &[u8]) -> Record {
-    Record {
-        account: account.into(),
-        version: 7,
-        data: Bytes::copy_from_slice(data),
-    }
+    Record::new(account, 7, Bytes::copy_from_slice(data))
 }
 
 fn tx(tx_id: u64, account: &str, data: &[u8]) -> Tx {
@@ -337,6 +452,46 @@ fn tx(tx_id: u64, account: &str, data: &[u8]) -> Tx {
         entry: Bytes::from(format!("entry of {tx_id}")),
     }
 }
+
+/// A session mark; its token is `id`'s low byte repeated, its last input
+/// `last_input`.
+fn mark(session_id: u64, last_input: u32) -> SessionMark {
+    SessionMark {
+        session_id,
+        restart_token: [session_id as u8; 16],
+        last_input,
+    }
+}
+
+/// `rec(account, data)` in session `m`.
+fn in_session(account: &str, data: &[u8], m: SessionMark) -> Record {
+    Record {
+        session: Some(m),
+        ..rec(account, data)
+    }
+}
+
+/// A transaction leaving `account` in session `m`.
+fn tx_in_session(tx_id: u64, account: &str, data: &[u8], m: SessionMark) -> Tx {
+    Tx {
+        record: in_session(account, data, m),
+        ..tx(tx_id, account, data)
+    }
+}
+
+/// A session row as [`Fixture::sessions`] reads it, for the suite's game.
+fn session_row(account: &str, m: SessionMark) -> SessionRow {
+    (
+        GAME.to_string(),
+        account.to_string(),
+        m.session_id as i64,
+        m.restart_token.to_vec(),
+        i64::from(m.last_input),
+    )
+}
+
+/// A session id of shard 200: stored negative, read back exactly.
+const HIGH_SESSION: u64 = (200 << 56) | 12;
 
 /// Bytes no text column would keep: NUL, invalid UTF-8, every byte value.
 fn binary() -> Vec<u8> {
@@ -355,7 +510,13 @@ fn migrations_are_idempotent(fx: &dyn Fixture) {
     b.ping().unwrap();
     assert_eq!(b.game(), GAME);
     let tables = fx.tables();
-    for t in ["records", "tx_ledger", "store_runs", "schema_version"] {
+    for t in [
+        "records",
+        "tx_ledger",
+        "sessions",
+        "store_runs",
+        "schema_version",
+    ] {
         assert!(tables.iter().any(|n| n == t), "{t} missing: {tables:?}");
     }
     for t in ["characters", "loot_ledger", "accounts"] {
@@ -367,16 +528,8 @@ fn records_round_trip_byte_for_byte(fx: &dyn Fixture) {
     let mut b = fx.open().unwrap();
     assert_eq!(b.load("ann").unwrap(), None);
     let ann = rec("ann", &binary());
-    let empty = Record {
-        account: "empty".into(),
-        version: 0,
-        data: Bytes::new(),
-    };
-    let newest = Record {
-        account: "newest".into(),
-        version: u32::MAX,
-        data: Bytes::from_static(b"v"),
-    };
+    let empty = Record::new("empty", 0, Bytes::new());
+    let newest = Record::new("newest", u32::MAX, Bytes::from_static(b"v"));
     b.save_batch(&[ann.clone(), empty.clone(), newest.clone()])
         .unwrap();
     assert_eq!(b.load("ann").unwrap(), Some(ann.clone()));
@@ -564,7 +717,7 @@ fn a_version_1_database_is_migrated(fx: &dyn Fixture) {
                 (2, 1, 'rich', 0, '4:1 9:2', 7, 23);",
     );
     let mut b = fx.open().unwrap();
-    assert_eq!(b.migrate(), Ok(2));
+    assert_eq!(b.migrate(), Ok(SCHEMA_VERSION));
 
     // A whole REAL is written as text the way each database writes it.
     let hundred = if fx.kind() == "sqlite" {
@@ -619,6 +772,279 @@ fn a_version_1_database_is_migrated(fx: &dyn Fixture) {
     let before = fx.records();
     drop(fx.open().unwrap());
     assert_eq!(fx.records(), before);
+}
+
+fn a_session_mark_is_saved_and_loaded_with_its_record(fx: &dyn Fixture) {
+    let mut b = fx.open().unwrap();
+    let ann = in_session("ann", b"ann 1", mark(11, 5));
+    let bob = in_session("bob", &binary(), mark(HIGH_SESSION, u32::MAX));
+    let cat = rec("cat", b"never in a session");
+    b.save_batch(&[ann.clone(), bob.clone(), cat.clone()])
+        .unwrap();
+    assert_eq!(b.load("ann").unwrap(), Some(ann));
+    assert_eq!(b.load("bob").unwrap(), Some(bob));
+    assert_eq!(b.load("cat").unwrap(), Some(cat));
+    assert_eq!(
+        fx.sessions(),
+        vec![
+            session_row("ann", mark(11, 5)),
+            session_row("bob", mark(HIGH_SESSION, u32::MAX)),
+        ]
+    );
+
+    // A later input of the same session moves the mark with the record.
+    let ann = in_session("ann", b"ann 2", mark(11, 9));
+    b.save_batch(std::slice::from_ref(&ann)).unwrap();
+    assert_eq!(b.load("ann").unwrap(), Some(ann));
+
+    // No mark: the session ended, the saved one goes, the record stays.
+    b.save_batch(&[rec("bob", b"logged out")]).unwrap();
+    assert_eq!(b.load("bob").unwrap(), Some(rec("bob", b"logged out")));
+    assert_eq!(fx.sessions(), vec![session_row("ann", mark(11, 9))]);
+
+    // Within a batch the last record of an account wins, mark included.
+    b.save_batch(&[
+        in_session("ann", b"ann 3", mark(11, 10)),
+        rec("ann", b"ann out"),
+        rec("dan", b"dan out"),
+        in_session("dan", b"dan in", mark(14, 1)),
+    ])
+    .unwrap();
+    assert_eq!(b.load("ann").unwrap(), Some(rec("ann", b"ann out")));
+    assert_eq!(
+        b.load("dan").unwrap(),
+        Some(in_session("dan", b"dan in", mark(14, 1)))
+    );
+    assert_eq!(fx.sessions(), vec![session_row("dan", mark(14, 1))]);
+
+    // A batch that fails writes neither records nor marks: they cannot
+    // disagree.
+    let err = b
+        .save_batch(&[
+            in_session("dan", b"dan later", mark(14, 2)),
+            in_session("eve", b"eve", mark(15, 1)),
+            rec("", b"bad"),
+        ])
+        .unwrap_err();
+    assert!(!err.is_retryable(), "{err:?}");
+    assert_eq!(
+        b.load("dan").unwrap(),
+        Some(in_session("dan", b"dan in", mark(14, 1)))
+    );
+    assert_eq!(fx.sessions(), vec![session_row("dan", mark(14, 1))]);
+}
+
+fn load_session_finds_the_account_by_session_id(fx: &dyn Fixture) {
+    let mut b = fx.open().unwrap();
+    assert_eq!(b.load_session(11).unwrap(), None, "an empty database");
+    let ann = in_session("ann", b"ann", mark(11, 3));
+    let bob = in_session("bob", b"bob", mark(HIGH_SESSION, 4));
+    b.save_batch(&[ann.clone(), bob.clone(), rec("cat", b"cat")])
+        .unwrap();
+    assert_eq!(b.load_session(11).unwrap(), Some(ann));
+    assert_eq!(b.load_session(HIGH_SESSION).unwrap(), Some(bob));
+    assert_eq!(b.load_session(12).unwrap(), None, "an unknown id");
+
+    // Another game with the same session id sees nothing of this one.
+    let mut chess = fx.open_game("chess").unwrap();
+    assert_eq!(chess.load_session(11).unwrap(), None);
+    let chess_ann = in_session("ann", b"chess ann", mark(11, 1));
+    chess.save_batch(std::slice::from_ref(&chess_ann)).unwrap();
+    assert_eq!(chess.load_session(11).unwrap(), Some(chess_ann));
+    assert_eq!(b.load_session(11).unwrap().unwrap().data, "ann".as_bytes());
+
+    // A new session of the account: the old id is gone, the new one finds
+    // it.
+    let ann = in_session("ann", b"ann again", mark(21, 0));
+    b.save_batch(std::slice::from_ref(&ann)).unwrap();
+    assert_eq!(b.load_session(11).unwrap(), None);
+    assert_eq!(b.load_session(21).unwrap(), Some(ann));
+
+    // An ended session is not found.
+    b.save_batch(&[rec("ann", b"ann out")]).unwrap();
+    assert_eq!(b.load_session(21).unwrap(), None);
+
+    // An id saved for another account moves to it: the older session can
+    // no longer be resumed (and the save is not refused).
+    let cat = in_session("cat", b"cat", mark(HIGH_SESSION, 1));
+    b.save_batch(std::slice::from_ref(&cat)).unwrap();
+    assert_eq!(b.load_session(HIGH_SESSION).unwrap(), Some(cat));
+    assert_eq!(b.load("bob").unwrap(), Some(rec("bob", b"bob")));
+    // Two accounts of one batch with one id: the later keeps it.
+    b.save_batch(&[
+        in_session("dan", b"dan", mark(30, 1)),
+        in_session("eve", b"eve", mark(30, 2)),
+    ])
+    .unwrap();
+    assert_eq!(b.load_session(30).unwrap().unwrap().account, "eve");
+    assert_eq!(b.load("dan").unwrap().unwrap().session, None);
+    // Two accounts swapping ids in one batch.
+    b.save_batch(&[
+        in_session("dan", b"dan", mark(30, 3)),
+        in_session("eve", b"eve", mark(HIGH_SESSION, 3)),
+        in_session("cat", b"cat", mark(31, 3)),
+    ])
+    .unwrap();
+    assert_eq!(b.load_session(30).unwrap().unwrap().account, "dan");
+    assert_eq!(
+        b.load_session(HIGH_SESSION).unwrap().unwrap().account,
+        "eve"
+    );
+    assert_eq!(b.load_session(31).unwrap().unwrap().account, "cat");
+    assert_eq!(fx.sessions().len(), 4, "chess ann, cat, dan, eve");
+}
+
+fn commits_write_the_session_mark(fx: &dyn Fixture) {
+    let mut b = fx.open().unwrap();
+    let t1 = tx_in_session(1, "ann", b"after 1", mark(11, 7));
+    assert_eq!(b.commit(&t1), Ok(TxOutcome::Applied));
+    assert_eq!(b.load("ann").unwrap(), Some(t1.record.clone()));
+    assert_eq!(b.load_session(11).unwrap(), Some(t1.record.clone()));
+
+    // A retry changes nothing, its mark included.
+    b.save_batch(&[in_session("ann", b"moved", mark(11, 9))])
+        .unwrap();
+    assert_eq!(b.commit(&t1), Ok(TxOutcome::AlreadyApplied));
+    assert_eq!(b.load("ann").unwrap().unwrap().session, Some(mark(11, 9)));
+
+    // In one batch, in order: the last transaction's mark stays; a
+    // transaction of another account takes an id, a later one gives an
+    // account's session up.
+    let t2 = tx_in_session(2, "ann", b"after 2", mark(11, 10));
+    let t3 = tx_in_session(3, "bob", b"bob after 3", mark(HIGH_SESSION, 1));
+    let t4 = tx_in_session(4, "ann", b"after 4", mark(11, 12));
+    let t5 = tx_in_session(5, "cat", b"cat after 5", mark(HIGH_SESSION, 2));
+    let t6 = tx(6, "dan", b"dan after 6");
+    assert_eq!(
+        b.commit_batch(&[t2, t3, t4.clone(), t5.clone(), t6.clone()]),
+        Ok(5)
+    );
+    assert_eq!(b.load("ann").unwrap(), Some(t4.record));
+    assert_eq!(b.load_session(HIGH_SESSION).unwrap(), Some(t5.record));
+    assert_eq!(b.load("bob").unwrap().unwrap().session, None);
+    assert_eq!(b.load("dan").unwrap(), Some(t6.record));
+    let t7 = tx(7, "ann", b"ann logged out, then looted");
+    b.commit(&t7).unwrap();
+    assert_eq!(b.load_session(11).unwrap(), None);
+    assert_eq!(
+        fx.sessions(),
+        vec![session_row("cat", mark(HIGH_SESSION, 2))]
+    );
+
+    // A batch that fails writes no mark.
+    let err = b
+        .commit_batch(&[
+            tx_in_session(8, "dan", b"dan", mark(40, 1)),
+            tx(9, "", b"bad"),
+        ])
+        .unwrap_err();
+    assert!(!err.is_retryable(), "{err:?}");
+    assert_eq!(b.load_session(40).unwrap(), None);
+    assert_eq!(fx.sessions().len(), 1);
+}
+
+/// A database a version-2 build left: its rows kept, the sessions table
+/// added.
+fn a_version_2_database_is_migrated(fx: &dyn Fixture) {
+    fx.create_v2();
+    fx.exec(
+        "INSERT INTO store_runs (started_at) VALUES (0);
+         INSERT INTO records (game, account, version, data, updated_at)
+         VALUES ('mmo', 'ann', 4, CAST('ann v4' AS BLOB_TYPE), 1),
+                ('chess', 'ann', 1, CAST('chess ann' AS BLOB_TYPE), 2);
+         INSERT INTO tx_ledger (game, run_id, tx_id, account, entry, committed_at)
+         VALUES ('mmo', 1, 1, 'ann', CAST('loot 1' AS BLOB_TYPE), 3);"
+            .replace(
+                "BLOB_TYPE",
+                if fx.kind() == "sqlite" {
+                    "BLOB"
+                } else {
+                    "BYTEA"
+                },
+            )
+            .as_str(),
+    );
+    let records = fx.records();
+    let ledger = fx.ledger();
+    assert!(!fx.tables().iter().any(|t| t == "sessions"));
+
+    let mut b = fx.open().unwrap();
+    assert_eq!(b.migrate(), Ok(SCHEMA_VERSION));
+    assert_eq!(fx.versions(), vec![1, 2, 3]);
+    assert!(fx.tables().iter().any(|t| t == "sessions"));
+    assert_eq!(fx.records(), records, "records kept");
+    assert_eq!(fx.ledger(), ledger, "ledger kept");
+    assert!(fx.sessions().is_empty());
+
+    let ann = b.load("ann").unwrap().unwrap();
+    assert_eq!(
+        (ann.version, &ann.data[..], ann.session),
+        (4, &b"ann v4"[..], None)
+    );
+    let ann = in_session("ann", b"ann v5", mark(11, 1));
+    b.save_batch(std::slice::from_ref(&ann)).unwrap();
+    assert_eq!(b.load_session(11).unwrap(), Some(ann));
+    drop(b);
+    // Opening again changes nothing more.
+    let mut b = fx.open().unwrap();
+    assert_eq!(b.migrate(), Ok(SCHEMA_VERSION));
+    assert_eq!(fx.versions(), vec![1, 2, 3]);
+    assert_eq!(fx.sessions(), vec![session_row("ann", mark(11, 1))]);
+}
+
+/// A session saved by one writer (one server process) is found by id by
+/// the next, and a logout handed to the next one ends it.
+fn sessions_outlive_the_writer(fx: &dyn Fixture) {
+    let cfg = WriterConfig {
+        flush_interval: Duration::from_secs(60),
+        ..WriterConfig::default()
+    };
+    let writer = StoreWriter::start(fx.open().unwrap(), cfg.clone()).unwrap();
+    let (h, _ev) = writer.client(None);
+    let ann = in_session("ann", b"ann", mark(11, 40));
+    h.mark_dirty(rec("ann", b"ann joined"));
+    h.mark_dirty(ann.clone());
+    h.commit(tx_in_session(
+        1,
+        "bob",
+        b"bob looted",
+        mark(HIGH_SESSION, 8),
+    ))
+    .unwrap();
+    // The process goes away; what it held is written on the way out.
+    assert!(writer.shutdown(Duration::from_secs(10)).is_complete());
+
+    let writer = StoreWriter::start(fx.open().unwrap(), cfg).unwrap();
+    let (h, ev) = writer.client(None);
+    let session_loaded = |id: u64| {
+        h.load_session(id, id ^ 1).unwrap();
+        match ev.recv_timeout(Duration::from_secs(10)) {
+            Some(StoreEvent::SessionLoaded {
+                session_id,
+                tag,
+                result,
+            }) => {
+                assert_eq!((session_id, tag), (id, id ^ 1));
+                result.unwrap()
+            }
+            other => panic!("expected a session answer, got {other:?}"),
+        }
+    };
+    assert_eq!(session_loaded(11), Some(ann));
+    assert_eq!(
+        session_loaded(HIGH_SESSION).unwrap().session,
+        Some(mark(HIGH_SESSION, 8))
+    );
+    assert_eq!(session_loaded(12), None);
+    // Logged out, not yet written: the database still has the session,
+    // the answer does not.
+    h.save_now(rec("ann", b"ann out"));
+    assert_eq!(session_loaded(11), None);
+    assert!(writer.shutdown(Duration::from_secs(10)).is_complete());
+    assert_eq!(
+        fx.sessions(),
+        vec![session_row("bob", mark(HIGH_SESSION, 8))]
+    );
 }
 
 fn the_writer_over_a_real_database(fx: &dyn Fixture) {
@@ -696,6 +1122,11 @@ suite!(
     bad_data_is_rejected_whole_and_not_retryable,
     a_version_1_database_is_migrated,
     the_writer_over_a_real_database,
+    a_session_mark_is_saved_and_loaded_with_its_record,
+    load_session_finds_the_account_by_session_id,
+    commits_write_the_session_mark,
+    a_version_2_database_is_migrated,
+    sessions_outlive_the_writer,
 );
 
 // --- one backend only ---

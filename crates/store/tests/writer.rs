@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tether_engine::{Record, Tx};
+use tether_engine::{Record, SessionMark, Tx};
 use tether_store::fake::{FakeBackend, FakeControl};
 use tether_store::{
     Health, StoreError, StoreEvent, StoreEvents, StoreHandle, StoreWriter, SubmitError,
@@ -19,10 +19,19 @@ const PATIENCE: Duration = Duration::from_secs(10);
 
 /// A record whose bytes are the text `data`.
 fn rec(account: &str, data: &str) -> Record {
+    Record::new(account, 3, Bytes::from(data.to_string()))
+}
+
+/// `rec(account, data)` in session `session_id`, inputs up to `last`
+/// applied.
+fn in_session(account: &str, data: &str, session_id: u64, last: u32) -> Record {
     Record {
-        account: account.into(),
-        version: 3,
-        data: Bytes::from(data.to_string()),
+        session: Some(SessionMark {
+            session_id,
+            restart_token: [session_id as u8; 16],
+            last_input: last,
+        }),
+        ..rec(account, data)
     }
 }
 
@@ -87,6 +96,17 @@ fn loaded(events: &StoreEvents) -> (String, u64, Result<Option<Record>, StoreErr
             tag,
             result,
         } => Some((account, tag, result)),
+        _ => None,
+    })
+}
+
+fn session_loaded(events: &StoreEvents) -> (u64, u64, Result<Option<Record>, StoreError>) {
+    wait_for(events, |e| match e {
+        StoreEvent::SessionLoaded {
+            session_id,
+            tag,
+            result,
+        } => Some((session_id, tag, result)),
         _ => None,
     })
 }
@@ -569,4 +589,78 @@ fn a_hung_call_that_then_fails_stays_degraded_until_the_database_is_back() {
     );
     assert_eq!(h.health(), Health::Healthy);
     assert!(writer.shutdown(PATIENCE).is_complete());
+}
+
+#[test]
+fn a_load_by_session_sees_what_was_handed_over_before_it() {
+    let (db, ctl) = FakeBackend::new();
+    let writer = StoreWriter::start(db, cfg()).unwrap(); // 60 s interval
+    let (h0, _ev0) = writer.client(None);
+    let (h1, ev1) = writer.client(None);
+    ctl.insert(in_session("ann", "ann saved", 11, 5));
+    ctl.insert(in_session("bob", "bob saved", 12, 5));
+
+    // Not written yet, handed over by another shard: the newer mark.
+    h0.mark_dirty(in_session("ann", "ann later", 11, 9));
+    h1.load_session(11, 7).unwrap();
+    assert_eq!(
+        session_loaded(&ev1),
+        (11, 7, Ok(Some(in_session("ann", "ann later", 11, 9))))
+    );
+    // From the database.
+    h1.load_session(12, 8).unwrap();
+    assert_eq!(
+        session_loaded(&ev1),
+        (12, 8, Ok(Some(in_session("bob", "bob saved", 12, 5))))
+    );
+    h1.load_session(13, 9).unwrap();
+    assert_eq!(session_loaded(&ev1), (13, 9, Ok(None)));
+
+    // bob's session ended; the logout is held (the database is away), so
+    // the database still has the session when the load reaches it.
+    ctl.set_down(true);
+    h0.save_now(rec("bob", "bob out"));
+    h1.load_session(12, 10).unwrap();
+    wait_until("the outage", || h1.health() == Health::Degraded);
+    ctl.set_down(false);
+    assert_eq!(session_loaded(&ev1), (12, 10, Ok(None)));
+    let report = writer.shutdown(PATIENCE);
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(ctl.session("bob"), None);
+    assert_eq!(ctl.session("ann").map(|m| m.last_input), Some(9));
+    assert_eq!(report.stats.loads_served, 4);
+}
+
+#[test]
+fn a_load_by_session_in_an_outage_waits_then_fails_and_is_capped_like_a_load() {
+    let (writer, ctl, h, ev) = start(WriterConfig {
+        load_timeout: Duration::from_millis(200),
+        max_pending_loads: 2,
+        ..cfg()
+    });
+    ctl.insert(in_session("ann", "ann saved", 11, 5));
+    ctl.set_down(true);
+    h.load_session(11, 1).unwrap();
+    h.load("bob", 2).unwrap();
+    assert_eq!(h.load_session(12, 3), Err(SubmitError::StoreFull(())));
+    assert!(!h.accepts_logins());
+    let (id, tag, result) = session_loaded(&ev);
+    assert_eq!((id, tag), (11, 1));
+    match result {
+        Err(e) => assert!(e.is_retryable(), "{e:?}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    // Held in memory: answered during the outage.
+    h.mark_dirty(in_session("cat", "cat", 14, 1));
+    h.load_session(14, 4).unwrap();
+    assert_eq!(
+        session_loaded(&ev),
+        (14, 4, Ok(Some(in_session("cat", "cat", 14, 1))))
+    );
+    ctl.set_down(false);
+    wait_until("loads answered", || h.stats().loads_pending == 0);
+    let s = h.stats();
+    assert_eq!((s.loads_failed, s.refused), (2, 1), "{s:?}");
+    writer.shutdown(PATIENCE);
+    assert_eq!(h.load_session(11, 5), Err(SubmitError::Closed(())));
 }
