@@ -120,13 +120,11 @@ mod tests {
         let newer = Record {
             version: 2,
             ..r.clone()
-            session: None,
         };
         assert!(decode_record(&newer).is_err());
         let garbage = Record {
             data: Bytes::from_static(b"\xff\xff\xff"),
             ..r
-            session: None,
         };
         assert!(decode_record(&garbage).is_err());
     }

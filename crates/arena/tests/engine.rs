@@ -27,6 +27,9 @@ struct MemHost {
     ledger: Vec<(u64, String, Bytes)>,
     claims: HashMap<String, u16>,
     next_token: u8,
+    /// Loads by saved session id (restores after a restart): asked, never
+    /// answered here.
+    session_loads: Vec<(u64, u64)>,
 }
 
 impl Host<NoRemote> for MemHost {
@@ -36,6 +39,10 @@ impl Host<NoRemote> for MemHost {
     }
     fn load(&mut self, account: &str, tag: u64) -> Result<(), StorageBusy> {
         self.loads.push_back((account.into(), tag));
+        Ok(())
+    }
+    fn load_session(&mut self, session_id: u64, tag: u64) -> Result<(), StorageBusy> {
+        self.session_loads.push((session_id, tag));
         Ok(())
     }
     fn save_dirty(&mut self, records: &mut Vec<Record>) {

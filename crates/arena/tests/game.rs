@@ -555,7 +555,6 @@ fn a_stored_record_is_read_back_and_a_bad_one_refused() {
     let bad = tether_engine::Record {
         version: 99,
         ..stored
-        session: None,
     };
     assert!(t.arena.join(&ctx(0), "bob", Some(bad), &mut t.out).is_err());
     assert_eq!(t.arena.player_count(), 1);

@@ -98,6 +98,7 @@ fn welcome(token: u8, heartbeat_timeout_ms: u32) -> Msg {
         heartbeat_timeout_ms,
         resume_grace_ms: 30_000,
         took_over: false,
+        restart_token: vec![token ^ 0xff; 16],
     })
 }
 

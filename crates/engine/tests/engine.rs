@@ -935,7 +935,12 @@ fn a_session_comes_back_from_storage_after_a_crash_with_inputs_applied_once() {
     }
     e.tick(50); // write-behind hands over ann with her session mark
     drain(&mut e);
-    let saved = e.host().dirty.last().cloned().expect("a write-behind record");
+    let saved = e
+        .host()
+        .dirty
+        .last()
+        .cloned()
+        .expect("a write-behind record");
     assert_eq!(
         saved.session.map(|m| (m.session_id, m.last_input)),
         Some((w.session_id, 3))
@@ -966,7 +971,10 @@ fn a_session_comes_back_from_storage_after_a_crash_with_inputs_applied_once() {
     e.tick(1_050);
     let saved = e.host().dirty.last().cloned().unwrap();
     assert_eq!(saved.session.map(|m| m.last_input), Some(4));
-    assert_eq!(saved.session.map(|m| m.restart_token.to_vec()), Some(w.restart_token.clone()));
+    assert_eq!(
+        saved.session.map(|m| m.restart_token.to_vec()),
+        Some(w.restart_token.clone())
+    );
 }
 
 #[test]
@@ -975,8 +983,8 @@ fn inputs_acknowledged_after_the_last_save_are_skipped_not_refused() {
     let w = login(&mut e, 0, conn(1), "ann");
     e.input(10, conn(1), 1, 0, Some(1));
     e.tick(50); // saved with last input 1
-    // Inputs 2 and 3 are applied and acknowledged, then the process dies
-    // before the next save: they are lost with it.
+                // Inputs 2 and 3 are applied and acknowledged, then the process dies
+                // before the next save: they are lost with it.
     e.input(60, conn(1), 2, 0, Some(1));
     e.input(60, conn(1), 3, 0, Some(1));
     e.host_mut()

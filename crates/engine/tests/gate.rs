@@ -99,6 +99,7 @@ fn resume_msg(shard: u64) -> pb::Resume {
         session_id: (shard << SESSION_SHARD_SHIFT) | 42,
         token: vec![7; 16],
         frames_received: 5,
+        restart_token: Vec::new(),
     }
 }
 

@@ -1195,7 +1195,10 @@ mod tests {
         assert_eq!(s.check_input(46, T0).unwrap(), InputVerdict::Apply);
         assert!(matches!(
             s.check_input(48, T0),
-            Err(SessionError::InputSeqGap { expected: 47, got: 48 })
+            Err(SessionError::InputSeqGap {
+                expected: 47,
+                got: 48
+            })
         ));
         // A session that was never restored allows no skip.
         let mut fresh = session();

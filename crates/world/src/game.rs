@@ -97,8 +97,8 @@ fn encode_fields(
         account: name.clone(),
         version: RECORD_VERSION,
         data: Bytes::from(buf),
+        session: None,
     }
-    session: None,
 }
 
 /// Reads a stored character, of any version this build knows.
@@ -495,13 +495,11 @@ mod tests {
         let future = Record {
             version: RECORD_VERSION + 1,
             ..legacy("")
-            session: None,
         };
         assert!(decode_record(&future).is_err());
         let garbage = Record {
             version: RECORD_VERSION,
             ..legacy("\u{ff}\u{ff}\u{ff}")
-            session: None,
         };
         assert!(decode_record(&garbage).is_err());
     }
