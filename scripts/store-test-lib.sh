@@ -141,7 +141,7 @@ for line in text.splitlines():
     want = '${2:-}'
     if want and '=' in want:
         k, v = want.split('=', 1)
-        want = k + '="' + v + '"'
+        want = k + '=' + chr(34) + v + chr(34)
     if len(parts) >= 2 and parts[0].split('{')[0] == '$1' and want in parts[0]:
         total += float(parts[1])
         seen = True

@@ -767,7 +767,11 @@ impl Bot<'_> {
                 // only.
                 match &reason {
                     PauseReason::Closed { code, .. } => {
-                        self.tally.errors += 1;
+                        // A stop or restart of the server tells its players
+                        // when to come back: not a failure of this run.
+                        if *code != tether_client::pb::CloseCode::ServerShutdown {
+                            self.tally.errors += 1;
+                        }
                         self.tally.closed_by_server += 1;
                         // One line per code and bot process is enough to
                         // say why; the count is in the summary.
