@@ -19,7 +19,9 @@
 //!
 //! A socket the bot closes itself is not an error: the client resumes, the
 //! resume is counted in `resumed`, and the time from the drop until the first
-//! counted frame after the resume goes to [`Shared::resumes`].
+//! counted frame after the resume goes to [`Shared::resumes`]. A connection
+//! the server or the network ends is timed the same way, into
+//! [`Shared::outages`]: the pause the player sees.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
@@ -74,6 +76,10 @@ pub struct Shared {
     pub connected: AtomicI64,
     /// Drop-to-first-frame times of the sockets the bots closed themselves.
     pub resumes: ResumeTimes,
+    /// Drop-to-first-frame times of the connections the server or the
+    /// network ended (a restart, an upgrade, a crash): the pause a player
+    /// sees.
+    pub outages: ResumeTimes,
     pub storm: Storm,
     /// `--ledger`: where every `LootGranted` is written (set before the bots
     /// start).
@@ -91,6 +97,7 @@ impl Default for Shared {
             rtt: RttHistograms::default(),
             connected: AtomicI64::new(0),
             resumes: ResumeTimes::default(),
+            outages: ResumeTimes::default(),
             storm: Storm::default(),
             ledger: OnceLock::new(),
             close_codes_logged: AtomicU64::new(0),
@@ -336,6 +343,9 @@ struct Awaiting {
     resumed_at: Option<Instant>,
     /// This is the storm's drop.
     storm: bool,
+    /// The bot closed the socket itself (a resume time); otherwise the
+    /// server or the network did (an outage, as a player sees it).
+    own: bool,
 }
 
 struct Bot<'a> {
@@ -741,6 +751,7 @@ impl Bot<'_> {
             },
             resumed_at: None,
             storm,
+            own: true,
         });
         true
     }
@@ -786,8 +797,18 @@ impl Bot<'_> {
                     _ => {}
                 }
                 tracing::debug!(me = self.me, ?reason, "connection lost");
-                if let Some(a) = &mut self.awaiting {
-                    a.resumed_at = None;
+                match &mut self.awaiting {
+                    Some(a) => a.resumed_at = None,
+                    // Not a drop of the bot's own: the pause this player
+                    // sees is measured from here.
+                    None => {
+                        self.awaiting = Some(Awaiting {
+                            since: Instant::now(),
+                            resumed_at: None,
+                            storm: false,
+                            own: false,
+                        })
+                    }
                 }
                 self.set_live(false);
             }
@@ -816,6 +837,21 @@ impl Bot<'_> {
                     }
                 }
             }
+            Event::LoggedInAgain { inputs_dropped } => {
+                // The session was gone (its resume refused): the client
+                // logged in again. A lost session is a failure of the run,
+                // and what it had not acknowledged is lost with it.
+                self.tally.errors += 1;
+                self.tally.logins += 1;
+                self.tally.inputs_lost += inputs_dropped as u64;
+                self.me = client.entity_id();
+                self.pings_out = 0;
+                brain.on_resynced();
+                self.set_live(true);
+                if let Some(a) = &mut self.awaiting {
+                    a.resumed_at = Some(Instant::now());
+                }
+            }
             Event::LoggedOut => {
                 // Nobody asked: the server ended the session.
                 self.tally.errors += 1;
@@ -840,6 +876,10 @@ impl Bot<'_> {
             u64::try_from(t.saturating_duration_since(a.since).as_micros()).unwrap_or(u64::MAX)
         };
         let back_us = us(Instant::now());
+        if !a.own {
+            self.shared.outages.record(back_us);
+            return;
+        }
         self.shared.resumes.record(back_us);
         if a.storm {
             tracing::debug!(

@@ -195,6 +195,7 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
         bots_cpu: cpu_start.zip(cpu_end),
         chaos_rate: args.chaos,
         resumes: shared.resumes.summary(),
+        outages: shared.outages.summary(),
         storm: (args.scenario == Scenario::ReconnectStorm).then(|| shared.storm.report()),
         soak,
         attack,

@@ -34,6 +34,9 @@ pub struct Measured {
     pub chaos_rate: f64,
     /// Drop-to-first-frame times of the sockets the bots closed themselves.
     pub resumes: RttSummary,
+    /// Drop-to-first-frame times of the connections the server or the
+    /// network ended.
+    pub outages: RttSummary,
     /// `reconnect-storm`: the storm's outcome.
     pub storm: Option<StormReport>,
     /// `soak`: the samples and the verdict.
@@ -108,6 +111,12 @@ pub struct Summary {
     /// From a socket the bots closed themselves (chaos, storm, soak) until
     /// the first counted frame after the resume, ms.
     pub resume_ms: RttSummary,
+    /// From a connection the server or the network ended (a restart, an
+    /// upgrade, a crash, a fault) until the first counted frame after the
+    /// resume, ms: the pause each player sees.
+    pub outage_ms: RttSummary,
+    /// Pauses behind `outage_ms`.
+    pub outages: u64,
     pub pongs_missing: u64,
     /// Logins after a logout or an expiry that found the old session.
     pub stale_sessions: u64,
@@ -240,6 +249,8 @@ impl Summary {
             chaos_rate: m.chaos_rate,
             chaos_kills: all.chaos_kills,
             resume_ms: m.resumes,
+            outage_ms: m.outages,
+            outages: m.outages.samples,
             pongs_missing: all.pongs_missing,
             stale_sessions: all.stale_sessions,
             arena: (m.scenario == "arena").then_some(ArenaFields {

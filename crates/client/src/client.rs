@@ -60,6 +60,8 @@ pub struct ClientStats {
     pub resyncs: u64,
     /// Connect or handshake attempts that failed.
     pub connect_failures: u64,
+    /// Logins again after a refused resume ([`Event::LoggedInAgain`]).
+    pub relogins: u64,
 }
 
 type ConnectFuture = Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>;
@@ -136,6 +138,9 @@ pub struct Client {
     logout_deadline: Option<Instant>,
     /// A final outcome to report on the next call (at most one).
     pending: Option<Out>,
+    /// Logging in again after a refused resume: the inputs the old session
+    /// had not acknowledged, for [`Event::LoggedInAgain`].
+    relogging: Option<usize>,
     stats: ClientStats,
 }
 
@@ -162,6 +167,7 @@ impl Client {
             attempts: 0,
             logout_deadline: None,
             pending: None,
+            relogging: None,
             stats: ClientStats::default(),
             cfg,
         };
@@ -664,7 +670,13 @@ impl Client {
                 self.welcome = Some(welcome);
                 self.attempts = 0;
                 self.go_live();
-                Some(Out::Welcomed)
+                match self.relogging.take() {
+                    Some(inputs_dropped) => {
+                        self.stats.relogins += 1;
+                        Some(Out::Event(Event::LoggedInAgain { inputs_dropped }))
+                    }
+                    None => Some(Out::Welcomed),
+                }
             }
             ServerFrameOutcome::Resumed { mode, resend } => {
                 self.attempts = 0;
@@ -692,6 +704,12 @@ impl Client {
                 let (code, action) = close_action(close.code);
                 if self.logout_deadline.is_some() {
                     return Some(self.finish(Out::Event(Event::LoggedOut)));
+                }
+                if code == pb::CloseCode::ResumeRefused
+                    && self.cfg.relogin
+                    && self.welcome.is_some()
+                {
+                    return self.relogin(now);
                 }
                 match action {
                     CloseAction::LoggedOut => Some(self.finish(Out::Event(Event::LoggedOut))),
@@ -812,6 +830,20 @@ impl Client {
         self.link = Link::Backoff {
             until: Instant::now() + wait,
         };
+        None
+    }
+
+    /// The session is gone: start a new one with the same login, right
+    /// away. What the old one had not acknowledged is dropped (counted in
+    /// the event), since a new session's numbering starts over.
+    fn relogin(&mut self, now: Instant) -> Option<Out> {
+        let dropped = self.session.unacked_inputs();
+        tracing::debug!(dropped, "resume refused: logging in again");
+        self.session = ClientSession::new(self.cfg.session.clone());
+        self.relogging = Some(self.relogging.unwrap_or(0) + dropped);
+        self.rbuf.clear();
+        self.wbuf.clear();
+        self.link = Link::Backoff { until: now };
         None
     }
 

@@ -121,6 +121,12 @@ pub struct ClientConfig {
     /// session layer (login, acks, resume, exactly-once inputs) is the
     /// same. Default `false`: the MMO, typed.
     pub raw_frames: bool,
+    /// When a resume is refused (`RESUME_REFUSED`: the session is gone, as
+    /// after its zombie expired, or after a crash that lost it before it was
+    /// saved), log in again with the same login and carry on, yielding
+    /// [`Event::LoggedInAgain`](crate::Event::LoggedInAgain), instead of
+    /// ending with the close. Default `true`.
+    pub relogin: bool,
 }
 
 /// Default bytes per read: a few hundred typical frames, while 10,000 clients
@@ -147,6 +153,7 @@ impl ClientConfig {
             session: ClientSessionConfig::default(),
             seed: None,
             raw_frames: false,
+            relogin: true,
         }
     }
 }

@@ -106,6 +106,14 @@ pub enum Event {
     /// your view of the world; a fresh snapshot (`SelfState`, `Appear`...,
     /// `SnapshotEnd`) follows. `resent` as for [`Event::Resumed`].
     Resynced { resent: usize },
+    /// The session was gone when the client came back (`RESUME_REFUSED`)
+    /// and the client logged in again by itself
+    /// ([`ClientConfig::relogin`](crate::ClientConfig::relogin)): a new
+    /// session, perhaps a new entity id. Drop your view of the world; a
+    /// fresh snapshot follows. `inputs_dropped` inputs the old session had
+    /// not acknowledged were not sent again: whether the server applied
+    /// them is unknown.
+    LoggedInAgain { inputs_dropped: usize },
     /// The logout completed; this is the last event.
     LoggedOut,
     /// The deadline given to

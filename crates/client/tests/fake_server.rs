@@ -364,7 +364,57 @@ async fn snapshot_resume_is_a_resync() {
 }
 
 #[tokio::test]
-async fn resume_refused_ends_the_client_with_a_clear_error() {
+async fn resume_refused_logs_in_again_by_itself() {
+    let (l, addr) = listener().await;
+    let server = tokio::spawn(async move {
+        let mut peer = login(&l, 1).await;
+        // One input arrives and is never acknowledged; then the socket dies.
+        assert_eq!(input(peer.recv_skip_acks().await).seq, 1);
+        drop(peer);
+        let mut peer = Peer::accept(&l).await;
+        assert!(matches!(
+            peer.recv().await,
+            Some(client_message::Msg::Resume(_))
+        ));
+        peer.close(CloseCode::ResumeRefused, 0).await;
+        // The client comes back with a Hello: a new session, numbered anew.
+        let mut peer = login(&l, 3).await;
+        let first = input(peer.recv_skip_acks().await);
+        (first, peer)
+    });
+    let mut client = Client::connect(config(addr)).await.unwrap();
+    client.send(Command::Attack { target: 9 }).unwrap();
+    let mut paused = false;
+    let dropped = loop {
+        match next(&mut client).await {
+            Event::Paused(_) => paused = true,
+            Event::LoggedInAgain { inputs_dropped } => break inputs_dropped,
+            Event::Game(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(paused);
+    assert_eq!(
+        dropped, 1,
+        "the unacknowledged attack is reported, not re-sent"
+    );
+    assert!(client.is_live());
+    assert_eq!(client.welcome().resume_token, vec![3; 16]);
+    assert_eq!(client.stats().relogins, 1);
+    // A fresh snapshot follows, then the new session takes inputs from 1.
+    assert!(matches!(
+        next_game(&mut client).await,
+        GameEvent::SelfState(_)
+    ));
+    assert_eq!(next_game(&mut client).await, GameEvent::SnapshotEnd);
+    assert_eq!(client.send(Command::Respawn), Ok(1));
+    let (first, _peer) = drive_until(&mut client, server).await;
+    assert_eq!(first.seq, 1);
+    assert_eq!(first.cmd, Some(pb::input::Cmd::Respawn(pb::Respawn {})));
+}
+
+#[tokio::test]
+async fn resume_refused_ends_the_client_when_relogin_is_off() {
     let (l, addr) = listener().await;
     tokio::spawn(async move {
         let peer = login(&l, 1).await;
@@ -374,7 +424,9 @@ async fn resume_refused_ends_the_client_with_a_clear_error() {
         peer.close(CloseCode::ResumeRefused, 0).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
     });
-    let mut client = Client::connect(config(addr)).await.unwrap();
+    let mut cfg = config(addr);
+    cfg.relogin = false;
+    let mut client = Client::connect(cfg).await.unwrap();
     let err = loop {
         match timeout(STEP, client.next_event()).await.unwrap() {
             Some(Ok(_)) => continue,

@@ -23,12 +23,23 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     settings: Overrides,
+    /// Take over from the running server with this process id (an upgrade):
+    /// check the settings and the store first, then stop that process
+    /// (SIGTERM: it saves every session and tells its players to come back),
+    /// wait for it to exit, and serve. If a check fails, the running server
+    /// is left alone.
+    #[arg(long, value_name = "PID")]
+    replace: Option<i32>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (the default).
     Run,
+    /// Check the settings and the store (it opens, and takes this build's
+    /// schema), then exit: 0 if the server would start. Safe beside a
+    /// running server on the same store.
+    Check,
     /// Print a login ticket for NAME, signed with the ticket secret.
     Ticket {
         /// Character (account) name.
@@ -67,7 +78,67 @@ fn real_main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Run => run(cfg),
+        Command::Check => {
+            check_store(&cfg)?;
+            println!("tether: settings and store OK");
+            Ok(())
+        }
+        Command::Run => {
+            if let Some(pid) = cli.replace {
+                replace(&cfg, pid)?;
+            }
+            run(cfg)
+        }
+    }
+}
+
+/// The checks an upgrade makes before it stops the running server, then the
+/// stop: the settings loaded already; the store must open (and take this
+/// build's schema); then SIGTERM, and wait until the old process is gone.
+fn replace(cfg: &Config, pid: i32) -> anyhow::Result<()> {
+    use std::time::{Duration, Instant};
+    let target = rustix::process::Pid::from_raw(pid)
+        .filter(|_| pid > 1)
+        .with_context(|| format!("--replace {pid}: not a process id"))?;
+    anyhow::ensure!(alive(pid), "--replace {pid}: no such process is running");
+    check_store(cfg).context("--replace: the running server is left alone")?;
+    eprintln!("tether: checks passed; stopping process {pid}");
+    rustix::process::kill_process(target, rustix::process::Signal::TERM)
+        .with_context(|| format!("--replace: cannot signal process {pid}"))?;
+    // It saves every session and flushes storage first: as long as its
+    // shutdown may take, and a little more.
+    let deadline = Instant::now() + Duration::from_millis(cfg.shutdown_timeout_ms + 5_000);
+    while alive(pid) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "--replace: process {pid} is still running {} ms after SIGTERM",
+            cfg.shutdown_timeout_ms + 5_000
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// Opens the store as the server would (migrations included) and closes it.
+fn check_store(cfg: &Config) -> anyhow::Result<()> {
+    let game = match cfg.game {
+        GameKind::Mmo => tether_world::Mmo::NAME,
+        GameKind::Arena => Arena::NAME,
+    };
+    drop(tether_server::open_store(cfg, game).context("the store does not open")?);
+    Ok(())
+}
+
+/// Whether `pid` is a running process (an exited one not yet reaped by its
+/// parent does not count).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
     }
 }
 
