@@ -9,7 +9,12 @@
 //! the server has not applied, which the server then applies exactly once.
 //! Game code sees [`Event::Paused`] and then [`Event::Resumed`] (the missed
 //! frames follow) or [`Event::Resynced`] (drop your world view: a fresh
-//! snapshot follows).
+//! snapshot follows). If the server no longer has the session
+//! (`RESUME_REFUSED`: it expired, or a crash lost it before it was saved),
+//! the client logs in again with the same login and yields
+//! [`Event::LoggedInAgain`] ([`ClientConfig::relogin`], on by default).
+//! A `SERVER_SHUTDOWN` close (a restart or an upgrade) is a pause like any
+//! other: the client waits the server's `retry_after_ms` and resumes.
 //!
 //! The typed commands and events are the MMO's. For another game on the
 //! engine (the arena, say), set [`ClientConfig::raw_frames`]: the client
@@ -46,6 +51,7 @@
 //!  EOF / error / silence --> Event::Paused --> backoff (full jitter)
 //!    --> connect --> Resume{frames_received} --> Resumed{mode}
 //!    --> re-send unacked inputs --> Event::Resumed | Event::Resynced
+//!    (Close{RESUME_REFUSED} --> Hello --> Welcome --> Event::LoggedInAgain)
 //! ```
 //!
 //! There is no background task and no channel: all of the above runs inside

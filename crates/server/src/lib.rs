@@ -37,6 +37,7 @@ pub mod config;
 pub(crate) mod directory;
 pub mod error;
 pub mod guard;
+pub mod handover;
 pub(crate) mod kernel_filter;
 pub mod link;
 pub mod metrics;
@@ -81,6 +82,22 @@ pub struct ServerHandle {
     /// Longest a shutdown waits for storage to take the last writes
     /// (`shutdown_timeout_ms`).
     store_shutdown_bound: Duration,
+    /// Set while loads wait for the process this one replaces.
+    loads_held: Arc<AtomicBool>,
+    /// Offers the listeners to a process that replaces this one.
+    handover_thread: Option<JoinHandle<()>>,
+}
+
+/// How a server starts, besides its settings.
+#[derive(Debug, Default)]
+pub struct Launch {
+    /// Serve on these listeners (taken from the process this one replaces,
+    /// [`handover::take`]) instead of binding the configured addresses.
+    pub listeners: Option<handover::Listeners>,
+    /// Keep storage loads (logins, resumes) waiting until
+    /// [`ServerHandle::release_loads`]: the process this one replaces is
+    /// still writing its sessions.
+    pub hold_loads: bool,
 }
 
 impl ServerHandle {
@@ -88,6 +105,15 @@ impl ServerHandle {
     /// restarting, and waits for every thread.
     pub fn shutdown(mut self) {
         self.stop_and_join();
+    }
+
+    /// Lets the loads held since the start ([`Launch::hold_loads`]) go to
+    /// storage, in the order they came.
+    pub fn release_loads(&self) {
+        self.loads_held.store(false, Ordering::Release);
+        for w in &self.shard_wakers {
+            w.wake();
+        }
     }
 
     fn stop_and_join(&mut self) {
@@ -116,6 +142,9 @@ impl ServerHandle {
             let _ = stop.send(());
         }
         if let Some(t) = self.admin_thread.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.handover_thread.take() {
             let _ = t.join();
         }
     }
@@ -214,6 +243,17 @@ pub fn start_game<G: Game>(
     backend: Box<dyn Backend>,
     new_game: impl Fn(u16) -> G,
 ) -> Result<ServerHandle, StartError> {
+    start_game_with(cfg, backend, new_game, Launch::default())
+}
+
+/// [`start_game`] with listeners handed over and loads held (an upgrade in
+/// place, `tether --replace`).
+pub fn start_game_with<G: Game>(
+    cfg: Config,
+    backend: Box<dyn Backend>,
+    new_game: impl Fn(u16) -> G,
+    launch: Launch,
+) -> Result<ServerHandle, StartError> {
     cfg.validate()?;
     create_data_dir(&cfg)?;
     let store = StoreWriter::start(
@@ -234,16 +274,45 @@ pub fn start_game<G: Game>(
     let guard_cfg = GuardConfig::from_config(&cfg)?;
     let defences = Arc::new(Defences::new(Guard::new(guard_cfg, 0), cfg.shards));
     let shutdown = Arc::new(AtomicBool::new(false));
+    let loads_held = Arc::new(AtomicBool::new(launch.hold_loads));
 
     // Listeners first, so a taken port fails before any thread starts.
-    let first = bind_game_listener(cfg.listen, cfg.listen_backlog).map_err(|source| {
-        StartError::Listen {
-            what: "game",
-            addr: cfg.listen,
-            source,
+    let (first, admin_listener) = match launch.listeners {
+        Some(handover::Listeners { game, admin }) => (game, admin),
+        None => {
+            let game = bind_game_listener(cfg.listen, cfg.listen_backlog).map_err(|source| {
+                StartError::Listen {
+                    what: "game",
+                    addr: cfg.listen,
+                    source,
+                }
+            })?;
+            let admin = std::net::TcpListener::bind(cfg.admin_listen).map_err(|source| {
+                StartError::Listen {
+                    what: "admin",
+                    addr: cfg.admin_listen,
+                    source,
+                }
+            })?;
+            (game, admin)
         }
-    })?;
+    };
     let game_addr = first.local_addr()?;
+    // Offered to a process that replaces this one (`tether --replace`).
+    let handover_thread = match first.try_clone().and_then(|game| {
+        let admin = admin_listener.try_clone()?;
+        handover::offer(
+            handover::socket_path(&cfg.data_dir),
+            handover::Listeners { game, admin },
+            shutdown.clone(),
+        )
+    }) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            warn!(error = %e, "no listener handover: an upgrade in place will stop this server before the new one listens");
+            None
+        }
+    };
     // Every I/O thread watches the same listening socket (a duplicated
     // descriptor in its own epoll); whichever accepts first gets the
     // connection, the others see WouldBlock.
@@ -252,12 +321,6 @@ pub fn start_game<G: Game>(
         listeners.push(first.try_clone()?);
     }
     listeners.insert(0, first);
-    let admin_listener =
-        std::net::TcpListener::bind(cfg.admin_listen).map_err(|source| StartError::Listen {
-            what: "admin",
-            addr: cfg.admin_listen,
-            source,
-        })?;
     admin_listener.set_nonblocking(true)?;
     let admin_addr = admin_listener.local_addr()?;
 
@@ -340,6 +403,7 @@ pub fn start_game<G: Game>(
             metrics: metrics.clone(),
             defences: defences.clone(),
             shutdown: shutdown.clone(),
+            loads_held: loads_held.clone(),
             clock,
         });
         shard_inits[s].send(shard).map_err(|_| {
@@ -417,5 +481,7 @@ pub fn start_game<G: Game>(
         admin_thread: Some(admin_thread),
         store: Some(store),
         store_shutdown_bound: Duration::from_millis(cfg.shutdown_timeout_ms),
+        loads_held,
+        handover_thread,
     })
 }

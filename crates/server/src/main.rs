@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 use tether_arena::{Arena, ArenaConfig};
 use tether_engine::Game;
 use tether_server::config::{Config, GameKind, Overrides};
+use tether_server::handover::{self, TakeError};
+use tether_server::Launch;
 
 /// Tether: a high-density MMORPG game server.
 ///
@@ -83,37 +85,103 @@ fn real_main() -> anyhow::Result<()> {
             println!("tether: settings and store OK");
             Ok(())
         }
-        Command::Run => {
-            if let Some(pid) = cli.replace {
-                replace(&cfg, pid)?;
-            }
-            run(cfg)
-        }
+        Command::Run => run(cfg, cli.replace),
     }
 }
 
-/// The checks an upgrade makes before it stops the running server, then the
-/// stop: the settings loaded already; the store must open (and take this
-/// build's schema); then SIGTERM, and wait until the old process is gone.
-fn replace(cfg: &Config, pid: i32) -> anyhow::Result<()> {
-    use std::time::{Duration, Instant};
+/// An upgrade in place: the process being replaced, and how.
+struct Replacing {
+    pid: i32,
+    target: rustix::process::Pid,
+    /// Its listeners were handed over: it is stopped after this process
+    /// started serving on them. Otherwise it is stopped first.
+    handed_over: bool,
+}
+
+/// The checks an upgrade makes before it touches the running server (the
+/// settings loaded already; the store must open and take this build's
+/// schema; the listeners, when offered, must be the configured ones), and
+/// the listeners it takes over. An error leaves the running server alone.
+fn prepare_replace(cfg: &Config, pid: i32) -> anyhow::Result<(Replacing, Launch)> {
     let target = rustix::process::Pid::from_raw(pid)
-        .filter(|_| pid > 1)
-        .with_context(|| format!("--replace {pid}: not a process id"))?;
+        .filter(|_| pid > 1 && pid != std::process::id() as i32)
+        .with_context(|| format!("--replace {pid}: not another process's id"))?;
     anyhow::ensure!(alive(pid), "--replace {pid}: no such process is running");
-    check_store(cfg).context("--replace: the running server is left alone")?;
-    eprintln!("tether: checks passed; stopping process {pid}");
-    rustix::process::kill_process(target, rustix::process::Signal::TERM)
-        .with_context(|| format!("--replace: cannot signal process {pid}"))?;
-    // It saves every session and flushes storage first: as long as its
-    // shutdown may take, and a little more.
-    let deadline = Instant::now() + Duration::from_millis(cfg.shutdown_timeout_ms + 5_000);
+    check_store(cfg)?;
+    let path = handover::socket_path(&cfg.data_dir);
+    match handover::take(&path) {
+        Ok(listeners) => {
+            let (game, admin) = (listeners.game.local_addr()?, listeners.admin.local_addr()?);
+            for (what, offered, wanted) in [
+                ("game", game, cfg.listen),
+                ("admin", admin, cfg.admin_listen),
+            ] {
+                anyhow::ensure!(
+                    wanted.port() == 0 || offered == wanted,
+                    "the running server's {what} listener is {offered}, the settings say {wanted}"
+                );
+            }
+            let launch = Launch {
+                listeners: Some(listeners),
+                hold_loads: true,
+            };
+            Ok((
+                Replacing {
+                    pid,
+                    target,
+                    handed_over: true,
+                },
+                launch,
+            ))
+        }
+        Err(TakeError::NotOffered(_)) => {
+            eprintln!(
+                "tether: process {pid} offers no listener handover at {}: stopping it before listening",
+                path.display()
+            );
+            Ok((
+                Replacing {
+                    pid,
+                    target,
+                    handed_over: false,
+                },
+                Launch::default(),
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// SIGTERM, then waits until the old process is gone: it saves every
+/// session and flushes storage first, which takes at most its
+/// `shutdown_timeout_ms`; a little more is allowed. `kill_after`: past
+/// that, SIGKILL it (its players then resume from its last flush, as after
+/// a crash) instead of failing.
+fn stop_replaced(cfg: &Config, r: &Replacing, kill_after: bool) -> anyhow::Result<()> {
+    use rustix::process::{kill_process, Signal};
+    use std::time::{Duration, Instant};
+    let pid = r.pid;
+    match kill_process(r.target, Signal::TERM) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::SRCH) => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot signal process {pid}")),
+    }
+    let bound = Duration::from_millis(cfg.shutdown_timeout_ms + 5_000);
+    let deadline = Instant::now() + bound;
     while alive(pid) {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "--replace: process {pid} is still running {} ms after SIGTERM",
-            cfg.shutdown_timeout_ms + 5_000
-        );
+        if Instant::now() >= deadline {
+            anyhow::ensure!(
+                kill_after,
+                "process {pid} is still running {} ms after SIGTERM",
+                bound.as_millis()
+            );
+            tracing::error!(pid, "the replaced process did not stop in time: killing it");
+            let _ = kill_process(r.target, Signal::KILL);
+            while alive(pid) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            break;
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
     Ok(())
@@ -142,7 +210,7 @@ fn alive(pid: i32) -> bool {
     }
 }
 
-fn run(cfg: Config) -> anyhow::Result<()> {
+fn run(cfg: Config, replace: Option<i32>) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&cfg.log)
@@ -150,15 +218,51 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    let (replacing, launch) = match replace {
+        Some(pid) => {
+            let (r, launch) = prepare_replace(&cfg, pid)
+                .with_context(|| format!("--replace {pid}: the running server is left alone"))?;
+            if !r.handed_over {
+                stop_replaced(&cfg, &r, false).with_context(|| format!("--replace {pid}"))?;
+            }
+            (Some(r), launch)
+        }
+        None => (None, Launch::default()),
+    };
+    let upgrade_cfg = cfg.clone();
     let server = match cfg.game {
-        GameKind::Mmo => tether_server::start(cfg)?,
+        GameKind::Mmo => {
+            let backend = tether_server::open_store(&cfg, tether_world::Mmo::NAME)?;
+            let world_cfg = tether_server::world_config(&cfg);
+            tether_server::start_game_with(
+                cfg,
+                backend,
+                move |shard| {
+                    tether_world::Mmo::new(tether_world::World::new(world_cfg.clone(), shard as u8))
+                },
+                launch,
+            )?
+        }
         GameKind::Arena => {
             let backend = tether_server::open_store(&cfg, Arena::NAME)?;
-            tether_server::start_game(cfg, backend, |shard| {
-                Arena::new(ArenaConfig::default(), shard)
-            })?
+            tether_server::start_game_with(
+                cfg,
+                backend,
+                |shard| Arena::new(ArenaConfig::default(), shard),
+                launch,
+            )?
         }
     };
+    if let Some(r) = replacing.filter(|r| r.handed_over) {
+        // Serving on the old listeners; logins and resumes wait until the
+        // old process has saved its sessions and exited.
+        eprintln!(
+            "tether: serving on the listeners of process {}; stopping it",
+            r.pid
+        );
+        stop_replaced(&upgrade_cfg, &r, true)?;
+        server.release_loads();
+    }
     eprintln!(
         "tether: game on {}, admin on http://{}/metrics",
         server.game_addr, server.admin_addr

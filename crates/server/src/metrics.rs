@@ -42,6 +42,9 @@ pub struct Metrics {
     pub tick_seconds: Histogram,
     /// 1 while storage is unreachable (writes held and retried), else 0.
     pub storage_degraded: Gauge,
+    /// Logins and resumes waiting to be sent to storage (held during an
+    /// upgrade in place, or storage's queue full), all shards.
+    pub loads_deferred: Gauge,
     /// Connections closed at accept by the guard, by reason.
     pub refused_connections: Family<Labels, Counter>,
     /// Hello / Resume refused before reaching a shard, by reason.
@@ -86,6 +89,7 @@ impl Metrics {
                 0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1,
             ]),
             storage_degraded: Gauge::default(),
+            loads_deferred: Gauge::default(),
             refused_connections: Family::default(),
             logins_refused: Family::default(),
             strikes: Family::default(),
@@ -159,6 +163,11 @@ impl Metrics {
             "tether_storage_degraded",
             "1 while storage is unreachable and writes are held",
             storage_degraded
+        );
+        reg!(
+            "tether_loads_deferred",
+            "Logins and resumes waiting to be sent to storage (upgrade in place, or its queue full)",
+            loads_deferred
         );
         reg!(
             "tether_refused_connections",

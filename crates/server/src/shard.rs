@@ -31,7 +31,7 @@ use tether_engine::{
 };
 use tether_proto::pb::CloseCode;
 use tether_session::{ResumeToken, SessionConfig};
-use tether_store::{Health, StoreEvent, StoreEvents, StoreHandle};
+use tether_store::{Health, StoreEvent, StoreEvents, StoreHandle, SubmitError};
 use tracing::{info, warn};
 
 use crate::config::{Config, TakeoverPolicy};
@@ -92,6 +92,18 @@ impl<R> Clone for Bus<R> {
     }
 }
 
+/// Loads a shard keeps back at most: while storage is held for an upgrade
+/// (the old process is still saving) or its queue is full. Past it, a
+/// login or resume is closed with `STORAGE_UNAVAILABLE` (retry later).
+pub const MAX_DEFERRED_LOADS: usize = 65_536;
+
+/// A load kept back, in the order the engine asked for it.
+#[derive(Debug)]
+enum DeferredLoad {
+    Account(String, u64),
+    Session(u64, u64),
+}
+
 /// The engine's way out, in a server process: the store writer, the
 /// account directory, the other shards' buses and the OS random source.
 pub struct ShardHost<R> {
@@ -99,6 +111,75 @@ pub struct ShardHost<R> {
     store: StoreHandle,
     directory: Arc<Directory>,
     bus: Bus<R>,
+    /// Set while the process this one replaces may still be writing
+    /// (`tether --replace`): loads wait, since they could read an older copy.
+    loads_held: Arc<AtomicBool>,
+    /// Loads not yet handed to the store (held, or its queue was full),
+    /// oldest first; bounded by [`MAX_DEFERRED_LOADS`].
+    deferred: VecDeque<DeferredLoad>,
+}
+
+impl<R> ShardHost<R> {
+    /// Queues a load the store cannot take now.
+    fn defer(&mut self, load: DeferredLoad) -> Result<(), StorageBusy> {
+        if self.deferred.len() >= MAX_DEFERRED_LOADS {
+            return Err(StorageBusy);
+        }
+        self.deferred.push_back(load);
+        Ok(())
+    }
+
+    /// Sends a load, or keeps it back: behind earlier ones (order is kept),
+    /// while loads are held, or while the store's queue is full.
+    fn submit(&mut self, load: DeferredLoad) -> Result<(), StorageBusy> {
+        if !self.deferred.is_empty() || self.loads_held.load(Ordering::Acquire) {
+            return self.defer(load);
+        }
+        match self.send(&load) {
+            Ok(()) => Ok(()),
+            Err(SubmitError::StoreFull(())) => self.defer(load),
+            Err(SubmitError::Closed(())) => Err(StorageBusy),
+        }
+    }
+
+    fn send(&self, load: &DeferredLoad) -> Result<(), SubmitError> {
+        match load {
+            DeferredLoad::Account(account, tag) => self.store.load(account, *tag),
+            DeferredLoad::Session(id, tag) => self.store.load_session(*id, *tag),
+        }
+    }
+
+    /// Hands the loads kept back to the store, as many as it takes. Called
+    /// on every turn of the shard loop; costs one check when none wait.
+    /// `true` when some were sent.
+    pub(crate) fn pump_loads(&mut self) -> bool {
+        if self.deferred.is_empty() || self.loads_held.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut sent = false;
+        while let Some(load) = self.deferred.front() {
+            match self.send(load) {
+                Ok(()) => {
+                    self.deferred.pop_front();
+                    sent = true;
+                }
+                // Full: the rest wait for the next turn.
+                Err(SubmitError::StoreFull(())) => break,
+                // The writer is gone (shutting down): the engine's clients
+                // are closed by the shutdown itself.
+                Err(SubmitError::Closed(())) => {
+                    self.deferred.clear();
+                    break;
+                }
+            }
+        }
+        sent
+    }
+
+    /// Loads kept back now.
+    pub(crate) fn deferred_loads(&self) -> usize {
+        self.deferred.len()
+    }
 }
 
 impl<R> Host<R> for ShardHost<R> {
@@ -109,13 +190,11 @@ impl<R> Host<R> for ShardHost<R> {
     }
 
     fn load(&mut self, account: &str, tag: u64) -> Result<(), StorageBusy> {
-        self.store.load(account, tag).map_err(|_| StorageBusy)
+        self.submit(DeferredLoad::Account(account.to_string(), tag))
     }
 
     fn load_session(&mut self, session_id: u64, tag: u64) -> Result<(), StorageBusy> {
-        self.store
-            .load_session(session_id, tag)
-            .map_err(|_| StorageBusy)
+        self.submit(DeferredLoad::Session(session_id, tag))
     }
 
     fn save_dirty(&mut self, records: &mut Vec<Record>) {
@@ -184,6 +263,8 @@ pub struct ShardParts<G: Game> {
     pub metrics: Arc<Metrics>,
     pub defences: Arc<Defences>,
     pub shutdown: Arc<AtomicBool>,
+    /// Loads wait while it is set (see [`ShardHost`]).
+    pub loads_held: Arc<AtomicBool>,
     pub clock: Instant,
 }
 
@@ -233,6 +314,8 @@ pub struct Shard<G: Game> {
     metrics: Arc<Metrics>,
     /// The engine's counters as last copied into `metrics`.
     exported: EngineStats,
+    /// Deferred loads as last added to `metrics`.
+    deferred_exported: usize,
     defences: Arc<Defences>,
     protect_cfg: ProtectConfig,
     /// Protect mode as tick lag and memory say (before any override).
@@ -254,6 +337,8 @@ impl<G: Game> Shard<G> {
             store: p.store,
             directory: p.directory,
             bus: p.bus,
+            loads_held: p.loads_held,
+            deferred: VecDeque::new(),
         };
         let engine = Engine::new(p.engine, p.game, host, now);
         let n_io = p.io.len();
@@ -268,6 +353,7 @@ impl<G: Game> Shard<G> {
             store_events: p.store_events,
             metrics: p.metrics,
             exported: EngineStats::default(),
+            deferred_exported: 0,
             defences: p.defences,
             protect_cfg,
             protect_auto: ProtectMode::default(),
@@ -309,6 +395,16 @@ impl<G: Game> Shard<G> {
                 worked = true;
                 self.refresh_now();
                 self.on_store_event(event);
+            }
+            if self.engine.host_mut().pump_loads() {
+                worked = true;
+            }
+            let deferred = self.engine.host().deferred_loads();
+            if deferred != self.deferred_exported {
+                self.metrics
+                    .loads_deferred
+                    .inc_by(deferred as i64 - self.deferred_exported as i64);
+                self.deferred_exported = deferred;
             }
             if self.refresh_now() >= self.engine.next_tick() {
                 self.tick();
