@@ -7,6 +7,7 @@
 #   scripts/bench.sh [--clients N] [--move-hz R] [--duration S] [--ramp S]
 #                    [--scenario NAME] [--server-args "..."] [--bots-args "..."]
 #                    [--vs-relay] [--relay-dir DIR] [--profile SECS]
+#                    [--server-bin PATH] [--bots-bin PATH]
 #
 # --vs-relay first runs the logic-free relay and its load generator
 # (bench/relay, a cargo project of its own; --relay-dir picks another copy)
@@ -14,7 +15,10 @@
 # the ratios (Tether / relay). docs/BENCHMARKS.md has the load model.
 #
 # Binaries go to $CARGO_TARGET_DIR (default: target), the relay's to
-# $CARGO_TARGET_DIR/relay.
+# $CARGO_TARGET_DIR/relay. --server-bin / --bots-bin run given binaries
+# instead (nothing is built when both are given): an A/B of two server
+# builds under the same bots, e.g.
+#   scripts/bench.sh --server-bin /tmp/base/tether --bots-bin target/release/tether-bots
 #
 # --profile SECS: a third of the way into the measured window, counts the
 # server's syscalls for SECS seconds (perf stat) while sampling its stacks
@@ -25,6 +29,7 @@ cd "$(dirname "$0")/.."
 
 clients=1000 move_hz=5 duration=30 ramp=10 scenario=standard
 server_args="" bots_args="" vs_relay=0 relay_dir="bench/relay" profile=0
+server_bin="" bots_bin=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --clients) clients=$2; shift 2 ;;
@@ -37,6 +42,8 @@ while [ $# -gt 0 ]; do
     --vs-relay) vs_relay=1; shift ;;
     --relay-dir|--limit-dir) relay_dir=$2; shift 2 ;;
     --profile) profile=$2; shift 2 ;;
+    --server-bin) server_bin=$2; shift 2 ;;
+    --bots-bin) bots_bin=$2; shift 2 ;;
     -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -48,9 +55,16 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 log() { echo "bench: $*" >&2; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-log "building release binaries"
-cargo build --release -q -p tether-server -p tether-bots
+if [ -z "$server_bin" ] || [ -z "$bots_bin" ]; then
+  log "building release binaries"
+  cargo build --release -q -p tether-server -p tether-bots
+fi
 target="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)"
+server_bin="${server_bin:-$target/release/tether}"
+bots_bin="${bots_bin:-$target/release/tether-bots}"
+for b in "$server_bin" "$bots_bin"; do
+  [ -x "$b" ] || { echo "bench: $b is not an executable" >&2; exit 2; }
+done
 
 workdir=$(mktemp -d -t tether-bench.XXXXXX)
 server_pid=""
@@ -93,7 +107,7 @@ port=$(free_port)
 admin=$(free_port)
 log "starting tether on 127.0.0.1:$port (admin $admin), world sized for $clients players"
 # shellcheck disable=SC2086
-"$target/release/tether" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+"$server_bin" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
   --data-dir "$workdir/data" --world-players "$clients" --log warn $server_args \
   2> "$workdir/server.log" &
 server_pid=$!
@@ -104,7 +118,7 @@ for _ in $(seq 1 100); do
 done
 
 # shellcheck disable=SC2086
-"$target/release/tether-bots" --addr "127.0.0.1:$port" --admin "127.0.0.1:$admin" \
+"$bots_bin" --addr "127.0.0.1:$port" --admin "127.0.0.1:$admin" \
   --scenario "$scenario" --clients "$clients" --move-hz "$move_hz" --duration "$duration" \
   --ramp "$ramp" $bots_args > "$workdir/bots.json" &
 bots_pid=$!
