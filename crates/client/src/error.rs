@@ -127,6 +127,7 @@ pub(crate) fn close_action(code: i32) -> (CloseCode, CloseAction) {
         | CloseCode::SessionTakenOver
         | CloseCode::AlreadyLoggedIn
         | CloseCode::Banned
+        | CloseCode::Kicked
         | CloseCode::InputSeqGap => CloseAction::End,
         CloseCode::Unspecified
         | CloseCode::HandshakeTimeout

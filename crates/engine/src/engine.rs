@@ -788,6 +788,24 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
         }
     }
 
+    /// An operator ends `account`'s session: the player leaves the world and
+    /// is saved, the connection (if any) is closed with `KICKED` and
+    /// `message`, and its tokens die with the session (a resume is
+    /// refused; a new login starts a new session). `false` if the account
+    /// has no session here.
+    pub fn kick(&mut self, now: u64, account: &str, message: &str) -> bool {
+        let Some(&idx) = self.by_account.get(account) else {
+            return false;
+        };
+        let conn = self.sessions[idx].conn;
+        self.end_session(now, idx, None);
+        if let Some(conn) = conn {
+            self.close(conn, CloseCode::Kicked, message, 0);
+        }
+        self.stats.kicks += 1;
+        true
+    }
+
     /// `conn` is gone (the peer closed it, or the driver cut it). Its
     /// session, if any, becomes a zombie. Returns whether it had one.
     pub fn closed(&mut self, now: u64, conn: ConnId) -> bool {

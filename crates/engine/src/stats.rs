@@ -50,6 +50,8 @@ pub struct EngineStats {
     pub replayed_frames: u64,
     pub duplicate_inputs: u64,
     pub zombie_expiries: u64,
+    /// Sessions an operator ended ([`Engine::kick`](crate::Engine::kick)).
+    pub kicks: u64,
     /// Transactions refused because the commit backlog was full.
     pub commits_refused: u64,
     /// Connections the engine closed, by close code.
@@ -71,6 +73,7 @@ impl Default for EngineStats {
             replayed_frames: 0,
             duplicate_inputs: 0,
             zombie_expiries: 0,
+            kicks: 0,
             commits_refused: 0,
             closed: [0; CLOSE_CODE_SLOTS],
         }

@@ -11,17 +11,31 @@
 //! | `DELETE /bans/{ip}` | lifts a ban: 204, or 404 if the address was not banned (the kernel filter follows within a second) |
 //! | `GET /protect` | `{"override":"auto","shards_protecting":0}` |
 //! | `PUT /protect` | body `on`, `off` or `auto`: force protect mode, or let it follow load |
+//!
+//! The versioned admin API (`/v1/...`, JSON) is documented route by route
+//! in docs/OPERATIONS.md ("The admin API"). Its roles: with neither
+//! `admin_viewer_token` nor `admin_operator_token` set, the listener must be
+//! on loopback and every request is an operator's; with tokens, every route
+//! but `/healthz` needs `Authorization: Bearer TOKEN`, a viewer's token
+//! reads, an operator's also writes. Every write is appended to the audit
+//! log (`audit.jsonl` in the data directory, `GET /v1/audit`).
 
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::Instant;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::Router;
+use serde::Serialize;
 
+use crate::control::{Answer, Control, ControlError, PlayerRow, Query, MAX_SEARCH_ROWS};
+use crate::directory::Directory;
 use crate::guard::{Defences, ProtectOverride};
 use crate::metrics::Metrics;
 
@@ -32,6 +46,10 @@ pub struct AdminState {
     pub defences: Arc<Defences>,
     /// The server's clock (the guard's `now`).
     pub clock: Instant,
+    pub control: Control,
+    pub directory: Arc<Directory>,
+    pub auth: Arc<AdminAuth>,
+    pub audit: Arc<Audit>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -41,7 +59,365 @@ pub fn router(state: AdminState) -> Router {
         .route("/bans", get(list_bans))
         .route("/bans/{ip}", axum::routing::delete(lift_ban))
         .route("/protect", get(get_protect).put(put_protect))
+        .route("/v1/status", get(status))
+        .route("/v1/players", get(find_players))
+        .route("/v1/players/{account}", get(inspect_player))
+        .route("/v1/players/{account}/kick", post(kick_player))
+        .route("/v1/bans", get(list_bans))
+        .route("/v1/bans/{ip}", axum::routing::delete(lift_ban))
+        .route("/v1/protect", get(get_protect).put(put_protect))
+        .route("/v1/audit", get(read_audit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
         .with_state(state)
+}
+
+// ----- roles -------------------------------------------------------------
+
+/// What a request may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Reads: status, players, sessions, bans, audit, metrics.
+    Viewer,
+    /// Reads and writes: kick, lift bans, protect mode.
+    Operator,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+/// The admin tokens (`admin_viewer_token`, `admin_operator_token`).
+#[derive(Debug, Default)]
+pub struct AdminAuth {
+    viewer: Option<String>,
+    operator: Option<String>,
+}
+
+impl AdminAuth {
+    pub fn new(viewer: Option<String>, operator: Option<String>) -> AdminAuth {
+        let set = |t: Option<String>| t.filter(|t| !t.is_empty());
+        AdminAuth {
+            viewer: set(viewer),
+            operator: set(operator),
+        }
+    }
+
+    /// The role an `Authorization` header value grants.
+    pub fn role_of(&self, authorization: Option<&str>) -> Option<Role> {
+        if self.viewer.is_none() && self.operator.is_none() {
+            // No tokens: loopback only (the settings refuse anything else).
+            return Some(Role::Operator);
+        }
+        let token = authorization?.strip_prefix("Bearer ")?.trim().as_bytes();
+        let is = |t: &Option<String>| t.as_deref().is_some_and(|t| same(t.as_bytes(), token));
+        if is(&self.operator) {
+            Some(Role::Operator)
+        } else if is(&self.viewer) {
+            Some(Role::Viewer)
+        } else {
+            None
+        }
+    }
+}
+
+/// Compares without stopping at the first difference.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+/// Every route but `/healthz` needs a role; writes need an operator.
+async fn authorize(State(s): State<AdminState>, mut req: Request, next: Next) -> Response {
+    if req.uri().path() == "/healthz" {
+        return next.run(req).await;
+    }
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let Some(role) = s.auth.role_of(header) else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            error_json("a viewer or operator token is needed (Authorization: Bearer TOKEN)"),
+        )
+            .into_response();
+    };
+    let writes = !matches!(*req.method(), Method::GET | Method::HEAD);
+    if writes && role != Role::Operator {
+        return (
+            StatusCode::FORBIDDEN,
+            error_json("this needs the operator token; the viewer token only reads"),
+        )
+            .into_response();
+    }
+    req.extensions_mut().insert(role);
+    next.run(req).await
+}
+
+fn error_json(message: &str) -> Response {
+    json_response(&serde_json::json!({ "error": message }))
+}
+
+fn json_response<T: Serialize>(value: &T) -> Response {
+    let mut body = serde_json::to_string(value).unwrap_or_else(|_| "{}".into());
+    body.push('\n');
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn control_error(e: ControlError) -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, error_json(&e.to_string())).into_response()
+}
+
+// ----- audit -------------------------------------------------------------
+
+/// The audit log: one JSON line per write, appended to a file that
+/// outlives the process. Rotate it with the usual tools (it is opened
+/// anew for every entry).
+#[derive(Debug)]
+pub struct Audit {
+    path: PathBuf,
+    lock: Mutex<()>,
+}
+
+/// One audited write.
+#[derive(Debug, Serialize)]
+struct AuditEntry<'a> {
+    /// Unix time, ms.
+    at_ms: u64,
+    role: &'static str,
+    action: &'a str,
+    target: &'a str,
+    note: &'a str,
+    /// Whether it took effect.
+    ok: bool,
+}
+
+/// The most of the log's tail `GET /v1/audit` reads.
+const AUDIT_TAIL_BYTES: u64 = 1 << 20;
+
+impl Audit {
+    pub fn new(path: PathBuf) -> Audit {
+        Audit {
+            path,
+            lock: Mutex::new(()),
+        }
+    }
+
+    fn record(&self, role: Role, action: &str, target: &str, note: &str, ok: bool) {
+        let entry = AuditEntry {
+            at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            role: role.as_str(),
+            action,
+            target,
+            note,
+            ok,
+        };
+        let Ok(mut line) = serde_json::to_string(&entry) else {
+            return;
+        };
+        line.push('\n');
+        let _held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        match written {
+            Ok(()) => tracing::info!(role = role.as_str(), action, target, ok, "audited"),
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, action, target, "cannot write the audit log")
+            }
+        }
+    }
+
+    /// The newest `limit` entries, newest last.
+    fn tail(&self, limit: usize) -> std::io::Result<Vec<serde_json::Value>> {
+        let mut f = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let len = f.metadata()?.len();
+        let start = len.saturating_sub(AUDIT_TAIL_BYTES);
+        f.seek(SeekFrom::Start(start))?;
+        let mut text = String::new();
+        f.take(AUDIT_TAIL_BYTES).read_to_string(&mut text)?;
+        let mut lines: Vec<&str> = text.lines().collect();
+        if start > 0 && !lines.is_empty() {
+            lines.remove(0); // cut mid-line
+        }
+        let from = lines.len().saturating_sub(limit);
+        Ok(lines[from..]
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    }
+}
+
+/// `limit=N` from a query string, clamped to `1..=max`.
+fn query_param<'a>(query: &'a Option<String>, key: &str) -> Option<&'a str> {
+    query
+        .as_deref()?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+fn limit_of(query: &Option<String>, default: usize, max: usize) -> usize {
+    query_param(query, "limit")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(default)
+        .clamp(1, max)
+}
+
+// ----- v1 routes ---------------------------------------------------------
+
+/// `GET /v1/status`: the server and each shard.
+async fn status(State(s): State<AdminState>) -> Response {
+    let mut shards = Vec::new();
+    for shard in 0..s.control.shards() {
+        match s.control.ask(shard, Query::Status).await {
+            Ok(Answer::Status(st)) => shards.push(st),
+            Ok(_) => {}
+            Err(e) => return control_error(e),
+        }
+    }
+    let players: u64 = shards.iter().map(|x| x.players).sum();
+    let zombies: u64 = shards.iter().map(|x| x.zombies).sum();
+    json_response(&serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": s.clock.elapsed().as_secs(),
+        "players": players,
+        "zombies": zombies,
+        "storage": if s.metrics.storage_degraded.get() != 0 { "unavailable" } else { "ok" },
+        "protect_override": s.defences.protect_override().as_str(),
+        "connections": s.metrics.connections.get(),
+        "banned_ips": s.metrics.banned_ips.get(),
+        "shards": shards,
+    }))
+}
+
+/// `GET /v1/players?q=PREFIX&limit=N`: sessions whose account starts with
+/// PREFIX, by account, at most N (100 by default, 1,000 at most).
+async fn find_players(State(s): State<AdminState>, RawQuery(query): RawQuery) -> Response {
+    let prefix = query_param(&query, "q").unwrap_or("").to_string();
+    let limit = limit_of(&query, 100, MAX_SEARCH_ROWS);
+    let mut rows: Vec<PlayerRow> = Vec::new();
+    for shard in 0..s.control.shards() {
+        let q = Query::Find {
+            prefix: prefix.clone(),
+            limit,
+        };
+        match s.control.ask(shard, q).await {
+            Ok(Answer::Players(r)) => rows.extend(r),
+            Ok(_) => {}
+            Err(e) => return control_error(e),
+        }
+    }
+    rows.sort_by(|a, b| a.account.cmp(&b.account));
+    rows.truncate(limit);
+    json_response(&rows)
+}
+
+/// `GET /v1/players/{account}`: one session, or 404.
+async fn inspect_player(State(s): State<AdminState>, Path(account): Path<String>) -> Response {
+    let Some(shard) = s.directory.locate(&account) else {
+        return (
+            StatusCode::NOT_FOUND,
+            error_json("no session for this account"),
+        )
+            .into_response();
+    };
+    match s.control.ask(shard, Query::Inspect { account }).await {
+        Ok(Answer::Player(Some(row))) => json_response(&row),
+        Ok(_) => (
+            StatusCode::NOT_FOUND,
+            error_json("no session for this account"),
+        )
+            .into_response(),
+        Err(e) => control_error(e),
+    }
+}
+
+/// `POST /v1/players/{account}/kick`, body (optional) `{"note": "why"}`:
+/// ends the session (`KICKED`; its tokens die with it). 200
+/// `{"kicked":true}`, or 404. Audited.
+async fn kick_player(
+    State(s): State<AdminState>,
+    Path(account): Path<String>,
+    role: Option<axum::Extension<Role>>,
+    body: String,
+) -> Response {
+    let role = role.map_or(Role::Operator, |r| r.0);
+    let note = if body.trim().is_empty() {
+        String::new()
+    } else {
+        match serde_json::from_str::<serde_json::Value>(&body) {
+            Ok(v) => v
+                .get("note")
+                .and_then(|n| n.as_str())
+                .unwrap_or("")
+                .chars()
+                .take(500)
+                .collect(),
+            Err(_) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    error_json("the body must be JSON: {\"note\": \"...\"}"),
+                )
+                    .into_response()
+            }
+        }
+    };
+    let kicked = match s.directory.locate(&account) {
+        Some(shard) => {
+            let q = Query::Kick {
+                account: account.clone(),
+                message: "ended by an operator".into(),
+            };
+            match s.control.ask(shard, q).await {
+                Ok(Answer::Kicked(k)) => k,
+                Ok(_) => false,
+                Err(e) => return control_error(e),
+            }
+        }
+        None => false,
+    };
+    s.audit.record(role, "kick", &account, &note, kicked);
+    if kicked {
+        json_response(&serde_json::json!({ "kicked": true }))
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            error_json("no session for this account"),
+        )
+            .into_response()
+    }
+}
+
+/// `GET /v1/audit?limit=N`: the newest N audited writes (100 by default,
+/// 1,000 at most), newest last.
+async fn read_audit(State(s): State<AdminState>, RawQuery(query): RawQuery) -> Response {
+    let limit = limit_of(&query, 100, 1_000);
+    match s.audit.tail(limit) {
+        Ok(entries) => json_response(&entries),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            error_json(&format!("cannot read the audit log: {e}")),
+        )
+            .into_response(),
+    }
 }
 
 /// `{"status":"ok"}`, or `{"status":"degraded","storage":"unavailable"}`
@@ -88,14 +464,25 @@ async fn list_bans(State(s): State<AdminState>) -> impl IntoResponse {
     )
 }
 
-async fn lift_ban(State(s): State<AdminState>, Path(ip): Path<String>) -> impl IntoResponse {
-    let Ok(ip) = ip.parse::<IpAddr>() else {
+async fn lift_ban(
+    State(s): State<AdminState>,
+    Path(ip): Path<String>,
+    role: Option<axum::Extension<Role>>,
+) -> impl IntoResponse {
+    let role = role.map_or(Role::Operator, |r| r.0);
+    let Ok(addr) = ip.parse::<IpAddr>() else {
         return (StatusCode::BAD_REQUEST, "not an IP address\n");
     };
-    let mut guard = s.defences.guard();
-    if guard.lift(ip) {
-        s.metrics.banned_ips.set(guard.banned_ips() as i64);
-        tracing::info!(%ip, "ban lifted by the operator");
+    let lifted = {
+        let mut guard = s.defences.guard();
+        let lifted = guard.lift(addr);
+        if lifted {
+            s.metrics.banned_ips.set(guard.banned_ips() as i64);
+        }
+        lifted
+    };
+    s.audit.record(role, "unban", &ip, "", lifted);
+    if lifted {
         (StatusCode::NO_CONTENT, "")
     } else {
         (StatusCode::NOT_FOUND, "not banned\n")
@@ -119,7 +506,12 @@ async fn get_protect(State(s): State<AdminState>) -> impl IntoResponse {
 
 /// `on` / `off` force protect mode (applied by each shard on its next
 /// tick); `auto` hands it back to tick lag and memory.
-async fn put_protect(State(s): State<AdminState>, body: String) -> impl IntoResponse {
+async fn put_protect(
+    State(s): State<AdminState>,
+    role: Option<axum::Extension<Role>>,
+    body: String,
+) -> impl IntoResponse {
+    let role = role.map_or(Role::Operator, |r| r.0);
     let Some(o) = ProtectOverride::parse(&body) else {
         return (
             StatusCode::BAD_REQUEST,
@@ -127,9 +519,6 @@ async fn put_protect(State(s): State<AdminState>, body: String) -> impl IntoResp
         );
     };
     s.defences.set_protect_override(o);
-    tracing::info!(
-        protect = o.as_str(),
-        "protect mode override set by the operator"
-    );
+    s.audit.record(role, "protect", o.as_str(), "", true);
     (StatusCode::OK, protect_json(&s))
 }

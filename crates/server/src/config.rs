@@ -72,8 +72,14 @@ pub struct Config {
     pub game: GameKind,
     /// Game listener (TCP).
     pub listen: SocketAddr,
-    /// Admin HTTP listener: /healthz, /metrics.
+    /// Admin HTTP listener: /healthz, /metrics, the admin API.
     pub admin_listen: SocketAddr,
+    /// Bearer token of the admin API's read-only role (`viewer`).
+    pub admin_viewer_token: Option<String>,
+    /// Bearer token of the admin API's read-write role (`operator`). With
+    /// neither token set, the admin listener must be on loopback, and every
+    /// request there is an operator's.
+    pub admin_operator_token: Option<String>,
     /// Where the server keeps its data.
     pub data_dir: PathBuf,
     /// Character storage: `postgres://USER@HOST:PORT/DB` or `sqlite:PATH`.
@@ -232,6 +238,8 @@ impl Default for Config {
             restart_retry_ms: 1_000,
             auth: AuthMode::Dev,
             ticket_secret: None,
+            admin_viewer_token: None,
+            admin_operator_token: None,
             takeover: TakeoverPolicy::TakeOver,
             pvp: false,
             io_threads: 1,
@@ -322,6 +330,13 @@ pub struct Overrides {
     /// Secret for signing and checking tickets.
     #[arg(long, env = "TETHER_TICKET_SECRET", hide_env_values = true)]
     pub ticket_secret: Option<String>,
+    /// Admin API token of the read-only role (viewer).
+    #[arg(long, env = "TETHER_ADMIN_VIEWER_TOKEN", hide_env_values = true)]
+    pub admin_viewer_token: Option<String>,
+    /// Admin API token of the read-write role (operator). Needed (with the
+    /// viewer's, optionally) for an admin listener off loopback.
+    #[arg(long, env = "TETHER_ADMIN_OPERATOR_TOKEN", hide_env_values = true)]
+    pub admin_operator_token: Option<String>,
     /// A login for an account already in play: take-over or refuse [default: take-over].
     #[arg(long, env = "TETHER_TAKEOVER")]
     pub takeover: Option<TakeoverPolicy>,
@@ -520,6 +535,12 @@ impl Config {
         if ov.ticket_secret.is_some() {
             cfg.ticket_secret = ov.ticket_secret;
         }
+        if ov.admin_viewer_token.is_some() {
+            cfg.admin_viewer_token = ov.admin_viewer_token;
+        }
+        if ov.admin_operator_token.is_some() {
+            cfg.admin_operator_token = ov.admin_operator_token;
+        }
         if ov.store.is_some() {
             cfg.store = ov.store;
         }
@@ -595,6 +616,18 @@ impl Config {
             return err(
                 "auth = ticket needs ticket_secret (--ticket-secret or TETHER_TICKET_SECRET)",
             );
+        }
+        let token_set = |t: &Option<String>| t.as_deref().is_some_and(|t| !t.is_empty());
+        for t in [&self.admin_viewer_token, &self.admin_operator_token] {
+            if t.as_deref().is_some_and(|t| t.len() < 16) {
+                return err("admin tokens must be at least 16 characters (use a random string)");
+            }
+        }
+        if !self.admin_listen.ip().is_loopback() && !token_set(&self.admin_operator_token) {
+            return Err(ConfigError(format!(
+                "admin_listen {} is not loopback: set admin_operator_token (--admin-operator-token or TETHER_ADMIN_OPERATOR_TOKEN), and admin_viewer_token for read-only access",
+                self.admin_listen
+            )));
         }
         if !(1..=64).contains(&self.io_threads) {
             return err("io_threads must be 1..=64");
@@ -825,5 +858,26 @@ mod tests {
         .unwrap_err();
         assert!(e.0.contains("ticket_secret"), "{e}");
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn an_admin_listener_off_loopback_needs_a_token() {
+        let open = Config {
+            admin_listen: "0.0.0.0:7780".parse().unwrap(),
+            ..Config::default()
+        };
+        let e = open.validate().unwrap_err();
+        assert!(e.0.contains("admin_operator_token"), "{e}");
+        let short = Config {
+            admin_operator_token: Some("short".into()),
+            ..open.clone()
+        };
+        assert!(short.validate().unwrap_err().0.contains("16 characters"));
+        let guarded = Config {
+            admin_operator_token: Some("a-long-random-operator-token".into()),
+            ..open
+        };
+        guarded.validate().unwrap();
+        Config::default().validate().unwrap();
     }
 }

@@ -34,6 +34,7 @@ pub(crate) mod admin;
 pub mod auth;
 pub(crate) mod cidr;
 pub mod config;
+pub mod control;
 pub(crate) mod directory;
 pub mod error;
 pub mod guard;
@@ -373,6 +374,9 @@ pub fn start_game_with<G: Game>(
         }
     }
 
+    let (control, mut control_rxs) = control::Control::new(shard_wakers.clone());
+    control_rxs.reverse(); // popped from the back, shard 0 first
+
     let mut bus_txs = Vec::new();
     let mut bus_rxs = Vec::new();
     for _ in 0..cfg.shards {
@@ -404,6 +408,7 @@ pub fn start_game_with<G: Game>(
             defences: defences.clone(),
             shutdown: shutdown.clone(),
             loads_held: loads_held.clone(),
+            control: control_rxs.pop().expect("one control channel per shard"),
             clock,
         });
         shard_inits[s].send(shard).map_err(|_| {
@@ -441,6 +446,13 @@ pub fn start_game_with<G: Game>(
         metrics: metrics.clone(),
         defences: defences.clone(),
         clock,
+        control,
+        directory: directory.clone(),
+        auth: Arc::new(admin::AdminAuth::new(
+            cfg.admin_viewer_token.clone(),
+            cfg.admin_operator_token.clone(),
+        )),
+        audit: Arc::new(admin::Audit::new(cfg.data_dir.join("audit.jsonl"))),
     });
     let admin_thread = std::thread::Builder::new()
         .name("tether-admin".into())

@@ -35,6 +35,7 @@ use tether_store::{Health, StoreEvent, StoreEvents, StoreHandle, SubmitError};
 use tracing::{info, warn};
 
 use crate::config::{Config, TakeoverPolicy};
+use crate::control;
 use crate::directory::Directory;
 use crate::guard::{Defences, ProtectConfig, ProtectMode, ProtectOverride};
 use crate::link::{close_frame, ConnRef, IoLink, ShardWaker, ToIo, ToShard};
@@ -265,6 +266,8 @@ pub struct ShardParts<G: Game> {
     pub shutdown: Arc<AtomicBool>,
     /// Loads wait while it is set (see [`ShardHost`]).
     pub loads_held: Arc<AtomicBool>,
+    /// Operator requests (the admin API).
+    pub control: Receiver<control::Request>,
     pub clock: Instant,
 }
 
@@ -324,6 +327,9 @@ pub struct Shard<G: Game> {
     protecting: bool,
     next_rss_ms: u64,
     shutdown: Arc<AtomicBool>,
+    control: Receiver<control::Request>,
+    /// How late the last tick started (ms) and how long it took (µs).
+    last_tick: (u64, u64),
     clock: Instant,
     now: u64,
 }
@@ -360,6 +366,8 @@ impl<G: Game> Shard<G> {
             protecting: false,
             next_rss_ms: 0,
             shutdown: p.shutdown,
+            control: p.control,
+            last_tick: (0, 0),
             clock: p.clock,
             now,
         }
@@ -398,6 +406,11 @@ impl<G: Game> Shard<G> {
             }
             if self.engine.host_mut().pump_loads() {
                 worked = true;
+            }
+            while let Ok(request) = self.control.try_recv() {
+                worked = true;
+                self.refresh_now();
+                self.on_control(request);
             }
             let deferred = self.engine.host().deferred_loads();
             if deferred != self.deferred_exported {
@@ -512,9 +525,54 @@ impl<G: Game> Shard<G> {
         let lag = now.saturating_sub(self.engine.next_tick());
         self.update_protect(now, lag);
         self.engine.tick(now);
-        self.metrics
-            .tick_seconds
-            .observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        self.metrics.tick_seconds.observe(took.as_secs_f64());
+        self.last_tick = (lag, took.as_micros() as u64);
+    }
+
+    /// An operator's request (the admin API), answered at once.
+    fn on_control(&mut self, request: control::Request) {
+        use control::{Answer, PlayerRow, Query};
+        let shard = self.index;
+        let answer = match request.query {
+            Query::Status => Answer::Status(control::ShardStatus {
+                shard,
+                players: self.engine.stats().active,
+                zombies: self.engine.stats().zombies,
+                loading: self.engine.loading_count(),
+                loads_deferred: self.engine.host().deferred_loads(),
+                commit_backlog: self.engine.commit_backlog(),
+                io_backlog: self.io_overflow.iter().map(VecDeque::len).sum(),
+                tick_lag_ms: self.last_tick.0,
+                tick_us: self.last_tick.1,
+                protecting: self.protecting,
+            }),
+            Query::Find { prefix, limit } => {
+                let mut rows: Vec<PlayerRow> = self
+                    .engine
+                    .sessions()
+                    .filter(|v| v.account.starts_with(&prefix))
+                    .map(|v| PlayerRow::of(shard, &v))
+                    .collect();
+                rows.sort_by(|a, b| a.account.cmp(&b.account));
+                rows.truncate(limit);
+                Answer::Players(rows)
+            }
+            Query::Inspect { account } => Answer::Player(
+                self.engine
+                    .session_of(&account)
+                    .map(|v| PlayerRow::of(shard, &v)),
+            ),
+            Query::Kick { account, message } => {
+                let kicked = self.engine.kick(self.now, &account, &message);
+                if kicked {
+                    info!(shard, account, "session ended by an operator");
+                }
+                Answer::Kicked(kicked)
+            }
+        };
+        // The asker may have given up (timeout): nothing to do then.
+        let _ = request.reply.send(answer);
     }
 
     /// Feeds protect mode one tick's lag (and memory, once a second when a

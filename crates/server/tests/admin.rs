@@ -1,0 +1,171 @@
+//! The admin API against a running server: status, player search,
+//! session inspection, kick (tokens revoked), the audit log, and the roles.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{server, TestClient};
+use tether_proto::pb::{self, client_message, server_message::Msg, CloseCode};
+
+const WAIT: Duration = Duration::from_secs(5);
+const VIEWER: &str = "viewer-token-0123456789";
+const OPERATOR: &str = "operator-token-0123456789";
+
+/// One admin HTTP request with an optional bearer token; (status, body).
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn close_code(msg: &Option<Msg>) -> Option<CloseCode> {
+    match msg {
+        Some(Msg::Close(c)) => CloseCode::try_from(c.code).ok(),
+        _ => None,
+    }
+}
+
+#[test]
+fn status_search_inspect_kick_and_audit() {
+    let (srv, _store) = server(|_| {});
+    let admin = srv.admin_addr;
+    let mut alice = TestClient::login(srv.game_addr, "alice");
+    let _alfred = TestClient::login(srv.game_addr, "alfred");
+    let _bob = TestClient::login(srv.game_addr, "bob");
+
+    let (code, status) = http(admin, "GET", "/v1/status", None, "");
+    assert_eq!(code, 200, "{status}");
+    assert_eq!(status["players"], 3, "{status}");
+    assert_eq!(status["storage"], "ok");
+    assert!(!status["shards"].as_array().unwrap().is_empty());
+
+    let (code, rows) = http(admin, "GET", "/v1/players?q=al&limit=10", None, "");
+    assert_eq!(code, 200);
+    let names: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["account"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alfred", "alice"]);
+    let (_, rows) = http(admin, "GET", "/v1/players?limit=1", None, "");
+    assert_eq!(rows.as_array().unwrap().len(), 1, "the limit holds");
+
+    let (code, row) = http(admin, "GET", "/v1/players/alice", None, "");
+    assert_eq!(code, 200);
+    assert_eq!(row["link"], "active");
+    assert_eq!(row["session_id"], alice.session_id);
+    assert_eq!(http(admin, "GET", "/v1/players/nobody", None, "").0, 404);
+
+    // Kick: the connection closes with KICKED and the session is over.
+    let (code, kicked) = http(
+        admin,
+        "POST",
+        "/v1/players/alice/kick",
+        None,
+        r#"{"note":"spamming"}"#,
+    );
+    assert_eq!(code, 200, "{kicked}");
+    let close = alice.recv_until(WAIT, |m| matches!(m, Msg::Close(_)));
+    assert_eq!(close_code(&close), Some(CloseCode::Kicked));
+    assert_eq!(http(admin, "GET", "/v1/players/alice", None, "").0, 404);
+    let mut again = TestClient::connect(srv.game_addr);
+    again.send(client_message::Msg::Resume(pb::Resume {
+        session_id: alice.session_id,
+        token: alice.token.clone(),
+        frames_received: alice.frames,
+        restart_token: Vec::new(),
+    }));
+    assert_eq!(
+        close_code(&again.recv()),
+        Some(CloseCode::ResumeRefused),
+        "a kicked session's token is dead"
+    );
+    // A kick of nobody is a 404, and audited too.
+    assert_eq!(
+        http(admin, "POST", "/v1/players/alice/kick", None, "").0,
+        404
+    );
+    assert_eq!(
+        http(admin, "POST", "/v1/players/bob/kick", None, "not json").0,
+        400
+    );
+
+    let (code, log) = http(admin, "GET", "/v1/audit?limit=2", None, "");
+    assert_eq!(code, 200);
+    let log = log.as_array().unwrap();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0]["action"], "kick");
+    assert_eq!(log[0]["target"], "alice");
+    assert_eq!(log[0]["note"], "spamming");
+    assert_eq!(log[0]["ok"], true);
+    assert_eq!(log[0]["role"], "operator");
+    assert_eq!(log[1]["ok"], false);
+    // Logging in again is allowed.
+    let _back = TestClient::login(srv.game_addr, "alice");
+}
+
+#[test]
+fn tokens_give_roles() {
+    let (srv, _store) = server(|cfg| {
+        cfg.admin_viewer_token = Some(VIEWER.into());
+        cfg.admin_operator_token = Some(OPERATOR.into());
+    });
+    let admin = srv.admin_addr;
+    let _carol = TestClient::login(srv.game_addr, "carol");
+
+    assert_eq!(http(admin, "GET", "/healthz", None, "").0, 200);
+    assert_eq!(http(admin, "GET", "/v1/status", None, "").0, 401);
+    assert_eq!(
+        http(admin, "GET", "/metrics", Some("wrong-token"), "").0,
+        401
+    );
+    assert_eq!(http(admin, "GET", "/v1/status", Some(VIEWER), "").0, 200);
+    assert_eq!(
+        http(admin, "GET", "/v1/players/carol", Some(VIEWER), "").0,
+        200
+    );
+    let (code, body) = http(admin, "POST", "/v1/players/carol/kick", Some(VIEWER), "");
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(http(admin, "PUT", "/v1/protect", Some(VIEWER), "on").0, 403);
+    assert_eq!(
+        http(admin, "GET", "/v1/players/carol", Some(VIEWER), "").0,
+        200,
+        "a refused write changes nothing"
+    );
+    assert_eq!(
+        http(admin, "POST", "/v1/players/carol/kick", Some(OPERATOR), "").0,
+        200
+    );
+    let (_, log) = http(admin, "GET", "/v1/audit", Some(VIEWER), "");
+    let last = log.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["role"], "operator");
+    assert_eq!(last["target"], "carol");
+}
