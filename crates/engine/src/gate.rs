@@ -369,12 +369,21 @@ pub struct AuthRefused {
     pub message: &'static str,
 }
 
+/// What a login refused by a drain is told to wait: maintenance takes
+/// minutes, and a client should not hammer a server that said so.
+pub const DRAIN_RETRY_AFTER_MS: u32 = 30_000;
+
 /// The shared state a connection's first frame is checked against, as the
 /// driver sees it for one connection (it knows the peer's address). Every
 /// method is cheap and returns at once: no storage, no waiting.
 pub trait Admission {
     /// Protect mode is on: fresh logins are refused, resumes admitted.
     fn protecting(&self) -> bool;
+    /// The server is drained for maintenance: fresh logins are refused,
+    /// resumes admitted. None by default.
+    fn draining(&self) -> bool {
+        false
+    }
     /// The login rates (per address and server-wide) for this connection's
     /// first frame. On `Ok` the login is counted against them, and the
     /// connection no longer counts as a pending handshake.
@@ -656,6 +665,14 @@ impl Gate {
     ) -> Step<I> {
         match msg {
             Incoming::Hello(hello) => {
+                if admission.draining() {
+                    return Step::Close(Close::refusal(
+                        CloseCode::ServerBusy,
+                        "server draining for maintenance; retry later",
+                        DRAIN_RETRY_AFTER_MS,
+                        Count::LoginRefused("drain"),
+                    ));
+                }
                 if admission.protecting() {
                     return Step::Close(Close::refusal(
                         CloseCode::ServerBusy,

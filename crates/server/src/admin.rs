@@ -20,6 +20,7 @@
 //! reads, an operator's also writes. Every write is appended to the audit
 //! log (`audit.jsonl` in the data directory, `GET /v1/audit`).
 
+use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -50,7 +51,16 @@ pub struct AdminState {
     pub directory: Arc<Directory>,
     pub auth: Arc<AdminAuth>,
     pub audit: Arc<Audit>,
+    /// The notes of bans set by hand, by address (at most
+    /// [`MAX_BAN_NOTES`]; those of ended bans are dropped when it fills).
+    pub ban_notes: Arc<Mutex<HashMap<IpAddr, String>>>,
 }
+
+/// Ban notes kept at most.
+pub const MAX_BAN_NOTES: usize = 4096;
+
+/// The longest ban set by hand: 30 days.
+const MAX_BAN_MINUTES: u64 = 30 * 24 * 60;
 
 pub fn router(state: AdminState) -> Router {
     Router::new()
@@ -63,10 +73,11 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/players", get(find_players))
         .route("/v1/players/{account}", get(inspect_player))
         .route("/v1/players/{account}/kick", post(kick_player))
-        .route("/v1/bans", get(list_bans))
+        .route("/v1/bans", get(list_bans).post(add_ban))
         .route("/v1/bans/{ip}", axum::routing::delete(lift_ban))
         .route("/v1/protect", get(get_protect).put(put_protect))
         .route("/v1/audit", get(read_audit))
+        .route("/v1/drain", get(get_drain).put(put_drain))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
@@ -302,6 +313,7 @@ async fn status(State(s): State<AdminState>) -> Response {
         "zombies": zombies,
         "storage": if s.metrics.storage_degraded.get() != 0 { "unavailable" } else { "ok" },
         "protect_override": s.defences.protect_override().as_str(),
+        "draining": s.defences.draining(),
         "connections": s.metrics.connections.get(),
         "banned_ips": s.metrics.banned_ips.get(),
         "shards": shards,
@@ -446,22 +458,112 @@ fn now_ms(s: &AdminState) -> u64 {
     s.clock.elapsed().as_millis() as u64
 }
 
-/// Current bans, longest remaining first.
-async fn list_bans(State(s): State<AdminState>) -> impl IntoResponse {
+/// Current bans, longest remaining first, with the note of a ban set by
+/// hand.
+async fn list_bans(State(s): State<AdminState>) -> Response {
     let bans = s.defences.guard().bans(now_ms(&s));
-    let items: Vec<String> = bans
+    let notes = s.ban_notes.lock().unwrap_or_else(|p| p.into_inner());
+    let items: Vec<serde_json::Value> = bans
         .iter()
         .map(|b| {
-            format!(
-                "{{\"ip\":\"{}\",\"remaining_ms\":{},\"kernel\":{}}}",
-                b.ip, b.remaining_ms, b.filtered
-            )
+            let mut v = serde_json::json!({
+                "ip": b.ip.to_string(),
+                "remaining_ms": b.remaining_ms,
+                "kernel": b.filtered,
+            });
+            if let Some(note) = notes.get(&b.ip) {
+                v["note"] = note.clone().into();
+            }
+            v
         })
         .collect();
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        format!("[{}]\n", items.join(",")),
-    )
+    json_response(&items)
+}
+
+/// `POST /v1/bans`, body `{"ip": "203.0.113.9", "minutes": 60, "note":
+/// "why"}`: bans an address by hand (new connections from it are refused
+/// with `BANNED`; kick its players to remove them). Audited.
+async fn add_ban(
+    State(s): State<AdminState>,
+    role: Option<axum::Extension<Role>>,
+    body: String,
+) -> Response {
+    let role = role.map_or(Role::Operator, |r| r.0);
+    let bad = |m: &str| (StatusCode::BAD_REQUEST, error_json(m)).into_response();
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+        return bad(r#"the body must be JSON: {"ip": "...", "minutes": N, "note": "..."}"#);
+    };
+    let Some(ip) = v["ip"].as_str().and_then(|ip| ip.parse::<IpAddr>().ok()) else {
+        return bad("ip must be an IP address");
+    };
+    let Some(minutes) = v["minutes"]
+        .as_u64()
+        .filter(|m| (1..=MAX_BAN_MINUTES).contains(m))
+    else {
+        return bad("minutes must be 1..=43200 (30 days)");
+    };
+    let note: String = v["note"].as_str().unwrap_or("").chars().take(500).collect();
+    let banned = {
+        let mut guard = s.defences.guard();
+        let banned = guard.ban(ip, minutes * 60_000, now_ms(&s));
+        if banned {
+            s.metrics.banned_ips.set(guard.banned_ips() as i64);
+        }
+        banned
+    };
+    if banned {
+        let mut notes = s.ban_notes.lock().unwrap_or_else(|p| p.into_inner());
+        if notes.len() >= MAX_BAN_NOTES && !notes.contains_key(&ip) {
+            let now = now_ms(&s);
+            let guard = s.defences.guard();
+            notes.retain(|ip, _| guard.is_banned(*ip, now));
+        }
+        if notes.len() < MAX_BAN_NOTES || notes.contains_key(&ip) {
+            notes.insert(ip, note.clone());
+        }
+    }
+    s.audit.record(role, "ban", &ip.to_string(), &note, banned);
+    if banned {
+        json_response(
+            &serde_json::json!({ "banned": true, "ip": ip.to_string(), "minutes": minutes }),
+        )
+    } else {
+        (
+            StatusCode::CONFLICT,
+            error_json("not banned: the address is trusted (trusted_cidrs) or the per-address table is full"),
+        )
+            .into_response()
+    }
+}
+
+/// `GET /v1/drain`: `{"draining": false}`.
+async fn get_drain(State(s): State<AdminState>) -> Response {
+    json_response(&serde_json::json!({ "draining": s.defences.draining() }))
+}
+
+/// `PUT /v1/drain`, body `on` or `off`: a drained server refuses fresh
+/// logins (`SERVER_BUSY`, retry in 30 s) and keeps its players and their
+/// resumes. Audited.
+async fn put_drain(
+    State(s): State<AdminState>,
+    role: Option<axum::Extension<Role>>,
+    body: String,
+) -> Response {
+    let role = role.map_or(Role::Operator, |r| r.0);
+    let on = match body.trim() {
+        "on" => true,
+        "off" => false,
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                error_json("body must be on or off"),
+            )
+                .into_response()
+        }
+    };
+    s.defences.set_draining(on);
+    s.audit.record(role, "drain", body.trim(), "", true);
+    json_response(&serde_json::json!({ "draining": on }))
 }
 
 async fn lift_ban(
@@ -481,6 +583,12 @@ async fn lift_ban(
         }
         lifted
     };
+    if lifted {
+        s.ban_notes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&addr);
+    }
     s.audit.record(role, "unban", &ip, "", lifted);
     if lifted {
         (StatusCode::NO_CONTENT, "")

@@ -514,6 +514,31 @@ impl Guard {
         Some(cfg.ban_ms)
     }
 
+    /// Bans `ip` for `duration_ms` by hand (the admin API), replacing the
+    /// rest of any ban it has. False when the address is trusted
+    /// (`trusted_cidrs`) or the per-IP table has no room for it.
+    pub fn ban(&mut self, ip: IpAddr, duration_ms: u64, now_ms: u64) -> bool {
+        if self.cfg.is_trusted(ip) {
+            return false;
+        }
+        let key = peer_key(ip);
+        if !self.peers.contains_key(&key) && !self.make_room(now_ms) {
+            return false;
+        }
+        let cfg = &self.cfg;
+        let peer = self
+            .peers
+            .entry(key)
+            .or_insert_with(|| Peer::new(cfg, now_ms));
+        if peer.banned_until_ms == 0 {
+            self.active_bans += 1;
+        }
+        peer.banned_until_ms = now_ms + duration_ms.max(1);
+        peer.refused_banned = 0;
+        self.bans_total += 1;
+        true
+    }
+
     /// Whether `ip` is banned at `now_ms`.
     pub fn is_banned(&self, ip: IpAddr, now_ms: u64) -> bool {
         self.peers
@@ -691,6 +716,8 @@ pub struct Defences {
     /// One flag per shard: in protect mode now (set by the shard).
     protect: Vec<AtomicBool>,
     protect_override: AtomicU8,
+    /// Drain for maintenance: fresh logins refused, players stay.
+    draining: AtomicBool,
     /// The listener's ban filter; taken after `guard`, never before.
     kernel: Mutex<KernelFilter>,
     /// Accepted sockets inherit a filter now (read per accept, no lock).
@@ -703,6 +730,7 @@ impl Defences {
             guard: Mutex::new(guard),
             protect: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             protect_override: AtomicU8::new(ProtectOverride::Auto as u8),
+            draining: AtomicBool::new(false),
             kernel: Mutex::new(KernelFilter::default()),
             kernel_attached: AtomicBool::new(false),
         }
@@ -763,6 +791,16 @@ impl Defences {
 
     pub fn set_protect_override(&self, o: ProtectOverride) {
         self.protect_override.store(o as u8, Ordering::Relaxed);
+    }
+
+    /// Drain for maintenance: fresh logins are refused (`SERVER_BUSY`),
+    /// players in the world and their resumes are not.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn set_draining(&self, on: bool) {
+        self.draining.store(on, Ordering::Relaxed);
     }
 }
 

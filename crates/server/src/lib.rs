@@ -453,6 +453,7 @@ pub fn start_game_with<G: Game>(
             cfg.admin_operator_token.clone(),
         )),
         audit: Arc::new(admin::Audit::new(cfg.data_dir.join("audit.jsonl"))),
+        ban_notes: Arc::default(),
     });
     let admin_thread = std::thread::Builder::new()
         .name("tether-admin".into())

@@ -1370,6 +1370,10 @@ impl Admission for SharedAdmission<'_> {
         self.defences.protecting()
     }
 
+    fn draining(&self) -> bool {
+        self.defences.draining()
+    }
+
     fn admit_login(&mut self, kind: LoginKind, now: u64) -> Result<(), LoginRefused> {
         let verdict = self.defences.guard().login(self.ip, kind, now);
         verdict.map_err(|refusal| LoginRefused {

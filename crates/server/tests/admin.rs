@@ -169,3 +169,93 @@ fn tokens_give_roles() {
     assert_eq!(last["role"], "operator");
     assert_eq!(last["target"], "carol");
 }
+
+#[test]
+fn drain_refuses_fresh_logins_and_keeps_players() {
+    let (srv, _store) = server(|_| {});
+    let admin = srv.admin_addr;
+    let mut dave = TestClient::login(srv.game_addr, "dave");
+    assert_eq!(
+        http(admin, "GET", "/v1/drain", None, "").1["draining"],
+        false
+    );
+    assert_eq!(http(admin, "PUT", "/v1/drain", None, "sideways").0, 400);
+    assert_eq!(
+        http(admin, "PUT", "/v1/drain", None, "on").1["draining"],
+        true
+    );
+    assert_eq!(
+        http(admin, "GET", "/v1/status", None, "").1["draining"],
+        true
+    );
+
+    let mut late = TestClient::connect(srv.game_addr);
+    let reply = late.hello("erin");
+    assert_eq!(close_code(&reply), Some(CloseCode::ServerBusy));
+    match reply {
+        Some(Msg::Close(c)) => {
+            assert!(c.message.contains("draining"), "{}", c.message);
+            assert!(c.retry_after_ms > 0);
+        }
+        other => panic!("expected Close, got {other:?}"),
+    }
+    // The player in the world plays on, and can come back after a drop.
+    dave.send(client_message::Msg::Input(pb::Input {
+        seq: dave.next_seq,
+        ack: 0,
+        cmd: Some(pb::input::Cmd::Ping(pb::Ping { client_time: 7 })),
+    }));
+    assert!(dave
+        .recv_until(WAIT, |m| matches!(m, Msg::Pong(p) if p.client_time == 7))
+        .is_some());
+    assert_eq!(http(admin, "GET", "/v1/players/dave", None, "").0, 200);
+
+    assert_eq!(http(admin, "PUT", "/v1/drain", None, "off").0, 200);
+    let _erin = TestClient::login(srv.game_addr, "erin");
+    let (_, log) = http(admin, "GET", "/v1/audit", None, "");
+    let actions: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["on", "off"], "the refused body is not a write");
+}
+
+#[test]
+fn a_ban_by_hand_has_a_note_and_an_end() {
+    let (srv, _store) = server(|_| {});
+    let admin = srv.admin_addr;
+    let body = r#"{"ip":"127.0.0.44","minutes":5,"note":"gold seller"}"#;
+    let (code, ban) = http(admin, "POST", "/v1/bans", None, body);
+    assert_eq!(code, 200, "{ban}");
+    let (_, bans) = http(admin, "GET", "/v1/bans", None, "");
+    let row = &bans.as_array().unwrap()[0];
+    assert_eq!(row["ip"], "127.0.0.44");
+    assert_eq!(row["note"], "gold seller");
+    let left = row["remaining_ms"].as_u64().unwrap();
+    assert!(left > 290_000 && left <= 300_000, "{left}");
+    // The address is refused at accept.
+    let mut c = TestClient::connect_from("127.0.0.44", srv.game_addr, None);
+    assert_eq!(close_code(&c.recv()), Some(CloseCode::Banned));
+
+    for bad in [
+        r#"{"ip":"nowhere","minutes":5}"#,
+        r#"{"ip":"127.0.0.45","minutes":0}"#,
+        r#"{"ip":"127.0.0.45"}"#,
+        "not json",
+    ] {
+        assert_eq!(http(admin, "POST", "/v1/bans", None, bad).0, 400, "{bad}");
+    }
+    assert_eq!(
+        http(admin, "DELETE", "/v1/bans/127.0.0.44", None, "").0,
+        204
+    );
+    let mut c = TestClient::connect_from("127.0.0.44", srv.game_addr, None);
+    assert!(matches!(c.hello("frank"), Some(Msg::Welcome(_))));
+    let (_, log) = http(admin, "GET", "/v1/audit", None, "");
+    let log = log.as_array().unwrap();
+    assert_eq!(log[0]["action"], "ban");
+    assert_eq!(log[0]["note"], "gold seller");
+    assert_eq!(log[1]["action"], "unban");
+}
