@@ -169,7 +169,7 @@ SCHEMA: dict[str, dict[int, tuple]] = {
     # ---- server -> client ----
     "ServerMessage": {
         1: ("welcome", ("msg", "Welcome"), True), 2: ("resumed", ("msg", "Resumed"), True),
-        3: ("close", ("msg", "Close"), True),
+        3: ("close", ("msg", "Close"), True), 4: ("notice", ("msg", "Notice"), True),
         10: ("input_ack", ("msg", "InputAck"), True), 11: ("pong", ("msg", "Pong"), True),
         12: ("self_state", ("msg", "SelfState"), True),
         13: ("snapshot_end", ("msg", "SnapshotEnd"), True),
@@ -202,6 +202,7 @@ SCHEMA: dict[str, dict[int, tuple]] = {
     "Close": {1: ("code", "enum", False), 2: ("message", "string", False),
               3: ("retry_after_ms", "uint32", False)},
     "InputAck": {1: ("seq", "uint32", False)},
+    "Notice": {1: ("text", "string", False)},
     "Pong": {1: ("client_time", "uint64", False)},
     "ItemStack": {1: ("item_id", "uint32", False), 2: ("count", "uint32", False)},
     "SelfState": {

@@ -753,8 +753,9 @@ impl Client {
             Some(Env::Resumed(m)) => Msg::Resumed(m),
             Some(Env::Close(m)) => Msg::Close(m),
             Some(Env::InputAck(m)) => Msg::InputAck(m),
-            None => {
-                // None of the engine's fields: the game's own frame.
+            // None of the engine's fields, or its notice (which the game's
+            // schema carries too): a counted frame for the game code.
+            Some(Env::Notice(_)) | None => {
                 self.stats.frames_in += 1;
                 return match self.session.on_game_frame(self.now_ms(now)) {
                     ServerFrameOutcome::Game => Some(Out::Event(Event::GameFrame(payload))),

@@ -32,6 +32,9 @@ pub enum GameEvent {
     /// An input was applied but had no effect (cooldown, out of range, ...).
     CommandError(pb::CommandError),
     Stats(pb::StatChange),
+    /// A notice from the server's operators (maintenance, an event): show
+    /// it to the player.
+    Notice(pb::Notice),
 }
 
 impl GameEvent {
@@ -54,6 +57,7 @@ impl GameEvent {
             Msg::Link(m) => GameEvent::Link(m),
             Msg::CommandError(m) => GameEvent::CommandError(m),
             Msg::Stats(m) => GameEvent::Stats(m),
+            Msg::Notice(m) => GameEvent::Notice(m),
             Msg::Welcome(_) | Msg::Resumed(_) | Msg::Close(_) => return None,
         })
     }

@@ -788,6 +788,15 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
         }
     }
 
+    /// An operators' notice to every session of this engine, connected or
+    /// not (a zombie gets it on its resume). Returns how many sessions it
+    /// went to.
+    pub fn notice(&mut self, now: u64, text: &str) -> usize {
+        let frame = crate::wire::notice_frame(text);
+        self.broadcast_local(now, &frame);
+        self.sessions.len()
+    }
+
     /// An operator ends `account`'s session: the player leaves the world and
     /// is saved, the connection (if any) is closed with `KICKED` and
     /// `message`, and its tokens die with the session (a resume is

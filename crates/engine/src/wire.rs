@@ -26,6 +26,11 @@ pub(crate) fn resumed_frame(resumed: pb::Resumed) -> Bytes {
     envelope(Msg::Resumed(resumed))
 }
 
+/// An operators' notice: one frame, encoded once for every session.
+pub(crate) fn notice_frame(text: &str) -> Bytes {
+    envelope(Msg::Notice(pb::Notice { text: text.into() }))
+}
+
 pub(crate) fn input_ack_frame(seq: u32) -> Bytes {
     envelope(Msg::InputAck(pb::InputAck { seq }))
 }

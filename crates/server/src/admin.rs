@@ -78,6 +78,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/protect", get(get_protect).put(put_protect))
         .route("/v1/audit", get(read_audit))
         .route("/v1/drain", get(get_drain).put(put_drain))
+        .route("/v1/notice", post(post_notice))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
@@ -534,6 +535,48 @@ async fn add_ban(
         )
             .into_response()
     }
+}
+
+/// The longest notice, in characters.
+const MAX_NOTICE_CHARS: usize = 500;
+
+/// `POST /v1/notice`, body `{"text": "Maintenance in 10 minutes"}`: a
+/// `Notice` frame to every session (connected players now, link-dead ones
+/// when they resume). 200 `{"sessions": N}`. Audited.
+async fn post_notice(
+    State(s): State<AdminState>,
+    role: Option<axum::Extension<Role>>,
+    body: String,
+) -> Response {
+    let role = role.map_or(Role::Operator, |r| r.0);
+    let text = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["text"].as_str().map(str::to_string))
+        .filter(|t| !t.trim().is_empty() && t.chars().count() <= MAX_NOTICE_CHARS);
+    let Some(text) = text else {
+        return (
+            StatusCode::BAD_REQUEST,
+            error_json(r#"the body must be {"text": "..."} with 1 to 500 characters"#),
+        )
+            .into_response();
+    };
+    let mut sessions = 0;
+    for shard in 0..s.control.shards() {
+        match s
+            .control
+            .ask(shard, Query::Notice { text: text.clone() })
+            .await
+        {
+            Ok(Answer::Noticed(n)) => sessions += n,
+            Ok(_) => {}
+            Err(e) => {
+                s.audit.record(role, "notice", "all", &text, false);
+                return control_error(e);
+            }
+        }
+    }
+    s.audit.record(role, "notice", "all", &text, true);
+    json_response(&serde_json::json!({ "sessions": sessions }))
 }
 
 /// `GET /v1/drain`: `{"draining": false}`.

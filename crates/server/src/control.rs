@@ -38,6 +38,8 @@ pub enum Query {
     Inspect { account: String },
     /// End one account's session (`KICKED`).
     Kick { account: String, message: String },
+    /// An operators' notice to every session.
+    Notice { text: String },
 }
 
 /// A shard's answer.
@@ -47,6 +49,8 @@ pub enum Answer {
     Players(Vec<PlayerRow>),
     Player(Option<PlayerRow>),
     Kicked(bool),
+    /// Sessions a notice went to.
+    Noticed(usize),
 }
 
 /// A request and where its answer goes.

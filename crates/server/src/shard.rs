@@ -570,6 +570,7 @@ impl<G: Game> Shard<G> {
                 }
                 Answer::Kicked(kicked)
             }
+            Query::Notice { text } => Answer::Noticed(self.engine.notice(self.now, &text)),
         };
         // The asker may have given up (timeout): nothing to do then.
         let _ = request.reply.send(answer);

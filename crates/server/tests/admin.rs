@@ -259,3 +259,35 @@ fn a_ban_by_hand_has_a_note_and_an_end() {
     assert_eq!(log[0]["note"], "gold seller");
     assert_eq!(log[1]["action"], "unban");
 }
+
+#[test]
+fn a_notice_reaches_every_player_as_a_counted_frame() {
+    let (srv, _store) = server(|_| {});
+    let admin = srv.admin_addr;
+    let mut gina = TestClient::login(srv.game_addr, "gina");
+    let mut hank = TestClient::login(srv.game_addr, "hank");
+    let (code, body) = http(
+        admin,
+        "POST",
+        "/v1/notice",
+        None,
+        r#"{"text":"Maintenance in 10 minutes"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["sessions"], 2);
+    for c in [&mut gina, &mut hank] {
+        let got = c.recv_until(WAIT, |m| matches!(m, Msg::Notice(_)));
+        match got {
+            Some(Msg::Notice(n)) => assert_eq!(n.text, "Maintenance in 10 minutes"),
+            other => panic!("expected the notice, got {other:?}"),
+        }
+    }
+    let long = format!(r#"{{"text":"{}"}}"#, "x".repeat(501));
+    for bad in [r#"{"text":""}"#, "nope", long.as_str()] {
+        assert_eq!(http(admin, "POST", "/v1/notice", None, bad).0, 400);
+    }
+    let (_, log) = http(admin, "GET", "/v1/audit", None, "");
+    let last = log.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["action"], "notice");
+    assert_eq!(last["note"], "Maintenance in 10 minutes");
+}

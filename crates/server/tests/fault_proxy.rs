@@ -793,7 +793,10 @@ impl Player {
                     self.pos = (c.x, c.y);
                 }
             }
-            GameEvent::InputAck(_) | GameEvent::SnapshotEnd | GameEvent::Link(_) => {}
+            GameEvent::InputAck(_)
+            | GameEvent::SnapshotEnd
+            | GameEvent::Link(_)
+            | GameEvent::Notice(_) => {}
         }
     }
 

@@ -143,6 +143,8 @@ impl ArenaBot {
     fn on_msg(&mut self, msg: Msg, note: &mut FrameNote) {
         match msg {
             Msg::Pong(p) => note.pong = Some(p.client_time),
+            // An operators' notice: nothing for a bot to do.
+            Msg::Notice(_) => {}
             Msg::Profile(_) => {
                 // The first frame of a snapshot: forget what was known.
                 self.in_snapshot = true;

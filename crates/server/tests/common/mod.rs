@@ -15,11 +15,15 @@ use tether_store::fake::{FakeBackend, FakeControl};
 /// A server on free loopback ports with a small map, over an in-memory
 /// store the test controls (seed characters, read them back, cut it).
 pub fn server(tweak: impl FnOnce(&mut Config)) -> (ServerHandle, FakeControl) {
+    // One directory per server, also between servers of one test process
+    // (the audit log and the handover socket live there).
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
         "tether-test-{}-{}",
         std::process::id(),
-        Instant::now().elapsed().as_nanos()
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
+    let _ = std::fs::remove_dir_all(&dir);
     let mut cfg = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
