@@ -54,6 +54,8 @@ pub struct AdminState {
     /// The notes of bans set by hand, by address (at most
     /// [`MAX_BAN_NOTES`]; those of ended bans are dropped when it fills).
     pub ban_notes: Arc<Mutex<HashMap<IpAddr, String>>>,
+    /// The settings the server started with, secrets redacted.
+    pub settings: Arc<serde_json::Value>,
 }
 
 /// Ban notes kept at most.
@@ -79,6 +81,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/audit", get(read_audit))
         .route("/v1/drain", get(get_drain).put(put_drain))
         .route("/v1/notice", post(post_notice))
+        .route("/v1/settings", get(settings))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
@@ -535,6 +538,12 @@ async fn add_ban(
         )
             .into_response()
     }
+}
+
+/// `GET /v1/settings`: the settings the server runs with, secrets
+/// (ticket secret, admin tokens, database password) shown as `***`.
+async fn settings(State(s): State<AdminState>) -> Response {
+    json_response(&*s.settings)
 }
 
 /// The longest notice, in characters.

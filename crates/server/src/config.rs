@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// What to do with a connection that keeps sending far over its allowance
 /// (the gate's own type, read here by its names: `drop`, `zombie`, `kick`).
@@ -27,6 +27,10 @@ fn flood_action_setting<'de, D: serde::Deserializer<'de>>(d: D) -> Result<FloodA
         .ok_or_else(|| serde::de::Error::unknown_variant(&name, &FloodAction::NAMES))
 }
 
+fn flood_action_name<S: serde::Serializer>(a: &FloodAction, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(a.as_str())
+}
+
 fn flood_action_flag() -> impl clap::builder::TypedValueParser<Value = FloodAction> {
     use clap::builder::{PossibleValuesParser, TypedValueParser};
     PossibleValuesParser::new(FloodAction::NAMES)
@@ -34,7 +38,7 @@ fn flood_action_flag() -> impl clap::builder::TypedValueParser<Value = FloodActi
 }
 
 /// How players prove who they are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     /// Any character name is accepted (local play, tests, benchmarks).
@@ -44,7 +48,7 @@ pub enum AuthMode {
 }
 
 /// What a fresh login does when its account already has a live or zombie session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum TakeoverPolicy {
     /// The new login takes the session over; the old connection is closed
@@ -55,7 +59,7 @@ pub enum TakeoverPolicy {
 }
 
 /// Which game the server runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum GameKind {
     /// The MMO reference game (proto/tether.proto).
@@ -64,7 +68,7 @@ pub enum GameKind {
     Arena,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// The game this server runs; its records are kept apart from other
@@ -213,7 +217,10 @@ pub struct Config {
     pub input_flood_tolerance: u32,
     /// Sustained input flood: drop (keep dropping), zombie (cut the
     /// connection; the session can resume) or kick (end the session).
-    #[serde(deserialize_with = "flood_action_setting")]
+    #[serde(
+        deserialize_with = "flood_action_setting",
+        serialize_with = "flood_action_name"
+    )]
     pub input_flood_action: FloodAction,
     /// A shard whose ticks start this late (3 in a row) enters protect mode.
     pub protect_tick_lag_ms: u64,
@@ -488,6 +495,28 @@ pub struct Overrides {
     /// retry_after_ms told to logins refused in protect mode [default: 5000].
     #[arg(long, env = "TETHER_PROTECT_RETRY_AFTER_MS")]
     pub protect_retry_after_ms: Option<u32>,
+}
+
+impl Config {
+    /// The settings as the admin API shows them: every field, with secrets
+    /// (the ticket secret, the admin tokens, a database password) replaced
+    /// by `"***"` when set.
+    pub fn redacted(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        for key in [
+            "ticket_secret",
+            "admin_viewer_token",
+            "admin_operator_token",
+        ] {
+            if v.get(key).is_some_and(|x| !x.is_null()) {
+                v[key] = "***".into();
+            }
+        }
+        if let Some(store) = &self.store {
+            v["store"] = crate::redact(store).into();
+        }
+        v
+    }
 }
 
 /// A setting that cannot work, found before anything starts.
@@ -879,5 +908,44 @@ mod tests {
         };
         guarded.validate().unwrap();
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn redacted_settings_hide_every_secret() {
+        let cfg = Config {
+            ticket_secret: Some("tickets-secret-value".into()),
+            admin_operator_token: Some("operator-secret-value".into()),
+            store: Some("postgres://tether:pg-secret@db:5432/tether?password=pg-other".into()),
+            ..Config::default()
+        };
+        let v = cfg.redacted();
+        let text = v.to_string();
+        for secret in [
+            "tickets-secret-value",
+            "operator-secret-value",
+            "pg-secret",
+            "pg-other",
+        ] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert_eq!(v["ticket_secret"], "***");
+        assert_eq!(
+            v["admin_viewer_token"],
+            serde_json::Value::Null,
+            "unset stays null"
+        );
+        assert_eq!(
+            v["store"],
+            "postgres://tether:***@db:5432/tether?password=***"
+        );
+        assert_eq!(v["input_flood_action"], cfg.input_flood_action.as_str());
+        let kv = Config {
+            store: Some("host=db user=t password=kv-secret dbname=x".into()),
+            ..Config::default()
+        };
+        assert_eq!(
+            kv.redacted()["store"],
+            "host=db user=t password=*** dbname=x"
+        );
     }
 }

@@ -212,9 +212,10 @@ fn create_data_dir(cfg: &Config) -> Result<(), StartError> {
     })
 }
 
-/// A store spec for logs: a PostgreSQL URL without its password.
-fn redact(spec: &str) -> String {
-    match (spec.find("://"), spec.rfind('@')) {
+/// A store spec for logs and the admin API: a PostgreSQL URL or key-value
+/// string without its password (`user:***@`, `password=***`).
+pub(crate) fn redact(spec: &str) -> String {
+    let mut out = match (spec.find("://"), spec.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &spec[scheme + 3..at];
             match userinfo.split_once(':') {
@@ -223,7 +224,17 @@ fn redact(spec: &str) -> String {
             }
         }
         _ => spec.to_string(),
+    };
+    let mut from = 0;
+    while let Some(i) = out[from..].find("password=") {
+        let start = from + i + "password=".len();
+        let end = out[start..]
+            .find(['&', ' '])
+            .map_or(out.len(), |j| start + j);
+        out.replace_range(start..end, "***");
+        from = start + 3;
     }
+    out
 }
 
 /// [`start`] with a given storage backend (tests use an in-memory one).
@@ -454,6 +465,7 @@ pub fn start_game_with<G: Game>(
         )),
         audit: Arc::new(admin::Audit::new(cfg.data_dir.join("audit.jsonl"))),
         ban_notes: Arc::default(),
+        settings: Arc::new(cfg.redacted()),
     });
     let admin_thread = std::thread::Builder::new()
         .name("tether-admin".into())

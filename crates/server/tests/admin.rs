@@ -168,6 +168,15 @@ fn tokens_give_roles() {
     let last = log.as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["role"], "operator");
     assert_eq!(last["target"], "carol");
+
+    // The settings, without their secrets.
+    let (code, settings) = http(admin, "GET", "/v1/settings", Some(VIEWER), "");
+    assert_eq!(code, 200);
+    assert_eq!(settings["admin_operator_token"], "***");
+    assert_eq!(settings["admin_viewer_token"], "***");
+    assert_eq!(settings["listen"], "127.0.0.1:0");
+    let text = settings.to_string();
+    assert!(!text.contains(OPERATOR) && !text.contains(VIEWER), "{text}");
 }
 
 #[test]
