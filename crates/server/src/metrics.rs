@@ -215,6 +215,21 @@ impl Metrics {
             "World tick duration",
             tick_seconds
         );
+        // The series dashboards and alerts use exist from the start, at 0,
+        // so that a rate over them is 0 rather than absent.
+        for state in ["active", "zombie"] {
+            m.sessions.get_or_create(&labels(&[("state", state)]));
+        }
+        for mode in ["replay", "snapshot", "restored"] {
+            m.resumes.get_or_create(&labels(&[("mode", mode)]));
+        }
+        for reason in ["rate_ip", "rate_global", "protect", "drain"] {
+            m.logins_refused
+                .get_or_create(&labels(&[("reason", reason)]));
+        }
+        for to in ["on", "off"] {
+            m.protect_transitions.get_or_create(&labels(&[("to", to)]));
+        }
         Metrics { registry, ..m }
     }
 
