@@ -76,6 +76,16 @@ impl FakeBackend {
     }
 }
 
+impl FakeControl {
+    /// Another backend on the same fake database, as a second process on
+    /// the same database would have (an upgrade in place, a restart).
+    pub fn backend(&self) -> FakeBackend {
+        FakeBackend {
+            state: self.state.clone(),
+        }
+    }
+}
+
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
