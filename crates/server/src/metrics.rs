@@ -218,17 +218,18 @@ impl Metrics {
         // The series dashboards and alerts use exist from the start, at 0,
         // so that a rate over them is 0 rather than absent.
         for state in ["active", "zombie"] {
-            m.sessions.get_or_create(&labels(&[("state", state)]));
+            let _ = m.sessions.get_or_create(&labels(&[("state", state)]));
         }
         for mode in ["replay", "snapshot", "restored"] {
-            m.resumes.get_or_create(&labels(&[("mode", mode)]));
+            let _ = m.resumes.get_or_create(&labels(&[("mode", mode)]));
         }
         for reason in ["rate_ip", "rate_global", "protect", "drain"] {
-            m.logins_refused
+            let _ = m
+                .logins_refused
                 .get_or_create(&labels(&[("reason", reason)]));
         }
         for to in ["on", "off"] {
-            m.protect_transitions.get_or_create(&labels(&[("to", to)]));
+            let _ = m.protect_transitions.get_or_create(&labels(&[("to", to)]));
         }
         Metrics { registry, ..m }
     }
