@@ -480,63 +480,72 @@ impl Guard {
     /// Records misbehaviour by `ip`. Returns the ban's length when this
     /// strike started one.
     pub fn strike(&mut self, ip: IpAddr, _why: Strike, now_ms: u64) -> Option<u64> {
-        if self.cfg.is_trusted(ip) || self.cfg.strikes_to_ban == 0 {
+        if self.cfg.strikes_to_ban == 0 {
             return None;
         }
-        let key = peer_key(ip);
-        if !self.peers.contains_key(&key) && !self.make_room(now_ms) {
-            return None;
-        }
-        let cfg = &self.cfg;
-        let peer = self
-            .peers
-            .entry(key)
-            .or_insert_with(|| Peer::new(cfg, now_ms));
+        let (strikes_to_ban, window, ban_ms) = (
+            self.cfg.strikes_to_ban,
+            self.cfg.strike_window_ms,
+            self.cfg.ban_ms,
+        );
+        let peer = self.untrusted_peer(ip, now_ms)?;
         if peer.banned_until_ms > now_ms {
             return None; // already banned
         }
-        if now_ms.saturating_sub(peer.strike_window_start_ms) > cfg.strike_window_ms {
+        if now_ms.saturating_sub(peer.strike_window_start_ms) > window {
             peer.strikes = 0;
             peer.strike_window_start_ms = now_ms;
         }
         peer.strikes += 1;
-        if peer.strikes < cfg.strikes_to_ban {
+        if peer.strikes < strikes_to_ban {
             return None;
         }
         peer.strikes = 0;
         peer.strike_window_start_ms = now_ms;
-        if peer.banned_until_ms == 0 {
-            self.active_bans += 1;
-        }
-        peer.banned_until_ms = now_ms + cfg.ban_ms.max(1);
-        peer.refused_banned = 0;
-        self.bans_total += 1;
-        Some(cfg.ban_ms)
+        self.impose_ban(ip, now_ms + ban_ms.max(1));
+        Some(ban_ms)
     }
 
     /// Bans `ip` for `duration_ms` by hand (the admin API), replacing the
     /// rest of any ban it has. False when the address is trusted
     /// (`trusted_cidrs`) or the per-IP table has no room for it.
     pub fn ban(&mut self, ip: IpAddr, duration_ms: u64, now_ms: u64) -> bool {
-        if self.cfg.is_trusted(ip) {
+        if self.untrusted_peer(ip, now_ms).is_none() {
             return false;
+        }
+        self.impose_ban(ip, now_ms + duration_ms.max(1));
+        true
+    }
+
+    /// The table entry of `ip`, made if there is room; `None` for a trusted
+    /// address or a full table.
+    fn untrusted_peer(&mut self, ip: IpAddr, now_ms: u64) -> Option<&mut Peer> {
+        if self.cfg.is_trusted(ip) {
+            return None;
         }
         let key = peer_key(ip);
         if !self.peers.contains_key(&key) && !self.make_room(now_ms) {
-            return false;
+            return None;
         }
         let cfg = &self.cfg;
-        let peer = self
-            .peers
-            .entry(key)
-            .or_insert_with(|| Peer::new(cfg, now_ms));
+        Some(
+            self.peers
+                .entry(key)
+                .or_insert_with(|| Peer::new(cfg, now_ms)),
+        )
+    }
+
+    /// Bans the (existing) entry of `ip` until `until_ms`.
+    fn impose_ban(&mut self, ip: IpAddr, until_ms: u64) {
+        let Some(peer) = self.peers.get_mut(&peer_key(ip)) else {
+            return;
+        };
         if peer.banned_until_ms == 0 {
             self.active_bans += 1;
         }
-        peer.banned_until_ms = now_ms + duration_ms.max(1);
+        peer.banned_until_ms = until_ms;
         peer.refused_banned = 0;
         self.bans_total += 1;
-        true
     }
 
     /// Whether `ip` is banned at `now_ms`.

@@ -3,18 +3,17 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{server, TestClient};
+use common::{admin_request, close_code, server, TestClient};
 use tether_proto::pb::{self, client_message, server_message::Msg, CloseCode};
 
 const WAIT: Duration = Duration::from_secs(5);
 const VIEWER: &str = "viewer-token-0123456789";
 const OPERATOR: &str = "operator-token-0123456789";
 
-/// One admin HTTP request with an optional bearer token; (status, body).
+/// One admin HTTP request; (status, body as JSON, `Null` if it is not).
 fn http(
     addr: SocketAddr,
     method: &str,
@@ -22,34 +21,11 @@ fn http(
     token: Option<&str>,
     body: &str,
 ) -> (u16, serde_json::Value) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let (status, body) = admin_request(addr, method, path, token, body);
     (
         status,
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
     )
-}
-
-fn close_code(msg: &Option<Msg>) -> Option<CloseCode> {
-    match msg {
-        Some(Msg::Close(c)) => CloseCode::try_from(c.code).ok(),
-        _ => None,
-    }
 }
 
 #[test]

@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{metric, place, server, TestClient};
+use common::{admin_request, metric, place, server, TestClient};
 use tether_proto::pb::{self, client_message, input::Cmd, server_message::Msg, CloseCode};
 use tether_server::config::FloodAction;
 use tether_server::ServerHandle;
@@ -60,26 +59,7 @@ fn wait_metric(srv: &ServerHandle, name: &str, pred: impl Fn(u64) -> bool) -> u6
 
 /// One admin HTTP request; (status, body).
 fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    admin_request(addr, method, path, None, body)
 }
 
 fn resume(addr: SocketAddr, old: &TestClient, source: &str) -> (TestClient, Option<Msg>) {

@@ -5,17 +5,10 @@ mod common;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use common::{metric, place, server, stored, TestClient};
+use common::{close_code, metric, place, server, stored, TestClient};
 use tether_proto::pb::{self, client_message, input::Cmd, server_message::Msg, CloseCode};
 
 const WAIT: Duration = Duration::from_secs(5);
-
-fn close_code(msg: &Option<Msg>) -> Option<CloseCode> {
-    match msg {
-        Some(Msg::Close(c)) => CloseCode::try_from(c.code).ok(),
-        _ => None,
-    }
-}
 
 #[test]
 fn two_clients_see_each_other_move() {

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{place, server, TestClient};
+use common::{close_code, place, server, TestClient};
 use tether_proto::pb::{self, client_message, input::Cmd, server_message::Msg, CloseCode};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -20,13 +20,6 @@ fn resume(addr: std::net::SocketAddr, old: &TestClient, token: &[u8]) -> (TestCl
     }));
     let reply = c.recv();
     (c, reply)
-}
-
-fn close_code(msg: &Option<Msg>) -> Option<CloseCode> {
-    match msg {
-        Some(Msg::Close(c)) => CloseCode::try_from(c.code).ok(),
-        _ => None,
-    }
 }
 
 #[test]

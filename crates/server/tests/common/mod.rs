@@ -281,3 +281,43 @@ pub fn character(store: &FakeControl, name: &str) -> Option<tether_world::Charac
         .record(name)
         .map(|r| tether_world::game::decode_record(&r).expect("the MMO reads what it stored"))
 }
+
+/// The close code of a `Close` message, if that is what `msg` is.
+pub fn close_code(msg: &Option<Msg>) -> Option<pb::CloseCode> {
+    match msg {
+        Some(Msg::Close(c)) => pb::CloseCode::try_from(c.code).ok(),
+        _ => None,
+    }
+}
+
+/// One admin HTTP request (HTTP/1.1, `Connection: close`), with a bearer
+/// token when given; (status, body).
+pub fn admin_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
