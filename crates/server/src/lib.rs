@@ -41,6 +41,7 @@ pub mod guard;
 pub mod handover;
 pub(crate) mod kernel_filter;
 pub mod link;
+pub mod mcp;
 pub mod metrics;
 pub(crate) mod net;
 pub(crate) mod shard;

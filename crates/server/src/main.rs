@@ -38,6 +38,22 @@ struct Cli {
 enum Command {
     /// Run the server (the default).
     Run,
+    /// Serve MCP (Model Context Protocol) on stdin/stdout for an AI
+    /// assistant: tools that read the running server's state through its
+    /// admin API, and with --allow-writes also kick, ban, notice and drain.
+    Mcp {
+        /// The admin listener to talk to [default: the settings' admin_listen].
+        #[arg(long, value_name = "HOST:PORT")]
+        admin: Option<String>,
+        /// Admin API token [default: the settings' operator token with
+        /// --allow-writes, else the viewer token, else none].
+        #[arg(long, env = "TETHER_MCP_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// List the write tools (kick, ban, notice, drain); the server
+        /// audits each call.
+        #[arg(long)]
+        allow_writes: bool,
+    },
     /// Check the settings and the store (it opens, and takes this build's
     /// schema), then exit: 0 if the server would start. Safe beside a
     /// running server on the same store.
@@ -78,6 +94,29 @@ fn real_main() -> anyhow::Result<()> {
                 "{}",
                 tether_server::auth::mint_ticket(secret.as_bytes(), &name, now + ttl_secs)
             );
+            Ok(())
+        }
+        Command::Mcp {
+            admin,
+            token,
+            allow_writes,
+        } => {
+            let settings_token = if allow_writes {
+                cfg.admin_operator_token.clone()
+            } else {
+                cfg.admin_viewer_token
+                    .clone()
+                    .or_else(|| cfg.admin_operator_token.clone())
+            };
+            let client = tether_server::mcp::AdminClient {
+                addr: admin.unwrap_or_else(|| cfg.admin_listen.to_string()),
+                token: token.or(settings_token),
+            };
+            // stdout is the MCP channel: nothing else may write there.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(tether_server::mcp::serve_stdio(client, allow_writes))?;
             Ok(())
         }
         Command::Check => {
