@@ -305,195 +305,215 @@ impl Default for Config {
 #[derive(Debug, Default, clap::Args)]
 pub struct Overrides {
     /// TOML settings file; its keys are the long flag names with `_` for `-`.
-    #[arg(long, env = "TETHER_CONFIG")]
+    #[arg(long, global = true, env = "TETHER_CONFIG")]
     pub config: Option<PathBuf>,
     /// The game to run: mmo or arena [default: mmo].
-    #[arg(long, env = "TETHER_GAME")]
+    #[arg(long, global = true, env = "TETHER_GAME")]
     pub game: Option<GameKind>,
     /// Game listener address [default: 127.0.0.1:7777].
-    #[arg(long, env = "TETHER_LISTEN")]
+    #[arg(long, global = true, env = "TETHER_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Admin HTTP address for /healthz and /metrics [default: 127.0.0.1:7780].
-    #[arg(long, env = "TETHER_ADMIN_LISTEN")]
+    #[arg(long, global = true, env = "TETHER_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
     /// Data directory [default: ./data].
-    #[arg(long, env = "TETHER_DATA_DIR")]
+    #[arg(long, global = true, env = "TETHER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Character storage: postgres://USER@HOST:PORT/DB or sqlite:PATH [default: sqlite in the data dir].
-    #[arg(long, env = "TETHER_STORE", hide_env_values = true)]
+    #[arg(long, global = true, env = "TETHER_STORE", hide_env_values = true)]
     pub store: Option<String>,
     /// Write-behind interval for positions and hp, ms [default: 5000].
-    #[arg(long, env = "TETHER_FLUSH_INTERVAL_MS")]
+    #[arg(long, global = true, env = "TETHER_FLUSH_INTERVAL_MS")]
     pub flush_interval_ms: Option<u64>,
     /// On SIGTERM, the longest wait for storage to take the last writes, ms [default: 10000].
-    #[arg(long, env = "TETHER_SHUTDOWN_TIMEOUT_MS")]
+    #[arg(long, global = true, env = "TETHER_SHUTDOWN_TIMEOUT_MS")]
     pub shutdown_timeout_ms: Option<u64>,
     /// On SIGTERM, when clients are told to come back and resume, ms [default: 1000].
-    #[arg(long, env = "TETHER_RESTART_RETRY_MS")]
+    #[arg(long, global = true, env = "TETHER_RESTART_RETRY_MS")]
     pub restart_retry_ms: Option<u64>,
     /// Authentication: dev (any name) or ticket (signed tickets) [default: dev].
-    #[arg(long, env = "TETHER_AUTH")]
+    #[arg(long, global = true, env = "TETHER_AUTH")]
     pub auth: Option<AuthMode>,
     /// Secret for signing and checking tickets.
-    #[arg(long, env = "TETHER_TICKET_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "TETHER_TICKET_SECRET",
+        hide_env_values = true
+    )]
     pub ticket_secret: Option<String>,
     /// Admin API token of the read-only role (viewer).
-    #[arg(long, env = "TETHER_ADMIN_VIEWER_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "TETHER_ADMIN_VIEWER_TOKEN",
+        hide_env_values = true
+    )]
     pub admin_viewer_token: Option<String>,
     /// Admin API token of the read-write role (operator). Needed (with the
     /// viewer's, optionally) for an admin listener off loopback.
-    #[arg(long, env = "TETHER_ADMIN_OPERATOR_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "TETHER_ADMIN_OPERATOR_TOKEN",
+        hide_env_values = true
+    )]
     pub admin_operator_token: Option<String>,
     /// A login for an account already in play: take-over or refuse [default: take-over].
-    #[arg(long, env = "TETHER_TAKEOVER")]
+    #[arg(long, global = true, env = "TETHER_TAKEOVER")]
     pub takeover: Option<TakeoverPolicy>,
     /// Enable player-versus-player combat [default: false].
-    #[arg(long, env = "TETHER_PVP")]
+    #[arg(long, global = true, env = "TETHER_PVP")]
     pub pvp: Option<bool>,
     /// Number of I/O threads [default: 1].
-    #[arg(long, env = "TETHER_IO_THREADS")]
+    #[arg(long, global = true, env = "TETHER_IO_THREADS")]
     pub io_threads: Option<usize>,
     /// Number of world shards (threads / map copies) [default: 1].
-    #[arg(long, env = "TETHER_SHARDS")]
+    #[arg(long, global = true, env = "TETHER_SHARDS")]
     pub shards: Option<usize>,
     /// Players per shard the map is sized for [default: 10000].
-    #[arg(long, env = "TETHER_WORLD_PLAYERS")]
+    #[arg(long, global = true, env = "TETHER_WORLD_PLAYERS")]
     pub world_players: Option<usize>,
     /// Other players in view on average at that population [default: 8].
-    #[arg(long, env = "TETHER_WORLD_DENSITY")]
+    #[arg(long, global = true, env = "TETHER_WORLD_DENSITY")]
     pub world_density: Option<f32>,
     /// World tick in milliseconds [default: 100].
-    #[arg(long, env = "TETHER_TICK_MS")]
+    #[arg(long, global = true, env = "TETHER_TICK_MS")]
     pub tick_ms: Option<u64>,
     /// Seed for monster placement and combat rolls [default: 1].
-    #[arg(long, env = "TETHER_WORLD_SEED")]
+    #[arg(long, global = true, env = "TETHER_WORLD_SEED")]
     pub world_seed: Option<u64>,
     /// Largest client frame accepted, bytes [default: 1024].
-    #[arg(long, env = "TETHER_MAX_FRAME_LEN")]
+    #[arg(long, global = true, env = "TETHER_MAX_FRAME_LEN")]
     pub max_frame_len: Option<usize>,
     /// Most open connections [default: 50000].
-    #[arg(long, env = "TETHER_MAX_CONNECTIONS")]
+    #[arg(long, global = true, env = "TETHER_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Deadline for Hello / Resume on a new connection, ms [default: 5000].
-    #[arg(long, env = "TETHER_HANDSHAKE_TIMEOUT_MS")]
+    #[arg(long, global = true, env = "TETHER_HANDSHAKE_TIMEOUT_MS")]
     pub handshake_timeout_ms: Option<u64>,
     /// Silence after which a connection is cut, ms [default: 15000].
-    #[arg(long, env = "TETHER_HEARTBEAT_TIMEOUT_MS")]
+    #[arg(long, global = true, env = "TETHER_HEARTBEAT_TIMEOUT_MS")]
     pub heartbeat_timeout_ms: Option<u64>,
     /// Keep-alive interval asked of clients, ms [default: 2000].
-    #[arg(long, env = "TETHER_HEARTBEAT_INTERVAL_MS")]
+    #[arg(long, global = true, env = "TETHER_HEARTBEAT_INTERVAL_MS")]
     pub heartbeat_interval_ms: Option<u64>,
     /// Zombie session grace period, ms [default: 120000].
-    #[arg(long, env = "TETHER_ZOMBIE_GRACE_MS")]
+    #[arg(long, global = true, env = "TETHER_ZOMBIE_GRACE_MS")]
     pub zombie_grace_ms: Option<u64>,
     /// Grace of a zombie that never sent an input, ms [default: 5000].
-    #[arg(long, env = "TETHER_UNPLAYED_ZOMBIE_GRACE_MS")]
+    #[arg(long, global = true, env = "TETHER_UNPLAYED_ZOMBIE_GRACE_MS")]
     pub unplayed_zombie_grace_ms: Option<u64>,
     /// Frames kept per session for replay [default: 4096].
-    #[arg(long, env = "TETHER_REPLAY_CAP_FRAMES")]
+    #[arg(long, global = true, env = "TETHER_REPLAY_CAP_FRAMES")]
     pub replay_cap_frames: Option<usize>,
     /// Frames kept per zombie session for replay [default: 1024].
-    #[arg(long, env = "TETHER_ZOMBIE_REPLAY_CAP_FRAMES")]
+    #[arg(long, global = true, env = "TETHER_ZOMBIE_REPLAY_CAP_FRAMES")]
     pub zombie_replay_cap_frames: Option<usize>,
     /// Per-connection write backlog before the slow-consumer cut, bytes [default: 262144].
-    #[arg(long, env = "TETHER_WRITE_QUEUE_CAP_BYTES")]
+    #[arg(long, global = true, env = "TETHER_WRITE_QUEUE_CAP_BYTES")]
     pub write_queue_cap_bytes: Option<usize>,
     /// Most frames per gathering write, 1..=64 [default: 64].
-    #[arg(long, env = "TETHER_WRITE_BATCH_FRAMES")]
+    #[arg(long, global = true, env = "TETHER_WRITE_BATCH_FRAMES")]
     pub write_batch_frames: Option<usize>,
     /// Longest wait of a connection's first unwritten frame for others to
     /// share its write, ms, 0..=100 [default: 0].
-    #[arg(long, env = "TETHER_WRITE_COALESCE_MS")]
+    #[arg(long, global = true, env = "TETHER_WRITE_COALESCE_MS")]
     pub write_coalesce_ms: Option<u64>,
     /// Send each pass's writes in one io_uring submission; false: a `writev`
     /// per connection [default: true].
-    #[arg(long, env = "TETHER_IO_URING")]
+    #[arg(long, global = true, env = "TETHER_IO_URING")]
     pub io_uring: Option<bool>,
     /// Spin polling for up to this long before blocking, µs, 0..=10000
     /// [default: 0].
-    #[arg(long, env = "TETHER_BUSY_POLL_US")]
+    #[arg(long, global = true, env = "TETHER_BUSY_POLL_US")]
     pub busy_poll_us: Option<u64>,
     /// Longest delay before applied inputs are acknowledged, ms [default: 500].
-    #[arg(long, env = "TETHER_INPUT_ACK_DELAY_MS")]
+    #[arg(long, global = true, env = "TETHER_INPUT_ACK_DELAY_MS")]
     pub input_ack_delay_ms: Option<u64>,
     /// Log filter, e.g. info, debug, tether_server=trace [default: info].
-    #[arg(long, env = "TETHER_LOG")]
+    #[arg(long, global = true, env = "TETHER_LOG")]
     pub log: Option<String>,
     /// Listen backlog (the kernel caps it at net.core.somaxconn) [default: 8192].
-    #[arg(long, env = "TETHER_LISTEN_BACKLOG")]
+    #[arg(long, global = true, env = "TETHER_LISTEN_BACKLOG")]
     pub listen_backlog: Option<u32>,
     /// Comma-separated CIDRs exempt from per-IP limits and bans; "" for none [default: 127.0.0.1/32,::1/128].
-    #[arg(long, env = "TETHER_TRUSTED_CIDRS", value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        env = "TETHER_TRUSTED_CIDRS",
+        value_delimiter = ','
+    )]
     pub trusted_cidrs: Option<Vec<String>>,
     /// New connections a second per source IP [default: 10].
-    #[arg(long, env = "TETHER_CONNECT_RATE_PER_IP")]
+    #[arg(long, global = true, env = "TETHER_CONNECT_RATE_PER_IP")]
     pub connect_rate_per_ip: Option<f64>,
     /// New connections one IP may open at once [default: 20].
-    #[arg(long, env = "TETHER_CONNECT_BURST_PER_IP")]
+    #[arg(long, global = true, env = "TETHER_CONNECT_BURST_PER_IP")]
     pub connect_burst_per_ip: Option<u32>,
     /// Open connections per source IP [default: 64].
-    #[arg(long, env = "TETHER_MAX_CONNS_PER_IP")]
+    #[arg(long, global = true, env = "TETHER_MAX_CONNS_PER_IP")]
     pub max_conns_per_ip: Option<u32>,
     /// Connections not logged in yet, server-wide; the oldest is closed to make room [default: 10000].
-    #[arg(long, env = "TETHER_MAX_PENDING_HANDSHAKES")]
+    #[arg(long, global = true, env = "TETHER_MAX_PENDING_HANDSHAKES")]
     pub max_pending_handshakes: Option<usize>,
     /// Hello / Resume a second per source IP [default: 1].
-    #[arg(long, env = "TETHER_LOGIN_RATE_PER_IP")]
+    #[arg(long, global = true, env = "TETHER_LOGIN_RATE_PER_IP")]
     pub login_rate_per_ip: Option<f64>,
     /// Hello / Resume one IP may send at once [default: 5].
-    #[arg(long, env = "TETHER_LOGIN_BURST_PER_IP")]
+    #[arg(long, global = true, env = "TETHER_LOGIN_BURST_PER_IP")]
     pub login_burst_per_ip: Option<u32>,
     /// Hello a second, server-wide [default: 2000].
-    #[arg(long, env = "TETHER_LOGIN_RATE_GLOBAL")]
+    #[arg(long, global = true, env = "TETHER_LOGIN_RATE_GLOBAL")]
     pub login_rate_global: Option<f64>,
     /// Hello at once, server-wide [default: 5000].
-    #[arg(long, env = "TETHER_LOGIN_BURST_GLOBAL")]
+    #[arg(long, global = true, env = "TETHER_LOGIN_BURST_GLOBAL")]
     pub login_burst_global: Option<u32>,
     /// Resume a second, server-wide [default: 10000].
-    #[arg(long, env = "TETHER_RESUME_RATE_GLOBAL")]
+    #[arg(long, global = true, env = "TETHER_RESUME_RATE_GLOBAL")]
     pub resume_rate_global: Option<f64>,
     /// Resume at once, server-wide [default: 10000].
-    #[arg(long, env = "TETHER_RESUME_BURST_GLOBAL")]
+    #[arg(long, global = true, env = "TETHER_RESUME_BURST_GLOBAL")]
     pub resume_burst_global: Option<u32>,
     /// Strikes within the strike window that ban an IP; 0 disables bans [default: 10].
-    #[arg(long, env = "TETHER_STRIKES_TO_BAN")]
+    #[arg(long, global = true, env = "TETHER_STRIKES_TO_BAN")]
     pub strikes_to_ban: Option<u32>,
     /// Strike window, ms [default: 60000].
-    #[arg(long, env = "TETHER_STRIKE_WINDOW_MS")]
+    #[arg(long, global = true, env = "TETHER_STRIKE_WINDOW_MS")]
     pub strike_window_ms: Option<u64>,
     /// Ban length, ms [default: 300000].
-    #[arg(long, env = "TETHER_BAN_MS")]
+    #[arg(long, global = true, env = "TETHER_BAN_MS")]
     pub ban_ms: Option<u64>,
     /// Refused connects of a banned IPv4 address after which the kernel
     /// drops its SYNs for the rest of the ban; 0: never [default: 3].
-    #[arg(long, env = "TETHER_BAN_FILTER_AFTER")]
+    #[arg(long, global = true, env = "TETHER_BAN_FILTER_AFTER")]
     pub ban_filter_after: Option<u32>,
     /// Source addresses remembered at most [default: 100000].
-    #[arg(long, env = "TETHER_MAX_TRACKED_IPS")]
+    #[arg(long, global = true, env = "TETHER_MAX_TRACKED_IPS")]
     pub max_tracked_ips: Option<usize>,
     /// Client messages (Input, Ack) a second per connection [default: 60].
-    #[arg(long, env = "TETHER_INPUT_RATE")]
+    #[arg(long, global = true, env = "TETHER_INPUT_RATE")]
     pub input_rate: Option<f64>,
     /// Client messages a connection may send at once [default: 1200].
-    #[arg(long, env = "TETHER_INPUT_BURST")]
+    #[arg(long, global = true, env = "TETHER_INPUT_BURST")]
     pub input_burst: Option<u32>,
     /// Messages over the allowance tolerated before the flood action [default: 600].
-    #[arg(long, env = "TETHER_INPUT_FLOOD_TOLERANCE")]
+    #[arg(long, global = true, env = "TETHER_INPUT_FLOOD_TOLERANCE")]
     pub input_flood_tolerance: Option<u32>,
     /// Sustained input flood: drop, zombie (cut; session resumable) or kick [default: zombie].
-    #[arg(long, env = "TETHER_INPUT_FLOOD_ACTION", value_parser = flood_action_flag())]
+    #[arg(long, global = true, env = "TETHER_INPUT_FLOOD_ACTION", value_parser = flood_action_flag())]
     pub input_flood_action: Option<FloodAction>,
     /// Tick lag that (3 ticks in a row) puts a shard in protect mode, ms [default: 250].
-    #[arg(long, env = "TETHER_PROTECT_TICK_LAG_MS")]
+    #[arg(long, global = true, env = "TETHER_PROTECT_TICK_LAG_MS")]
     pub protect_tick_lag_ms: Option<u64>,
     /// Memory budget, bytes: protect mode from 90 % of it; 0 is off [default: 0].
-    #[arg(long, env = "TETHER_PROTECT_MEMORY_BYTES")]
+    #[arg(long, global = true, env = "TETHER_PROTECT_MEMORY_BYTES")]
     pub protect_memory_bytes: Option<u64>,
     /// Calm time before protect mode ends, ms [default: 10000].
-    #[arg(long, env = "TETHER_PROTECT_CALM_MS")]
+    #[arg(long, global = true, env = "TETHER_PROTECT_CALM_MS")]
     pub protect_calm_ms: Option<u64>,
     /// retry_after_ms told to logins refused in protect mode [default: 5000].
-    #[arg(long, env = "TETHER_PROTECT_RETRY_AFTER_MS")]
+    #[arg(long, global = true, env = "TETHER_PROTECT_RETRY_AFTER_MS")]
     pub protect_retry_after_ms: Option<u32>,
 }
 
