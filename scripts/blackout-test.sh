@@ -66,6 +66,9 @@ addr_srv="10.77.77.1"
 addr_bots="10.77.77.2"
 game="$addr_srv:7777"
 admin="$addr_srv:7780"
+# The admin listener is on the namespace's address, not loopback: the server
+# then needs admin tokens (a random one per run).
+admin_token="$(printf 'tether-test-%08x%08x' $RANDOM$RANDOM $RANDOM$RANDOM)"
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/tether-blackout.XXXXXX")"
 server_pid=""
@@ -143,7 +146,8 @@ log "namespaces $ns_srv / $ns_bots, veth $veth_srv <-> $veth_bots, firewall: $fi
 # The bots' one address is trusted (exempt from per-IP limits), as 127.0.0.1
 # is by default: 50 players reconnecting at once from one address is the
 # test, not an attack.
-ip netns exec "$ns_srv" "$server" --listen "$game" --admin-listen "$admin" \
+ip netns exec "$ns_srv" env TETHER_ADMIN_OPERATOR_TOKEN="$admin_token" TETHER_ADMIN_VIEWER_TOKEN="$admin_token-viewer" \
+    "$server" --listen "$game" --admin-listen "$admin" \
     --data-dir "$tmp/data" --log warn --trusted-cidrs "$addr_bots/32" >"$tmp/server.log" 2>&1 &
 server_pid=$!
 ready=0
@@ -165,8 +169,8 @@ fi
 metrics() {
     ip netns exec "$ns_bots" timeout 5 bash -c '
         exec 3<>"/dev/tcp/$1/$2"
-        printf "GET /metrics HTTP/1.0\r\nHost: %s\r\n\r\n" "$1" >&3
-        cat <&3' _ "${admin%:*}" "${admin#*:}"
+        printf "GET /metrics HTTP/1.0\r\nHost: %s\r\nAuthorization: Bearer %s\r\n\r\n" "$1" "$3" >&3
+        cat <&3' _ "${admin%:*}" "${admin#*:}" "$admin_token-viewer"
 }
 # Sum of every sample of a counter (all label sets).
 metric() {
@@ -177,7 +181,7 @@ metric() {
 
 log "$clients bots for ${run_secs}s; blackout from ${blackout_at}s for ${blackout_secs}s"
 started=$SECONDS
-ip netns exec "$ns_bots" timeout $((run_secs + 60)) "$bots" --addr "$game" --admin "$admin" \
+ip netns exec "$ns_bots" timeout $((run_secs + 60)) "$bots" --addr "$game" --admin "$admin" --admin-token "$admin_token-viewer" \
     --clients "$clients" --duration "$duration" --ramp "$ramp" --scenario standard \
     --move-hz 5 --seed "$seed" >"$tmp/bots.json" 2>"$tmp/bots.log" &
 bots_pid=$!

@@ -66,6 +66,9 @@ addr_srv="10.78.78.1"
 addr_bots="10.78.78.2"
 game="$addr_srv:7777"
 admin="$addr_srv:7780"
+# The admin listener is on the namespace's address, not loopback: the server
+# then needs admin tokens (a random one per run).
+admin_token="$(printf 'tether-test-%08x%08x' $RANDOM$RANDOM $RANDOM$RANDOM)"
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/tether-synflood.XXXXXX")"
 server_pid=""
@@ -126,7 +129,8 @@ log "namespaces $ns_srv / $ns_bots; server namespace: $(ip netns exec "$ns_srv" 
 
 # The legit players all come from the bots' one address: trusted, as
 # 127.0.0.1 is by default, so per-address limits do not count them as a flood.
-ip netns exec "$ns_srv" "$server" --listen "$game" --admin-listen "$admin" \
+ip netns exec "$ns_srv" env TETHER_ADMIN_OPERATOR_TOKEN="$admin_token" TETHER_ADMIN_VIEWER_TOKEN="$admin_token-viewer" \
+    "$server" --listen "$game" --admin-listen "$admin" \
     --data-dir "$tmp/data" --log warn --world-players "$clients" \
     --trusted-cidrs "$addr_bots/32" --listen-backlog "$backlog" >"$tmp/server.log" 2>&1 &
 server_pid=$!
@@ -153,8 +157,8 @@ syncookies_sent() {
 metrics() {
     ip netns exec "$ns_bots" timeout 5 bash -c '
         exec 3<>"/dev/tcp/$1/$2"
-        printf "GET /metrics HTTP/1.0\r\nHost: %s\r\n\r\n" "$1" >&3
-        cat <&3' _ "${admin%:*}" "${admin#*:}"
+        printf "GET /metrics HTTP/1.0\r\nHost: %s\r\nAuthorization: Bearer %s\r\n\r\n" "$1" "$3" >&3
+        cat <&3' _ "${admin%:*}" "${admin#*:}" "$admin_token-viewer"
 }
 metric() {
     awk -v name="$1" '$1 == name || index($1, name "{") == 1 { s += $NF } END { printf "%d\n", s }' "$tmp/metrics"
@@ -181,7 +185,7 @@ log "SYN flood on (hping3 ${rate_flag[*]} --rand-source); $clients players for $
 
 started=$SECONDS
 bots_status=0
-ip netns exec "$ns_bots" timeout $((ramp + secs + 60)) "$bots" --addr "$game" --admin "$admin" \
+ip netns exec "$ns_bots" timeout $((ramp + secs + 60)) "$bots" --addr "$game" --admin "$admin" --admin-token "$admin_token-viewer" \
     --clients "$clients" --ramp "$ramp" --duration "$secs" --scenario standard \
     --seed "$seed" >"$tmp/bots.json" 2>"$tmp/bots.log" &
 bots_pid=$!

@@ -49,6 +49,14 @@ impl ServerSample {
     }
 }
 
+/// The admin token every request carries (`--admin-token`), once set.
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets the admin token for every later request (once per process).
+pub fn set_token(token: String) {
+    let _ = TOKEN.set(token);
+}
+
 /// Scrapes `GET /metrics` from `addr`.
 pub async fn scrape(addr: SocketAddr) -> anyhow::Result<ServerSample> {
     let body = tokio::time::timeout(SCRAPE_TIMEOUT, get(addr, "/metrics"))
@@ -63,7 +71,10 @@ pub async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     let mut stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connect to admin {addr}"))?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let auth = TOKEN
+        .get()
+        .map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\r\n");
     stream.write_all(req.as_bytes()).await?;
     let mut raw = Vec::with_capacity(16 * 1024);
     let mut chunk = [0u8; 8192];

@@ -19,6 +19,11 @@ pub struct Args {
     #[arg(long, env = "TETHER_BOTS_ADMIN")]
     pub admin: Option<SocketAddr>,
 
+    /// A viewer (or operator) token for the admin listener, when the server
+    /// has admin tokens set.
+    #[arg(long, env = "TETHER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
     /// Players to log in.
     #[arg(long, default_value_t = 100)]
     pub clients: usize,

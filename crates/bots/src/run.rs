@@ -60,6 +60,9 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
         bail!("--ticket-secret: ticket logins are not supported by the bots yet; run the server with dev auth");
     }
     preflight(args.addr).await?;
+    if let Some(token) = &args.admin_token {
+        admin::set_token(token.clone());
+    }
     let seed = args
         .seed
         .unwrap_or_else(|| SmallRng::from_os_rng().random());
