@@ -56,6 +56,113 @@ pub struct AdminState {
     pub ban_notes: Arc<Mutex<HashMap<IpAddr, String>>>,
     /// The settings the server started with, secrets redacted.
     pub settings: Arc<serde_json::Value>,
+    /// Samples of the last hour (`GET /v1/history`).
+    pub history: Arc<History>,
+}
+
+/// Samples kept: an hour at the default interval.
+pub const HISTORY_SAMPLES: usize = 720;
+
+/// The server at one moment, for graphs and "what changed" questions.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Unix time, ms.
+    pub at_ms: u64,
+    pub players: i64,
+    pub zombies: i64,
+    pub connections: i64,
+    /// Frames in and out per second since the previous sample.
+    pub msgs_per_s: f64,
+    pub rss_mb: f64,
+    pub banned_ips: i64,
+    pub storage_ok: bool,
+    pub loads_deferred: i64,
+    /// The latest tick's lag and duration, worst shard.
+    pub tick_lag_ms: u64,
+    pub tick_us: u64,
+}
+
+/// The last [`HISTORY_SAMPLES`] samples, oldest first.
+#[derive(Debug, Default)]
+pub struct History {
+    samples: Mutex<std::collections::VecDeque<Sample>>,
+}
+
+impl History {
+    fn push(&self, sample: Sample) {
+        let mut q = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() == HISTORY_SAMPLES {
+            q.pop_front();
+        }
+        q.push_back(sample);
+    }
+
+    /// The samples taken since `since_ms` (Unix ms), oldest first.
+    pub fn since(&self, since_ms: u64) -> Vec<Sample> {
+        let q = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        q.iter().filter(|s| s.at_ms >= since_ms).cloned().collect()
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Takes a sample every `interval`, for as long as the admin runtime runs.
+pub async fn record_history(s: AdminState, interval: std::time::Duration) {
+    use crate::metrics::labels;
+    let mut last_frames: Option<(f64, Instant)> = None;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let m = &s.metrics;
+        let frames = (m.frames_in.get() + m.frames_out.get()) as f64;
+        let now = Instant::now();
+        let msgs_per_s = match last_frames {
+            Some((f, t)) if now > t => (frames - f) / now.duration_since(t).as_secs_f64(),
+            _ => 0.0,
+        };
+        last_frames = Some((frames, now));
+        let (mut tick_lag_ms, mut tick_us) = (0, 0);
+        for shard in 0..s.control.shards() {
+            if let Ok(Answer::Status(st)) = s.control.ask(shard, Query::Status).await {
+                tick_lag_ms = tick_lag_ms.max(st.tick_lag_ms);
+                tick_us = tick_us.max(st.tick_us);
+            }
+        }
+        s.history.push(Sample {
+            at_ms: unix_ms(),
+            players: m
+                .sessions
+                .get_or_create(&labels(&[("state", "active")]))
+                .get(),
+            zombies: m
+                .sessions
+                .get_or_create(&labels(&[("state", "zombie")]))
+                .get(),
+            connections: m.connections.get(),
+            msgs_per_s: (msgs_per_s * 10.0).round() / 10.0,
+            rss_mb: (crate::metrics::rss_bytes() as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0,
+            banned_ips: m.banned_ips.get(),
+            storage_ok: m.storage_degraded.get() == 0,
+            loads_deferred: m.loads_deferred.get(),
+            tick_lag_ms,
+            tick_us,
+        });
+    }
+}
+
+/// `GET /v1/history?minutes=N`: the samples of the last N minutes (10 by
+/// default, 60 at most), oldest first.
+async fn history(State(s): State<AdminState>, RawQuery(query): RawQuery) -> Response {
+    let minutes = query_param(&query, "minutes")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(10)
+        .clamp(1, 60);
+    json_response(&s.history.since(unix_ms().saturating_sub(minutes * 60_000)))
 }
 
 /// Ban notes kept at most.
@@ -82,6 +189,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/drain", get(get_drain).put(put_drain))
         .route("/v1/notice", post(post_notice))
         .route("/v1/settings", get(settings))
+        .route("/v1/history", get(history))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
@@ -228,9 +336,7 @@ impl Audit {
 
     fn record(&self, role: Role, action: &str, target: &str, note: &str, ok: bool) {
         let entry = AuditEntry {
-            at_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            at_ms: unix_ms(),
             role: role.as_str(),
             action,
             target,

@@ -84,6 +84,9 @@ pub struct Config {
     /// neither token set, the admin listener must be on loopback, and every
     /// request there is an operator's.
     pub admin_operator_token: Option<String>,
+    /// How often the admin listener records a sample of the server for
+    /// `GET /v1/history` (the last 720 are kept: an hour at the default).
+    pub admin_history_interval_ms: u64,
     /// Where the server keeps its data.
     pub data_dir: PathBuf,
     /// Character storage: `postgres://USER@HOST:PORT/DB` or `sqlite:PATH`.
@@ -247,6 +250,7 @@ impl Default for Config {
             ticket_secret: None,
             admin_viewer_token: None,
             admin_operator_token: None,
+            admin_history_interval_ms: 5_000,
             takeover: TakeoverPolicy::TakeOver,
             pvp: false,
             io_threads: 1,
@@ -331,6 +335,9 @@ pub struct Overrides {
     /// On SIGTERM, when clients are told to come back and resume, ms [default: 1000].
     #[arg(long, global = true, env = "TETHER_RESTART_RETRY_MS")]
     pub restart_retry_ms: Option<u64>,
+    /// How often the admin API's history takes a sample, ms [default: 5000].
+    #[arg(long, global = true, env = "TETHER_ADMIN_HISTORY_INTERVAL_MS")]
+    pub admin_history_interval_ms: Option<u64>,
     /// Authentication: dev (any name) or ticket (signed tickets) [default: dev].
     #[arg(long, global = true, env = "TETHER_AUTH")]
     pub auth: Option<AuthMode>,
@@ -603,6 +610,7 @@ impl Config {
             flush_interval_ms,
             shutdown_timeout_ms,
             restart_retry_ms,
+            admin_history_interval_ms,
             auth,
             takeover,
             pvp,
@@ -704,6 +712,9 @@ impl Config {
         }
         if !(100..=600_000).contains(&self.shutdown_timeout_ms) {
             return err("shutdown_timeout_ms must be 100..=600000");
+        }
+        if !(100..=60_000).contains(&self.admin_history_interval_ms) {
+            return err("admin_history_interval_ms must be 100..=60000");
         }
         if self.restart_retry_ms > 600_000 {
             return err("restart_retry_ms must be 0..=600000");

@@ -454,7 +454,7 @@ pub fn start_game_with<G: Game>(
     }
 
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let router = admin::router(admin::AdminState {
+    let admin_state = admin::AdminState {
         metrics: metrics.clone(),
         defences: defences.clone(),
         clock,
@@ -467,7 +467,11 @@ pub fn start_game_with<G: Game>(
         audit: Arc::new(admin::Audit::new(cfg.data_dir.join("audit.jsonl"))),
         ban_notes: Arc::default(),
         settings: Arc::new(cfg.redacted()),
-    });
+        history: Arc::default(),
+    };
+    let router = admin::router(admin_state.clone());
+    let history_state = admin_state;
+    let history_interval = Duration::from_millis(cfg.admin_history_interval_ms);
     let admin_thread = std::thread::Builder::new()
         .name("tether-admin".into())
         .spawn(move || {
@@ -476,6 +480,7 @@ pub fn start_game_with<G: Game>(
                 .build()
                 .expect("admin runtime");
             rt.block_on(async move {
+                tokio::spawn(admin::record_history(history_state, history_interval));
                 let listener =
                     tokio::net::TcpListener::from_std(admin_listener).expect("admin listener");
                 let _ = axum::serve(listener, router)

@@ -15,6 +15,7 @@
 //! | `session` | one account's session |
 //! | `recent_events` | the newest audited operator actions |
 //! | `metrics` | the Prometheus metrics whose name starts with a prefix |
+//! | `metrics_over_time` | the last minutes of samples, summarized |
 //! | `why_is_latency_up` | reads status and metrics and names the likely causes |
 //! | `kick`, `ban`, `notice`, `drain` | writes, with `--allow-writes` |
 
@@ -151,6 +152,12 @@ pub struct AccountArgs {
 pub struct LimitArgs {
     /// At most this many (1 to 1000; 20 when left out).
     pub limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct MinutesArgs {
+    /// How far back, in minutes (1 to 60; 10 when left out).
+    pub minutes: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -302,6 +309,21 @@ impl TetherMcp {
     }
 
     #[tool(
+        description = "How the server changed over the last minutes: for players, zombies, connections, messages per second, memory, bans, logins waiting for storage and the worst tick lag and duration, the first, lowest, highest and last value, and the samples."
+    )]
+    async fn metrics_over_time(&self, Parameters(a): Parameters<MinutesArgs>) -> CallToolResult {
+        let minutes = a.minutes.unwrap_or(10).clamp(1, 60);
+        match self
+            .admin
+            .get_json(&format!("/v1/history?minutes={minutes}"))
+            .await
+        {
+            Ok(v) => text(summarize_history(&v)),
+            Err(e) => failed(e),
+        }
+    }
+
+    #[tool(
         description = "Why players may see more latency now: checks ticks falling behind, protect mode, storage, logins and resumes waiting, full rings to the I/O threads, and drains, and says which hold."
     )]
     async fn why_is_latency_up(&self) -> CallToolResult {
@@ -362,6 +384,41 @@ impl TetherMcp {
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for TetherMcp {}
+
+/// A `/v1/history` answer as a short table (first, min, max, last per
+/// figure) followed by the samples.
+pub fn summarize_history(samples: &serde_json::Value) -> String {
+    let rows = samples.as_array().map(Vec::as_slice).unwrap_or(&[]);
+    if rows.is_empty() {
+        return "no samples yet (one is taken every admin_history_interval_ms)".into();
+    }
+    let mut out = format!("{} samples\nfigure: first / min / max / last\n", rows.len());
+    for key in [
+        "players",
+        "zombies",
+        "connections",
+        "msgs_per_s",
+        "rss_mb",
+        "banned_ips",
+        "loads_deferred",
+        "tick_lag_ms",
+        "tick_us",
+    ] {
+        let vals: Vec<f64> = rows.iter().filter_map(|r| r[key].as_f64()).collect();
+        let (Some(first), Some(last)) = (vals.first(), vals.last()) else {
+            continue;
+        };
+        let min = vals.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        out.push_str(&format!("{key}: {first} / {min} / {max} / {last}\n"));
+    }
+    let outages = rows.iter().filter(|r| r["storage_ok"] == false).count();
+    if outages > 0 {
+        out.push_str(&format!("storage unavailable in {outages} samples\n"));
+    }
+    out.push_str(&pretty(samples));
+    out
+}
 
 /// What in a `/v1/status` answer can make players wait, one line each; a
 /// line saying so when nothing does.

@@ -276,3 +276,23 @@ fn a_notice_reaches_every_player_as_a_counted_frame() {
     assert_eq!(last["action"], "notice");
     assert_eq!(last["note"], "Maintenance in 10 minutes");
 }
+
+#[test]
+fn history_keeps_samples_of_the_server() {
+    let (srv, _store) = server(|cfg| cfg.admin_history_interval_ms = 100);
+    let _jill = TestClient::login(srv.game_addr, "jill");
+    std::thread::sleep(Duration::from_millis(600));
+    let (code, samples) = http(srv.admin_addr, "GET", "/v1/history?minutes=1", None, "");
+    assert_eq!(code, 200);
+    let samples = samples.as_array().unwrap();
+    assert!(samples.len() >= 3, "{samples:?}");
+    let last = samples.last().unwrap();
+    assert_eq!(last["players"], 1);
+    assert_eq!(last["storage_ok"], true);
+    assert!(last["rss_mb"].as_f64().unwrap() > 1.0);
+    let at: Vec<u64> = samples
+        .iter()
+        .map(|s| s["at_ms"].as_u64().unwrap())
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] <= w[1]), "oldest first");
+}

@@ -57,12 +57,12 @@ async fn call(
     tokio::time::timeout(Duration::from_secs(10), client.call_tool(params))
         .await
         .expect("the tool answers in time")
-        .expect("the call succeeds")
+        .unwrap_or_else(|e| panic!("{tool}: {e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_assistant_reads_by_default_and_writes_only_when_allowed() {
-    let (srv, _store) = server(|_| {});
+    let (srv, _store) = server(|cfg| cfg.admin_history_interval_ms = 100);
     let admin = srv.admin_addr;
     let game = srv.game_addr;
     let mut ivy = tokio::task::spawn_blocking(move || TestClient::login(game, "ivy"))
@@ -84,6 +84,7 @@ async fn an_assistant_reads_by_default_and_writes_only_when_allowed() {
         "session",
         "recent_events",
         "metrics",
+        "metrics_over_time",
         "why_is_latency_up",
     ] {
         assert!(tools.contains(&t.to_string()), "{t} missing from {tools:?}");
@@ -117,6 +118,21 @@ async fn an_assistant_reads_by_default_and_writes_only_when_allowed() {
     assert!(
         metrics.contains("tether_sessions{state=\"active\"} 1"),
         "{metrics}"
+    );
+    // The history samples every 100 ms here.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let over_time = text_of(
+        &call(
+            &client,
+            "metrics_over_time",
+            serde_json::json!({"minutes": 1}),
+        )
+        .await,
+    );
+    assert!(over_time.contains("players: "), "{over_time}");
+    assert!(
+        over_time.contains(" / 1\n"),
+        "the last players value is 1: {over_time}"
     );
     client.cancel().await.unwrap();
 
