@@ -217,6 +217,24 @@ impl Role {
     }
 }
 
+/// The role [`authorize`] found for the request, as a handler argument.
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Role {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Role, Self::Rejection> {
+        // Every route goes through `authorize`; a request it let through
+        // without a role is a tokenless (loopback, operator) one.
+        Ok(parts
+            .extensions
+            .get::<Role>()
+            .copied()
+            .unwrap_or(Role::Operator))
+    }
+}
+
 /// The admin tokens (`admin_viewer_token`, `admin_operator_token`).
 #[derive(Debug, Default)]
 pub struct AdminAuth {
@@ -406,14 +424,16 @@ fn limit_of(query: &Option<String>, default: usize, max: usize) -> usize {
 
 /// `GET /v1/status`: the server and each shard.
 async fn status(State(s): State<AdminState>) -> Response {
-    let mut shards = Vec::new();
-    for shard in 0..s.control.shards() {
-        match s.control.ask(shard, Query::Status).await {
-            Ok(Answer::Status(st)) => shards.push(st),
-            Ok(_) => {}
-            Err(e) => return control_error(e),
-        }
-    }
+    let shards: Vec<_> = match s.control.ask_all(|| Query::Status).await {
+        Ok(answers) => answers
+            .into_iter()
+            .filter_map(|a| match a {
+                Answer::Status(st) => Some(st),
+                _ => None,
+            })
+            .collect(),
+        Err(e) => return control_error(e),
+    };
     let players: u64 = shards.iter().map(|x| x.players).sum();
     let zombies: u64 = shards.iter().map(|x| x.zombies).sum();
     json_response(&serde_json::json!({
@@ -435,18 +455,20 @@ async fn status(State(s): State<AdminState>) -> Response {
 async fn find_players(State(s): State<AdminState>, RawQuery(query): RawQuery) -> Response {
     let prefix = query_param(&query, "q").unwrap_or("").to_string();
     let limit = limit_of(&query, 100, MAX_SEARCH_ROWS);
-    let mut rows: Vec<PlayerRow> = Vec::new();
-    for shard in 0..s.control.shards() {
-        let q = Query::Find {
-            prefix: prefix.clone(),
-            limit,
-        };
-        match s.control.ask(shard, q).await {
-            Ok(Answer::Players(r)) => rows.extend(r),
-            Ok(_) => {}
-            Err(e) => return control_error(e),
-        }
-    }
+    let find = || Query::Find {
+        prefix: prefix.clone(),
+        limit,
+    };
+    let mut rows: Vec<PlayerRow> = match s.control.ask_all(find).await {
+        Ok(answers) => answers
+            .into_iter()
+            .flat_map(|a| match a {
+                Answer::Players(r) => r,
+                _ => Vec::new(),
+            })
+            .collect(),
+        Err(e) => return control_error(e),
+    };
     rows.sort_by(|a, b| a.account.cmp(&b.account));
     rows.truncate(limit);
     json_response(&rows)
@@ -478,10 +500,9 @@ async fn inspect_player(State(s): State<AdminState>, Path(account): Path<String>
 async fn kick_player(
     State(s): State<AdminState>,
     Path(account): Path<String>,
-    role: Option<axum::Extension<Role>>,
+    role: Role,
     body: String,
 ) -> Response {
-    let role = role.map_or(Role::Operator, |r| r.0);
     let note = if body.trim().is_empty() {
         String::new()
     } else {
@@ -593,12 +614,7 @@ async fn list_bans(State(s): State<AdminState>) -> Response {
 /// `POST /v1/bans`, body `{"ip": "203.0.113.9", "minutes": 60, "note":
 /// "why"}`: bans an address by hand (new connections from it are refused
 /// with `BANNED`; kick its players to remove them). Audited.
-async fn add_ban(
-    State(s): State<AdminState>,
-    role: Option<axum::Extension<Role>>,
-    body: String,
-) -> Response {
-    let role = role.map_or(Role::Operator, |r| r.0);
+async fn add_ban(State(s): State<AdminState>, role: Role, body: String) -> Response {
     let bad = |m: &str| (StatusCode::BAD_REQUEST, error_json(m)).into_response();
     let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
         return bad(r#"the body must be JSON: {"ip": "...", "minutes": N, "note": "..."}"#);
@@ -658,12 +674,7 @@ const MAX_NOTICE_CHARS: usize = 500;
 /// `POST /v1/notice`, body `{"text": "Maintenance in 10 minutes"}`: a
 /// `Notice` frame to every session (connected players now, link-dead ones
 /// when they resume). 200 `{"sessions": N}`. Audited.
-async fn post_notice(
-    State(s): State<AdminState>,
-    role: Option<axum::Extension<Role>>,
-    body: String,
-) -> Response {
-    let role = role.map_or(Role::Operator, |r| r.0);
+async fn post_notice(State(s): State<AdminState>, role: Role, body: String) -> Response {
     let text = serde_json::from_str::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v["text"].as_str().map(str::to_string))
@@ -675,21 +686,20 @@ async fn post_notice(
         )
             .into_response();
     };
-    let mut sessions = 0;
-    for shard in 0..s.control.shards() {
-        match s
-            .control
-            .ask(shard, Query::Notice { text: text.clone() })
-            .await
-        {
-            Ok(Answer::Noticed(n)) => sessions += n,
-            Ok(_) => {}
-            Err(e) => {
-                s.audit.record(role, "notice", "all", &text, false);
-                return control_error(e);
-            }
+    let notice = || Query::Notice { text: text.clone() };
+    let sessions: usize = match s.control.ask_all(notice).await {
+        Ok(answers) => answers
+            .iter()
+            .map(|a| match a {
+                Answer::Noticed(n) => *n,
+                _ => 0,
+            })
+            .sum(),
+        Err(e) => {
+            s.audit.record(role, "notice", "all", &text, false);
+            return control_error(e);
         }
-    }
+    };
     s.audit.record(role, "notice", "all", &text, true);
     json_response(&serde_json::json!({ "sessions": sessions }))
 }
@@ -702,12 +712,7 @@ async fn get_drain(State(s): State<AdminState>) -> Response {
 /// `PUT /v1/drain`, body `on` or `off`: a drained server refuses fresh
 /// logins (`SERVER_BUSY`, retry in 30 s) and keeps its players and their
 /// resumes. Audited.
-async fn put_drain(
-    State(s): State<AdminState>,
-    role: Option<axum::Extension<Role>>,
-    body: String,
-) -> Response {
-    let role = role.map_or(Role::Operator, |r| r.0);
+async fn put_drain(State(s): State<AdminState>, role: Role, body: String) -> Response {
     let on = match body.trim() {
         "on" => true,
         "off" => false,
@@ -727,9 +732,8 @@ async fn put_drain(
 async fn lift_ban(
     State(s): State<AdminState>,
     Path(ip): Path<String>,
-    role: Option<axum::Extension<Role>>,
+    role: Role,
 ) -> impl IntoResponse {
-    let role = role.map_or(Role::Operator, |r| r.0);
     let Ok(addr) = ip.parse::<IpAddr>() else {
         return (StatusCode::BAD_REQUEST, "not an IP address\n");
     };
@@ -772,12 +776,7 @@ async fn get_protect(State(s): State<AdminState>) -> impl IntoResponse {
 
 /// `on` / `off` force protect mode (applied by each shard on its next
 /// tick); `auto` hands it back to tick lag and memory.
-async fn put_protect(
-    State(s): State<AdminState>,
-    role: Option<axum::Extension<Role>>,
-    body: String,
-) -> impl IntoResponse {
-    let role = role.map_or(Role::Operator, |r| r.0);
+async fn put_protect(State(s): State<AdminState>, role: Role, body: String) -> impl IntoResponse {
     let Some(o) = ProtectOverride::parse(&body) else {
         return (
             StatusCode::BAD_REQUEST,

@@ -159,6 +159,17 @@ impl Control {
         self.senders.len() as u16
     }
 
+    /// Asks every shard in turn (`query` makes each one's request) and
+    /// returns their answers in shard order; the first shard that does not
+    /// answer ends it.
+    pub async fn ask_all(&self, query: impl Fn() -> Query) -> Result<Vec<Answer>, ControlError> {
+        let mut answers = Vec::with_capacity(self.senders.len());
+        for shard in 0..self.shards() {
+            answers.push(self.ask(shard, query()).await?);
+        }
+        Ok(answers)
+    }
+
     /// Asks shard `shard` and waits for the answer.
     pub async fn ask(&self, shard: u16, query: Query) -> Result<Answer, ControlError> {
         let (reply, answer) = tokio::sync::oneshot::channel();

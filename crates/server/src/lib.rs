@@ -243,10 +243,23 @@ pub fn start_with_backend(
     cfg: Config,
     backend: Box<dyn Backend>,
 ) -> Result<ServerHandle, StartError> {
+    start_mmo_with(cfg, backend, Launch::default())
+}
+
+/// [`start_with_backend`] with listeners handed over and loads held (an
+/// upgrade in place, `tether --replace`).
+pub fn start_mmo_with(
+    cfg: Config,
+    backend: Box<dyn Backend>,
+    launch: Launch,
+) -> Result<ServerHandle, StartError> {
     let world_cfg = world_config(&cfg);
-    start_game(cfg, backend, move |shard| {
-        Mmo::new(World::new(world_cfg.clone(), shard as u8))
-    })
+    start_game_with(
+        cfg,
+        backend,
+        move |shard| Mmo::new(World::new(world_cfg.clone(), shard as u8)),
+        launch,
+    )
 }
 
 /// Starts a server running any [`Game`]: `new_game` makes the game of each
@@ -386,8 +399,7 @@ pub fn start_game_with<G: Game>(
         }
     }
 
-    let (control, mut control_rxs) = control::Control::new(shard_wakers.clone());
-    control_rxs.reverse(); // popped from the back, shard 0 first
+    let (control, control_rxs) = control::Control::new(shard_wakers.clone());
 
     let mut bus_txs = Vec::new();
     let mut bus_rxs = Vec::new();
@@ -401,7 +413,8 @@ pub fn start_game_with<G: Game>(
         wakers: shard_wakers.clone(),
     };
 
-    for (s, (links, bus_rx)) in shard_side.into_iter().zip(bus_rxs).enumerate() {
+    let per_shard = shard_side.into_iter().zip(bus_rxs).zip(control_rxs);
+    for (s, ((links, bus_rx), control)) in per_shard.enumerate() {
         let waker = shard_wakers[s].clone();
         let (store, store_events) = store.client(Some(Box::new(move || waker.wake())));
         let shard = Shard::new(ShardParts {
@@ -420,7 +433,7 @@ pub fn start_game_with<G: Game>(
             defences: defences.clone(),
             shutdown: shutdown.clone(),
             loads_held: loads_held.clone(),
-            control: control_rxs.pop().expect("one control channel per shard"),
+            control,
             clock,
         });
         shard_inits[s].send(shard).map_err(|_| {

@@ -148,7 +148,7 @@ fn prepare_replace(cfg: &Config, pid: i32) -> anyhow::Result<(Replacing, Launch)
     anyhow::ensure!(alive(pid), "--replace {pid}: no such process is running");
     check_store(cfg)?;
     let path = handover::socket_path(&cfg.data_dir);
-    match handover::take(&path) {
+    let launch = match handover::take(&path) {
         Ok(listeners) => {
             let (game, admin) = (listeners.game.local_addr()?, listeners.admin.local_addr()?);
             for (what, offered, wanted) in [
@@ -160,43 +160,38 @@ fn prepare_replace(cfg: &Config, pid: i32) -> anyhow::Result<(Replacing, Launch)
                     "the running server's {what} listener is {offered}, the settings say {wanted}"
                 );
             }
-            let launch = Launch {
+            Launch {
                 listeners: Some(listeners),
                 hold_loads: true,
-            };
-            Ok((
-                Replacing {
-                    pid,
-                    target,
-                    handed_over: true,
-                },
-                launch,
-            ))
+            }
         }
         Err(TakeError::NotOffered(_)) => {
             eprintln!(
                 "tether: process {pid} offers no listener handover at {}: stopping it before listening",
                 path.display()
             );
-            Ok((
-                Replacing {
-                    pid,
-                    target,
-                    handed_over: false,
-                },
-                Launch::default(),
-            ))
+            Launch::default()
         }
-        Err(e) => Err(e.into()),
-    }
+        Err(e) => return Err(e.into()),
+    };
+    let handed_over = launch.listeners.is_some();
+    Ok((
+        Replacing {
+            pid,
+            target,
+            handed_over,
+        },
+        launch,
+    ))
 }
 
 /// SIGTERM, then waits until the old process is gone: it saves every
 /// session and flushes storage first, which takes at most its
-/// `shutdown_timeout_ms`; a little more is allowed. `kill_after`: past
+/// `shutdown_timeout_ms` (the replacement's setting, taken as the old
+/// one's); a little more is allowed. `kill_after`: past
 /// that, SIGKILL it (its players then resume from its last flush, as after
 /// a crash) instead of failing.
-fn stop_replaced(cfg: &Config, r: &Replacing, kill_after: bool) -> anyhow::Result<()> {
+fn stop_replaced(shutdown_timeout_ms: u64, r: &Replacing, kill_after: bool) -> anyhow::Result<()> {
     use rustix::process::{kill_process, Signal};
     use std::time::{Duration, Instant};
     let pid = r.pid;
@@ -205,10 +200,11 @@ fn stop_replaced(cfg: &Config, r: &Replacing, kill_after: bool) -> anyhow::Resul
         Err(rustix::io::Errno::SRCH) => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("cannot signal process {pid}")),
     }
-    let bound = Duration::from_millis(cfg.shutdown_timeout_ms + 5_000);
+    let bound = Duration::from_millis(shutdown_timeout_ms + 5_000);
     let deadline = Instant::now() + bound;
+    let mut killed = false;
     while alive(pid) {
-        if Instant::now() >= deadline {
+        if !killed && Instant::now() >= deadline {
             anyhow::ensure!(
                 kill_after,
                 "process {pid} is still running {} ms after SIGTERM",
@@ -216,10 +212,7 @@ fn stop_replaced(cfg: &Config, r: &Replacing, kill_after: bool) -> anyhow::Resul
             );
             tracing::error!(pid, "the replaced process did not stop in time: killing it");
             let _ = kill_process(r.target, Signal::KILL);
-            while alive(pid) {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            break;
+            killed = true;
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -262,25 +255,18 @@ fn run(cfg: Config, replace: Option<i32>) -> anyhow::Result<()> {
             let (r, launch) = prepare_replace(&cfg, pid)
                 .with_context(|| format!("--replace {pid}: the running server is left alone"))?;
             if !r.handed_over {
-                stop_replaced(&cfg, &r, false).with_context(|| format!("--replace {pid}"))?;
+                stop_replaced(cfg.shutdown_timeout_ms, &r, false)
+                    .with_context(|| format!("--replace {pid}"))?;
             }
             (Some(r), launch)
         }
         None => (None, Launch::default()),
     };
-    let upgrade_cfg = cfg.clone();
+    let shutdown_timeout_ms = cfg.shutdown_timeout_ms;
     let server = match cfg.game {
         GameKind::Mmo => {
             let backend = tether_server::open_store(&cfg, tether_world::Mmo::NAME)?;
-            let world_cfg = tether_server::world_config(&cfg);
-            tether_server::start_game_with(
-                cfg,
-                backend,
-                move |shard| {
-                    tether_world::Mmo::new(tether_world::World::new(world_cfg.clone(), shard as u8))
-                },
-                launch,
-            )?
+            tether_server::start_mmo_with(cfg, backend, launch)?
         }
         GameKind::Arena => {
             let backend = tether_server::open_store(&cfg, Arena::NAME)?;
@@ -299,7 +285,7 @@ fn run(cfg: Config, replace: Option<i32>) -> anyhow::Result<()> {
             "tether: serving on the listeners of process {}; stopping it",
             r.pid
         );
-        stop_replaced(&upgrade_cfg, &r, true)?;
+        stop_replaced(shutdown_timeout_ms, &r, true)?;
         server.release_loads();
     }
     eprintln!(

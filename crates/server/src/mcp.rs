@@ -239,10 +239,7 @@ impl TetherMcp {
         description = "The server now: players, zombies (link-dead sessions), storage, protect mode, drain, and per shard the queues and the last tick's lag and duration."
     )]
     async fn status(&self) -> CallToolResult {
-        match self.admin.get_json("/v1/status").await {
-            Ok(v) => text(pretty(&v)),
-            Err(e) => failed(e),
-        }
+        self.read("/v1/status").await
     }
 
     #[tool(
@@ -251,24 +248,15 @@ impl TetherMcp {
     async fn players(&self, Parameters(a): Parameters<PlayersArgs>) -> CallToolResult {
         let limit = a.limit.unwrap_or(50).clamp(1, 1000);
         let path = format!("/v1/players?q={}&limit={limit}", encode(&a.prefix));
-        match self.admin.get_json(&path).await {
-            Ok(v) => text(pretty(&v)),
-            Err(e) => failed(e),
-        }
+        self.read(&path).await
     }
 
     #[tool(
         description = "One account's session: shard, session id, link (active or zombie), last input applied, frames sent and acknowledged, replay depth."
     )]
     async fn session(&self, Parameters(a): Parameters<AccountArgs>) -> CallToolResult {
-        match self
-            .admin
-            .get_json(&format!("/v1/players/{}", encode(&a.account)))
+        self.read(&format!("/v1/players/{}", encode(&a.account)))
             .await
-        {
-            Ok(v) => text(pretty(&v)),
-            Err(e) => failed(e),
-        }
     }
 
     #[tool(
@@ -276,14 +264,7 @@ impl TetherMcp {
     )]
     async fn recent_events(&self, Parameters(a): Parameters<LimitArgs>) -> CallToolResult {
         let limit = a.limit.unwrap_or(20).clamp(1, 1000);
-        match self
-            .admin
-            .get_json(&format!("/v1/audit?limit={limit}"))
-            .await
-        {
-            Ok(v) => text(pretty(&v)),
-            Err(e) => failed(e),
-        }
+        self.read(&format!("/v1/audit?limit={limit}")).await
     }
 
     #[tool(
@@ -369,6 +350,14 @@ impl TetherMcp {
 }
 
 impl TetherMcp {
+    /// A GET whose JSON answer is the tool's result, pretty-printed.
+    async fn read(&self, path: &str) -> CallToolResult {
+        match self.admin.get_json(path).await {
+            Ok(v) => text(pretty(&v)),
+            Err(e) => failed(e),
+        }
+    }
+
     async fn write(&self, method: &str, path: &str, body: String) -> CallToolResult {
         match self.admin.request(method, path, Some(body)).await {
             Ok((status, body)) if (200..300).contains(&status) => text(if body.trim().is_empty() {

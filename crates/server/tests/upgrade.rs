@@ -13,7 +13,6 @@ use tether_proto::pb::{self, client_message, input::Cmd, server_message::Msg, Cl
 use tether_server::config::Config;
 use tether_server::{handover, Launch};
 use tether_store::fake::FakeBackend;
-use tether_world::{Mmo, World};
 
 fn config(dir: &std::path::Path) -> Config {
     Config {
@@ -29,14 +28,7 @@ fn config(dir: &std::path::Path) -> Config {
 }
 
 fn start(cfg: Config, backend: FakeBackend, launch: Launch) -> tether_server::ServerHandle {
-    let world = tether_server::world_config(&cfg);
-    tether_server::start_game_with(
-        cfg,
-        Box::new(backend),
-        move |shard| Mmo::new(World::new(world.clone(), shard as u8)),
-        launch,
-    )
-    .expect("server starts")
+    tether_server::start_mmo_with(cfg, Box::new(backend), launch).expect("server starts")
 }
 
 #[test]
