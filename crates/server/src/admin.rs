@@ -787,3 +787,36 @@ async fn put_protect(State(s): State<AdminState>, role: Role, body: String) -> i
     s.audit.record(role, "protect", o.as_str(), "", true);
     (StatusCode::OK, protect_json(&s))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(at_ms: u64) -> Sample {
+        Sample {
+            at_ms,
+            players: 0,
+            zombies: 0,
+            connections: 0,
+            msgs_per_s: 0.0,
+            rss_mb: 0.0,
+            banned_ips: 0,
+            storage_ok: true,
+            loads_deferred: 0,
+            tick_lag_ms: 0,
+            tick_us: 0,
+        }
+    }
+
+    #[test]
+    fn history_keeps_the_newest_samples_up_to_its_bound() {
+        let h = History::default();
+        for at in 0..(HISTORY_SAMPLES as u64 + 10) {
+            h.push(sample(at));
+        }
+        let all = h.since(0);
+        assert_eq!(all.len(), HISTORY_SAMPLES);
+        assert_eq!(all[0].at_ms, 10, "the oldest went first");
+        assert_eq!(h.since(HISTORY_SAMPLES as u64 + 5).len(), 5);
+    }
+}

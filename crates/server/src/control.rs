@@ -189,3 +189,37 @@ impl Control {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_channel_is_busy_at_once_and_a_gone_shard_does_not_answer() {
+        let (control, receivers) = Control::new(vec![ShardWaker::new(std::thread::current())]);
+        // Fill the channel as a stuck shard would leave it.
+        for _ in 0..CONTROL_CAPACITY {
+            let (reply, _) = tokio::sync::oneshot::channel();
+            control.senders[0]
+                .try_send(Request {
+                    query: Query::Status,
+                    reply,
+                })
+                .unwrap();
+        }
+        assert_eq!(
+            control.ask(0, Query::Status).await.unwrap_err(),
+            ControlError::Busy
+        );
+        drop(receivers);
+        assert_eq!(
+            control.ask(0, Query::Status).await.unwrap_err(),
+            ControlError::NoAnswer
+        );
+        assert_eq!(
+            control.ask(7, Query::Status).await.unwrap_err(),
+            ControlError::NoAnswer,
+            "no such shard"
+        );
+    }
+}
