@@ -80,6 +80,8 @@ pub struct Sample {
     /// The latest tick's lag and duration, worst shard.
     pub tick_lag_ms: u64,
     pub tick_us: u64,
+    /// The 99th percentile of the latest ticks' durations, worst shard.
+    pub tick_p99_us: u64,
 }
 
 /// The last [`HISTORY_SAMPLES`] samples, oldest first.
@@ -126,11 +128,12 @@ pub async fn record_history(s: AdminState, interval: std::time::Duration) {
             _ => 0.0,
         };
         last_frames = Some((frames, now));
-        let (mut tick_lag_ms, mut tick_us) = (0, 0);
+        let (mut tick_lag_ms, mut tick_us, mut tick_p99_us) = (0, 0, 0);
         for shard in 0..s.control.shards() {
             if let Ok(Answer::Status(st)) = s.control.ask(shard, Query::Status).await {
                 tick_lag_ms = tick_lag_ms.max(st.tick_lag_ms);
                 tick_us = tick_us.max(st.tick_us);
+                tick_p99_us = tick_p99_us.max(st.tick_p99_us);
             }
         }
         s.history.push(Sample {
@@ -151,6 +154,7 @@ pub async fn record_history(s: AdminState, interval: std::time::Duration) {
             loads_deferred: m.loads_deferred.get(),
             tick_lag_ms,
             tick_us,
+            tick_p99_us,
         });
     }
 }
@@ -171,7 +175,9 @@ pub const MAX_BAN_NOTES: usize = 4096;
 /// The longest ban set by hand: 30 days.
 const MAX_BAN_MINUTES: u64 = 30 * 24 * 60;
 
-pub fn router(state: AdminState) -> Router {
+/// The admin routes, the console (`/console/`) and `extra` (MCP at
+/// `/mcp`), all behind [`authorize`].
+pub fn router(state: AdminState, extra: Router) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
@@ -190,11 +196,17 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/notice", post(post_notice))
         .route("/v1/settings", get(settings))
         .route("/v1/history", get(history))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            authorize,
-        ))
-        .with_state(state)
+        .route("/v1/whoami", get(whoami))
+        .with_state(state.clone())
+        .merge(crate::console::routes())
+        .merge(extra)
+        .layer(axum::middleware::from_fn_with_state(state, authorize))
+}
+
+/// `GET /v1/whoami`: `{"role": "viewer"}` or `{"role": "operator"}`, the
+/// role the request's token grants.
+async fn whoami(role: Role) -> Response {
+    json_response(&serde_json::json!({ "role": role.as_str() }))
 }
 
 // ----- roles -------------------------------------------------------------
@@ -274,11 +286,15 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
-/// Every route but `/healthz` needs a role; writes need an operator.
+/// Every route but `/healthz` and the console's page needs a role; writes
+/// need an operator. MCP (`/mcp`) is JSON-RPC over POST for reads and
+/// writes alike: it offers its write tools to operators only.
 async fn authorize(State(s): State<AdminState>, mut req: Request, next: Next) -> Response {
-    if req.uri().path() == "/healthz" {
+    let path = req.uri().path();
+    if path == "/healthz" || crate::console::is_public(path) {
         return next.run(req).await;
     }
+    let mcp = path == "/mcp";
     let header = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -291,7 +307,7 @@ async fn authorize(State(s): State<AdminState>, mut req: Request, next: Next) ->
         )
             .into_response();
     };
-    let writes = !matches!(*req.method(), Method::GET | Method::HEAD);
+    let writes = !mcp && !matches!(*req.method(), Method::GET | Method::HEAD);
     if writes && role != Role::Operator {
         return (
             StatusCode::FORBIDDEN,
@@ -805,6 +821,7 @@ mod tests {
             loads_deferred: 0,
             tick_lag_ms: 0,
             tick_us: 0,
+            tick_p99_us: 0,
         }
     }
 

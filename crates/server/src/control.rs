@@ -80,6 +80,8 @@ pub struct ShardStatus {
     pub tick_lag_ms: u64,
     /// How long the last tick took, µs.
     pub tick_us: u64,
+    /// The 99th percentile of the latest [`RECENT_TICKS`] ticks, µs.
+    pub tick_p99_us: u64,
     /// Protect mode in force.
     pub protecting: bool,
 }
@@ -194,6 +196,25 @@ impl Control {
 mod tests {
     use super::*;
 
+    #[test]
+    fn recent_ticks_give_the_p99_of_the_latest_ticks_only() {
+        let mut t = RecentTicks::default();
+        assert_eq!(t.p99(), 0);
+        for us in 1..=100 {
+            t.push(us);
+        }
+        assert_eq!(t.p99(), 99);
+        // The slow ticks age out once RECENT_TICKS newer ones came.
+        for _ in 0..RECENT_TICKS {
+            t.push(7);
+        }
+        assert_eq!(t.p99(), 7);
+        t.push(u64::MAX);
+        assert_eq!(t.p99(), 7, "one tick in 128 is past the 99th percentile");
+        t.push(5_000);
+        assert_eq!(t.p99(), 5_000);
+    }
+
     #[tokio::test]
     async fn a_full_channel_is_busy_at_once_and_a_gone_shard_does_not_answer() {
         let (control, receivers) = Control::new(vec![ShardWaker::new(std::thread::current())]);
@@ -221,5 +242,46 @@ mod tests {
             ControlError::NoAnswer,
             "no such shard"
         );
+    }
+}
+
+/// Ticks [`RecentTicks`] keeps: 6.4 s at the default 20 Hz.
+pub const RECENT_TICKS: usize = 128;
+
+/// The durations of a shard's latest ticks (a ring, overwritten in turn).
+#[derive(Debug, Clone)]
+pub struct RecentTicks {
+    us: [u32; RECENT_TICKS],
+    len: usize,
+    next: usize,
+}
+
+impl Default for RecentTicks {
+    fn default() -> RecentTicks {
+        RecentTicks {
+            us: [0; RECENT_TICKS],
+            len: 0,
+            next: 0,
+        }
+    }
+}
+
+impl RecentTicks {
+    pub fn push(&mut self, us: u64) {
+        self.us[self.next] = u32::try_from(us).unwrap_or(u32::MAX);
+        self.next = (self.next + 1) % RECENT_TICKS;
+        self.len = (self.len + 1).min(RECENT_TICKS);
+    }
+
+    /// The 99th percentile (nearest rank), 0 before the first tick.
+    pub fn p99(&self) -> u64 {
+        if self.len == 0 {
+            return 0;
+        }
+        let mut sorted = self.us;
+        let sorted = &mut sorted[..self.len];
+        sorted.sort_unstable();
+        let rank = (self.len * 99).div_ceil(100);
+        u64::from(sorted[rank - 1])
     }
 }

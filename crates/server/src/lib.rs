@@ -34,6 +34,7 @@ pub(crate) mod admin;
 pub mod auth;
 pub(crate) mod cidr;
 pub mod config;
+pub(crate) mod console;
 pub mod control;
 pub(crate) mod directory;
 pub mod error;
@@ -482,7 +483,10 @@ pub fn start_game_with<G: Game>(
         settings: Arc::new(cfg.redacted()),
         history: Arc::default(),
     };
-    let router = admin::router(admin_state.clone());
+    let router = admin::router(
+        admin_state.clone(),
+        axum::Router::new().route_service("/mcp", mcp::http_service(admin_addr)),
+    );
     let history_state = admin_state;
     let history_interval = Duration::from_millis(cfg.admin_history_interval_ms);
     let admin_thread = std::thread::Builder::new()

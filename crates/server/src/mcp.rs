@@ -1,12 +1,17 @@
-//! `tether mcp`: an MCP server (Model Context Protocol, over stdio) for
-//! monitoring and operating a running Tether server in natural language.
+//! An MCP server (Model Context Protocol) for monitoring and operating a
+//! running Tether server in natural language, two ways:
 //!
-//! It is a client of the admin API (docs/OPERATIONS.md): each tool is one
-//! or two admin requests, so it needs nothing but the admin address and,
-//! when the server has admin tokens, a token. Read-only tools are always
-//! there; the write tools (kick, ban, notice, drain) are listed only with
-//! `--allow-writes`, and the server audits them like any admin write (with
-//! an operator token, or on a tokenless loopback server).
+//! - `tether mcp`, over stdio, beside a running server: read-only tools,
+//!   and the write tools (kick, ban, notice, drain) only with
+//!   `--allow-writes`;
+//! - streamable HTTP at `/mcp` on the admin listener ([`http_service`]):
+//!   read-only tools for a viewer's token, the write tools too for an
+//!   operator's.
+//!
+//! Either way it is a client of the admin API (docs/OPERATIONS.md): each
+//! tool is one or two admin requests made with the caller's token, so the
+//! server checks roles and audits every write exactly as for any other
+//! admin client.
 //!
 //! | tool | what |
 //! |---|---|
@@ -19,15 +24,28 @@
 //! | `why_is_latency_up` | reads status and metrics and names the likely causes |
 //! | `kick`, `ban`, `notice`, `drain` | writes, with `--allow-writes` |
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolResult, ContentBlock};
-use rmcp::{schemars, tool, tool_handler, tool_router, ServerHandler, ServiceExt};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult,
+    PaginatedRequestParams,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{
+    schemars, tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler, ServiceExt,
+};
 use serde::Deserialize;
+
+use crate::admin::Role;
 
 /// The longest an admin request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,8 +53,24 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most bytes of an admin answer a tool reads.
 const MAX_ANSWER_BYTES: usize = 4 << 20;
 
-/// The write tools, listed only with `--allow-writes`.
+/// The write tools: see [`Writes`].
 const WRITE_TOOLS: [&str; 4] = ["kick", "ban", "notice", "drain"];
+
+/// The largest MCP request accepted over HTTP.
+const MAX_HTTP_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Who is offered the write tools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writes {
+    /// `tether mcp` without `--allow-writes`: nobody.
+    Never,
+    /// `tether mcp --allow-writes`: the assistant (the server still wants
+    /// the operator token for each write).
+    Offered,
+    /// Over HTTP: a request that carries the operator token (or any request
+    /// to a tokenless loopback server, where every caller is an operator).
+    ToOperators,
+}
 
 /// Where the admin API is and how to talk to it.
 #[derive(Debug, Clone)]
@@ -130,7 +164,8 @@ impl AdminClient {
 #[derive(Clone)]
 pub struct TetherMcp {
     admin: AdminClient,
-    tool_router: ToolRouter<Self>,
+    writes: Writes,
+    tool_router: Arc<ToolRouter<Self>>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -224,15 +259,13 @@ fn encode(s: &str) -> String {
 
 #[tool_router]
 impl TetherMcp {
-    /// A server for `admin`; the write tools only with `allow_writes`.
-    pub fn new(admin: AdminClient, allow_writes: bool) -> TetherMcp {
-        let mut tool_router = Self::tool_router();
-        if !allow_writes {
-            for name in WRITE_TOOLS {
-                tool_router.remove_route(name);
-            }
+    /// A server for `admin`, offering the write tools as `writes` says.
+    pub fn new(admin: AdminClient, writes: Writes) -> TetherMcp {
+        TetherMcp {
+            admin,
+            writes,
+            tool_router: Arc::new(Self::tool_router()),
         }
-        TetherMcp { admin, tool_router }
     }
 
     #[tool(
@@ -371,8 +404,112 @@ impl TetherMcp {
     }
 }
 
+impl TetherMcp {
+    /// Whether the caller is offered the write tools.
+    fn writes_allowed(&self, ctx: &RequestContext<RoleServer>) -> bool {
+        match self.writes {
+            Writes::Never => false,
+            Writes::Offered => true,
+            Writes::ToOperators => ctx
+                .extensions
+                .get::<hyper::http::request::Parts>()
+                .and_then(|p| p.extensions.get::<Role>())
+                .is_some_and(|r| *r == Role::Operator),
+        }
+    }
+
+    /// This server as the caller: over HTTP, the admin requests carry the
+    /// caller's own token, so that the server checks and audits the
+    /// caller's role.
+    fn as_caller(&self, ctx: &RequestContext<RoleServer>) -> TetherMcp {
+        let mut this = self.clone();
+        if let Some(parts) = ctx.extensions.get::<hyper::http::request::Parts>() {
+            this.admin.token = parts
+                .headers
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(|t| t.trim().to_string());
+        }
+        this
+    }
+}
+
 #[tool_handler(router = self.tool_router)]
-impl ServerHandler for TetherMcp {}
+impl ServerHandler for TetherMcp {
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let writes = self.writes_allowed(&context);
+        let tools = self
+            .tool_router
+            .list_all()
+            .into_iter()
+            .filter(|t| writes || !WRITE_TOOLS.contains(&t.name.as_ref()))
+            .collect();
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        if WRITE_TOOLS.contains(&request.name.as_ref()) && !self.writes_allowed(&context) {
+            return Err(ErrorData::invalid_request(
+                format!(
+                    "{} is a write tool: it needs `tether mcp --allow-writes`, or over HTTP the operator token",
+                    request.name
+                ),
+                None,
+            ));
+        }
+        let this = self.as_caller(&context);
+        let router = this.tool_router.clone();
+        router
+            .call(ToolCallContext::new(&this, request, context))
+            .await
+    }
+}
+
+/// MCP over streamable HTTP for the admin listener at `admin`: stateless
+/// (no session is kept between requests, so nothing grows with clients),
+/// answers in plain JSON. The admin router puts it behind its token check.
+pub fn http_service(admin: SocketAddr) -> StreamableHttpService<TetherMcp, NeverSessionManager> {
+    // The tools call the admin API on the same listener, by loopback when
+    // it listens on every address.
+    let mut target = admin;
+    if target.ip().is_unspecified() {
+        target.set_ip(if admin.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let client = AdminClient {
+        addr: target.to_string(),
+        token: None,
+    };
+    let mut config = StreamableHttpServerConfig::default();
+    config.legacy_session_mode = false;
+    config.json_response = true;
+    config.max_request_body_bytes = MAX_HTTP_REQUEST_BYTES;
+    // Host checks guard a loopback listener against DNS rebinding; the
+    // listener's own address is allowed too (off loopback it needs tokens).
+    config.allowed_hosts = vec![
+        "localhost".into(),
+        "127.0.0.1".into(),
+        "::1".into(),
+        admin.ip().to_string(),
+    ];
+    StreamableHttpService::new(
+        move || Ok(TetherMcp::new(client.clone(), Writes::ToOperators)),
+        Arc::new(NeverSessionManager::default()),
+        config,
+    )
+}
 
 /// A `/v1/history` answer as a short table (first, min, max, last per
 /// figure) followed by the samples.
@@ -392,6 +529,7 @@ pub fn summarize_history(samples: &serde_json::Value) -> String {
         "loads_deferred",
         "tick_lag_ms",
         "tick_us",
+        "tick_p99_us",
     ] {
         let vals: Vec<f64> = rows.iter().filter_map(|r| r[key].as_f64()).collect();
         let (Some(first), Some(last)) = (vals.first(), vals.last()) else {
@@ -469,7 +607,12 @@ pub fn diagnose(status: &serde_json::Value) -> Vec<String> {
 pub async fn serve_stdio(admin: AdminClient, allow_writes: bool) -> Result<(), AdminError> {
     // Fail early and clearly when the admin API is not there.
     admin.get_json("/v1/status").await?;
-    let service = TetherMcp::new(admin, allow_writes)
+    let writes = if allow_writes {
+        Writes::Offered
+    } else {
+        Writes::Never
+    };
+    let service = TetherMcp::new(admin, writes)
         .serve(rmcp::transport::stdio())
         .await
         .map_err(|e| AdminError(format!("MCP handshake failed: {e}")))?;

@@ -330,6 +330,8 @@ pub struct Shard<G: Game> {
     control: Receiver<control::Request>,
     /// How late the last tick started (ms) and how long it took (µs).
     last_tick: (u64, u64),
+    /// The durations of the latest ticks, for the status's p99.
+    recent_ticks: control::RecentTicks,
     clock: Instant,
     now: u64,
 }
@@ -368,6 +370,7 @@ impl<G: Game> Shard<G> {
             shutdown: p.shutdown,
             control: p.control,
             last_tick: (0, 0),
+            recent_ticks: control::RecentTicks::default(),
             clock: p.clock,
             now,
         }
@@ -528,6 +531,7 @@ impl<G: Game> Shard<G> {
         let took = started.elapsed();
         self.metrics.tick_seconds.observe(took.as_secs_f64());
         self.last_tick = (lag, took.as_micros() as u64);
+        self.recent_ticks.push(self.last_tick.1);
     }
 
     /// An operator's request (the admin API), answered at once.
@@ -545,6 +549,7 @@ impl<G: Game> Shard<G> {
                 io_backlog: self.io_overflow.iter().map(VecDeque::len).sum(),
                 tick_lag_ms: self.last_tick.0,
                 tick_us: self.last_tick.1,
+                tick_p99_us: self.recent_ticks.p99(),
                 protecting: self.protecting,
             }),
             Query::Find { prefix, limit } => {

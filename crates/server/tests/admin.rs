@@ -128,6 +128,19 @@ fn tokens_give_roles() {
         http(admin, "GET", "/v1/players/carol", Some(VIEWER), "").0,
         200
     );
+    assert_eq!(
+        http(admin, "GET", "/v1/whoami", Some(VIEWER), "").1["role"],
+        "viewer"
+    );
+    assert_eq!(
+        http(admin, "GET", "/v1/whoami", Some(OPERATOR), "").1["role"],
+        "operator"
+    );
+    // The console's page needs no token (it holds no data); MCP does.
+    let (code, page) = admin_request(admin, "GET", "/console/", None, "");
+    assert_eq!(code, 200);
+    assert!(page.contains("console.js"), "{page}");
+    assert_eq!(admin_request(admin, "POST", "/mcp", None, "{}").0, 401);
     let (code, body) = http(admin, "POST", "/v1/players/carol/kick", Some(VIEWER), "");
     assert_eq!(code, 403, "{body}");
     assert_eq!(http(admin, "PUT", "/v1/protect", Some(VIEWER), "on").0, 403);
