@@ -6,8 +6,9 @@
 // for screenshots, optional).
 //
 // Steps: a wrong token is refused at sign-in; the operator signs in and sees
-// players appear and the graphs fill; kicks one (the server's audit log has
-// it); the viewer signs in, sees the players, and is refused a kick.
+// players appear and the graphs fill; inspects one (address, round trip)
+// and kicks it (the server's audit log has it); the viewer signs in, sees
+// the players, and is refused a kick.
 import { chromium } from 'playwright-core';
 import assert from 'node:assert/strict';
 
@@ -78,8 +79,16 @@ try {
   log(`graphs: ${await page.locator('#samples').textContent()}, ${playersGraph}`);
   if (shots) await page.screenshot({ path: `${shots}/console-operator.png`, fullPage: true });
 
-  // Kick one: it leaves the table, and the audit log (server and page) has it.
+  // Inspect one: the session with its connection's address and round trip.
   const account = await rows.first().getAttribute('data-account');
+  await page.locator(`#players tr[data-account="${account}"] button.link`).click();
+  await page.locator('#session').filter({ hasText: '"rtt_ms"' }).waitFor({ timeout: STEP_MS });
+  const session = JSON.parse(await page.locator('#session').textContent());
+  assert.equal(session.account, account);
+  assert.match(session.connection.peer, /^127\.0\.0\.1:\d+$/, JSON.stringify(session));
+  log(`${account}: from ${session.connection.peer}, round trip ${session.connection.rtt_ms} ms`);
+
+  // Kick it: the audit log (server and page) has it.
   page.once('dialog', (d) => d.accept());
   await page.locator(`#players tr[data-account="${account}"] button.kick`).click();
   await page.locator('#flash').filter({ hasText: `Kick ${account}: done` }).waitFor({ timeout: STEP_MS });

@@ -162,6 +162,7 @@ async function showStatus() {
     el('span', { id: 'players-now' }, s.players + ' players'),
     el('span', {}, s.zombies + ' link-dead'),
     el('span', {}, s.connections + ' connections'),
+    el('span', {}, 'ping p99 ' + (s.rtt_p99_ms === null ? '?' : s.rtt_p99_ms.toFixed(1) + ' ms')),
     storage,
     ...(s.draining ? [el('span', { class: 'warn' }, 'draining')] : []),
   );
@@ -248,6 +249,7 @@ async function inspect(account) {
 const GRAPHS = [
   { title: 'Players', lines: [['players', (s) => s.players, '#4fb3ff'], ['link-dead', (s) => s.zombies, '#f0b429']] },
   { title: 'Messages/s', lines: [['msgs/s', (s) => s.msgs_per_s, '#4cc38a']] },
+  { title: 'Ping: TCP round trip p99 (ms)', lines: [['p99', (s) => s.rtt_p99_ms, '#89ddff']] },
   { title: 'Tick p99 (ms)', lines: [['p99', (s) => s.tick_p99_us / 1000, '#c792ea'], ['lag', (s) => s.tick_lag_ms, '#ff6b6b']] },
   { title: 'Memory (MB RSS)', lines: [['RSS', (s) => s.rss_mb, '#82aaff']] },
   { title: 'Link-dead sessions', lines: [['zombies', (s) => s.zombies, '#f0b429']] },

@@ -35,7 +35,10 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Serialize;
 
-use crate::control::{Answer, Control, ControlError, PlayerRow, Query, MAX_SEARCH_ROWS};
+use crate::control::{
+    self, Answer, Control, ControlError, IoAnswer, IoControl, IoQuery, PlayerRow, Query,
+    MAX_SEARCH_ROWS,
+};
 use crate::directory::Directory;
 use crate::guard::{Defences, ProtectOverride};
 use crate::metrics::Metrics;
@@ -48,6 +51,8 @@ pub struct AdminState {
     /// The server's clock (the guard's `now`).
     pub clock: Instant,
     pub control: Control,
+    /// The I/O threads (connections' addresses and round-trip times).
+    pub io: IoControl,
     pub directory: Arc<Directory>,
     pub auth: Arc<AdminAuth>,
     pub audit: Arc<Audit>,
@@ -82,6 +87,9 @@ pub struct Sample {
     pub tick_us: u64,
     /// The 99th percentile of the latest ticks' durations, worst shard.
     pub tick_p99_us: u64,
+    /// The 99th percentile of the players' TCP round-trip times, ms (a
+    /// sample of up to 256 connections per I/O thread).
+    pub rtt_p99_ms: f64,
 }
 
 /// The last [`HISTORY_SAMPLES`] samples, oldest first.
@@ -129,7 +137,8 @@ pub async fn record_history(s: AdminState, interval: std::time::Duration) {
         };
         last_frames = Some((frames, now));
         let (mut tick_lag_ms, mut tick_us, mut tick_p99_us) = (0, 0, 0);
-        for shard in 0..s.control.shards() {
+        let rtt_p99_ms = rtt_p99_ms(&s.io).await.unwrap_or(0.0);
+        for shard in 0..s.control.threads() {
             if let Ok(Answer::Status(st)) = s.control.ask(shard, Query::Status).await {
                 tick_lag_ms = tick_lag_ms.max(st.tick_lag_ms);
                 tick_us = tick_us.max(st.tick_us);
@@ -155,8 +164,23 @@ pub async fn record_history(s: AdminState, interval: std::time::Duration) {
             tick_lag_ms,
             tick_us,
             tick_p99_us,
+            rtt_p99_ms,
         });
     }
+}
+
+/// The 99th percentile of a sample of the connections' round-trip times,
+/// ms; `None` when an I/O thread did not answer.
+async fn rtt_p99_ms(io: &IoControl) -> Option<f64> {
+    let answers = io.ask_all(|| IoQuery::Rtts).await.ok()?;
+    let mut rtts: Vec<u32> = answers
+        .into_iter()
+        .flat_map(|a| match a {
+            IoAnswer::Rtts(r) => r,
+            IoAnswer::Link(_) => Vec::new(),
+        })
+        .collect();
+    Some(f64::from(control::p99(&mut rtts)) / 1000.0)
 }
 
 /// `GET /v1/history?minutes=N`: the samples of the last N minutes (10 by
@@ -452,6 +476,7 @@ async fn status(State(s): State<AdminState>) -> Response {
     };
     let players: u64 = shards.iter().map(|x| x.players).sum();
     let zombies: u64 = shards.iter().map(|x| x.zombies).sum();
+    let rtt_p99_ms = rtt_p99_ms(&s.io).await;
     json_response(&serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": s.clock.elapsed().as_secs(),
@@ -462,6 +487,7 @@ async fn status(State(s): State<AdminState>) -> Response {
         "draining": s.defences.draining(),
         "connections": s.metrics.connections.get(),
         "banned_ips": s.metrics.banned_ips.get(),
+        "rtt_p99_ms": rtt_p99_ms,
         "shards": shards,
     }))
 }
@@ -500,7 +526,14 @@ async fn inspect_player(State(s): State<AdminState>, Path(account): Path<String>
             .into_response();
     };
     match s.control.ask(shard, Query::Inspect { account }).await {
-        Ok(Answer::Player(Some(row))) => json_response(&row),
+        Ok(Answer::Player(Some(mut row))) => {
+            if let Some(conn) = row.conn {
+                if let Ok(IoAnswer::Link(link)) = s.io.ask(conn.io, IoQuery::Link { conn }).await {
+                    row.connection = link;
+                }
+            }
+            json_response(&row)
+        }
         Ok(_) => (
             StatusCode::NOT_FOUND,
             error_json("no session for this account"),
@@ -822,6 +855,7 @@ mod tests {
             tick_lag_ms: 0,
             tick_us: 0,
             tick_p99_us: 0,
+            rtt_p99_ms: 0.0,
         }
     }
 

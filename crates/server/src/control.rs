@@ -1,12 +1,14 @@
-//! Operator requests to the shards: the admin API's way into the world.
+//! Operator requests to the shards and the I/O threads: the admin API's way
+//! into the world.
 //!
-//! Each shard has a small bounded request channel ([`CONTROL_CAPACITY`]);
-//! the admin thread puts a [`Request`] on it, wakes the shard and awaits
-//! the answer on a oneshot. The shard answers between two turns of its
-//! loop (a request costs it one pass over its sessions at most), so the
-//! game path takes no lock for it. A full channel answers
+//! Each shard and each I/O thread has a small bounded request channel
+//! ([`CONTROL_CAPACITY`]); the admin thread puts a [`Request`] on it, wakes
+//! the thread and awaits the answer on a oneshot. The thread answers
+//! between two turns of its loop (a shard's request costs it one pass over
+//! its sessions at most, an I/O thread's a few hundred `getsockopt`s), so
+//! the game path takes no lock for it. A full channel answers
 //! [`ControlError::Busy`] at once: an operator tool retries, it never
-//! queues work behind a stuck shard.
+//! queues work behind a stuck thread.
 
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tether_engine::SessionView;
 
-use crate::link::ShardWaker;
+use crate::link::{ConnRef, IoWaker, ShardWaker};
 
 /// Requests waiting per shard; past it, [`ControlError::Busy`].
 pub const CONTROL_CAPACITY: usize = 64;
@@ -53,11 +55,62 @@ pub enum Answer {
     Noticed(usize),
 }
 
+/// What an operator asks an I/O thread.
+#[derive(Debug)]
+pub enum IoQuery {
+    /// One connection's address, TCP round-trip time and write queue.
+    Link { conn: ConnRef },
+    /// The TCP round-trip times of up to [`RTT_SAMPLE`] connections, the
+    /// next ones in turn.
+    Rtts,
+}
+
+/// An I/O thread's answer.
+#[derive(Debug)]
+pub enum IoAnswer {
+    /// `None`: the connection is gone.
+    Link(Option<LinkInfo>),
+    /// Smoothed round-trip times, µs.
+    Rtts(Vec<u32>),
+}
+
+/// Connections an [`IoQuery::Rtts`] reads at most (a `getsockopt` each).
+pub const RTT_SAMPLE: usize = 256;
+
+/// One connection, as its I/O thread sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkInfo {
+    pub peer: String,
+    /// The kernel's smoothed round-trip time and its mean deviation, ms
+    /// (`None` when the kernel would not tell).
+    pub rtt_ms: Option<f64>,
+    pub rtt_var_ms: Option<f64>,
+    /// Bytes waiting to be written to it.
+    pub write_queue_bytes: usize,
+}
+
 /// A request and where its answer goes.
 #[derive(Debug)]
-pub struct Request {
-    pub query: Query,
-    pub reply: tokio::sync::oneshot::Sender<Answer>,
+pub struct Request<Q = Query, A = Answer> {
+    pub query: Q,
+    pub reply: tokio::sync::oneshot::Sender<A>,
+}
+
+/// Wakes the thread that serves a request channel.
+pub trait Wake: Send + Sync {
+    fn wake(&self);
+}
+
+impl Wake for ShardWaker {
+    fn wake(&self) {
+        ShardWaker::wake(self);
+    }
+}
+
+impl Wake for IoWaker {
+    fn wake(&self) {
+        IoWaker::wake(self);
+    }
 }
 
 /// One shard's state, as `GET /v1/status` shows it.
@@ -102,6 +155,13 @@ pub struct PlayerRow {
     /// Frames held for a resume, and let go unacknowledged past the cap.
     pub replay_depth: usize,
     pub replay_evicted: u64,
+    /// The connection (a session inspection asks its I/O thread for it).
+    #[serde(skip)]
+    pub conn: Option<ConnRef>,
+    /// Address, round-trip time, write queue; `None` for a link-dead
+    /// session (and in a player search).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection: Option<LinkInfo>,
 }
 
 impl PlayerRow {
@@ -116,11 +176,13 @@ impl PlayerRow {
             frames_acked: v.frames_acked,
             replay_depth: v.replay_len,
             replay_evicted: v.replay_evicted,
+            conn: v.conn,
+            connection: None,
         }
     }
 }
 
-/// Why a shard did not answer.
+/// Why a shard or I/O thread did not answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ControlError {
     /// Its request channel is full: try again.
@@ -132,24 +194,38 @@ pub enum ControlError {
 impl std::fmt::Display for ControlError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ControlError::Busy => f.write_str("the shard has too many operator requests waiting"),
-            ControlError::NoAnswer => f.write_str("the shard did not answer in time"),
+            ControlError::Busy => {
+                f.write_str("a server thread has too many operator requests waiting")
+            }
+            ControlError::NoAnswer => f.write_str("a server thread did not answer in time"),
         }
     }
 }
 
 impl std::error::Error for ControlError {}
 
-/// The admin side: one sender per shard.
-#[derive(Clone)]
-pub struct Control {
-    senders: Vec<SyncSender<Request>>,
-    wakers: Vec<Arc<ShardWaker>>,
+/// The admin side: one sender per shard ([`Query`]) or per I/O thread
+/// ([`IoControl`]).
+pub struct Control<Q = Query, A = Answer> {
+    senders: Vec<SyncSender<Request<Q, A>>>,
+    wakers: Vec<Arc<dyn Wake>>,
 }
 
-impl Control {
-    /// The admin side and each shard's receiver.
-    pub fn new(wakers: Vec<Arc<ShardWaker>>) -> (Control, Vec<Receiver<Request>>) {
+/// The admin side of the I/O threads.
+pub type IoControl = Control<IoQuery, IoAnswer>;
+
+impl<Q, A> Clone for Control<Q, A> {
+    fn clone(&self) -> Self {
+        Control {
+            senders: self.senders.clone(),
+            wakers: self.wakers.clone(),
+        }
+    }
+}
+
+impl<Q, A> Control<Q, A> {
+    /// The admin side and each thread's receiver.
+    pub fn new(wakers: Vec<Arc<dyn Wake>>) -> (Self, Vec<Receiver<Request<Q, A>>>) {
         let (senders, receivers) = wakers
             .iter()
             .map(|_| std::sync::mpsc::sync_channel(CONTROL_CAPACITY))
@@ -157,39 +233,50 @@ impl Control {
         (Control { senders, wakers }, receivers)
     }
 
-    pub fn shards(&self) -> u16 {
+    /// Threads served.
+    pub fn threads(&self) -> u16 {
         self.senders.len() as u16
     }
 
-    /// Asks every shard in turn (`query` makes each one's request) and
-    /// returns their answers in shard order; the first shard that does not
+    /// Asks every thread in turn (`query` makes each one's request) and
+    /// returns their answers in order; the first thread that does not
     /// answer ends it.
-    pub async fn ask_all(&self, query: impl Fn() -> Query) -> Result<Vec<Answer>, ControlError> {
+    pub async fn ask_all(&self, query: impl Fn() -> Q) -> Result<Vec<A>, ControlError> {
         let mut answers = Vec::with_capacity(self.senders.len());
-        for shard in 0..self.shards() {
-            answers.push(self.ask(shard, query()).await?);
+        for thread in 0..self.threads() {
+            answers.push(self.ask(thread, query()).await?);
         }
         Ok(answers)
     }
 
-    /// Asks shard `shard` and waits for the answer.
-    pub async fn ask(&self, shard: u16, query: Query) -> Result<Answer, ControlError> {
+    /// Asks thread `thread` and waits for the answer.
+    pub async fn ask(&self, thread: u16, query: Q) -> Result<A, ControlError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let sender = self
             .senders
-            .get(shard as usize)
+            .get(thread as usize)
             .ok_or(ControlError::NoAnswer)?;
         match sender.try_send(Request { query, reply }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(ControlError::Busy),
             Err(TrySendError::Disconnected(_)) => return Err(ControlError::NoAnswer),
         }
-        self.wakers[shard as usize].wake();
+        self.wakers[thread as usize].wake();
         match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
             Ok(Ok(a)) => Ok(a),
             _ => Err(ControlError::NoAnswer),
         }
     }
+}
+
+/// The 99th percentile (nearest rank) of `values`, sorted in place; 0 for
+/// none.
+pub fn p99(values: &mut [u32]) -> u32 {
+    if values.is_empty() {
+        return 0;
+    }
+    values.sort_unstable();
+    values[(values.len() * 99).div_ceil(100) - 1]
 }
 
 #[cfg(test)]
@@ -217,7 +304,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_channel_is_busy_at_once_and_a_gone_shard_does_not_answer() {
-        let (control, receivers) = Control::new(vec![ShardWaker::new(std::thread::current())]);
+        let waker: Arc<dyn Wake> = ShardWaker::new(std::thread::current());
+        let (control, receivers) = Control::<Query, Answer>::new(vec![waker]);
         // Fill the channel as a stuck shard would leave it.
         for _ in 0..CONTROL_CAPACITY {
             let (reply, _) = tokio::sync::oneshot::channel();
@@ -275,13 +363,7 @@ impl RecentTicks {
 
     /// The 99th percentile (nearest rank), 0 before the first tick.
     pub fn p99(&self) -> u64 {
-        if self.len == 0 {
-            return 0;
-        }
-        let mut sorted = self.us;
-        let sorted = &mut sorted[..self.len];
-        sorted.sort_unstable();
-        let rank = (self.len * 99).div_ceil(100);
-        u64::from(sorted[rank - 1])
+        let mut latest = self.us;
+        u64::from(p99(&mut latest[..self.len]))
     }
 }

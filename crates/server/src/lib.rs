@@ -26,8 +26,9 @@
 //! Threads never share a lock on the game path: each (I/O thread, shard)
 //! pair has its own SPSC rings. See docs/ARCHITECTURE.md.
 
-// The only unsafe code is the io_uring send path (`uring`), behind a safe
-// API that borrows what the kernel reads; each block has its SAFETY comment.
+// The only unsafe code is in `uring`: the io_uring send path, behind a safe
+// API that borrows what the kernel reads, and one getsockopt(TCP_INFO) for
+// the admin API's round-trip times; each block has its SAFETY comment.
 #![deny(unsafe_code)]
 
 pub(crate) mod admin;
@@ -400,7 +401,19 @@ pub fn start_game_with<G: Game>(
         }
     }
 
-    let (control, control_rxs) = control::Control::new(shard_wakers.clone());
+    // Operator requests: one channel per shard, one per I/O thread.
+    let (control, control_rxs) = control::Control::new(
+        shard_wakers
+            .iter()
+            .map(|w| w.clone() as Arc<dyn control::Wake>)
+            .collect(),
+    );
+    let (io_control, io_control_rxs) = control::IoControl::new(
+        io_wakers
+            .iter()
+            .map(|w| w.clone() as Arc<dyn control::Wake>)
+            .collect(),
+    );
 
     let mut bus_txs = Vec::new();
     let mut bus_rxs = Vec::new();
@@ -445,8 +458,12 @@ pub fn start_game_with<G: Game>(
     }
 
     let mut threads = shard_threads;
-    for (i, ((poll, listener), links)) in polls.into_iter().zip(listeners).zip(io_side).enumerate()
-    {
+    let per_io = polls
+        .into_iter()
+        .zip(listeners)
+        .zip(io_side)
+        .zip(io_control_rxs);
+    for (i, (((poll, listener), links), io_requests)) in per_io.enumerate() {
         let io = net::IoThread::<G>::new(
             i as u16,
             net::IoConfig::from_config(&cfg),
@@ -454,6 +471,7 @@ pub fn start_game_with<G: Game>(
             mio::net::TcpListener::from_std(listener),
             io_wakers[i].clone(),
             links,
+            io_requests,
             directory.clone(),
             metrics.clone(),
             defences.clone(),
@@ -473,6 +491,7 @@ pub fn start_game_with<G: Game>(
         defences: defences.clone(),
         clock,
         control,
+        io: io_control,
         directory: directory.clone(),
         auth: Arc::new(admin::AdminAuth::new(
             cfg.admin_viewer_token.clone(),

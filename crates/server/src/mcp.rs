@@ -269,7 +269,7 @@ impl TetherMcp {
     }
 
     #[tool(
-        description = "The server now: players, zombies (link-dead sessions), storage, protect mode, drain, and per shard the queues and the last tick's lag and duration."
+        description = "The server now: players, zombies (link-dead sessions), storage, protect mode, drain, the players' TCP round-trip time p99, and per shard the queues and the last tick's lag, duration and p99."
     )]
     async fn status(&self) -> CallToolResult {
         self.read("/v1/status").await
@@ -285,7 +285,7 @@ impl TetherMcp {
     }
 
     #[tool(
-        description = "One account's session: shard, session id, link (active or zombie), last input applied, frames sent and acknowledged, replay depth."
+        description = "One account's session: shard, session id, link (active or zombie), last input applied, frames sent and acknowledged, replay depth, and for a connected player its address, TCP round-trip time and write queue."
     )]
     async fn session(&self, Parameters(a): Parameters<AccountArgs>) -> CallToolResult {
         self.read(&format!("/v1/players/{}", encode(&a.account)))
@@ -530,6 +530,7 @@ pub fn summarize_history(samples: &serde_json::Value) -> String {
         "tick_lag_ms",
         "tick_us",
         "tick_p99_us",
+        "rtt_p99_ms",
     ] {
         let vals: Vec<f64> = rows.iter().filter_map(|r| r[key].as_f64()).collect();
         let (Some(first), Some(last)) = (vals.first(), vals.last()) else {
@@ -597,6 +598,10 @@ pub fn diagnose(status: &serde_json::Value) -> Vec<String> {
             out.push(format!("shard {shard}: {commits} durable transactions wait for their commit (loot confirmations are late)"));
         }
     }
+    let rtt = status["rtt_p99_ms"].as_f64().unwrap_or(0.0);
+    if rtt > 150.0 {
+        out.push(format!("the players' network: the TCP round-trip time p99 is {rtt:.0} ms (the kernel's measure, a sample of connections)"));
+    }
     if out.is_empty() {
         out.push("nothing on the server side: ticks on time, no protect mode, storage up, no queues. Look at the network between players and the server".into());
     }
@@ -642,7 +647,7 @@ mod tests {
     #[test]
     fn each_cause_is_named() {
         let busy = serde_json::json!({
-            "storage": "unavailable", "draining": true,
+            "storage": "unavailable", "draining": true, "rtt_p99_ms": 180.5,
             "shards": [{"shard": 1, "tick_lag_ms": 120, "tick_us": 40_000, "protecting": true,
                         "loads_deferred": 500, "loading": 20, "io_backlog": 7, "commit_backlog": 300}]
         });
@@ -656,6 +661,7 @@ mod tests {
             "520 logins",
             "7 frames",
             "300 durable",
+            "round-trip time p99 is 180 ms",
         ] {
             assert!(d.contains(needle), "{needle} missing in {d}");
         }

@@ -30,6 +30,7 @@ use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -48,6 +49,7 @@ use tracing::{debug, warn};
 
 use crate::auth;
 use crate::config::{AuthMode, Config};
+use crate::control::{self, IoAnswer, IoQuery, LinkInfo, RTT_SAMPLE};
 use crate::directory::Directory;
 use crate::guard::{Defences, Guard, Refusal};
 use crate::kernel_filter;
@@ -213,6 +215,10 @@ pub struct IoThread<G: Game> {
     inputs_dropped: u64,
     /// Refusals at accept by `Refusal::index`.
     refused: [u64; Refusal::REASONS.len()],
+    /// Operator requests (the admin API's session inspection and RTTs).
+    control: Receiver<control::Request<IoQuery, IoAnswer>>,
+    /// Where the next RTT sample starts (a slot).
+    rtt_cursor: usize,
 }
 
 impl<G: Game> IoThread<G> {
@@ -224,6 +230,7 @@ impl<G: Game> IoThread<G> {
         listener: TcpListener,
         waker: Arc<IoWaker>,
         shards: Vec<ShardLink<G::Input>>,
+        control: Receiver<control::Request<IoQuery, IoAnswer>>,
         directory: Arc<Directory>,
         metrics: Arc<Metrics>,
         defences: Arc<Defences>,
@@ -280,6 +287,8 @@ impl<G: Game> IoThread<G> {
             writes: 0,
             inputs_dropped: 0,
             refused: [0; Refusal::REASONS.len()],
+            control,
+            rtt_cursor: 0,
         })
     }
 
@@ -292,6 +301,7 @@ impl<G: Game> IoThread<G> {
         let mut shutdown_deadline: Option<u64> = None;
         loop {
             self.loop_now_ms = self.now_ms();
+            self.answer_control();
             self.drain_shard_rings();
             self.flush_dirty();
             self.push_overflow();
@@ -399,6 +409,53 @@ impl<G: Game> IoThread<G> {
             next = next.min(c.dirty_since_ms + self.cfg.write_coalesce_ms);
         }
         Some(Duration::from_millis(next.saturating_sub(now)))
+    }
+
+    /// Operator requests, answered at once (between two passes).
+    fn answer_control(&mut self) {
+        while let Ok(request) = self.control.try_recv() {
+            let answer = match request.query {
+                IoQuery::Link { conn } => {
+                    IoAnswer::Link(self.live_slot(conn).map(|slot| self.link_info(slot)))
+                }
+                IoQuery::Rtts => IoAnswer::Rtts(self.sample_rtts()),
+            };
+            // The asker may have given up waiting.
+            let _ = request.reply.send(answer);
+        }
+    }
+
+    fn link_info(&self, slot: usize) -> LinkInfo {
+        let c = &self.conns[slot];
+        let rtt = uring::tcp_rtt(c.stream.as_fd()).ok();
+        let ms = |us: u32| f64::from(us) / 1000.0;
+        LinkInfo {
+            peer: c.peer.to_string(),
+            rtt_ms: rtt.map(|(rtt, _)| ms(rtt)),
+            rtt_var_ms: rtt.map(|(_, var)| ms(var)),
+            write_queue_bytes: c.wq_bytes,
+        }
+    }
+
+    /// The RTTs of up to `RTT_SAMPLE` connections, from where the last
+    /// sample stopped (so that every connection is read in turn).
+    fn sample_rtts(&mut self) -> Vec<u32> {
+        let start = self.rtt_cursor;
+        let mut next = 0;
+        let mut rtts = Vec::with_capacity(RTT_SAMPLE);
+        let from_start = self.conns.iter().filter(|(slot, _)| *slot >= start);
+        let wrapped = self.conns.iter().filter(|(slot, _)| *slot < start);
+        for (slot, c) in from_start.chain(wrapped) {
+            if rtts.len() == RTT_SAMPLE {
+                next = slot;
+                break;
+            }
+            if let Ok((rtt, _)) = uring::tcp_rtt(c.stream.as_fd()) {
+                rtts.push(rtt);
+            }
+        }
+        self.rtt_cursor = next;
+        rtts
     }
 
     fn shard_rings_have_work(&self) -> bool {

@@ -10,7 +10,8 @@
 //! The API is safe: [`Sends`] borrows the buffers and sockets of a batch
 //! until it is submitted, and the ring sees a batch's entries only inside
 //! `submit`, which returns after the last completion. The only `unsafe` of
-//! the server is in this module.
+//! the server is in this module: the ring, and [`tcp_rtt`]'s one
+//! `getsockopt`.
 
 #![allow(unsafe_code)]
 
@@ -19,6 +20,31 @@ use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use io_uring::{opcode, types, IoUring};
+
+/// A TCP socket's smoothed round-trip time and its mean deviation, µs, as
+/// the kernel tracks them (`TCP_INFO`).
+pub fn tcp_rtt(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+    // SAFETY: `tcp_info` is a C struct of plain integers, for which all
+    // zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `fd` is an open socket, borrowed for the call; `info` and
+    // `len` are live, writable and `len` is `info`'s size, which the kernel
+    // does not write past (it writes less for an older kernel's struct).
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            std::ptr::from_mut(&mut info).cast::<libc::c_void>(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((info.tcpi_rtt, info.tcpi_rttvar))
+}
 
 /// Sends per submission at most (the ring's size).
 pub const BATCH: usize = 256;

@@ -58,6 +58,16 @@ fn status_search_inspect_kick_and_audit() {
     assert_eq!(code, 200);
     assert_eq!(row["link"], "active");
     assert_eq!(row["session_id"], alice.session_id);
+    // Its connection, from the I/O thread: the player's own address, and
+    // the kernel's round-trip time.
+    let conn = &row["connection"];
+    assert_eq!(
+        conn["peer"],
+        alice.stream.local_addr().unwrap().to_string(),
+        "{row}"
+    );
+    assert!(conn["rtt_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{row}");
+    assert!(status["rtt_p99_ms"].as_f64().is_some(), "{status}");
     assert_eq!(http(admin, "GET", "/v1/players/nobody", None, "").0, 404);
 
     // Kick: the connection closes with KICKED and the session is over.
