@@ -688,14 +688,10 @@ async fn add_ban(State(s): State<AdminState>, role: Role, body: String) -> Respo
     };
     if banned {
         let mut notes = s.ban_notes.lock().unwrap_or_else(|p| p.into_inner());
-        if notes.len() >= MAX_BAN_NOTES && !notes.contains_key(&ip) {
-            let now = now_ms(&s);
-            let guard = s.defences.guard();
-            notes.retain(|ip, _| guard.is_banned(*ip, now));
-        }
-        if notes.len() < MAX_BAN_NOTES || notes.contains_key(&ip) {
-            notes.insert(ip, note.clone());
-        }
+        let now = now_ms(&s);
+        keep_note(&mut notes, ip, &note, |ip| {
+            s.defences.guard().is_banned(ip, now)
+        });
     }
     s.audit.record(role, "ban", &ip.to_string(), &note, banned);
     if banned {
@@ -708,6 +704,23 @@ async fn add_ban(State(s): State<AdminState>, role: Role, body: String) -> Respo
             error_json("not banned: the address is trusted (trusted_cidrs) or the per-address table is full"),
         )
             .into_response()
+    }
+}
+
+/// Keeps a ban's note within [`MAX_BAN_NOTES`]: when full, the notes of
+/// bans that ended go first; if all are still in force, the new note is
+/// not kept (the ban itself stands).
+fn keep_note(
+    notes: &mut HashMap<IpAddr, String>,
+    ip: IpAddr,
+    note: &str,
+    still_banned: impl Fn(IpAddr) -> bool,
+) {
+    if notes.len() >= MAX_BAN_NOTES && !notes.contains_key(&ip) {
+        notes.retain(|ip, _| still_banned(*ip));
+    }
+    if notes.len() < MAX_BAN_NOTES || notes.contains_key(&ip) {
+        notes.insert(ip, note.to_string());
     }
 }
 
@@ -857,6 +870,30 @@ mod tests {
             tick_p99_us: 0,
             rtt_p99_ms: 0.0,
         }
+    }
+
+    #[test]
+    fn ban_notes_stay_within_their_bound() {
+        let ip = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        let mut notes = HashMap::new();
+        for i in 0..MAX_BAN_NOTES as u32 {
+            keep_note(&mut notes, ip(i), "spam", |_| true);
+        }
+        assert_eq!(notes.len(), MAX_BAN_NOTES);
+        // Full, every ban in force: the new note is not kept.
+        keep_note(&mut notes, ip(1 << 20), "late", |_| true);
+        assert_eq!(notes.len(), MAX_BAN_NOTES);
+        assert!(!notes.contains_key(&ip(1 << 20)));
+        // A ban already noted gets its new note.
+        keep_note(&mut notes, ip(3), "again", |_| true);
+        assert_eq!(notes[&ip(3)], "again");
+        // Full, the even bans ended: their notes go, the new one stays.
+        keep_note(&mut notes, ip(1 << 20), "late", |a| match a {
+            IpAddr::V4(v4) => u32::from(v4) % 2 == 1,
+            IpAddr::V6(_) => true,
+        });
+        assert_eq!(notes.len(), MAX_BAN_NOTES / 2 + 1);
+        assert_eq!(notes[&ip(1 << 20)], "late");
     }
 
     #[test]

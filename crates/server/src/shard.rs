@@ -762,3 +762,79 @@ impl<G: Game> Shard<G> {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_engine::Host;
+    use tether_store::fake::{FakeBackend, FakeCall};
+    use tether_store::writer::StoreWriter;
+    use tether_store::WriterConfig;
+
+    #[test]
+    fn loads_kept_back_are_bounded_and_go_in_order_once_released() {
+        let (backend, fake) = FakeBackend::new();
+        let cfg = WriterConfig {
+            max_pending_loads: 8,
+            ..WriterConfig::default()
+        };
+        let writer = StoreWriter::start(backend, cfg).unwrap();
+        let (store, _events) = writer.client(None);
+        let held = Arc::new(AtomicBool::new(true));
+        let mut host: ShardHost<()> = ShardHost {
+            index: 0,
+            store,
+            directory: Arc::new(Directory::new(1)),
+            bus: Bus {
+                senders: Vec::new(),
+                wakers: Vec::new(),
+            },
+            loads_held: held.clone(),
+            deferred: VecDeque::new(),
+        };
+
+        // Held (an upgrade in place): every load waits, up to the bound.
+        for id in 0..MAX_DEFERRED_LOADS as u64 {
+            host.load_session(id, id).unwrap();
+        }
+        assert_eq!(host.deferred_loads(), MAX_DEFERRED_LOADS);
+        assert!(
+            host.load("one-too-many", 0).is_err(),
+            "past the bound: StorageBusy"
+        );
+        assert!(!host.pump_loads(), "nothing goes while held");
+        let loads = |fake: &tether_store::fake::FakeControl| {
+            fake.calls()
+                .into_iter()
+                .filter_map(|c| match c {
+                    FakeCall::LoadSession(id) => Some(id),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert!(loads(&fake).is_empty());
+
+        // Released: they all go, oldest first, as fast as the store takes
+        // them (its queue holds 8).
+        held.store(false, Ordering::Release);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while host.deferred_loads() > 0 {
+            assert!(Instant::now() < deadline, "the loads did not drain");
+            if !host.pump_loads() {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        while loads(&fake).len() < MAX_DEFERRED_LOADS {
+            assert!(Instant::now() < deadline, "the store did not get them all");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let got = loads(&fake);
+        assert!(
+            got.iter().copied().eq(0..MAX_DEFERRED_LOADS as u64),
+            "in order"
+        );
+        // A new load behind none goes straight through.
+        host.load_session(1 << 40, 0).unwrap();
+        assert_eq!(host.deferred_loads(), 0);
+    }
+}
