@@ -76,6 +76,10 @@ pub struct Config {
     pub game: GameKind,
     /// Game listener (TCP).
     pub listen: SocketAddr,
+    /// Game listener for browsers (WebSocket, the same protocol and limits
+    /// as `listen`); a plain GET there serves the browser demo. Off when
+    /// unset.
+    pub ws_listen: Option<SocketAddr>,
     /// Admin HTTP listener: /healthz, /metrics, the admin API.
     pub admin_listen: SocketAddr,
     /// Bearer token of the admin API's read-only role (`viewer`).
@@ -241,6 +245,7 @@ impl Default for Config {
             game: GameKind::Mmo,
             listen: "127.0.0.1:7777".parse().unwrap(),
             admin_listen: "127.0.0.1:7780".parse().unwrap(),
+            ws_listen: None,
             data_dir: PathBuf::from("./data"),
             store: None,
             flush_interval_ms: 5_000,
@@ -320,6 +325,9 @@ pub struct Overrides {
     /// Admin HTTP address for /healthz and /metrics [default: 127.0.0.1:7780].
     #[arg(long, global = true, env = "TETHER_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
+    /// WebSocket game listener for browsers, e.g. 127.0.0.1:7781 (a plain GET there serves the browser demo) [default: off].
+    #[arg(long, global = true, env = "TETHER_WS_LISTEN")]
+    pub ws_listen: Option<SocketAddr>,
     /// Data directory [default: ./data].
     #[arg(long, global = true, env = "TETHER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -590,6 +598,9 @@ impl Config {
         };
         if ov.ticket_secret.is_some() {
             cfg.ticket_secret = ov.ticket_secret;
+        }
+        if ov.ws_listen.is_some() {
+            cfg.ws_listen = ov.ws_listen;
         }
         if ov.admin_viewer_token.is_some() {
             cfg.admin_viewer_token = ov.admin_viewer_token;

@@ -60,6 +60,8 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 pub struct Listeners {
     pub game: TcpListener,
     pub admin: TcpListener,
+    /// The WebSocket game listener (`ws_listen`), when there is one.
+    pub ws: Option<TcpListener>,
 }
 
 /// Offers `listeners` at `path` until `shutdown` is set (then removes the
@@ -107,8 +109,9 @@ pub(crate) fn offer(
 fn send(stream: &UnixStream, listeners: &Listeners) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_write_timeout(Some(TAKE_TIMEOUT))?;
-    let fds = [listeners.game.as_fd(), listeners.admin.as_fd()];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut fds = vec![listeners.game.as_fd(), listeners.admin.as_fd()];
+    fds.extend(listeners.ws.as_ref().map(|l| l.as_fd()));
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
         return Err(io::Error::other("ancillary buffer too small"));
@@ -208,9 +211,15 @@ pub fn take(path: &Path) -> Result<Listeners, TakeError> {
             String::from_utf8_lossy(MAGIC)
         )));
     }
-    let [game, admin]: [OwnedFd; 2] = fds
-        .try_into()
-        .map_err(|fds: Vec<OwnedFd>| invalid(format!("{} descriptors, expected 2", fds.len())))?;
+    // Game, admin, and the WebSocket listener when the server has one.
+    if !(2..=3).contains(&fds.len()) {
+        return Err(invalid(format!(
+            "{} descriptors, expected 2 or 3",
+            fds.len()
+        )));
+    }
+    let mut fds = fds.into_iter();
+    let (game, admin, ws) = (fds.next(), fds.next(), fds.next());
     let listener = |fd: OwnedFd, what: &str| -> Result<TcpListener, TakeError> {
         if !rustix::net::sockopt::socket_acceptconn(&fd).map_err(|e| io_err(e.into()))? {
             return Err(invalid(format!(
@@ -221,9 +230,13 @@ pub fn take(path: &Path) -> Result<Listeners, TakeError> {
         l.set_nonblocking(true).map_err(io_err)?;
         Ok(l)
     };
+    let (Some(game), Some(admin)) = (game, admin) else {
+        return Err(invalid("descriptors missing".into()));
+    };
     Ok(Listeners {
         game: listener(game, "game")?,
         admin: listener(admin, "admin")?,
+        ws: ws.map(|fd| listener(fd, "WebSocket")).transpose()?,
     })
 }
 
@@ -248,13 +261,21 @@ mod tests {
         let admin = TcpListener::bind("127.0.0.1:0").unwrap();
         let (game_addr, admin_addr) = (game.local_addr().unwrap(), admin.local_addr().unwrap());
         let shutdown = Arc::new(AtomicBool::new(false));
-        let t = offer(path.clone(), Listeners { game, admin }, shutdown.clone()).unwrap();
+        let ws = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ws_addr = ws.local_addr().unwrap();
+        let listeners = Listeners {
+            game,
+            admin,
+            ws: Some(ws),
+        };
+        let t = offer(path.clone(), listeners, shutdown.clone()).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
 
         let taken = take(&path).unwrap();
         assert_eq!(taken.game.local_addr().unwrap(), game_addr);
         assert_eq!(taken.admin.local_addr().unwrap(), admin_addr);
+        assert_eq!(taken.ws.unwrap().local_addr().unwrap(), ws_addr);
         // The taken descriptor is the same socket: a connection to the
         // address is accepted through it.
         let _c = std::net::TcpStream::connect(game_addr).unwrap();

@@ -46,8 +46,10 @@ pub mod link;
 pub mod mcp;
 pub mod metrics;
 pub(crate) mod net;
+pub(crate) mod play;
 pub(crate) mod shard;
 pub(crate) mod uring;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,6 +74,8 @@ use crate::shard::{Bus, Shard, ShardParts, BUS_CAPACITY};
 pub struct ServerHandle {
     pub game_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The WebSocket game listener's address (`ws_listen`), if any.
+    pub ws_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
     /// The guard (bans, per-IP state) and protect mode, as the admin
     /// endpoint sees them.
@@ -305,8 +309,8 @@ pub fn start_game_with<G: Game>(
     let loads_held = Arc::new(AtomicBool::new(launch.hold_loads));
 
     // Listeners first, so a taken port fails before any thread starts.
-    let (first, admin_listener) = match launch.listeners {
-        Some(handover::Listeners { game, admin }) => (game, admin),
+    let (first, admin_listener, ws_listener) = match launch.listeners {
+        Some(handover::Listeners { game, admin, ws }) => (game, admin, ws),
         None => {
             let game = bind_game_listener(cfg.listen, cfg.listen_backlog).map_err(|source| {
                 StartError::Listen {
@@ -322,16 +326,34 @@ pub fn start_game_with<G: Game>(
                     source,
                 }
             })?;
-            (game, admin)
+            let ws = match cfg.ws_listen {
+                Some(addr) => Some(bind_game_listener(addr, cfg.listen_backlog).map_err(
+                    |source| StartError::Listen {
+                        what: "WebSocket",
+                        addr,
+                        source,
+                    },
+                )?),
+                None => None,
+            };
+            (game, admin, ws)
         }
     };
+    let ws_addr = ws_listener
+        .as_ref()
+        .map(std::net::TcpListener::local_addr)
+        .transpose()?;
     let game_addr = first.local_addr()?;
     // Offered to a process that replaces this one (`tether --replace`).
     let handover_thread = match first.try_clone().and_then(|game| {
         let admin = admin_listener.try_clone()?;
+        let ws = ws_listener
+            .as_ref()
+            .map(std::net::TcpListener::try_clone)
+            .transpose()?;
         handover::offer(
             handover::socket_path(&cfg.data_dir),
-            handover::Listeners { game, admin },
+            handover::Listeners { game, admin, ws },
             shutdown.clone(),
         )
     }) {
@@ -345,10 +367,16 @@ pub fn start_game_with<G: Game>(
     // descriptor in its own epoll); whichever accepts first gets the
     // connection, the others see WouldBlock.
     let mut listeners = Vec::new();
-    for _ in 1..cfg.io_threads {
-        listeners.push(first.try_clone()?);
+    for _ in 0..cfg.io_threads {
+        let ws = ws_listener
+            .as_ref()
+            .map(std::net::TcpListener::try_clone)
+            .transpose()?
+            .map(mio::net::TcpListener::from_std);
+        listeners.push((first.try_clone()?, ws));
     }
-    listeners.insert(0, first);
+    drop(first);
+    drop(ws_listener);
     admin_listener.set_nonblocking(true)?;
     let admin_addr = admin_listener.local_addr()?;
 
@@ -463,12 +491,13 @@ pub fn start_game_with<G: Game>(
         .zip(listeners)
         .zip(io_side)
         .zip(io_control_rxs);
-    for (i, (((poll, listener), links), io_requests)) in per_io.enumerate() {
+    for (i, (((poll, (listener, ws_listener)), links), io_requests)) in per_io.enumerate() {
         let io = net::IoThread::<G>::new(
             i as u16,
             net::IoConfig::from_config(&cfg),
             poll,
             mio::net::TcpListener::from_std(listener),
+            ws_listener,
             io_wakers[i].clone(),
             links,
             io_requests,
@@ -529,6 +558,7 @@ pub fn start_game_with<G: Game>(
 
     info!(
         game = %game_addr,
+        websocket = ?ws_addr,
         admin = %admin_addr,
         io_threads = cfg.io_threads,
         shards = cfg.shards,
@@ -538,6 +568,7 @@ pub fn start_game_with<G: Game>(
     Ok(ServerHandle {
         game_addr,
         admin_addr,
+        ws_addr,
         metrics,
         defences,
         shutdown,

@@ -160,6 +160,17 @@ fn prepare_replace(cfg: &Config, pid: i32) -> anyhow::Result<(Replacing, Launch)
                     "the running server's {what} listener is {offered}, the settings say {wanted}"
                 );
             }
+            let ws = listeners.ws.as_ref().map(|l| l.local_addr()).transpose()?;
+            match (ws, cfg.ws_listen) {
+                (None, None) => {}
+                (Some(offered), Some(wanted)) => anyhow::ensure!(
+                    wanted.port() == 0 || offered == wanted,
+                    "the running server's WebSocket listener is {offered}, the settings say {wanted}"
+                ),
+                (offered, wanted) => anyhow::bail!(
+                    "the running server's WebSocket listener is {offered:?}, the settings say {wanted:?}: change ws_listen with a restart, not an upgrade in place"
+                ),
+            }
             Launch {
                 listeners: Some(listeners),
                 hold_loads: true,

@@ -26,6 +26,8 @@ pub struct Metrics {
     /// Gathering writes issued (frames_out / writes = frames per syscall).
     pub writes: Counter,
     pub accepted: Counter,
+    /// WebSocket upgrades completed (browser connections).
+    pub ws_upgrades: Counter,
     /// Connections refused or closed by the server, by reason.
     pub closed_by_server: Family<Labels, Counter>,
     pub logins: Counter,
@@ -76,6 +78,7 @@ impl Metrics {
             bytes_out: Counter::default(),
             writes: Counter::default(),
             accepted: Counter::default(),
+            ws_upgrades: Counter::default(),
             closed_by_server: Family::default(),
             logins: Counter::default(),
             logouts: Counter::default(),
@@ -122,6 +125,11 @@ impl Metrics {
         reg!("tether_bytes_out", "Bytes written to clients", bytes_out);
         reg!("tether_writes", "Gathering write syscalls", writes);
         reg!("tether_accepted", "Connections accepted", accepted);
+        reg!(
+            "tether_websocket_upgrades",
+            "WebSocket upgrades completed on ws_listen",
+            ws_upgrades
+        );
         reg!(
             "tether_closed_by_server",
             "Connections the server closed, by reason",

@@ -56,9 +56,11 @@ use crate::kernel_filter;
 use crate::link::{close_frame, ConnLoss, ConnRef, IoWaker, ShardLink, ToIo, ToShard};
 use crate::metrics::{labels, Metrics};
 use crate::uring::{self, MAX_IOV};
+use crate::ws::{self, WsConn};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
+const WS_LISTENER: Token = Token(usize::MAX - 3);
 
 /// Bytes read per `read` call. Big reads decode many frames per syscall; one
 /// buffer per thread, so the size costs nothing per connection.
@@ -131,6 +133,46 @@ struct Conn {
     write_blocked: bool,
     /// A readable event was deferred (inbound paused or read budget spent).
     read_pending: bool,
+    /// A connection from the WebSocket listener: its upgrade and framing.
+    ws: Option<Box<WsConn>>,
+}
+
+impl Conn {
+    /// Queues one Tether frame: as it is on TCP, as one binary message on
+    /// an open WebSocket. Before the upgrade there is no channel for it:
+    /// it is dropped.
+    fn push_frame(&mut self, frame: Bytes) {
+        match self.ws.as_deref() {
+            None => {}
+            Some(ws) if ws.is_open() => {
+                let header = ws::binary_header(frame.len());
+                self.wq_bytes += header.len();
+                self.wq.push_back(header);
+            }
+            Some(_) => return,
+        }
+        self.wq_bytes += frame.len();
+        self.wq.push_back(frame);
+    }
+
+    /// Queues bytes as they are (an HTTP response, a WebSocket control
+    /// frame).
+    fn push_raw(&mut self, bytes: Bytes) {
+        self.wq_bytes += bytes.len();
+        self.wq.push_back(bytes);
+    }
+
+    /// The server's last frame: the Tether Close, then on a WebSocket its
+    /// own Close (1000), after which nothing more is sent.
+    fn push_close(&mut self, frame: Bytes) {
+        self.push_frame(frame);
+        if let Some(ws) = self.ws.as_deref_mut() {
+            if ws.is_open() {
+                ws.close();
+                self.push_raw(ws::close_frame(ws::code::NORMAL));
+            }
+        }
+    }
 }
 
 /// What an I/O thread needs of the server's settings.
@@ -179,6 +221,8 @@ pub struct IoThread<G: Game> {
     cfg: IoConfig,
     poll: Poll,
     listener: Option<TcpListener>,
+    /// The WebSocket game listener (`ws_listen`).
+    ws_listener: Option<TcpListener>,
     waker: Arc<IoWaker>,
     conns: Slab<Conn>,
     next_generation: u32,
@@ -219,6 +263,8 @@ pub struct IoThread<G: Game> {
     control: Receiver<control::Request<IoQuery, IoAnswer>>,
     /// Where the next RTT sample starts (a slot).
     rtt_cursor: usize,
+    /// What the WebSocket decoder asked for in a read (reused).
+    ws_actions: Vec<ws::Action>,
 }
 
 impl<G: Game> IoThread<G> {
@@ -228,6 +274,7 @@ impl<G: Game> IoThread<G> {
         cfg: IoConfig,
         poll: Poll,
         listener: TcpListener,
+        ws_listener: Option<TcpListener>,
         waker: Arc<IoWaker>,
         shards: Vec<ShardLink<G::Input>>,
         control: Receiver<control::Request<IoQuery, IoAnswer>>,
@@ -240,6 +287,11 @@ impl<G: Game> IoThread<G> {
         let mut listener = listener;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut ws_listener = ws_listener;
+        if let Some(l) = ws_listener.as_mut() {
+            poll.registry()
+                .register(l, WS_LISTENER, Interest::READABLE)?;
+        }
         let n = shards.len();
         let uring = if cfg.io_uring {
             match uring::SendBatch::new() {
@@ -257,6 +309,7 @@ impl<G: Game> IoThread<G> {
             cfg,
             poll,
             listener: Some(listener),
+            ws_listener,
             waker,
             conns: Slab::new(),
             next_generation: 1,
@@ -289,6 +342,7 @@ impl<G: Game> IoThread<G> {
             refused: [0; Refusal::REASONS.len()],
             control,
             rtt_cursor: 0,
+            ws_actions: Vec::new(),
         })
     }
 
@@ -309,7 +363,10 @@ impl<G: Game> IoThread<G> {
             self.publish_counts();
 
             if self.shutdown.load(Ordering::Relaxed) && shutdown_deadline.is_none() {
-                if let Some(mut l) = self.listener.take() {
+                for mut l in [self.listener.take(), self.ws_listener.take()]
+                    .into_iter()
+                    .flatten()
+                {
                     let _ = self.poll.registry().deregister(&mut l);
                 }
                 shutdown_deadline = Some(self.now_ms() + SHUTDOWN_FLUSH_MS);
@@ -341,7 +398,8 @@ impl<G: Game> IoThread<G> {
 
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept_all(),
+                    LISTENER => self.accept_all(false),
+                    WS_LISTENER => self.accept_all(true),
                     WAKER => {}
                     Token(slot) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
@@ -360,7 +418,8 @@ impl<G: Game> IoThread<G> {
             self.sweep_guard();
             if self.accept_paused_until != 0 && self.now_ms() >= self.accept_paused_until {
                 self.accept_paused_until = 0;
-                self.accept_all();
+                self.accept_all(false);
+                self.accept_all(true);
             }
         }
         // Whatever is left is closed by dropping the sockets.
@@ -523,16 +582,22 @@ impl<G: Game> IoThread<G> {
 
     // ----- accepting -------------------------------------------------------
 
-    fn accept_all(&mut self) {
+    /// Accepts from the game listener, or with `ws` the WebSocket one.
+    fn accept_all(&mut self, ws: bool) {
         if self.accept_paused_until != 0 {
             return;
         }
         loop {
-            let Some(listener) = self.listener.as_ref() else {
+            let listener = if ws {
+                self.ws_listener.as_ref()
+            } else {
+                self.listener.as_ref()
+            };
+            let Some(listener) = listener else {
                 return;
             };
             match listener.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer),
+                Ok((stream, peer)) => self.admit(stream, peer, ws),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -552,7 +617,7 @@ impl<G: Game> IoThread<G> {
 
     /// A new connection: the guard's checks come before anything is
     /// allocated or registered for it.
-    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, ws: bool) {
         let total = self.metrics.connections.get();
         if total >= self.cfg.max_connections as i64 {
             self.metrics
@@ -577,7 +642,7 @@ impl<G: Game> IoThread<G> {
                 self.sync_kernel_filter(&guard, now);
             }
             drop(guard);
-            self.refuse(&mut stream, refusal);
+            self.refuse(&mut stream, refusal, ws);
             return; // dropping the stream closes it
         }
         if self.defences.kernel_filter_attached() {
@@ -615,6 +680,7 @@ impl<G: Game> IoThread<G> {
             dirty_since_ms: 0,
             write_blocked: false,
             read_pending: false,
+            ws: ws.then(Box::default),
         });
         self.handshakes.push_back((deadline, slot, generation));
         self.metrics.accepted.inc();
@@ -627,7 +693,7 @@ impl<G: Game> IoThread<G> {
     /// non-blocking write (if the socket takes it; nothing else is spent).
     /// No allocation: the count is a local, the Close (its text a static
     /// string) is encoded on the stack.
-    fn refuse(&mut self, stream: &mut TcpStream, refusal: Refusal) {
+    fn refuse(&mut self, stream: &mut TcpStream, refusal: Refusal, ws: bool) {
         use prost::encoding::{encode_key, encode_varint, WireType};
         self.refused[refusal.index()] += 1;
         let (code, retry, text) = match refusal {
@@ -680,6 +746,24 @@ impl<G: Game> IoThread<G> {
             128 - payload.len() + close_len
         };
         frame[..header].copy_from_slice(&((end - header) as u16).to_le_bytes());
+        if ws {
+            // Before its upgrade a browser understands only HTTP.
+            let status = if code == CloseCode::ServerBusy {
+                "503 Service Unavailable"
+            } else {
+                "429 Too Many Requests"
+            };
+            let mut head = [0u8; 160];
+            let mut w: &mut [u8] = &mut head;
+            let _ = write!(
+                w,
+                "HTTP/1.1 {status}\r\nRetry-After: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                retry.div_ceil(1000)
+            );
+            let n = 160 - w.len();
+            let _ = stream.write(&head[..n]);
+            return;
+        }
         let _ = stream.write(&frame[..end]);
     }
 
@@ -841,7 +925,15 @@ impl<G: Game> IoThread<G> {
                 }
                 Ok(n) => {
                     self.bytes_in += n as u64;
-                    if !self.consume(slot, n) {
+                    let tether_bytes = if conn.ws.is_some() {
+                        match self.ws_input(slot, n) {
+                            Some(k) => k,
+                            None => return, // closed, or a page served
+                        }
+                    } else {
+                        n
+                    };
+                    if !self.consume(slot, tether_bytes) {
                         return; // closed
                     }
                     if n < want {
@@ -857,6 +949,81 @@ impl<G: Game> IoThread<G> {
             }
         }
         self.defer_read(slot);
+    }
+
+    /// Decodes a WebSocket connection's read in place: `scratch[..n]` in,
+    /// the Tether bytes it carried at `scratch[..k]` out (`Some(k)`), the
+    /// upgrade answered, pings ponged, pages served. `None` when the
+    /// connection is closing.
+    fn ws_input(&mut self, slot: usize, n: usize) -> Option<usize> {
+        let mut actions = std::mem::take(&mut self.ws_actions);
+        let conn = &mut self.conns[slot];
+        let ws = conn.ws.as_deref_mut()?;
+        let opened_before = ws.is_open();
+        let result = ws.input(&mut self.scratch[..n], &mut actions);
+        let mut closing = false;
+        for action in actions.drain(..) {
+            match action {
+                ws::Action::Send(bytes) => conn.push_raw(bytes),
+                ws::Action::Opened => {
+                    self.metrics.ws_upgrades.inc();
+                }
+                ws::Action::Page { path } => {
+                    conn.push_raw(crate::play::page(&path));
+                    closing = true;
+                }
+                ws::Action::Closed => closing = true,
+            }
+        }
+        self.ws_actions = actions;
+        match result {
+            Ok(k) if !closing => {
+                if !conn.wq.is_empty() && !conn.in_dirty_list {
+                    conn.in_dirty_list = true;
+                    conn.dirty_since_ms = self.loop_now_ms;
+                    self.dirty.push(slot);
+                }
+                Some(k)
+            }
+            Ok(_) => {
+                // The peer's Close, answered, or a page: the session (if
+                // any) turns zombie as on a TCP close.
+                self.notify_shard(slot, ConnLoss::Peer);
+                let conn = &mut self.conns[slot];
+                conn.gate.closed();
+                conn.closing = true;
+                self.flush(slot);
+                None
+            }
+            Err(e) => {
+                debug!(peer = %conn.peer, error = %e, "websocket refused");
+                let opened = opened_before || conn.ws.as_deref().is_some_and(WsConn::is_open);
+                self.strike(slot, Strike::Malformed);
+                let conn = &mut self.conns[slot];
+                if opened {
+                    // After the upgrade: the Tether Close says why, the
+                    // WebSocket Close carries the RFC code.
+                    let close = close_frame(CloseCode::ProtocolError, e.reason, 0);
+                    conn.push_frame(close);
+                    if let Some(ws) = conn.ws.as_deref_mut() {
+                        ws.close();
+                    }
+                    conn.push_raw(ws::close_frame(e.code));
+                } else {
+                    conn.push_raw(ws::http_error(&e));
+                }
+                self.metrics
+                    .closed_by_server
+                    .get_or_create(&labels(&[("reason", "websocket_error")]))
+                    .inc();
+                self.notify_shard(slot, ConnLoss::ProtocolError);
+                let conn = &mut self.conns[slot];
+                conn.gate.closed();
+                conn.closing = true;
+                self.flush(slot);
+                None
+            }
+        }
     }
 
     fn defer_read(&mut self, slot: usize) {
@@ -1108,6 +1275,12 @@ impl<G: Game> IoThread<G> {
                         if let Some(slot) = self.live_slot(conn) {
                             self.queue(slot, frame);
                             if let Some(c) = self.conns.get_mut(slot) {
+                                if let Some(ws) = c.ws.as_deref_mut() {
+                                    if ws.is_open() {
+                                        ws.close();
+                                        c.push_raw(ws::close_frame(ws::code::NORMAL));
+                                    }
+                                }
                                 c.closing = true;
                             }
                         }
@@ -1129,8 +1302,7 @@ impl<G: Game> IoThread<G> {
     fn queue(&mut self, slot: usize, frame: Bytes) {
         let cap = self.cfg.write_queue_cap_bytes;
         let conn = &mut self.conns[slot];
-        conn.wq_bytes += frame.len();
-        conn.wq.push_back(frame);
+        conn.push_frame(frame);
         if conn.wq_bytes > cap {
             self.metrics
                 .closed_by_server
@@ -1144,9 +1316,21 @@ impl<G: Game> IoThread<G> {
             } else {
                 &[]
             };
-            let _ = conn
-                .stream
-                .write_vectored(&[IoSlice::new(head_rest), IoSlice::new(&close)]);
+            // On a WebSocket: the Close as a binary message, then its own
+            // Close.
+            let (ws_header, ws_close) = match conn.ws.as_deref() {
+                Some(ws) if ws.is_open() => (
+                    ws::binary_header(close.len()),
+                    ws::close_frame(ws::code::GOING_AWAY),
+                ),
+                _ => (Bytes::new(), Bytes::new()),
+            };
+            let _ = conn.stream.write_vectored(&[
+                IoSlice::new(head_rest),
+                IoSlice::new(&ws_header),
+                IoSlice::new(&close),
+                IoSlice::new(&ws_close),
+            ]);
             self.lose(slot, ConnLoss::SlowConsumer);
             return;
         }
@@ -1368,9 +1552,7 @@ impl<G: Game> IoThread<G> {
         };
         conn.gate.closed();
         conn.rbuf = Vec::new();
-        let frame = close_frame(code, message, retry_after_ms);
-        conn.wq_bytes += frame.len();
-        conn.wq.push_back(frame);
+        conn.push_close(close_frame(code, message, retry_after_ms));
         conn.closing = true;
         self.flush(slot);
     }
