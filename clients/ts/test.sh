@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The TypeScript client's checks, as CI runs them:
+#   clients/ts/test.sh [SERVER_BINARY]
+# installs its npm packages (package-lock.json), regenerates src/gen/ from
+# proto/ and fails if the committed files differ, type-checks and builds,
+# then runs the tests against a real server (default target/debug/tether).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+export TETHER_BIN="${1:-${CARGO_TARGET_DIR:-$root/target}/debug/tether}"
+[[ -x "$TETHER_BIN" ]] || { echo "ts-client: no server binary at $TETHER_BIN (cargo build -p tether-server)" >&2; exit 2; }
+cd "$here"
+npm ci --no-audit --no-fund --loglevel=error
+npm run --silent generate
+if ! git -C "$root" diff --exit-code -- clients/ts/src/gen; then
+    echo "ts-client: src/gen/ is not what proto/ generates: run npm run generate and commit" >&2
+    exit 1
+fi
+npm run --silent build
+timeout 300 npm test

@@ -1,0 +1,130 @@
+// Test helpers: a real Tether server on free loopback ports, a TCP proxy a
+// test can cut, and waiting for conditions.
+import { spawn } from 'node:child_process';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import fs from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import WebSocket from 'ws';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+export const TETHER_BIN = process.env.TETHER_BIN ?? path.join(root, process.env.CARGO_TARGET_DIR ?? 'target', 'debug', 'tether');
+
+/** A WebSocket factory for the client, from the `ws` package. */
+export const nodeWebSocket = (url) => new WebSocket(url);
+
+async function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * Starts `tether` with a WebSocket listener and the given extra flags; the
+ * server is killed by `stop()`. Retries on a port taken meanwhile.
+ */
+export async function startServer(extra = []) {
+  for (let attempt = 0; attempt < 3; attempt += 1) {
+    const [game, admin, ws] = [await freePort(), await freePort(), await freePort()];
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tether-ts-'));
+    const child = spawn(TETHER_BIN, [
+      '--listen', `127.0.0.1:${game}`,
+      '--admin-listen', `127.0.0.1:${admin}`,
+      '--ws-listen', `127.0.0.1:${ws}`,
+      '--data-dir', dir,
+      '--log', 'warn',
+      ...extra,
+    ], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let log = '';
+    child.stderr.on('data', (d) => { log += d; });
+    const up = await waitFor(async () => {
+      if (child.exitCode !== null) return 'exited';
+      try {
+        const r = await fetch(`http://127.0.0.1:${admin}/healthz`);
+        return r.ok ? 'up' : null;
+      } catch {
+        return null;
+      }
+    }, 10_000).catch(() => 'timeout');
+    if (up === 'up') {
+      return {
+        url: `ws://127.0.0.1:${ws}/`,
+        wsPort: ws,
+        admin: `http://127.0.0.1:${admin}`,
+        log: () => log,
+        stop: async () => {
+          const exited = new Promise((r) => {
+            if (child.exitCode !== null || child.signalCode !== null) r();
+            else child.once('exit', r);
+          });
+          child.kill('SIGTERM');
+          const killer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+          await exited;
+          clearTimeout(killer);
+          fs.rmSync(dir, { recursive: true, force: true });
+        },
+      };
+    }
+    child.kill('SIGKILL');
+    fs.rmSync(dir, { recursive: true, force: true });
+    if (attempt === 2) throw new Error(`tether did not start (${up}): ${log}`);
+  }
+  throw new Error('unreachable');
+}
+
+/**
+ * A TCP proxy to `port` on loopback. `cut()` resets every connection and
+ * refuses new ones until `restore()`.
+ */
+export async function startProxy(port) {
+  const sockets = new Set();
+  let open = true;
+  const server = net.createServer((client) => {
+    if (!open) {
+      client.resetAndDestroy();
+      return;
+    }
+    const upstream = net.connect(port, '127.0.0.1');
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('close', () => sockets.delete(s));
+      s.on('error', () => {});
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+    client.on('close', () => upstream.destroy());
+    upstream.on('close', () => client.destroy());
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    url: `ws://127.0.0.1:${server.address().port}/`,
+    cut() {
+      open = false;
+      for (const s of sockets) s.resetAndDestroy();
+    },
+    restore() {
+      open = true;
+    },
+    close: () => new Promise((r) => {
+      for (const s of sockets) s.destroy();
+      server.close(r);
+    }),
+  };
+}
+
+/** Polls `check` every 20 ms until it returns something truthy. */
+export async function waitFor(check, timeoutMs = 10_000, what = 'a condition') {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await check();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
