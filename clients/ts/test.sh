@@ -3,7 +3,9 @@
 #   clients/ts/test.sh [SERVER_BINARY]
 # installs its npm packages (package-lock.json), regenerates src/gen/ from
 # proto/ and fails if the committed files differ, type-checks and builds,
-# then runs the tests against a real server (default target/debug/tether).
+# checks that the browser demo's bundle (crates/server/play/tether-client.js)
+# is current, then runs the tests against a real server (default
+# target/debug/tether).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -17,4 +19,9 @@ if ! git -C "$root" diff --exit-code -- clients/ts/src/gen; then
     exit 1
 fi
 npm run --silent build
+npm run --silent bundle >/dev/null
+if ! git -C "$root" diff --exit-code -- crates/server/play/tether-client.js; then
+    echo "ts-client: crates/server/play/tether-client.js is not the current bundle: run npm run bundle and commit" >&2
+    exit 1
+fi
 timeout 300 npm test

@@ -412,14 +412,24 @@ pub fn http_error(e: &WsError) -> Bytes {
     ))
 }
 
-/// An HTTP response with a body (a page), ending the connection.
-pub fn http_response(status: &str, content_type: &str, body: &[u8]) -> Bytes {
-    let mut out = format!(
+/// An HTTP response with a body (a page) and extra headers, ending the
+/// connection.
+pub fn http_response_with(
+    status: &str,
+    content_type: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Bytes {
+    let mut head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
+         Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n",
         body.len()
-    )
-    .into_bytes();
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
     out.extend_from_slice(body);
     Bytes::from(out)
 }

@@ -213,7 +213,7 @@ fn a_plain_get_is_answered_over_http() {
     let (srv, _store) = server(|cfg| cfg.ws_listen = Some("127.0.0.1:0".parse().unwrap()));
     let (status, body) = http(srv.ws_addr.unwrap(), "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(status, 200);
-    assert!(body.contains("WebSocket"), "{body}");
+    assert!(body.contains("play.js"), "the browser demo: {body}");
     let (status, _) = http(
         srv.ws_addr.unwrap(),
         "GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n",
