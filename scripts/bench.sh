@@ -7,7 +7,11 @@
 #   scripts/bench.sh [--clients N] [--move-hz R] [--duration S] [--ramp S]
 #                    [--scenario NAME] [--server-args "..."] [--bots-args "..."]
 #                    [--vs-relay] [--relay-dir DIR] [--profile SECS]
-#                    [--server-bin PATH] [--bots-bin PATH]
+#                    [--server-bin PATH] [--bots-bin PATH] [--websocket]
+#
+# --websocket: the players connect over WebSocket (the server's ws_listen,
+# docs/PROTOCOL.md section 1.1) instead of plain TCP; the summary says
+# "transport": "websocket".
 #
 # --vs-relay first runs the logic-free relay and its load generator
 # (bench/relay, a cargo project of its own; --relay-dir picks another copy)
@@ -29,7 +33,7 @@ cd "$(dirname "$0")/.."
 
 clients=1000 move_hz=5 duration=30 ramp=10 scenario=standard
 server_args="" bots_args="" vs_relay=0 relay_dir="bench/relay" profile=0
-server_bin="" bots_bin=""
+server_bin="" bots_bin="" websocket=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --clients) clients=$2; shift 2 ;;
@@ -44,7 +48,8 @@ while [ $# -gt 0 ]; do
     --profile) profile=$2; shift 2 ;;
     --server-bin) server_bin=$2; shift 2 ;;
     --bots-bin) bots_bin=$2; shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    --websocket) websocket=1; shift ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -105,9 +110,16 @@ fi
 
 port=$(free_port)
 admin=$(free_port)
-log "starting tether on 127.0.0.1:$port (admin $admin), world sized for $clients players"
+ws_args="" bots_addr="127.0.0.1:$port" bots_transport=""
+if [ "$websocket" = 1 ]; then
+  ws_port=$(free_port)
+  ws_args="--ws-listen 127.0.0.1:$ws_port"
+  bots_addr="127.0.0.1:$ws_port"
+  bots_transport="--websocket"
+fi
+log "starting tether on 127.0.0.1:$port (admin $admin${ws_port:+, WebSocket $ws_port}), world sized for $clients players"
 # shellcheck disable=SC2086
-"$server_bin" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+"$server_bin" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" $ws_args \
   --data-dir "$workdir/data" --world-players "$clients" --log warn $server_args \
   2> "$workdir/server.log" &
 server_pid=$!
@@ -118,7 +130,7 @@ for _ in $(seq 1 100); do
 done
 
 # shellcheck disable=SC2086
-"$bots_bin" --addr "127.0.0.1:$port" --admin "127.0.0.1:$admin" \
+"$bots_bin" --addr "$bots_addr" $bots_transport --admin "127.0.0.1:$admin" \
   --scenario "$scenario" --clients "$clients" --move-hz "$move_hz" --duration "$duration" \
   --ramp "$ramp" $bots_args > "$workdir/bots.json" &
 bots_pid=$!

@@ -24,6 +24,10 @@ pub struct Args {
     #[arg(long, env = "TETHER_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// Connect over WebSocket: `--addr` is then the server's `ws_listen`.
+    #[arg(long)]
+    pub websocket: bool,
+
     /// Players to log in.
     #[arg(long, default_value_t = 100)]
     pub clients: usize,
@@ -174,6 +178,15 @@ impl Scenario {
 }
 
 impl Args {
+    /// How the players connect (`--websocket`).
+    pub fn transport(&self) -> tether_client::Transport {
+        if self.websocket {
+            tether_client::Transport::WebSocket { path: "/".into() }
+        } else {
+            tether_client::Transport::Tcp
+        }
+    }
+
     /// Checks what clap cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.clients > 0, "--clients must be at least 1");

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use tether_client::{Client, ClientConfig, Event, GameEvent, Login, ReconnectPolicy};
+use tether_client::{Client, ClientConfig, Event, GameEvent, Login, ReconnectPolicy, Transport};
 use tether_proto::pb;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -316,6 +316,7 @@ impl Verdict {
 /// `--verify-ledger`: checks every character of the ledger at `addr`.
 pub async fn verify(
     addr: std::net::SocketAddr,
+    transport: Transport,
     path: &Path,
     quiet: bool,
 ) -> anyhow::Result<Verdict> {
@@ -342,8 +343,9 @@ pub async fn verify(
             let Some((name, want)) = pending.next() else {
                 break;
             };
+            let transport = transport.clone();
             set.spawn(async move {
-                let held = read_character(addr, &name).await;
+                let held = read_character(addr, &transport, &name).await;
                 (name, want, held)
             });
         }
@@ -381,9 +383,14 @@ pub async fn verify(
 }
 
 /// Logs `name` in, reads its `SelfState`, logs out.
-async fn read_character(addr: std::net::SocketAddr, name: &str) -> Result<Held, String> {
+async fn read_character(
+    addr: std::net::SocketAddr,
+    transport: &Transport,
+    name: &str,
+) -> Result<Held, String> {
     let deadline = Instant::now() + VERIFY_LOGIN_FOR;
     let mut cfg = ClientConfig::new(addr, Login::Dev(name.to_string()));
+    cfg.transport = transport.clone();
     cfg.client_name = concat!("tether-bots-verify/", env!("CARGO_PKG_VERSION")).to_string();
     // Retries (with the server's retry hint while its storage is away)
     // until the deadline rather than a fixed number of times.

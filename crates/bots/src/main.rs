@@ -94,7 +94,12 @@ fn main() -> ExitCode {
         }
     };
     if let Some(path) = args.verify_ledger.clone() {
-        return match runtime.block_on(ledger::verify(args.addr, &path, args.quiet)) {
+        return match runtime.block_on(ledger::verify(
+            args.addr,
+            args.transport(),
+            &path,
+            args.quiet,
+        )) {
             Ok(verdict) => {
                 println!("{}", verdict.to_json_line());
                 ExitCode::from(verdict.exit_code())

@@ -183,6 +183,7 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
     };
 
     Ok(Summary::build(&Measured {
+        transport: if args.websocket { "websocket" } else { "tcp" },
         scenario: args.scenario.name(),
         clients: args.clients,
         duration_s: args.duration,

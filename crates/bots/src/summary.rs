@@ -13,6 +13,8 @@ use crate::stats::{round1, RttSummary, Tally};
 #[derive(Debug, Clone, Default)]
 pub struct Measured {
     pub scenario: &'static str,
+    /// `tcp` or `websocket`.
+    pub transport: &'static str,
     pub clients: usize,
     pub duration_s: u64,
     pub seed: u64,
@@ -87,6 +89,8 @@ pub struct Summary {
     pub silences: u64,
     /// `server` when the pps came from the admin counters, else `bots`.
     pub pps_source: &'static str,
+    /// How the players connected: `tcp` or `websocket` (`--websocket`).
+    pub transport: &'static str,
     /// The bots' own view of the same rates, for the cross-check.
     pub bots_in_pps: f64,
     pub bots_out_pps: f64,
@@ -231,6 +235,7 @@ impl Summary {
             closed_by_server: all.closed_by_server,
             silences: all.silences,
             pps_source,
+            transport: m.transport,
             bots_in_pps,
             bots_out_pps,
             bots_frames_sent: w.frames_out,
@@ -326,6 +331,7 @@ mod tests {
     fn measured() -> Measured {
         Measured {
             scenario: "standard",
+            transport: "tcp",
             clients: 100,
             duration_s: 10,
             seed: 42,

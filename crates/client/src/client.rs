@@ -10,24 +10,26 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use prost::Message;
-use rand::{rngs::SmallRng, SeedableRng};
+use rand::{rngs::SmallRng, Rng, SeedableRng};
 use tether_proto::pb::{self, client_message, hello, server_message::Msg, ClientMessage};
+use tether_proto::ws::{self, Deframer, Role};
 use tether_proto::{
     decode_server, encode_frame_into, split_frame, DecodeError, FRAME_HEADER_LEN, MAX_PAYLOAD_LEN,
 };
 use tether_session::{ClientSession, ServerFrameOutcome};
-use tokio::io::Interest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
 use crate::backoff;
 use crate::command::Command;
-use crate::config::{ClientConfig, Login};
+use crate::config::{ClientConfig, Login, Transport};
 use crate::error::{close_action, describe_io, ClientError, CloseAction, SendError};
 use crate::event::{Event, GameEvent, PauseReason};
 
@@ -64,7 +66,49 @@ pub struct ClientStats {
     pub relogins: u64,
 }
 
-type ConnectFuture = Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>;
+/// A connected socket, and for a WebSocket the bytes that came behind the
+/// server's upgrade answer.
+type ConnectFuture = Pin<Box<dyn Future<Output = io::Result<(TcpStream, Bytes)>> + Send>>;
+
+/// The WebSocket carriage of a connection ([`Transport::WebSocket`]).
+struct WsLink {
+    /// The server's frames, decoded in place.
+    frames: Deframer,
+    /// Raw bytes read, before decoding.
+    raw: BytesMut,
+    /// Masked frames waiting to be written (what `wbuf` held, wrapped).
+    out: BytesMut,
+}
+
+/// Opens a TCP connection to `addr` and, for a WebSocket, upgrades it.
+async fn open(
+    addr: SocketAddr,
+    transport: Transport,
+    key: [u8; 16],
+) -> io::Result<(TcpStream, Bytes)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let Transport::WebSocket { path } = transport else {
+        return Ok((stream, Bytes::new()));
+    };
+    let key = ws::client_key(key);
+    stream
+        .write_all(ws::client_request(&addr.to_string(), &path, &key).as_bytes())
+        .await?;
+    let mut head = BytesMut::with_capacity(512);
+    loop {
+        if stream.read_buf(&mut head).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed during the WebSocket upgrade",
+            ));
+        }
+        match ws::check_upgrade(&head, &key) {
+            Ok(Some(used)) => return Ok((stream, head.split_off(used).freeze())),
+            Ok(None) => {}
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+        }
+    }
+}
 
 /// Where the connection stands.
 enum Link {
@@ -126,6 +170,8 @@ pub struct Client {
     link: Link,
     /// Bytes read and not yet decoded.
     rbuf: BytesMut,
+    /// The WebSocket carriage of the current connection, if it has one.
+    ws: Option<WsLink>,
     /// Frames queued and not yet written (bounded by `max_write_backlog`).
     wbuf: BytesMut,
     /// The session layer's clock starts here.
@@ -160,6 +206,7 @@ impl Client {
             session: ClientSession::new(cfg.session.clone()),
             link: Link::Backoff { until: now },
             rbuf: BytesMut::new(),
+            ws: None,
             wbuf: BytesMut::new(),
             epoch: now,
             rng,
@@ -398,7 +445,9 @@ impl Client {
                 Link::Backoff { until } => {
                     let until = *until;
                     if now >= until {
-                        let fut: ConnectFuture = Box::pin(TcpStream::connect(self.cfg.addr));
+                        let key: [u8; 16] = self.rng.random();
+                        let fut: ConnectFuture =
+                            Box::pin(open(self.cfg.addr, self.cfg.transport.clone(), key));
                         self.link = Link::Connecting {
                             fut,
                             deadline: now + self.cfg.connect_timeout,
@@ -418,7 +467,7 @@ impl Client {
                     }
                     let wake = user_deadline.map_or(deadline, |d| d.min(deadline));
                     match timeout_at(wake, fut.as_mut()).await {
-                        Ok(Ok(stream)) => self.on_connected(stream),
+                        Ok(Ok((stream, behind))) => self.on_connected(stream, behind),
                         Ok(Err(e)) => {
                             if let Some(out) = self.fail_attempt(describe_io(&e), Duration::ZERO) {
                                 return out;
@@ -444,12 +493,25 @@ impl Client {
     }
 
     /// A socket is up: say who we are.
-    fn on_connected(&mut self, stream: TcpStream) {
+    fn on_connected(&mut self, stream: TcpStream, behind: Bytes) {
         // Frames are small and latency matters more than packet count;
         // batching is done here, not by Nagle.
         let _ = stream.set_nodelay(true);
         self.rbuf.clear();
         self.wbuf.clear();
+        self.ws = match self.cfg.transport {
+            Transport::Tcp => None,
+            Transport::WebSocket { .. } => Some(WsLink {
+                frames: Deframer::new(Role::Client, self.rng.random()),
+                raw: BytesMut::from(&behind[..]),
+                out: BytesMut::new(),
+            }),
+        };
+        if self.ws.as_ref().is_some_and(|w| !w.raw.is_empty()) {
+            // Frames that came with the upgrade's answer: decoded now (a
+            // Close among them is met again on the first read).
+            let _ = self.unwrap_ws();
+        }
         let hello = match self.session.resume_message() {
             Some(resume) if self.session.can_resume() => resume,
             _ => self.hello(),
@@ -554,7 +616,8 @@ impl Client {
         }
 
         // 4. Wait for the socket or a deadline.
-        let interest = if self.wbuf.is_empty() {
+        let ws_out = self.ws.as_ref().map_or(0, |w| w.out.len());
+        let interest = if self.wbuf.is_empty() && ws_out == 0 {
             Interest::READABLE
         } else {
             Interest::READABLE | Interest::WRITABLE
@@ -595,9 +658,13 @@ impl Client {
         let (Link::Handshake { stream, .. } | Link::Live { stream }) = &self.link else {
             return None;
         };
-        self.rbuf.reserve(self.cfg.read_chunk);
-        let room = self.rbuf.capacity() - self.rbuf.len();
-        match stream.try_read_buf(&mut self.rbuf) {
+        let buf = match self.ws.as_mut() {
+            Some(w) => &mut w.raw,
+            None => &mut self.rbuf,
+        };
+        buf.reserve(self.cfg.read_chunk);
+        let room = buf.capacity() - buf.len();
+        match stream.try_read_buf(buf) {
             Ok(0) => self.on_eof(Instant::now()),
             Ok(n) => {
                 self.stats.bytes_in += n as u64;
@@ -612,6 +679,9 @@ impl Client {
                         Err::<(), _>(io::ErrorKind::WouldBlock.into())
                     });
                 }
+                if self.ws.is_some() {
+                    return self.unwrap_ws();
+                }
                 None
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
@@ -620,10 +690,63 @@ impl Client {
         }
     }
 
+    /// Decodes the WebSocket bytes read into the Tether byte stream
+    /// (`rbuf`), answering pings; the server's Close ends the connection.
+    fn unwrap_ws(&mut self) -> Option<Out> {
+        let w = self.ws.as_mut()?;
+        let mut actions = Vec::new();
+        match w.frames.feed(&mut w.raw, 0, &mut actions) {
+            Ok(n) => {
+                self.rbuf.extend_from_slice(&w.raw[..n]);
+                w.raw.clear();
+            }
+            Err(e) => {
+                return self.on_io_error(
+                    io::Error::new(io::ErrorKind::InvalidData, e),
+                    Instant::now(),
+                )
+            }
+        }
+        for action in actions {
+            if let ws::Action::Send(reply) = action {
+                w.out.extend_from_slice(&reply);
+            }
+        }
+        if w.frames.is_closed() {
+            // Whatever the server said before it (its Tether Close) is in
+            // `rbuf` and is handled first; the end of the stream follows.
+            if self.rbuf.is_empty() {
+                return self.on_eof(Instant::now());
+            }
+        }
+        None
+    }
+
     fn try_flush(&mut self) -> io::Result<()> {
         let (Link::Handshake { stream, .. } | Link::Live { stream }) = &self.link else {
             return Ok(());
         };
+        if let Some(w) = self.ws.as_mut() {
+            // Everything queued since the last write goes as one message.
+            if !self.wbuf.is_empty() {
+                let mask: [u8; 4] = self.rng.random();
+                ws::client_binary_into(&self.wbuf, mask, &mut w.out);
+                self.wbuf.clear();
+            }
+            while !w.out.is_empty() {
+                match stream.try_write(&w.out) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        w.out.advance(n);
+                        self.stats.bytes_out += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(());
+        }
         while !self.wbuf.is_empty() {
             match stream.try_write(&self.wbuf) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

@@ -127,6 +127,19 @@ pub struct ClientConfig {
     /// [`Event::LoggedInAgain`](crate::Event::LoggedInAgain), instead of
     /// ending with the close. Default `true`.
     pub relogin: bool,
+    /// How frames travel: plain TCP (the default), or WebSocket to the
+    /// server's `ws_listen` (docs/PROTOCOL.md section 1.1).
+    pub transport: Transport,
+}
+
+/// The carriage of the byte stream.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Transport {
+    #[default]
+    Tcp,
+    /// An RFC 6455 WebSocket opened at `path` (e.g. `/`); the frames ride in
+    /// masked binary messages.
+    WebSocket { path: String },
 }
 
 /// Default bytes per read: a few hundred typical frames, while 10,000 clients
@@ -154,6 +167,7 @@ impl ClientConfig {
             seed: None,
             raw_frames: false,
             relogin: true,
+            transport: Transport::Tcp,
         }
     }
 }

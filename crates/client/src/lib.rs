@@ -111,7 +111,7 @@ pub mod event;
 
 pub use client::{Client, ClientStats};
 pub use command::{ChatScope, Command};
-pub use config::{is_valid_name, ClientConfig, Login, ReconnectPolicy};
+pub use config::{is_valid_name, ClientConfig, Login, ReconnectPolicy, Transport};
 pub use error::{ClientError, SendError};
 pub use event::{Event, GameEvent, PauseReason};
 pub use tether_proto::pb;

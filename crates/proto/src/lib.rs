@@ -10,6 +10,9 @@
 //! - [`pb`]: the generated messages (`ClientMessage`, `ServerMessage`, ...).
 //! - [`codec`]: framing (`[u16 LE length][protobuf payload]`), encode and a
 //!   decoder that never panics and never allocates past the frame cap.
+//! - [`ws`]: the same byte stream carried over WebSocket (RFC 6455), sans
+//!   IO, for both ends: the server's upgrade and decoder, the client's
+//!   request and masked frames.
 //!
 //! # Data flow
 //!
@@ -20,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod ws;
 
 /// Generated protobuf messages (package `tether.v1`).
 #[allow(clippy::all, missing_docs)]

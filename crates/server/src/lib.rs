@@ -49,7 +49,6 @@ pub(crate) mod net;
 pub(crate) mod play;
 pub(crate) mod shard;
 pub(crate) mod uring;
-pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -56,7 +56,7 @@ use crate::kernel_filter;
 use crate::link::{close_frame, ConnLoss, ConnRef, IoWaker, ShardLink, ToIo, ToShard};
 use crate::metrics::{labels, Metrics};
 use crate::uring::{self, MAX_IOV};
-use crate::ws::{self, WsConn};
+use tether_proto::ws::{self, WsConn};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);

@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 
-use crate::ws::http_response_with;
+use tether_proto::ws::http_response_with;
 
 const INDEX_HTML: &[u8] = include_bytes!("../play/index.html");
 const PLAY_JS: &[u8] = include_bytes!("../play/play.js");

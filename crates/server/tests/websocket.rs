@@ -240,3 +240,39 @@ fn http(addr: SocketAddr, request: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// The Rust client over WebSocket (`Transport::WebSocket`): logs in, plays,
+/// loses its connection and resumes with its inputs applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_plays_and_resumes_over_websocket() {
+    use tether_client::{Client, ClientConfig, Command, Event, GameEvent, Login, Transport};
+    let (srv, _store) = server(|cfg| cfg.ws_listen = Some("127.0.0.1:0".parse().unwrap()));
+    let mut cfg = ClientConfig::new(srv.ws_addr.unwrap(), Login::Dev("rusty".into()));
+    cfg.transport = Transport::WebSocket { path: "/".into() };
+    let mut client = Client::connect(cfg).await.expect("logs in over WebSocket");
+    let mut pongs = Vec::new();
+    for t in 1..=10u64 {
+        client.send(Command::Ping { client_time: t }).unwrap();
+        if t == 5 {
+            client.drop_connection();
+        }
+    }
+    let deadline = tether_client::Instant::now() + WAIT;
+    let mut resumed = false;
+    while pongs.len() < 10 {
+        match client.next_event_until(deadline).await {
+            Some(Ok(Event::Game(GameEvent::Pong(p)))) => pongs.push(p.client_time),
+            Some(Ok(Event::Resumed { .. })) => resumed = true,
+            Some(Ok(Event::Deadline)) | None => panic!("only {pongs:?} within {WAIT:?}"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("{e}"),
+        }
+    }
+    assert!(resumed, "the dropped connection was resumed");
+    assert_eq!(
+        pongs,
+        (1..=10).collect::<Vec<_>>(),
+        "each input applied once, in order"
+    );
+    assert!(metric(&srv, "tether_websocket_upgrades_total") >= 2);
+}

@@ -90,6 +90,7 @@ pub fn client_config(args: &Args, index: usize, seed: u64) -> ClientConfig {
         cfg.session.ack_delay_ms = ms;
     }
     cfg.seed = Some(mix(seed, index as u64, 0));
+    cfg.transport = args.transport();
     cfg
 }
 

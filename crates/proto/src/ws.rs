@@ -1,21 +1,23 @@
-//! WebSocket (RFC 6455) for the game listener's browser twin, sans IO: the
-//! HTTP upgrade, the client frames decoded in place, the server frames'
-//! headers.
+//! WebSocket (RFC 6455) carriage of the Tether byte stream, sans IO, for
+//! both ends: the server's HTTP upgrade and its decoder of masked client
+//! frames, the client's request, answer check and masked frames, and the
+//! server frames' headers.
 //!
 //! A WebSocket connection carries exactly the byte stream a TCP connection
-//! does (docs/PROTOCOL.md): the client's binary messages, concatenated,
-//! are the client's Tether frames; each server frame travels as one binary
-//! message. Message boundaries mean nothing, so a client may put several
-//! frames in a message or split one over several, and the server never
-//! buffers a message: it unmasks payload bytes in place as they arrive and
-//! hands them to the same frame splitter as TCP bytes. Only control frames
-//! (at most 125 bytes) are buffered.
+//! does (docs/PROTOCOL.md section 1.1): the client's binary messages,
+//! concatenated, are the client's Tether frames; each server frame travels
+//! as one binary message. Message boundaries mean nothing, so a client may
+//! put several frames in a message or split one over several, and neither
+//! end buffers a message: payload bytes are unmasked in place as they
+//! arrive and handed to the same frame splitter as TCP bytes. Only control
+//! frames (at most 125 bytes) are buffered.
 //!
-//! A plain `GET` (no upgrade) asks for a page: [`Request::Page`], which
-//! the I/O thread answers from the pages compiled in (the browser demo).
+//! On the server, a plain `GET` (no upgrade) asks for a page:
+//! [`Request::Page`], which the server answers from the pages compiled in
+//! (the browser demo).
 
 use base64::Engine as _;
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use sha1::{Digest, Sha1};
 
 /// The longest HTTP request head accepted.
@@ -46,21 +48,20 @@ pub mod code {
     pub const TOO_BIG: u16 = 1009;
 }
 
-/// A connection's WebSocket side.
+/// Which end decodes: a server reads the client's masked frames, a client
+/// the server's unmasked ones (RFC 6455, section 5.1: anything else is an
+/// error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Server,
+    Client,
+}
+
+/// A server connection's WebSocket side: the upgrade, then [`Deframer`].
 #[derive(Debug)]
 pub struct WsConn {
     phase: Phase,
-    /// The frame being read.
-    header: [u8; 14],
-    header_len: usize,
-    opcode: u8,
-    fin: bool,
-    remaining: u64,
-    mask: [u8; 4],
-    mask_pos: usize,
-    /// A binary message is open (its continuations may follow).
-    in_message: bool,
-    control: Vec<u8>,
+    frames: Deframer,
 }
 
 #[derive(Debug)]
@@ -72,6 +73,28 @@ enum Phase {
     Closed,
 }
 
+/// Decodes WebSocket frames in place, for either end: data payloads are
+/// unmasked (server) and moved over the headers, control frames answered.
+#[derive(Debug)]
+pub struct Deframer {
+    role: Role,
+    /// The frame being read.
+    header: [u8; 14],
+    header_len: usize,
+    opcode: u8,
+    fin: bool,
+    remaining: u64,
+    mask: [u8; 4],
+    mask_pos: usize,
+    /// A binary message is open (its continuations may follow).
+    in_message: bool,
+    control: Vec<u8>,
+    closed: bool,
+    /// Masks for a client's control replies (xorshift; the data frames'
+    /// masks are the caller's).
+    mask_state: u32,
+}
+
 /// What the I/O thread does after [`WsConn::input`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
@@ -81,7 +104,7 @@ pub enum Action {
     Opened,
     /// A page was asked for (a plain GET): answer it and close.
     Page { path: String },
-    /// The client closed (its Close was answered): close when flushed.
+    /// The peer closed (its Close was answered): close when flushed.
     Closed,
 }
 
@@ -110,15 +133,7 @@ impl Default for WsConn {
     fn default() -> WsConn {
         WsConn {
             phase: Phase::Head(Vec::new()),
-            header: [0; 14],
-            header_len: 0,
-            opcode: 0,
-            fin: false,
-            remaining: 0,
-            mask: [0; 4],
-            mask_pos: 0,
-            in_message: false,
-            control: Vec::new(),
+            frames: Deframer::new(Role::Server, 0),
         }
     }
 }
@@ -178,9 +193,47 @@ impl WsConn {
         }
     }
 
-    /// Decodes the frames in `buf[from..]`, unmasking data payloads to
-    /// `buf[..n]`.
     fn deframe(
+        &mut self,
+        buf: &mut [u8],
+        from: usize,
+        actions: &mut Vec<Action>,
+    ) -> Result<usize, WsError> {
+        let n = self.frames.feed(buf, from, actions)?;
+        if self.frames.is_closed() {
+            self.phase = Phase::Closed;
+        }
+        Ok(n)
+    }
+}
+
+impl Deframer {
+    /// A decoder for `role`; `seed` varies a client's control-reply masks.
+    pub fn new(role: Role, seed: u32) -> Deframer {
+        Deframer {
+            role,
+            header: [0; 14],
+            header_len: 0,
+            opcode: 0,
+            fin: false,
+            remaining: 0,
+            mask: [0; 4],
+            mask_pos: 0,
+            in_message: false,
+            control: Vec::new(),
+            closed: false,
+            mask_state: seed | 1,
+        }
+    }
+
+    /// Whether the peer's Close arrived (nothing more is decoded).
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Decodes the frames in `buf[from..]`, leaving the data payloads'
+    /// bytes, unmasked, at `buf[..n]`; returns `n`.
+    pub fn feed(
         &mut self,
         buf: &mut [u8],
         from: usize,
@@ -188,10 +241,7 @@ impl WsConn {
     ) -> Result<usize, WsError> {
         let mut rd = from;
         let mut wr = 0;
-        while rd < buf.len() {
-            if !matches!(self.phase, Phase::Open) {
-                break;
-            }
+        while rd < buf.len() && !self.closed {
             if self.header_len < 2 || self.header_len < self.header_size() {
                 self.header[self.header_len] = buf[rd];
                 self.header_len += 1;
@@ -199,15 +249,19 @@ impl WsConn {
                 if self.header_len >= 2 && self.header_len == self.header_size() {
                     self.start_frame()?;
                     if self.remaining == 0 {
-                        self.end_frame(actions)?;
+                        self.end_frame(actions);
                     }
                 }
                 continue;
             }
             let take = (buf.len() - rd).min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
             if self.opcode == OP_BINARY || self.opcode == OP_CONTINUATION {
-                for i in 0..take {
-                    buf[wr + i] = buf[rd + i] ^ self.mask[(self.mask_pos + i) & 3];
+                if self.role == Role::Server {
+                    for i in 0..take {
+                        buf[wr + i] = buf[rd + i] ^ self.mask[(self.mask_pos + i) & 3];
+                    }
+                } else {
+                    buf.copy_within(rd..rd + take, wr);
                 }
                 wr += take;
             } else {
@@ -220,7 +274,7 @@ impl WsConn {
             self.mask_pos = (self.mask_pos + take) & 3;
             self.remaining -= take as u64;
             if self.remaining == 0 {
-                self.end_frame(actions)?;
+                self.end_frame(actions);
             }
         }
         Ok(wr)
@@ -245,8 +299,18 @@ impl WsConn {
                 "reserved bits set (no extension was agreed)",
             ));
         }
-        if b1 & 0x80 == 0 {
-            return Err(fail(code::PROTOCOL_ERROR, "client frames must be masked"));
+        let masked = b1 & 0x80 != 0;
+        match (self.role, masked) {
+            (Role::Server, false) => {
+                return Err(fail(code::PROTOCOL_ERROR, "client frames must be masked"))
+            }
+            (Role::Client, true) => {
+                return Err(fail(
+                    code::PROTOCOL_ERROR,
+                    "server frames must not be masked",
+                ))
+            }
+            _ => {}
         }
         self.fin = b0 & 0x80 != 0;
         self.opcode = b0 & 0x0F;
@@ -255,9 +319,11 @@ impl WsConn {
             127 => u64::from_be_bytes(self.header[2..10].try_into().unwrap_or([0xFF; 8])),
             n => u64::from(n),
         };
-        let mask_at = self.header_size() - 4;
-        self.mask
-            .copy_from_slice(&self.header[mask_at..mask_at + 4]);
+        self.mask = [0; 4];
+        if masked {
+            let at = self.header_size() - 4;
+            self.mask.copy_from_slice(&self.header[at..at + 4]);
+        }
         self.mask_pos = 0;
         self.remaining = len;
         match self.opcode {
@@ -294,23 +360,46 @@ impl WsConn {
         }
     }
 
-    fn end_frame(&mut self, actions: &mut Vec<Action>) -> Result<(), WsError> {
+    fn end_frame(&mut self, actions: &mut Vec<Action>) {
         self.header_len = 0;
         match self.opcode {
-            OP_PING => actions.push(Action::Send(control_frame(OP_PONG, &self.control))),
+            OP_PING => {
+                let pong = self.reply(OP_PONG, &self.control.clone());
+                actions.push(Action::Send(pong));
+            }
             OP_CLOSE => {
                 // Echo its code (a Close with none is answered with none).
-                let reply = match self.control.get(..2) {
-                    Some(c) => control_frame(OP_CLOSE, c),
-                    None => control_frame(OP_CLOSE, &[]),
-                };
+                let code = self
+                    .control
+                    .get(..2)
+                    .map(<[u8]>::to_vec)
+                    .unwrap_or_default();
+                let reply = self.reply(OP_CLOSE, &code);
                 actions.push(Action::Send(reply));
                 actions.push(Action::Closed);
-                self.phase = Phase::Closed;
+                self.closed = true;
             }
             _ => {}
         }
-        Ok(())
+    }
+
+    /// A control frame to the peer: plain from a server, masked from a
+    /// client.
+    fn reply(&mut self, opcode: u8, payload: &[u8]) -> Bytes {
+        match self.role {
+            Role::Server => control_frame(opcode, payload),
+            Role::Client => {
+                // xorshift32: masks need not be secret here, only varied.
+                let mut x = self.mask_state;
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                self.mask_state = x;
+                let mut out = BytesMut::new();
+                masked_frame_into(opcode, payload, x.to_be_bytes(), &mut out);
+                out.freeze()
+            }
+        }
     }
 }
 
@@ -469,6 +558,80 @@ fn control_frame(opcode: u8, payload: &[u8]) -> Bytes {
     f.push(payload.len() as u8);
     f.extend_from_slice(payload);
     Bytes::from(f)
+}
+
+/// A client frame: FIN, `opcode`, masked with `mask`, appended to `out`.
+fn masked_frame_into(opcode: u8, payload: &[u8], mask: [u8; 4], out: &mut BytesMut) {
+    out.reserve(14 + payload.len());
+    out.put_u8(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => out.put_u8(0x80 | n as u8),
+        n if n <= 0xFFFF => {
+            out.put_u8(0x80 | 126);
+            out.put_u16(n as u16);
+        }
+        n => {
+            out.put_u8(0x80 | 127);
+            out.put_u64(n as u64);
+        }
+    }
+    out.put_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+}
+
+/// A client's binary message carrying `payload` (Tether frames), masked
+/// with `mask`, appended to `out`.
+pub fn client_binary_into(payload: &[u8], mask: [u8; 4], out: &mut BytesMut) {
+    masked_frame_into(OP_BINARY, payload, mask, out);
+}
+
+/// A client's Close (1000), masked with `mask`.
+pub fn client_close(mask: [u8; 4]) -> Bytes {
+    let mut out = BytesMut::new();
+    masked_frame_into(OP_CLOSE, &code::NORMAL.to_be_bytes(), mask, &mut out);
+    out.freeze()
+}
+
+/// `Sec-WebSocket-Key` from 16 random bytes.
+pub fn client_key(random: [u8; 16]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(random)
+}
+
+/// A client's upgrade request for `path` on `host` (`host:port`).
+pub fn client_request(host: &str, path: &str, key: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\n\r\n"
+    )
+}
+
+/// Checks a server's answer to [`client_request`]: `None` while its head is
+/// incomplete, the head's length once it is a valid `101` for `key`.
+pub fn check_upgrade(head: &[u8], key: &str) -> Result<Option<usize>, WsError> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    let used = match resp.parse(head) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if head.len() <= MAX_REQUEST_HEAD => return Ok(None),
+        Ok(httparse::Status::Partial) => return Err(fail(431, "answer head too large")),
+        Err(_) => return Err(fail(400, "the answer is not HTTP")),
+    };
+    if resp.code != Some(101) {
+        return Err(fail(
+            resp.code.unwrap_or(400),
+            "the server did not switch to WebSocket",
+        ));
+    }
+    let accept = resp
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"))
+        .map(|h| h.value);
+    if accept != Some(accept_key(key).as_bytes()) {
+        return Err(fail(400, "wrong Sec-WebSocket-Accept"));
+    }
+    Ok(Some(used))
 }
 
 /// A server Close with a code.
@@ -676,6 +839,55 @@ mod tests {
             [0x82, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]
         );
         assert_eq!(&close_frame(code::GOING_AWAY)[..], [0x88, 2, 0x03, 0xE9]);
+    }
+
+    #[test]
+    fn a_client_speaks_to_the_server_side() {
+        // The client's request is what the server side upgrades...
+        let key = client_key([7; 16]);
+        let mut ws = WsConn::default();
+        let mut head = client_request("127.0.0.1:7781", "/", &key).into_bytes();
+        let mut actions = Vec::new();
+        ws.input(&mut head, &mut actions).unwrap();
+        let Action::Send(answer) = &actions[0] else {
+            panic!("{actions:?}")
+        };
+        // ... and the server's answer is what the client accepts.
+        let mut answer = answer.to_vec();
+        let used = check_upgrade(&answer, &key).unwrap().unwrap();
+        assert_eq!(used, answer.len());
+        assert!(check_upgrade(&answer[..10], &key).unwrap().is_none());
+        assert!(check_upgrade(&answer, &client_key([8; 16])).is_err());
+        answer.clear();
+
+        // Client frames go through the server's decoder.
+        let mut out = BytesMut::new();
+        client_binary_into(b"tether bytes", [1, 2, 3, 4], &mut out);
+        let mut buf = out.to_vec();
+        let n = ws.input(&mut buf, &mut Vec::new()).unwrap();
+        assert_eq!(&buf[..n], b"tether bytes");
+
+        // Server frames through a client's decoder; its pong is masked.
+        let mut client = Deframer::new(Role::Client, 42);
+        let mut stream = binary_header(5).to_vec();
+        stream.extend_from_slice(b"hello");
+        stream.extend_from_slice(&[0x89, 1, b'p']);
+        let mut actions = Vec::new();
+        let n = client.feed(&mut stream, 0, &mut actions).unwrap();
+        assert_eq!(&stream[..n], b"hello");
+        let Action::Send(pong) = &actions[0] else {
+            panic!("{actions:?}")
+        };
+        let mut pong = pong.to_vec();
+        let mut server = Deframer::new(Role::Server, 0);
+        assert_eq!(server.feed(&mut pong, 0, &mut Vec::new()), Ok(0));
+        // A masked frame from a server is refused.
+        let mut masked = BytesMut::new();
+        client_binary_into(b"x", [1; 4], &mut masked);
+        let err = Deframer::new(Role::Client, 1)
+            .feed(&mut masked.to_vec(), 0, &mut Vec::new())
+            .unwrap_err();
+        assert_eq!(err.code, code::PROTOCOL_ERROR);
     }
 
     proptest! {
