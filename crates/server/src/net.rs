@@ -140,19 +140,23 @@ struct Conn {
 impl Conn {
     /// Queues one Tether frame: as it is on TCP, as one binary message on
     /// an open WebSocket. Before the upgrade there is no channel for it:
-    /// it is dropped.
-    fn push_frame(&mut self, frame: Bytes) {
-        match self.ws.as_deref() {
-            None => {}
+    /// it is dropped. Returns 1 for a frame queued on a WebSocket (counted
+    /// as sent now: its write-queue entries are not all frames), else 0
+    /// (a TCP frame is counted when written).
+    fn push_frame(&mut self, frame: Bytes) -> u64 {
+        let counted = match self.ws.as_deref() {
+            None => 0,
             Some(ws) if ws.is_open() => {
                 let header = ws::binary_header(frame.len());
                 self.wq_bytes += header.len();
                 self.wq.push_back(header);
+                1
             }
-            Some(_) => return,
-        }
+            Some(_) => return 0,
+        };
         self.wq_bytes += frame.len();
         self.wq.push_back(frame);
+        counted
     }
 
     /// Queues bytes as they are (an HTTP response, a WebSocket control
@@ -164,14 +168,15 @@ impl Conn {
 
     /// The server's last frame: the Tether Close, then on a WebSocket its
     /// own Close (1000), after which nothing more is sent.
-    fn push_close(&mut self, frame: Bytes) {
-        self.push_frame(frame);
+    fn push_close(&mut self, frame: Bytes) -> u64 {
+        let counted = self.push_frame(frame);
         if let Some(ws) = self.ws.as_deref_mut() {
             if ws.is_open() {
                 ws.close();
                 self.push_raw(ws::close_frame(ws::code::NORMAL));
             }
         }
+        counted
     }
 }
 
@@ -1004,7 +1009,7 @@ impl<G: Game> IoThread<G> {
                     // After the upgrade: the Tether Close says why, the
                     // WebSocket Close carries the RFC code.
                     let close = close_frame(CloseCode::ProtocolError, e.reason, 0);
-                    conn.push_frame(close);
+                    self.frames_out += conn.push_frame(close);
                     if let Some(ws) = conn.ws.as_deref_mut() {
                         ws.close();
                     }
@@ -1302,7 +1307,7 @@ impl<G: Game> IoThread<G> {
     fn queue(&mut self, slot: usize, frame: Bytes) {
         let cap = self.cfg.write_queue_cap_bytes;
         let conn = &mut self.conns[slot];
-        conn.push_frame(frame);
+        self.frames_out += conn.push_frame(frame);
         if conn.wq_bytes > cap {
             self.metrics
                 .closed_by_server
@@ -1430,7 +1435,8 @@ impl<G: Game> IoThread<G> {
                         written -= head_left;
                         conn.wq.pop_front();
                         conn.wq_head_written = 0;
-                        self.frames_out += 1;
+                        // WebSocket frames were counted when queued.
+                        self.frames_out += u64::from(conn.ws.is_none());
                     } else {
                         // A short write: the socket is full.
                         conn.wq_head_written += written;
@@ -1552,7 +1558,7 @@ impl<G: Game> IoThread<G> {
         };
         conn.gate.closed();
         conn.rbuf = Vec::new();
-        conn.push_close(close_frame(code, message, retry_after_ms));
+        self.frames_out += conn.push_close(close_frame(code, message, retry_after_ms));
         conn.closing = true;
         self.flush(slot);
     }

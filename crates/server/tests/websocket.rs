@@ -93,6 +93,22 @@ impl WsPlayer {
         }
     }
 
+    /// One message if one is buffered or arrives within one read.
+    fn recv_within_once(&mut self) -> Option<Msg> {
+        loop {
+            if let Some((payload, used)) = split_frame(&self.buf, MAX_PAYLOAD_LEN).unwrap() {
+                let msg = decode_server(payload).unwrap().msg.unwrap();
+                self.buf.drain(..used);
+                return Some(msg);
+            }
+            match self.ws.read() {
+                Ok(Message::Binary(b)) => self.buf.extend_from_slice(&b),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
     fn recv_until(&mut self, mut pred: impl FnMut(&Msg) -> bool) -> Option<Msg> {
         loop {
             let m = self.recv()?;
@@ -148,6 +164,36 @@ fn a_browser_player_resumes_and_its_inputs_apply_once() {
     assert_eq!(pongs, [43], "input 2 was not applied twice");
     assert_eq!(metric(&srv, "tether_duplicate_inputs_total"), 1);
     assert_eq!(metric(&srv, "tether_websocket_upgrades_total"), 2);
+}
+
+#[test]
+fn frames_sent_over_websocket_are_counted_once() {
+    let (srv, _store) = server(|cfg| cfg.ws_listen = Some("127.0.0.1:0".parse().unwrap()));
+    let mut p = WsPlayer::login(srv.ws_addr.unwrap(), "counter");
+    p.ping(1, 5);
+    assert!(p.recv_until(|m| pong(m, 5)).is_some());
+    // Everything the server sent so far (its InputAck comes ~500 ms after
+    // the input), then its count, then what was on the way meanwhile.
+    let mut received = 1 + p.frames; // the Welcome is not a counted frame
+    let mut drain = |p: &mut WsPlayer, for_ms: u64| {
+        let until = Instant::now() + Duration::from_millis(for_ms);
+        p.ws.get_mut()
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        while Instant::now() < until {
+            if p.recv_within_once().is_some() {
+                received += 1;
+            }
+        }
+        received
+    };
+    let before = drain(&mut p, 800);
+    let counted = metric(&srv, "tether_frames_out_total");
+    let after = drain(&mut p, 300);
+    assert!(
+        before <= counted && counted <= after,
+        "server counted {counted} frames, the player got {before}..{after}"
+    );
 }
 
 #[test]
