@@ -1,6 +1,7 @@
 # Helpers shared by the test scripts (sourced, not run): stopping a process,
-# a signal-friendly sleep, a watchdog, free loopback ports, and a pair of
-# network namespaces joined by a veth pair.
+# a signal-friendly sleep, a watchdog, free loopback ports, a pair of
+# network namespaces joined by a veth pair, and starting a server with
+# retries.
 #
 # `pick_ports` uses `$python` (default python3). `start_watchdog NAME SECS`
 # sets `watchdog_pid`; the sourcing script kills it in its cleanup.
@@ -102,4 +103,32 @@ netns_pair() {
     ip -n "$ns_bots" addr add "$addr_bots/24" dev "$veth_bots"
     ip -n "$ns_srv" link set "$veth_srv" up
     ip -n "$ns_bots" link set "$veth_bots" up
+}
+
+# Waits (10 s at most) for a server's /healthz on its admin PORT; fails at
+# once if the process PID is gone.
+wait_healthz() {
+    local port="$1" pid="$2"
+    for _ in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        curl -sf "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# Runs START (a function that picks ports, starts the server, sets
+# `server_pid` and returns 0 once it serves) up to three times, showing the
+# head of LOG after each failure; exits 2 if it never starts.
+start_with_retries() {
+    local start="$1" log_file="$2" attempt
+    for attempt in 1 2 3; do
+        "$start" && return 0
+        echo "server start $attempt failed:" >&2
+        sed 's/^/  server: /' "$log_file" | head -5 >&2 || true
+        stop "$server_pid"
+        server_pid=""
+    done
+    echo "the server did not start" >&2
+    exit 2
 }

@@ -54,26 +54,9 @@ start_server() {
         --ws-listen "127.0.0.1:$ws_port" --data-dir "$tmp/data" --world-players 4 \
         --log warn >"$tmp/server.log" 2>&1 &
     server_pid=$!
-    for _ in $(seq 1 100); do
-        kill -0 "$server_pid" 2>/dev/null || return 1
-        curl -sf "http://127.0.0.1:$admin_port/healthz" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    return 1
+    wait_healthz "$admin_port" "$server_pid"
 }
-
-ready=0
-for attempt in 1 2 3; do
-    if start_server; then
-        ready=1
-        break
-    fi
-    log "server start $attempt failed:"
-    sed 's/^/  server: /' "$tmp/server.log" | head -5 >&2 || true
-    stop "$server_pid"
-    server_pid=""
-done
-[[ "$ready" == 1 ]] || { log "the server did not start"; exit 2; }
+start_with_retries start_server "$tmp/server.log"
 
 log "the demo at http://127.0.0.1:$ws_port/"
 status=0

@@ -8,7 +8,7 @@ mod common;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{metric, server, TestClient};
+use common::{http_exchange as http, metric, server, TestClient};
 use tether_proto::pb::{self, client_message, input::Cmd, server_message::Msg, CloseCode};
 use tether_proto::{decode_server, encode_frame, split_frame, MAX_PAYLOAD_LEN};
 use tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
@@ -265,26 +265,6 @@ fn a_plain_get_is_answered_over_http() {
         "GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n",
     );
     assert_eq!(status, 404);
-}
-
-/// One raw HTTP exchange: the status and the body.
-fn http(addr: SocketAddr, request: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// The Rust client over WebSocket (`Transport::WebSocket`): logs in, plays,
