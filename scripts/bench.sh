@@ -7,7 +7,11 @@
 #   scripts/bench.sh [--clients N] [--move-hz R] [--duration S] [--ramp S]
 #                    [--scenario NAME] [--server-args "..."] [--bots-args "..."]
 #                    [--vs-relay] [--relay-dir DIR] [--profile SECS]
-#                    [--server-bin PATH] [--bots-bin PATH] [--websocket]
+#                    [--server-bin PATH] [--bots-bin PATH] [--websocket] [--pin]
+#
+# --pin: the server runs on CPU 0 and the bots on the other CPUs (taskset),
+# so that on a small box they do not take each other's core in turns: A/B
+# runs of two builds repeat more closely.
 #
 # --websocket: the players connect over WebSocket (the server's ws_listen,
 # docs/PROTOCOL.md section 1.1) instead of plain TCP; the summary says
@@ -33,7 +37,7 @@ cd "$(dirname "$0")/.."
 
 clients=1000 move_hz=5 duration=30 ramp=10 scenario=standard
 server_args="" bots_args="" vs_relay=0 relay_dir="bench/relay" profile=0
-server_bin="" bots_bin="" websocket=0
+server_bin="" bots_bin="" websocket=0 pin=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --clients) clients=$2; shift 2 ;;
@@ -49,7 +53,8 @@ while [ $# -gt 0 ]; do
     --server-bin) server_bin=$2; shift 2 ;;
     --bots-bin) bots_bin=$2; shift 2 ;;
     --websocket) websocket=1; shift ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    --pin) pin=1; shift ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -118,8 +123,16 @@ if [ "$websocket" = 1 ]; then
   bots_transport="--websocket"
 fi
 log "starting tether on 127.0.0.1:$port (admin $admin${ws_port:+, WebSocket $ws_port}), world sized for $clients players"
+server_cpus="" bots_cpus=""
+if [ "$pin" = 1 ]; then
+  command -v taskset >/dev/null || { echo "bench: --pin needs taskset" >&2; exit 2; }
+  n=$(nproc)
+  [ "$n" -ge 2 ] || { echo "bench: --pin needs 2 CPUs" >&2; exit 2; }
+  server_cpus="taskset -c 0" bots_cpus="taskset -c 1-$((n - 1))"
+  log "pinned: server on CPU 0, bots on CPUs 1-$((n - 1))"
+fi
 # shellcheck disable=SC2086
-"$server_bin" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" $ws_args \
+$server_cpus "$server_bin" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" $ws_args \
   --data-dir "$workdir/data" --world-players "$clients" --log warn $server_args \
   2> "$workdir/server.log" &
 server_pid=$!
@@ -130,7 +143,7 @@ for _ in $(seq 1 100); do
 done
 
 # shellcheck disable=SC2086
-"$bots_bin" --addr "$bots_addr" $bots_transport --admin "127.0.0.1:$admin" \
+$bots_cpus "$bots_bin" --addr "$bots_addr" $bots_transport --admin "127.0.0.1:$admin" \
   --scenario "$scenario" --clients "$clients" --move-hz "$move_hz" --duration "$duration" \
   --ramp "$ramp" $bots_args > "$workdir/bots.json" &
 bots_pid=$!

@@ -9,8 +9,11 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-export TETHER_BIN="${1:-${CARGO_TARGET_DIR:-$root/target}/debug/tether}"
-[[ -x "$TETHER_BIN" ]] || { echo "ts-client: no server binary at $TETHER_BIN (cargo build -p tether-server)" >&2; exit 2; }
+bin="${1:-${CARGO_TARGET_DIR:-$root/target}/debug/tether}"
+[[ -x "$bin" ]] || { echo "ts-client: no server binary at $bin (cargo build -p tether-server)" >&2; exit 2; }
+# Absolute: the tests run from this folder.
+TETHER_BIN="$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")"
+export TETHER_BIN
 cd "$here"
 npm ci --no-audit --no-fund --loglevel=error
 npm run --silent generate

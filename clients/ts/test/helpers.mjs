@@ -43,6 +43,7 @@ export async function startServer(extra = []) {
     ], { stdio: ['ignore', 'ignore', 'pipe'] });
     let log = '';
     child.stderr.on('data', (d) => { log += d; });
+    child.on('error', (e) => { log += `cannot start ${TETHER_BIN}: ${e.message}`; });
     const up = await waitFor(async () => {
       if (child.exitCode !== null) return 'exited';
       try {
