@@ -8,7 +8,7 @@
 // players meet by walking to its middle.
 import { chromium } from 'playwright-core';
 import assert from 'node:assert/strict';
-import net from 'node:net';
+import { startCutProxy } from './cut-proxy.mjs';
 
 const wsAddr = process.env.TETHER_WS;
 if (!wsAddr) throw new Error('TETHER_WS is not set');
@@ -20,47 +20,13 @@ function log(...a) {
   console.log('[play-test]', ...a);
 }
 
-// A TCP proxy in front of the WebSocket listener that the test can cut: it
-// resets every connection and refuses new ones until restored.
-async function cutter() {
-  const sockets = new Set();
-  let open = true;
-  const server = net.createServer((c) => {
-    if (!open) return c.resetAndDestroy();
-    const up = net.connect(Number(wsPort), wsHost);
-    for (const s of [c, up]) {
-      sockets.add(s);
-      s.on('close', () => sockets.delete(s));
-      s.on('error', () => {});
-    }
-    c.pipe(up);
-    up.pipe(c);
-    c.on('close', () => up.destroy());
-    up.on('close', () => c.destroy());
-  });
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  return {
-    port: server.address().port,
-    cut() {
-      open = false;
-      for (const s of sockets) s.resetAndDestroy();
-    },
-    restore() {
-      open = true;
-    },
-    close: () => new Promise((r) => {
-      for (const s of sockets) s.destroy();
-      server.close(r);
-    }),
-  };
-}
-
 const linkOf = (page) => page.locator('#link').textContent();
 const chatLines = (page) => page.evaluate(() => window.tether.state.chat.map((c) => `${c.from}: ${c.text}`));
 const sees = (page, name) =>
   page.evaluate((n) => [...window.tether.state.entities.values()].some((e) => e.name === n), name);
 
-const proxy = await cutter();
+// Bob's page reaches the server through a proxy the test cuts.
+const proxy = await startCutProxy(Number(wsPort), wsHost);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: ['--no-sandbox'],

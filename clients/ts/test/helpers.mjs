@@ -79,45 +79,8 @@ export async function startServer(extra = []) {
   throw new Error('unreachable');
 }
 
-/**
- * A TCP proxy to `port` on loopback. `cut()` resets every connection and
- * refuses new ones until `restore()`.
- */
-export async function startProxy(port) {
-  const sockets = new Set();
-  let open = true;
-  const server = net.createServer((client) => {
-    if (!open) {
-      client.resetAndDestroy();
-      return;
-    }
-    const upstream = net.connect(port, '127.0.0.1');
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.on('close', () => sockets.delete(s));
-      s.on('error', () => {});
-    }
-    client.pipe(upstream);
-    upstream.pipe(client);
-    client.on('close', () => upstream.destroy());
-    upstream.on('close', () => client.destroy());
-  });
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  return {
-    url: `ws://127.0.0.1:${server.address().port}/`,
-    cut() {
-      open = false;
-      for (const s of sockets) s.resetAndDestroy();
-    },
-    restore() {
-      open = true;
-    },
-    close: () => new Promise((r) => {
-      for (const s of sockets) s.destroy();
-      server.close(r);
-    }),
-  };
-}
+/** A TCP proxy to `port` on loopback that a test can cut (shared with the browser tests). */
+export { startCutProxy as startProxy } from '../../../tests/browser/cut-proxy.mjs';
 
 /** Polls `check` every 20 ms until it returns something truthy. */
 export async function waitFor(check, timeoutMs = 10_000, what = 'a condition') {

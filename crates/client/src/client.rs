@@ -726,32 +726,23 @@ impl Client {
         let (Link::Handshake { stream, .. } | Link::Live { stream }) = &self.link else {
             return Ok(());
         };
-        if let Some(w) = self.ws.as_mut() {
-            // Everything queued since the last write goes as one message.
-            if !self.wbuf.is_empty() {
-                let mask: [u8; 4] = self.rng.random();
-                ws::client_binary_into(&self.wbuf, mask, &mut w.out);
-                self.wbuf.clear();
-            }
-            while !w.out.is_empty() {
-                match stream.try_write(&w.out) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => {
-                        w.out.advance(n);
-                        self.stats.bytes_out += n as u64;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
+        let out = match self.ws.as_mut() {
+            Some(w) => {
+                // Everything queued since the last write goes as one message.
+                if !self.wbuf.is_empty() {
+                    let mask: [u8; 4] = self.rng.random();
+                    ws::client_binary_into(&self.wbuf, mask, &mut w.out);
+                    self.wbuf.clear();
                 }
+                &mut w.out
             }
-            return Ok(());
-        }
-        while !self.wbuf.is_empty() {
-            match stream.try_write(&self.wbuf) {
+            None => &mut self.wbuf,
+        };
+        while !out.is_empty() {
+            match stream.try_write(out) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
-                    self.wbuf.advance(n);
+                    out.advance(n);
                     self.stats.bytes_out += n as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
