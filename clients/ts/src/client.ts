@@ -162,7 +162,7 @@ export class TetherClient {
   private retryAfterMs = 0;
   private reloginPending = false;
   private dropped = 0;
-  private _stats: ClientStats = { reconnects: 0, resumes: 0, relogins: 0, framesReceived: 0n, inputsSent: 0 };
+  private _stats: Omit<ClientStats, 'framesReceived'> = { reconnects: 0, resumes: 0, relogins: 0, inputsSent: 0 };
 
   constructor(options: ClientOptions) {
     const platform = (globalThis as { WebSocket?: new (url: string) => WebSocketLike }).WebSocket;
@@ -328,16 +328,7 @@ export class TetherClient {
 
   /** The connection is gone: resume (or log in) again after a backoff. */
   private lost(): void {
-    const ws = this.ws;
-    this.ws = null;
-    if (ws) {
-      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
-      try {
-        ws.close();
-      } catch {
-        // already closed
-      }
-    }
+    this.detach();
     this.bound = false;
     if (this._state === 'offline' || this.reconnectTimer) return;
     if (this._state === 'live') this.setState('resuming');
@@ -361,13 +352,21 @@ export class TetherClient {
     this.reconnectTimer = null;
     if (this.service) clearInterval(this.service);
     this.service = null;
+    this.detach(1000);
+    this.emit('closed', { code, message });
+  }
+
+  /** Lets go of the current WebSocket: no more events from it, closed. */
+  private detach(code?: number): void {
     const ws = this.ws;
     this.ws = null;
-    if (ws) {
-      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
-      ws.close(1000);
+    if (!ws) return;
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    try {
+      ws.close(code);
+    } catch {
+      // already closed
     }
-    this.emit('closed', { code, message });
   }
 
   // ----- reading -------------------------------------------------------

@@ -490,15 +490,13 @@ pub fn http_error(e: &WsError) -> Bytes {
         431 => "431 Request Header Fields Too Large",
         _ => "400 Bad Request",
     };
-    let mut extra = "";
-    if e.code == 426 {
-        extra = "Sec-WebSocket-Version: 13\r\n";
-    }
-    Bytes::from(format!(
-        "HTTP/1.1 {status}\r\n{extra}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}\n",
-        e.reason.len() + 1,
-        e.reason
-    ))
+    let version: &[(&str, &str)] = if e.code == 426 {
+        &[("Sec-WebSocket-Version", "13")]
+    } else {
+        &[]
+    };
+    let body = format!("{}\n", e.reason);
+    http_response_with(status, "text/plain", version, body.as_bytes())
 }
 
 /// An HTTP response with a body (a page) and extra headers, ending the
@@ -540,41 +538,41 @@ pub fn binary_header(len: usize) -> Bytes {
     if len < 126 {
         return Bytes::from_static(&SHORT_HEADERS[len]);
     }
-    let mut h = Vec::with_capacity(10);
-    h.push(0x80 | OP_BINARY);
-    if let Ok(short) = u16::try_from(len) {
-        h.push(126);
-        h.extend_from_slice(&short.to_be_bytes());
-    } else {
-        h.push(127);
-        h.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    Bytes::from(h)
+    let mut h = BytesMut::with_capacity(10);
+    header_into(OP_BINARY, len, false, &mut h);
+    h.freeze()
 }
 
+/// A frame's header without its mask key: FIN, `opcode`, the mask bit when
+/// `masked`, the payload length in 7, 16 or 64 bits.
+fn header_into(opcode: u8, len: usize, masked: bool, out: &mut BytesMut) {
+    let mask_bit = if masked { 0x80 } else { 0 };
+    out.put_u8(0x80 | opcode);
+    match len {
+        n if n < 126 => out.put_u8(mask_bit | n as u8),
+        n if n <= 0xFFFF => {
+            out.put_u8(mask_bit | 126);
+            out.put_u16(n as u16);
+        }
+        n => {
+            out.put_u8(mask_bit | 127);
+            out.put_u64(n as u64);
+        }
+    }
+}
+
+/// A server control frame (unmasked).
 fn control_frame(opcode: u8, payload: &[u8]) -> Bytes {
-    let mut f = Vec::with_capacity(2 + payload.len());
-    f.push(0x80 | opcode);
-    f.push(payload.len() as u8);
-    f.extend_from_slice(payload);
-    Bytes::from(f)
+    let mut f = BytesMut::with_capacity(2 + payload.len());
+    header_into(opcode, payload.len(), false, &mut f);
+    f.put_slice(payload);
+    f.freeze()
 }
 
 /// A client frame: FIN, `opcode`, masked with `mask`, appended to `out`.
 fn masked_frame_into(opcode: u8, payload: &[u8], mask: [u8; 4], out: &mut BytesMut) {
     out.reserve(14 + payload.len());
-    out.put_u8(0x80 | opcode);
-    match payload.len() {
-        n if n < 126 => out.put_u8(0x80 | n as u8),
-        n if n <= 0xFFFF => {
-            out.put_u8(0x80 | 126);
-            out.put_u16(n as u16);
-        }
-        n => {
-            out.put_u8(0x80 | 127);
-            out.put_u64(n as u64);
-        }
-    }
+    header_into(opcode, payload.len(), true, out);
     out.put_slice(&mask);
     out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
 }

@@ -467,8 +467,7 @@ impl ServerHandler for TetherMcp {
             ));
         }
         let this = self.as_caller(&context);
-        let router = this.tool_router.clone();
-        router
+        this.tool_router
             .call(ToolCallContext::new(&this, request, context))
             .await
     }

@@ -170,13 +170,19 @@ impl Conn {
     /// own Close (1000), after which nothing more is sent.
     fn push_close(&mut self, frame: Bytes) -> u64 {
         let counted = self.push_frame(frame);
+        self.end_ws(ws::code::NORMAL);
+        counted
+    }
+
+    /// On an open WebSocket, queues its Close with `code`; nothing more is
+    /// sent on it after. A no-op on TCP and before the upgrade.
+    fn end_ws(&mut self, code: u16) {
         if let Some(ws) = self.ws.as_deref_mut() {
             if ws.is_open() {
                 ws.close();
-                self.push_raw(ws::close_frame(ws::code::NORMAL));
+                self.push_raw(ws::close_frame(code));
             }
         }
-        counted
     }
 }
 
@@ -983,21 +989,15 @@ impl<G: Game> IoThread<G> {
         self.ws_actions = actions;
         match result {
             Ok(k) if !closing => {
-                if !conn.wq.is_empty() && !conn.in_dirty_list {
-                    conn.in_dirty_list = true;
-                    conn.dirty_since_ms = self.loop_now_ms;
-                    self.dirty.push(slot);
+                if !conn.wq.is_empty() {
+                    self.mark_dirty(slot);
                 }
                 Some(k)
             }
             Ok(_) => {
                 // The peer's Close, answered, or a page: the session (if
                 // any) turns zombie as on a TCP close.
-                self.notify_shard(slot, ConnLoss::Peer);
-                let conn = &mut self.conns[slot];
-                conn.gate.closed();
-                conn.closing = true;
-                self.flush(slot);
+                self.close_when_flushed(slot, ConnLoss::Peer);
                 None
             }
             Err(e) => {
@@ -1010,10 +1010,7 @@ impl<G: Game> IoThread<G> {
                     // WebSocket Close carries the RFC code.
                     let close = close_frame(CloseCode::ProtocolError, e.reason, 0);
                     self.frames_out += conn.push_frame(close);
-                    if let Some(ws) = conn.ws.as_deref_mut() {
-                        ws.close();
-                    }
-                    conn.push_raw(ws::close_frame(e.code));
+                    conn.end_ws(e.code);
                 } else {
                     conn.push_raw(ws::http_error(&e));
                 }
@@ -1021,14 +1018,20 @@ impl<G: Game> IoThread<G> {
                     .closed_by_server
                     .get_or_create(&labels(&[("reason", "websocket_error")]))
                     .inc();
-                self.notify_shard(slot, ConnLoss::ProtocolError);
-                let conn = &mut self.conns[slot];
-                conn.gate.closed();
-                conn.closing = true;
-                self.flush(slot);
+                self.close_when_flushed(slot, ConnLoss::ProtocolError);
                 None
             }
         }
+    }
+
+    /// Ends a connection whose last bytes are queued: the shard hears `why`,
+    /// nothing more is read, and it closes once its queue is written.
+    fn close_when_flushed(&mut self, slot: usize, why: ConnLoss) {
+        self.notify_shard(slot, why);
+        let conn = &mut self.conns[slot];
+        conn.gate.closed();
+        conn.closing = true;
+        self.flush(slot);
     }
 
     fn defer_read(&mut self, slot: usize) {
@@ -1280,12 +1283,7 @@ impl<G: Game> IoThread<G> {
                         if let Some(slot) = self.live_slot(conn) {
                             self.queue(slot, frame);
                             if let Some(c) = self.conns.get_mut(slot) {
-                                if let Some(ws) = c.ws.as_deref_mut() {
-                                    if ws.is_open() {
-                                        ws.close();
-                                        c.push_raw(ws::close_frame(ws::code::NORMAL));
-                                    }
-                                }
+                                c.end_ws(ws::code::NORMAL);
                                 c.closing = true;
                             }
                         }
@@ -1339,6 +1337,13 @@ impl<G: Game> IoThread<G> {
             self.lose(slot, ConnLoss::SlowConsumer);
             return;
         }
+        self.mark_dirty(slot);
+    }
+
+    /// Puts the connection on the dirty list (written by `flush_dirty`),
+    /// once.
+    fn mark_dirty(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
         if !conn.in_dirty_list {
             conn.in_dirty_list = true;
             conn.dirty_since_ms = self.loop_now_ms;
