@@ -361,7 +361,10 @@ export class TetherClient {
     const ws = this.ws;
     this.ws = null;
     if (!ws) return;
-    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    // Kept, not cleared: Node's `ws` reports a socket closed while it
+    // connects as an error event, which with no listener would throw.
+    ws.onerror = () => {};
     try {
       ws.close(code);
     } catch {

@@ -4,6 +4,7 @@ import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   TetherClient,
+  TooManyPendingInputs,
   CloseCode,
   ChatScope,
   AttackSchema,
@@ -51,6 +52,20 @@ test('64-bit ids survive encoding without precision loss', () => {
   const f = frame(new Uint8Array([1, 2, 3]));
   assert.deepEqual(reader.push(f.subarray(0, 1)), []);
   assert.deepEqual(reader.push(f.subarray(1)).map((p) => [...p]), [[1, 2, 3]]);
+});
+
+test('inputs waiting for the server are bounded', () => {
+  // Nothing listens there: the client stays connecting and keeps inputs.
+  const c = new TetherClient({
+    url: 'ws://127.0.0.1:9/', auth: { devName: 'tsbound' }, webSocket: nodeWebSocket,
+    maxPendingInputs: 3, reconnectInitialMs: 60_000,
+  });
+  c.connect();
+  for (let t = 1n; t <= 3n; t += 1n) c.ping(t);
+  assert.equal(c.pendingInputs, 3);
+  assert.throws(() => c.ping(4n), TooManyPendingInputs);
+  assert.equal(c.pendingInputs, 3);
+  c.logout();
 });
 
 test('logs in, plays, and its view has the world', async () => {

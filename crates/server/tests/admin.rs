@@ -151,6 +151,15 @@ fn tokens_give_roles() {
     assert_eq!(code, 200);
     assert!(page.contains("console.js"), "{page}");
     assert_eq!(admin_request(admin, "POST", "/mcp", None, "{}").0, 401);
+    // MCP requests are bounded (64 KiB): past it, 413 before any parsing.
+    let huge = format!("{{\"pad\":\"{}\"}}", "x".repeat(70 * 1024));
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Authorization: Bearer {VIEWER}\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{huge}",
+        huge.len()
+    );
+    assert_eq!(common::http_exchange(admin, &request).0, 413);
     let (code, body) = http(admin, "POST", "/v1/players/carol/kick", Some(VIEWER), "");
     assert_eq!(code, 403, "{body}");
     assert_eq!(http(admin, "PUT", "/v1/protect", Some(VIEWER), "on").0, 403);
