@@ -13,6 +13,13 @@ pub struct Args {
     #[arg(long, env = "TETHER_BOTS_ADDR", default_value = "127.0.0.1:7777")]
     pub addr: SocketAddr,
 
+    /// Other servers of the same game (a cluster's), comma-separated:
+    /// players start spread over `--addr` and these, and each tries the
+    /// next one when its server cannot be reached (redirects between a
+    /// cluster's servers are followed whatever this says).
+    #[arg(long, value_delimiter = ',')]
+    pub other_addrs: Vec<SocketAddr>,
+
     /// The server's admin address; when given, server frames in/out, CPU and
     /// RSS are scraped from its /metrics at the start and end of the
     /// measured window.

@@ -64,7 +64,14 @@ pub struct ClientStats {
     pub connect_failures: u64,
     /// Logins again after a refused resume ([`Event::LoggedInAgain`]).
     pub relogins: u64,
+    /// `REDIRECT`s followed to another server of a cluster.
+    pub redirects: u64,
 }
+
+/// `REDIRECT`s followed in a row without a `Welcome` or `Resumed` before
+/// the client backs off as after a failed attempt (servers that disagree
+/// for a moment, while one of them takes over a failed one's accounts).
+pub const MAX_REDIRECTS_IN_A_ROW: u32 = 8;
 
 /// A connected socket, and for a WebSocket the bytes that came behind the
 /// server's upgrade answer.
@@ -108,6 +115,15 @@ async fn open(
             Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
         }
     }
+}
+
+/// host:port of a `ws://` or `wss://` URL.
+fn ws_host(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("ws://")
+        .or_else(|| url.strip_prefix("wss://"))?;
+    let end = rest.find('/').unwrap_or(rest.len());
+    Some(&rest[..end])
 }
 
 /// Where the connection stands.
@@ -187,6 +203,13 @@ pub struct Client {
     /// Logging in again after a refused resume: the inputs the old session
     /// had not acknowledged, for [`Event::LoggedInAgain`].
     relogging: Option<usize>,
+    /// Where the next connection goes: an entry point (`cfg.addr` or one of
+    /// `cfg.other_addrs`), or the server a `REDIRECT` named.
+    target: SocketAddr,
+    /// Which entry point the client is on (0: `cfg.addr`).
+    entry: usize,
+    /// `REDIRECT`s followed since the last `Welcome` or `Resumed`.
+    redirects_in_a_row: u32,
     stats: ClientStats,
 }
 
@@ -215,6 +238,9 @@ impl Client {
             logout_deadline: None,
             pending: None,
             relogging: None,
+            target: cfg.addr,
+            entry: 0,
+            redirects_in_a_row: 0,
             stats: ClientStats::default(),
             cfg,
         };
@@ -447,7 +473,7 @@ impl Client {
                     if now >= until {
                         let key: [u8; 16] = self.rng.random();
                         let fut: ConnectFuture =
-                            Box::pin(open(self.cfg.addr, self.cfg.transport.clone(), key));
+                            Box::pin(open(self.target, self.cfg.transport.clone(), key));
                         self.link = Link::Connecting {
                             fut,
                             deadline: now + self.cfg.connect_timeout,
@@ -783,6 +809,7 @@ impl Client {
                 };
                 self.welcome = Some(welcome);
                 self.attempts = 0;
+                self.redirects_in_a_row = 0;
                 self.go_live();
                 match self.relogging.take() {
                     Some(inputs_dropped) => {
@@ -794,6 +821,7 @@ impl Client {
             }
             ServerFrameOutcome::Resumed { mode, resend } => {
                 self.attempts = 0;
+                self.redirects_in_a_row = 0;
                 self.go_live();
                 let mut resent = resend.len();
                 for m in &resend {
@@ -824,6 +852,11 @@ impl Client {
                     && self.welcome.is_some()
                 {
                     return self.relogin(now);
+                }
+                if code == pb::CloseCode::Redirect {
+                    if let Some(out) = self.redirect(&close, now) {
+                        return out;
+                    }
                 }
                 match action {
                     CloseAction::LoggedOut => Some(self.finish(Out::Event(Event::LoggedOut))),
@@ -929,11 +962,65 @@ impl Client {
         Out::Event(Event::Paused(reason))
     }
 
+    /// A `REDIRECT`: the next connection goes to the server it names, with
+    /// the same `Hello` or `Resume`. `Some(None)`: followed, keep going;
+    /// `Some(Some(out))`: followed, report `out` (the live session paused);
+    /// `None`: not followed (no usable address, or too many in a row), to be
+    /// handled as a retryable close.
+    fn redirect(&mut self, close: &pb::Close, now: Instant) -> Option<Option<Out>> {
+        let to = close.redirect.as_ref()?;
+        let address = match self.cfg.transport {
+            Transport::Tcp => to.address.as_str(),
+            Transport::WebSocket { .. } => ws_host(&to.ws_url)?,
+        };
+        let addr: SocketAddr = address.parse().ok()?;
+        if self.redirects_in_a_row >= MAX_REDIRECTS_IN_A_ROW {
+            tracing::debug!(node = %to.node, "too many redirects in a row; backing off");
+            self.redirects_in_a_row = 0;
+            self.to_entry(self.entry);
+            return None;
+        }
+        self.redirects_in_a_row += 1;
+        self.stats.redirects += 1;
+        tracing::debug!(node = %to.node, %addr, "redirected");
+        self.target = addr;
+        let wait = Duration::from_millis(u64::from(close.retry_after_ms));
+        self.rbuf.clear();
+        self.wbuf.clear();
+        if matches!(self.link, Link::Live { .. }) {
+            // Moved while playing: the session goes on there (a resume).
+            self.session.on_disconnect(self.now_ms(now));
+            self.stats.disconnects += 1;
+            self.attempts = 0;
+            self.link = Link::Backoff { until: now + wait };
+            return Some(Some(Out::Event(Event::Paused(PauseReason::Closed {
+                code: pb::CloseCode::Redirect,
+                message: close.message.clone(),
+                retry_after_ms: close.retry_after_ms,
+            }))));
+        }
+        self.link = Link::Backoff { until: now + wait };
+        Some(None)
+    }
+
+    /// Goes back to entry point `i` (wrapping) for the next connection.
+    fn to_entry(&mut self, i: usize) {
+        let n = 1 + self.cfg.other_addrs.len();
+        self.entry = i % n;
+        self.target = match self.entry {
+            0 => self.cfg.addr,
+            k => self.cfg.other_addrs[k - 1],
+        };
+    }
+
     /// A connect or handshake attempt failed: back off, or give up. `None`
     /// means "keep going".
     fn fail_attempt(&mut self, last: String, at_least: Duration) -> Option<Out> {
         self.stats.connect_failures += 1;
         self.attempts += 1;
+        // The next attempt goes to the next entry point: the server this one
+        // went to may be down (a redirect's target, or one of a cluster's).
+        self.to_entry(self.entry + 1);
         self.rbuf.clear();
         self.wbuf.clear();
         if self.attempts >= self.cfg.reconnect.max_attempts {

@@ -87,6 +87,11 @@ impl Default for ReconnectPolicy {
 pub struct ClientConfig {
     /// The server's game address.
     pub addr: SocketAddr,
+    /// Other servers of the same game (a cluster's), tried in turn, after
+    /// `addr`, when the one in use cannot be reached. Which server holds a
+    /// session is the servers' business: any of them redirects the client to
+    /// the right one (`REDIRECT`, followed transparently). Empty by default.
+    pub other_addrs: Vec<SocketAddr>,
     pub login: Login,
     /// Free-form client name and version for the server's logs (<= 64 bytes;
     /// longer is cut).
@@ -155,6 +160,7 @@ impl ClientConfig {
     pub fn new(addr: SocketAddr, login: Login) -> Self {
         ClientConfig {
             addr,
+            other_addrs: Vec::new(),
             login,
             client_name: concat!("tether-client/", env!("CARGO_PKG_VERSION")).to_string(),
             reconnect: ReconnectPolicy::default(),

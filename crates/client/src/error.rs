@@ -136,7 +136,8 @@ pub(crate) fn close_action(code: i32) -> (CloseCode, CloseAction) {
         | CloseCode::RateLimited
         | CloseCode::ServerBusy
         | CloseCode::ServerShutdown
-        | CloseCode::StorageUnavailable => CloseAction::Retry,
+        | CloseCode::StorageUnavailable
+        | CloseCode::Redirect => CloseAction::Retry,
     };
     (code, action)
 }

@@ -75,6 +75,7 @@ impl Peer {
             code: code as i32,
             message: "test".into(),
             retry_after_ms,
+            redirect: None,
         }))
         .await;
     }

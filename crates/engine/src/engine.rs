@@ -15,7 +15,7 @@ use crate::game::{Ctx, Game, Outbox, PlayerId, Route, Undeliverable};
 use crate::host::{BusMsg, Host};
 use crate::record::{Record, SessionMark, Tx};
 use crate::stats::{EngineStats, RefusedResume};
-use crate::wire::{close_frame, input_ack_frame, resumed_frame, welcome_frame};
+use crate::wire::{close_frame, input_ack_frame, redirect_frame, resumed_frame, welcome_frame};
 
 /// Transactions held while storage's queue is full. The game is told it
 /// cannot commit as soon as one is held (`Ctx::can_commit`), so a game that
@@ -815,6 +815,69 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
         true
     }
 
+    /// Storage answered load `tag` (a login's or a resume's): in a cluster,
+    /// the account belongs on another server (it holds the session, or it
+    /// is less loaded). The connection is closed with `REDIRECT` to it; the
+    /// client sends the same `Hello` or `Resume` there.
+    pub fn redirected(&mut self, now: u64, tag: u64, to: pb::Redirect) {
+        let conn = if let Some((conn, account)) = self.loading.remove(&tag) {
+            if !self.by_account.contains_key(&account) && !self.is_loading(&account) {
+                self.host.release(&account);
+            }
+            conn
+        } else if let Some((conn, _)) = self.restoring.remove(&tag) {
+            conn
+        } else {
+            return; // the connection went away while loading
+        };
+        self.loading_by_conn.remove(&conn);
+        self.stats.redirects += 1;
+        self.route_outbox(now);
+        self.close_redirect(conn, to, "this account is served by another server", 0);
+    }
+
+    /// Moves `account`'s session to the cluster's server `to` (an
+    /// operator's channel change): the player leaves this game and is saved
+    /// *with its session*, as at a shutdown, the account is handed to `to`
+    /// once that save is durable, and the connection (if any) is closed with
+    /// `REDIRECT`: the client resumes there, its unacknowledged inputs
+    /// applied once. A zombie's client is redirected when it comes back.
+    /// `false` if the account has no session here.
+    pub fn transfer(&mut self, now: u64, account: &str, to: pb::Redirect) -> bool {
+        let Some(&idx) = self.by_account.get(account) else {
+            return false;
+        };
+        self.route_outbox(now);
+        let ctx = self.ctx(now);
+        let mark = self.sessions[idx].mark();
+        let player = self.sessions[idx].player;
+        if let Some(mut record) = self.game.leave(&ctx, player, &mut self.out) {
+            record.session = Some(mark);
+            self.host.save_now(record);
+        }
+        // Whatever else the game saved for it keeps the mark too.
+        self.route_outbox(now);
+        let mut slot = self.sessions.remove(idx);
+        if slot.conn.is_some() {
+            self.stats.active -= 1;
+        } else {
+            self.stats.zombies -= 1;
+        }
+        slot.session.release(&mut self.pool);
+        self.by_player.remove(&slot.player);
+        self.by_id.remove(&slot.session.id());
+        self.by_account.remove(&slot.account);
+        self.host.hand_over(&slot.account, &to.node);
+        self.host.population(-1);
+        self.stats.transfers += 1;
+        if let Some(conn) = slot.conn {
+            self.by_conn.remove(&conn);
+            self.close_redirect(conn, to, "moved to another server", 0);
+        }
+        self.route_outbox(now);
+        true
+    }
+
     /// `conn` is gone (the peer closed it, or the driver cut it). Its
     /// session, if any, becomes a zombie. Returns whether it had one.
     pub fn closed(&mut self, now: u64, conn: ConnId) -> bool {
@@ -930,6 +993,23 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
             BusMsg::Game { from_shard, msg } => {
                 let ctx = self.ctx(now);
                 self.game.on_remote(&ctx, from_shard, msg, &mut self.out);
+            }
+            BusMsg::Node(bytes) => match G::decode_remote(&bytes) {
+                Some(msg) => {
+                    let ctx = self.ctx(now);
+                    self.game
+                        .on_remote(&ctx, crate::FROM_OTHER_NODE, msg, &mut self.out);
+                }
+                None => debug!(
+                    shard = self.cfg.shard,
+                    "a message from another server this build cannot read; dropped"
+                ),
+            },
+            BusMsg::Bounced { msg, why } => {
+                if let Some(msg) = G::decode_remote(&msg) {
+                    let ctx = self.ctx(now);
+                    self.game.undeliverable(&ctx, msg, why, &mut self.out);
+                }
             }
         }
         self.route_outbox(now);
@@ -1104,6 +1184,7 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
             }
             for frame in std::mem::take(&mut self.out.broadcast) {
                 self.broadcast_local(now, &frame);
+                self.host.broadcast_other_nodes(&frame);
                 for s in 0..self.host.shard_count() {
                     if s != self.cfg.shard {
                         // A full bus loses that shard's copy: broadcasts
@@ -1127,12 +1208,24 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
 
     fn route_remote(&mut self, now: u64, route: Route, msg: G::Remote) {
         let me = self.cfg.shard;
-        let target = match route {
-            Route::Shard(s) if s < self.host.shard_count() => Some(s),
+        let target = match &route {
+            Route::Shard(s) if *s < self.host.shard_count() => Some(*s),
             Route::Shard(_) => None,
-            Route::Account(account) => self.host.locate(&account),
+            Route::Account(account) => self.host.locate(account),
         };
         let ctx = self.ctx(now);
+        if let (None, Route::Account(account)) = (target, &route) {
+            // Not on this server: in a cluster, perhaps on another one.
+            let why = match G::encode_remote(&msg) {
+                Some(bytes) => match self.host.send_other_node(account, bytes) {
+                    Ok(()) => return,
+                    Err(why) => why,
+                },
+                None => Undeliverable::NoSuchAccount,
+            };
+            self.game.undeliverable(&ctx, msg, why, &mut self.out);
+            return;
+        }
         match target {
             Some(s) if s == me => self.game.on_remote(&ctx, me, msg, &mut self.out),
             Some(s) => {
@@ -1155,7 +1248,7 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
         match self.host.send_bus(shard, msg) {
             Ok(()) => Ok(()),
             Err(BusMsg::Game { msg, .. }) => Err(msg),
-            Err(BusMsg::Broadcast(_)) => unreachable!("the bus gives back what it was given"),
+            Err(_) => unreachable!("the bus gives back what it was given"),
         }
     }
 
@@ -1207,6 +1300,18 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
     fn close(&mut self, conn: ConnId, code: CloseCode, message: &str, retry_after_ms: u32) {
         self.stats.count_close(code);
         let frame = close_frame(code, message, retry_after_ms);
+        self.transmits.push_back(Transmit::Close { conn, frame });
+    }
+
+    fn close_redirect(
+        &mut self,
+        conn: ConnId,
+        to: pb::Redirect,
+        message: &str,
+        retry_after_ms: u32,
+    ) {
+        self.stats.count_close(CloseCode::Redirect);
+        let frame = redirect_frame(to, message, retry_after_ms);
         self.transmits.push_back(Transmit::Close { conn, frame });
     }
 }

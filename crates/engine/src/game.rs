@@ -46,7 +46,15 @@ pub enum Undeliverable {
     NoSuchAccount,
     /// The target shard's bus is full (it is far behind); try later.
     Busy,
+    /// The account is on another server of the cluster and the cluster's
+    /// messaging is away (or its queue is full); try later.
+    Unreachable,
 }
+
+/// The `from_shard` of a message that came from another server of the
+/// cluster ([`Game::on_remote`]). A game answers such a message with a new
+/// [`Route::Account`] message, not with [`Route::Shard`].
+pub const FROM_OTHER_NODE: u16 = u16::MAX;
 
 /// A game's input could not be decoded: the connection is closed with
 /// `PROTOCOL_ERROR` and the peer earns a strike.
@@ -225,6 +233,23 @@ pub trait Game: Send + 'static {
         msg: Self::Remote,
         out: &mut Outbox<Self::Remote>,
     );
+
+    /// A message for the game on another server of the cluster, as bytes
+    /// (the servers may run different builds: a game keeps this encoding
+    /// stable, as it does its records). `None` (the default): this message
+    /// stays on this server, and a [`Route::Account`] message for an account
+    /// held elsewhere is undeliverable (`NoSuchAccount`).
+    fn encode_remote(msg: &Self::Remote) -> Option<Bytes> {
+        let _ = msg;
+        None
+    }
+
+    /// Reads what [`Game::encode_remote`] wrote, on another server. `None`:
+    /// not a message this build knows; it is dropped.
+    fn decode_remote(bytes: &[u8]) -> Option<Self::Remote> {
+        let _ = bytes;
+        None
+    }
 
     /// A message this shard sent could not be handed over.
     fn undeliverable(

@@ -9,19 +9,27 @@
 use bytes::Bytes;
 use tether_session::ResumeToken;
 
+use crate::game::Undeliverable;
 use crate::record::{Record, Tx};
 
 /// Storage could not take the request now (queue full, or closed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StorageBusy;
 
-/// What travels between shards.
+/// What travels between shards (and, in a cluster, between servers).
 #[derive(Debug)]
 pub enum BusMsg<R> {
     /// A counted frame for every player of the receiving shard.
     Broadcast(Bytes),
     /// A message for the game on the receiving shard.
     Game { from_shard: u16, msg: R },
+    /// A message for the game from another server of the cluster, as
+    /// [`crate::Game::encode_remote`] wrote it; the game hears it with
+    /// `from_shard` [`crate::FROM_OTHER_NODE`].
+    Node(Bytes),
+    /// A message this shard sent to another server could not be delivered
+    /// there: handed back to the game ([`crate::Game::undeliverable`]).
+    Bounced { msg: Bytes, why: Undeliverable },
 }
 
 /// The engine's way out: storage, the account directory, other shards and
@@ -59,6 +67,13 @@ pub trait Host<R> {
     fn claim(&mut self, account: &str) -> bool;
     /// This shard's session of `account` ended.
     fn release(&mut self, account: &str);
+    /// This shard's session of `account` ended because it moves to the
+    /// cluster's server `node`: once its last record is durable, the
+    /// account is that server's. Outside a cluster, a release.
+    fn hand_over(&mut self, account: &str, node: &str) {
+        let _ = node;
+        self.release(account);
+    }
     /// The shard holding `account`'s session, if any.
     fn locate(&self, account: &str) -> Option<u16>;
     /// This shard's population changed by `delta` (for placing new logins).
@@ -69,4 +84,19 @@ pub trait Host<R> {
     /// Hands a message to another shard; gives it back when that shard's
     /// bus is full.
     fn send_bus(&mut self, shard: u16, msg: BusMsg<R>) -> Result<(), BusMsg<R>>;
+
+    /// In a cluster: hands a message for the game (encoded by
+    /// [`crate::Game::encode_remote`]) to whichever other server holds
+    /// `account`'s session. If it is found nowhere, it comes back later as
+    /// [`BusMsg::Bounced`]. Outside a cluster (the default): no other
+    /// server has it.
+    fn send_other_node(&mut self, account: &str, msg: Bytes) -> Result<(), Undeliverable> {
+        let _ = (account, msg);
+        Err(Undeliverable::NoSuchAccount)
+    }
+    /// In a cluster: a counted frame for every player on every other
+    /// server, best effort. Outside a cluster (the default): nothing.
+    fn broadcast_other_nodes(&mut self, frame: &Bytes) {
+        let _ = frame;
+    }
 }

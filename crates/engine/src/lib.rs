@@ -65,7 +65,9 @@ pub use engine::{
     ConnId, Engine, EngineConfig, LoadFailed, SessionView, Takeover, Transmit, MAX_COMMIT_BACKLOG,
     SESSION_SHARD_SHIFT,
 };
-pub use game::{BadInput, BadRecord, Ctx, Game, Outbox, PlayerId, Route, Undeliverable};
+pub use game::{
+    BadInput, BadRecord, Ctx, Game, Outbox, PlayerId, Route, Undeliverable, FROM_OTHER_NODE,
+};
 pub use host::{BusMsg, Host, StorageBusy};
 pub use record::{Record, SessionMark, Tx};
 pub use stats::{EngineStats, RefusedResume, CLOSE_CODE_SLOTS};

@@ -52,6 +52,12 @@ pub struct EngineStats {
     pub zombie_expiries: u64,
     /// Sessions an operator ended ([`Engine::kick`](crate::Engine::kick)).
     pub kicks: u64,
+    /// Logins and resumes sent to another server of the cluster
+    /// ([`Engine::redirected`](crate::Engine::redirected)).
+    pub redirects: u64,
+    /// Sessions moved to another server
+    /// ([`Engine::transfer`](crate::Engine::transfer)).
+    pub transfers: u64,
     /// Transactions refused because the commit backlog was full.
     pub commits_refused: u64,
     /// Connections the engine closed, by close code.
@@ -74,6 +80,8 @@ impl Default for EngineStats {
             duplicate_inputs: 0,
             zombie_expiries: 0,
             kicks: 0,
+            redirects: 0,
+            transfers: 0,
             commits_refused: 0,
             closed: [0; CLOSE_CODE_SLOTS],
         }

@@ -15,6 +15,17 @@ pub fn close_frame(code: pb::CloseCode, message: &str, retry_after_ms: u32) -> B
         code: code as i32,
         message: message.to_string(),
         retry_after_ms,
+        redirect: None,
+    }))
+}
+
+/// A Close with `REDIRECT`: the client goes on at the server `to` names.
+pub(crate) fn redirect_frame(to: pb::Redirect, message: &str, retry_after_ms: u32) -> Bytes {
+    envelope(Msg::Close(pb::Close {
+        code: pb::CloseCode::Redirect as i32,
+        message: message.to_string(),
+        retry_after_ms,
+        redirect: Some(to),
     }))
 }
 

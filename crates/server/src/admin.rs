@@ -63,6 +63,8 @@ pub struct AdminState {
     pub settings: Arc<serde_json::Value>,
     /// Samples of the last hour (`GET /v1/history`).
     pub history: Arc<History>,
+    /// Cluster membership (cluster mode).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Samples kept: an hour at the default interval.
@@ -212,6 +214,9 @@ pub fn router(state: AdminState, extra: Router) -> Router {
         .route("/v1/players", get(find_players))
         .route("/v1/players/{account}", get(inspect_player))
         .route("/v1/players/{account}/kick", post(kick_player))
+        .route("/v1/players/{account}/move", post(move_player))
+        .route("/cluster", get(cluster_view))
+        .route("/v1/cluster", get(cluster_view))
         .route("/v1/bans", get(list_bans).post(add_ban))
         .route("/v1/bans/{ip}", axum::routing::delete(lift_ban))
         .route("/v1/protect", get(get_protect).put(put_protect))
@@ -600,6 +605,84 @@ async fn kick_player(
 
 /// `GET /v1/audit?limit=N`: the newest N audited writes (100 by default,
 /// 1,000 at most), newest last.
+/// `GET /cluster` (and `/v1/cluster`): the servers of the cluster as this
+/// one sees them, its NATS link and its ownership counters. 404 on a single
+/// server.
+async fn cluster_view(State(s): State<AdminState>) -> Response {
+    match &s.cluster {
+        Some(c) => json_response(&c.describe()),
+        None => (
+            StatusCode::NOT_FOUND,
+            error_json("this server is not in a cluster (set cluster = \"nats://...\")"),
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /v1/players/{account}/move`, body `{"node": "ID"}`: moves the
+/// session to another server of the cluster (a channel change). The player
+/// is saved with its session, the account is handed to that server once the
+/// save is durable, and the client is redirected there and resumes, its
+/// inputs applied once. 200 `{"moved":true,"node":ID}`; 404 (no session
+/// here), 409 (no such live server), 400. Audited.
+async fn move_player(
+    State(s): State<AdminState>,
+    Path(account): Path<String>,
+    role: Role,
+    body: String,
+) -> Response {
+    let Some(cluster) = &s.cluster else {
+        return (
+            StatusCode::NOT_FOUND,
+            error_json("this server is not in a cluster"),
+        )
+            .into_response();
+    };
+    let node = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("node").and_then(|n| n.as_str()).map(str::to_string));
+    let Some(node) = node else {
+        return (
+            StatusCode::BAD_REQUEST,
+            error_json("the body must be JSON: {\"node\": \"SERVER ID\"} (see GET /cluster)"),
+        )
+            .into_response();
+    };
+    let Some(to) = cluster.node(&node) else {
+        return (
+            StatusCode::CONFLICT,
+            error_json(
+                "no live server of the cluster by that id, other than this one (see GET /cluster)",
+            ),
+        )
+            .into_response();
+    };
+    let moved = match s.directory.locate(&account) {
+        Some(shard) => {
+            let q = Query::Move {
+                account: account.clone(),
+                to,
+            };
+            match s.control.ask(shard, q).await {
+                Ok(Answer::Moved(m)) => m,
+                Ok(_) => false,
+                Err(e) => return control_error(e),
+            }
+        }
+        None => false,
+    };
+    s.audit.record(role, "move", &account, &node, moved);
+    if moved {
+        json_response(&serde_json::json!({ "moved": true, "node": node }))
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            error_json("no session for this account on this server"),
+        )
+            .into_response()
+    }
+}
+
 async fn read_audit(State(s): State<AdminState>, RawQuery(query): RawQuery) -> Response {
     let limit = limit_of(&query, 100, 1_000);
     match s.audit.tail(limit) {

@@ -98,6 +98,26 @@ pub struct Config {
     pub store: Option<String>,
     /// Write-behind interval for positions and hp (loot is committed at once).
     pub flush_interval_ms: u64,
+    /// Cluster mode: the NATS server(s) the servers of one game agree
+    /// through (`nats://host:4222`, comma-separated for several). Needs a
+    /// shared PostgreSQL `store`. Unset: a single server.
+    pub cluster: Option<String>,
+    /// The cluster's name: NATS buckets and subjects are named after it.
+    pub cluster_name: String,
+    /// This server's id in the cluster, unique and stable across restarts.
+    /// Unset: `<host name>-<game port>`.
+    pub node: Option<String>,
+    /// The game address clients are sent to (redirects). Unset: `listen`,
+    /// which must then be a specific address, not 0.0.0.0.
+    pub advertise: Option<String>,
+    /// The WebSocket URL clients are sent to. Unset: `ws://<ws_listen>/`.
+    pub ws_advertise: Option<String>,
+    /// How long a server that stopped answering keeps its accounts: its
+    /// players are back elsewhere after at most about this long.
+    pub cluster_lease_ms: u64,
+    /// New logins go to another server while this one holds more than that
+    /// one's players plus this percentage (plus 16).
+    pub cluster_balance_slack_pct: u64,
     /// On SIGTERM / SIGINT, how long storage may take to write what it holds
     /// before the server exits anyway (logging what it could not write).
     pub shutdown_timeout_ms: u64,
@@ -249,6 +269,13 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             store: None,
             flush_interval_ms: 5_000,
+            cluster: None,
+            cluster_name: "tether".into(),
+            node: None,
+            advertise: None,
+            ws_advertise: None,
+            cluster_lease_ms: 5_000,
+            cluster_balance_slack_pct: 10,
             shutdown_timeout_ms: 10_000,
             restart_retry_ms: 1_000,
             auth: AuthMode::Dev,
@@ -337,6 +364,27 @@ pub struct Overrides {
     /// Write-behind interval for positions and hp, ms [default: 5000].
     #[arg(long, global = true, env = "TETHER_FLUSH_INTERVAL_MS")]
     pub flush_interval_ms: Option<u64>,
+    /// Cluster mode: NATS URL(s), e.g. nats://127.0.0.1:4222 (needs a PostgreSQL store) [default: a single server].
+    #[arg(long, global = true, env = "TETHER_CLUSTER")]
+    pub cluster: Option<String>,
+    /// The cluster's name (NATS buckets and subjects) [default: tether].
+    #[arg(long, global = true, env = "TETHER_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+    /// This server's id in the cluster [default: <host name>-<game port>].
+    #[arg(long, global = true, env = "TETHER_NODE")]
+    pub node: Option<String>,
+    /// The game address clients are redirected to [default: listen].
+    #[arg(long, global = true, env = "TETHER_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// The WebSocket URL clients are redirected to [default: ws://<ws_listen>/].
+    #[arg(long, global = true, env = "TETHER_WS_ADVERTISE")]
+    pub ws_advertise: Option<String>,
+    /// How long a silent server keeps its accounts, ms [default: 5000].
+    #[arg(long, global = true, env = "TETHER_CLUSTER_LEASE_MS")]
+    pub cluster_lease_ms: Option<u64>,
+    /// Balance slack for new logins, percent [default: 10].
+    #[arg(long, global = true, env = "TETHER_CLUSTER_BALANCE_SLACK_PCT")]
+    pub cluster_balance_slack_pct: Option<u64>,
     /// On SIGTERM, the longest wait for storage to take the last writes, ms [default: 10000].
     #[arg(long, global = true, env = "TETHER_SHUTDOWN_TIMEOUT_MS")]
     pub shutdown_timeout_ms: Option<u64>,
@@ -550,7 +598,36 @@ impl Config {
         if let Some(store) = &self.store {
             v["store"] = crate::redact(store).into();
         }
+        if let Some(cluster) = &self.cluster {
+            v["cluster"] = crate::redact(cluster).into();
+        }
         v
+    }
+
+    /// This server's id in the cluster: `node`, or `<host name>-<port>`.
+    pub fn node_id(&self) -> String {
+        if let Some(node) = &self.node {
+            return node.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let host: String = host
+            .trim()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(48)
+            .collect();
+        let host = if host.is_empty() {
+            "tether".into()
+        } else {
+            host
+        };
+        format!("{host}-{}", self.listen.port())
     }
 }
 
@@ -611,6 +688,16 @@ impl Config {
         if ov.store.is_some() {
             cfg.store = ov.store;
         }
+        for (from, to) in [
+            (ov.cluster, &mut cfg.cluster),
+            (ov.node, &mut cfg.node),
+            (ov.advertise, &mut cfg.advertise),
+            (ov.ws_advertise, &mut cfg.ws_advertise),
+        ] {
+            if from.is_some() {
+                *to = from;
+            }
+        }
         apply!(
             cfg,
             ov,
@@ -618,6 +705,9 @@ impl Config {
             listen,
             admin_listen,
             data_dir,
+            cluster_name,
+            cluster_lease_ms,
+            cluster_balance_slack_pct,
             flush_interval_ms,
             shutdown_timeout_ms,
             restart_retry_ms,
@@ -696,6 +786,32 @@ impl Config {
                 "admin_listen {} is not loopback: set admin_operator_token (--admin-operator-token or TETHER_ADMIN_OPERATOR_TOKEN), and admin_viewer_token for read-only access",
                 self.admin_listen
             )));
+        }
+        if self.cluster.is_some() {
+            if !self.store_spec().starts_with("postgres") {
+                return err("cluster mode needs a store every server shares: set store = \"postgres://...\" (--store or TETHER_STORE)");
+            }
+            if self.advertise.is_none() && self.listen.ip().is_unspecified() {
+                return Err(ConfigError(format!(
+                    "cluster mode: listen is {}, which clients cannot be sent to; set advertise = \"HOST:PORT\" (--advertise)",
+                    self.listen
+                )));
+            }
+            if !(1_000..=600_000).contains(&self.cluster_lease_ms) {
+                return err("cluster_lease_ms must be 1000..=600000");
+            }
+            let name_ok = |n: &str| {
+                !n.is_empty()
+                    && n.len() <= 64
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            };
+            if !name_ok(&self.cluster_name) {
+                return err("cluster_name must be 1-64 characters of [A-Za-z0-9_-]");
+            }
+            if self.node.as_deref().is_some_and(|n| !name_ok(n)) {
+                return err("node must be 1-64 characters of [A-Za-z0-9_-]");
+            }
         }
         if !(1..=64).contains(&self.io_threads) {
             return err("io_threads must be 1..=64");

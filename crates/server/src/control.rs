@@ -42,6 +42,11 @@ pub enum Query {
     Kick { account: String, message: String },
     /// An operators' notice to every session.
     Notice { text: String },
+    /// Move one account's session to another server of the cluster.
+    Move {
+        account: String,
+        to: tether_store::Redirect,
+    },
 }
 
 /// A shard's answer.
@@ -51,6 +56,7 @@ pub enum Answer {
     Players(Vec<PlayerRow>),
     Player(Option<PlayerRow>),
     Kicked(bool),
+    Moved(bool),
     /// Sessions a notice went to.
     Noticed(usize),
 }

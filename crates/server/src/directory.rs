@@ -69,6 +69,14 @@ impl Directory {
         self.lock().get(account).copied()
     }
 
+    /// Sessions on every shard.
+    pub fn total(&self) -> u64 {
+        self.population
+            .iter()
+            .map(|p| p.load(Ordering::Relaxed) as u64)
+            .sum()
+    }
+
     pub fn add_population(&self, shard: u16, delta: isize) {
         let p = &self.population[shard as usize];
         if delta >= 0 {

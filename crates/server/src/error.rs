@@ -25,6 +25,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: io::Error,
     },
+    /// Cluster mode could not start: NATS unreachable, or JetStream off.
+    Cluster(String),
     /// A thread, poller or socket option failed: the process is out of a
     /// resource (threads, descriptors, memory).
     Os(io::Error),
@@ -43,6 +45,7 @@ impl fmt::Display for StartError {
             StartError::Listen { what, addr, source } => {
                 write!(f, "cannot listen on {addr} ({what}): {source}")
             }
+            StartError::Cluster(e) => write!(f, "cannot join the cluster: {e}"),
             StartError::Os(e) => write!(f, "cannot start: {e}"),
         }
     }
@@ -55,6 +58,7 @@ impl std::error::Error for StartError {
             StartError::DataDir { source, .. } => Some(source),
             StartError::Storage { source, .. } => Some(source),
             StartError::Listen { source, .. } => Some(source),
+            StartError::Cluster(_) => None,
             StartError::Os(e) => Some(e),
         }
     }

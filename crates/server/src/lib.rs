@@ -34,6 +34,7 @@
 pub(crate) mod admin;
 pub mod auth;
 pub(crate) mod cidr;
+pub(crate) mod cluster;
 pub mod config;
 pub(crate) mod console;
 pub mod control;
@@ -93,6 +94,8 @@ pub struct ServerHandle {
     loads_held: Arc<AtomicBool>,
     /// Offers the listeners to a process that replaces this one.
     handover_thread: Option<JoinHandle<()>>,
+    /// Cluster membership (cluster mode).
+    cluster: Option<Arc<cluster::Cluster>>,
 }
 
 /// How a server starts, besides its settings.
@@ -141,6 +144,11 @@ impl ServerHandle {
             let report = store.shutdown(self.store_shutdown_bound);
             if report.is_complete() {
                 info!("storage flushed");
+                // Everything is written: this server's accounts are free
+                // now rather than when its lease ends.
+                if let Some(c) = self.cluster.take() {
+                    c.leave();
+                }
             } else {
                 warn!(?report, "storage could not be flushed completely");
             }
@@ -287,17 +295,6 @@ pub fn start_game_with<G: Game>(
 ) -> Result<ServerHandle, StartError> {
     cfg.validate()?;
     create_data_dir(&cfg)?;
-    let store = StoreWriter::start(
-        backend,
-        WriterConfig {
-            flush_interval: Duration::from_millis(cfg.flush_interval_ms),
-            ..WriterConfig::default()
-        },
-    )
-    .map_err(|source| StartError::Storage {
-        spec: redact(&cfg.store_spec()),
-        source,
-    })?;
     let cfg = Arc::new(cfg);
     let clock = Instant::now();
     let metrics = Arc::new(Metrics::new());
@@ -378,6 +375,50 @@ pub fn start_game_with<G: Game>(
     drop(ws_listener);
     admin_listener.set_nonblocking(true)?;
     let admin_addr = admin_listener.local_addr()?;
+
+    // Cluster mode: join before storage, which asks it who may hold what.
+    let cluster = match &cfg.cluster {
+        Some(url) => Some(
+            cluster::Cluster::start(cluster::ClusterConfig {
+                url: url.clone(),
+                name: cfg.cluster_name.clone(),
+                me: cluster::NodeInfo {
+                    node: cfg.node_id(),
+                    address: cfg
+                        .advertise
+                        .clone()
+                        .unwrap_or_else(|| game_addr.to_string()),
+                    ws_url: cfg
+                        .ws_advertise
+                        .clone()
+                        .or_else(|| ws_addr.map(|a| format!("ws://{a}/")))
+                        .unwrap_or_default(),
+                    admin: admin_addr.to_string(),
+                    players: 0,
+                    started_ms: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64),
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                },
+                lease: Duration::from_millis(cfg.cluster_lease_ms),
+                balance_slack_pct: cfg.cluster_balance_slack_pct,
+            })
+            .map_err(|e| StartError::Cluster(format!("{e:#}")))?,
+        ),
+        None => None,
+    };
+    let store = StoreWriter::start_with(
+        backend,
+        WriterConfig {
+            flush_interval: Duration::from_millis(cfg.flush_interval_ms),
+            ..WriterConfig::default()
+        },
+        cluster.as_ref().map(|c| c.ownership()),
+    )
+    .map_err(|source| StartError::Storage {
+        spec: redact(&cfg.store_spec()),
+        source,
+    })?;
 
     // Shard threads start parked, waiting for their state.
     let mut shard_threads = Vec::new();
@@ -476,12 +517,19 @@ pub fn start_game_with<G: Game>(
             loads_held: loads_held.clone(),
             control,
             clock,
+            cluster: cluster.as_ref().map(|c| c.link()),
         });
         shard_inits[s].send(shard).map_err(|_| {
             StartError::Os(std::io::Error::other(format!(
                 "shard thread {s} died at start"
             )))
         })?;
+    }
+
+    if let Some(c) = &cluster {
+        let population = directory.clone();
+        c.run(bus.clone(), directory.clone(), move || population.total());
+        info!(node = %c.config().me.node, cluster = %c.config().name, "cluster joined");
     }
 
     let mut threads = shard_threads;
@@ -529,6 +577,7 @@ pub fn start_game_with<G: Game>(
         ban_notes: Arc::default(),
         settings: Arc::new(cfg.redacted()),
         history: Arc::default(),
+        cluster: cluster.clone(),
     };
     let router = admin::router(
         admin_state.clone(),
@@ -580,5 +629,6 @@ pub fn start_game_with<G: Game>(
         store_shutdown_bound: Duration::from_millis(cfg.shutdown_timeout_ms),
         loads_held,
         handover_thread,
+        cluster,
     })
 }

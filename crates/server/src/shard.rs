@@ -25,15 +25,17 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tether_engine::{
     BusMsg, Engine, EngineConfig, EngineStats, Game, Host, LoadFailed, Record, RefusedResume,
-    StorageBusy, Takeover, Transmit, Tx,
+    StorageBusy, Takeover, Transmit, Tx, Undeliverable,
 };
 use tether_proto::pb::CloseCode;
 use tether_session::{ResumeToken, SessionConfig};
-use tether_store::{Health, StoreEvent, StoreEvents, StoreHandle, SubmitError};
+use tether_store::{Health, StoreError, StoreEvent, StoreEvents, StoreHandle, SubmitError};
 use tracing::{info, warn};
 
+use crate::cluster::ClusterLink;
 use crate::config::{Config, TakeoverPolicy};
 use crate::control;
 use crate::directory::Directory;
@@ -118,6 +120,8 @@ pub struct ShardHost<R> {
     /// Loads not yet handed to the store (held, or its queue was full),
     /// oldest first; bounded by [`MAX_DEFERRED_LOADS`].
     deferred: VecDeque<DeferredLoad>,
+    /// The other servers (cluster mode).
+    cluster: Option<ClusterLink>,
 }
 
 impl<R> ShardHost<R> {
@@ -224,6 +228,16 @@ impl<R> Host<R> for ShardHost<R> {
 
     fn release(&mut self, account: &str) {
         self.directory.release(account, self.index);
+        if self.cluster.is_some() {
+            self.store.release(account, None);
+        }
+    }
+
+    fn hand_over(&mut self, account: &str, node: &str) {
+        self.directory.release(account, self.index);
+        if self.cluster.is_some() {
+            self.store.release(account, Some(node));
+        }
     }
 
     fn locate(&self, account: &str) -> Option<u16> {
@@ -245,6 +259,29 @@ impl<R> Host<R> for ShardHost<R> {
         };
         self.bus.wakers[shard as usize].wake();
         result
+    }
+
+    fn send_other_node(&mut self, account: &str, msg: Bytes) -> Result<(), Undeliverable> {
+        match &self.cluster {
+            Some(c) => c.to_account(account, self.index, msg),
+            None => Err(Undeliverable::NoSuchAccount),
+        }
+    }
+
+    fn broadcast_other_nodes(&mut self, frame: &Bytes) {
+        // Sent once, by the shard the broadcast started on.
+        if let Some(c) = &self.cluster {
+            c.broadcast(frame);
+        }
+    }
+}
+
+/// A store's redirect as the wire's.
+fn redirect(to: tether_store::Redirect) -> tether_proto::pb::Redirect {
+    tether_proto::pb::Redirect {
+        node: to.node,
+        address: to.address,
+        ws_url: to.ws_url,
     }
 }
 
@@ -269,6 +306,8 @@ pub struct ShardParts<G: Game> {
     /// Operator requests (the admin API).
     pub control: Receiver<control::Request>,
     pub clock: Instant,
+    /// The other servers (cluster mode).
+    pub cluster: Option<ClusterLink>,
 }
 
 /// Protect mode's settings from the server's.
@@ -347,6 +386,7 @@ impl<G: Game> Shard<G> {
             bus: p.bus,
             loads_held: p.loads_held,
             deferred: VecDeque::new(),
+            cluster: p.cluster,
         };
         let engine = Engine::new(p.engine, p.game, host, now);
         let n_io = p.io.len();
@@ -491,14 +531,20 @@ impl<G: Game> Shard<G> {
                 account,
                 tag,
                 result,
-            } => {
-                let result = result.map_err(|e| LoadFailed(e.to_string()));
-                self.engine.loaded(now, account, tag, result);
-            }
-            StoreEvent::SessionLoaded { tag, result, .. } => {
-                let result = result.map_err(|e| LoadFailed(e.to_string()));
-                self.engine.session_loaded(now, tag, result);
-            }
+            } => match result {
+                Err(StoreError::Elsewhere(to)) => self.engine.redirected(now, tag, redirect(to)),
+                result => {
+                    let result = result.map_err(|e| LoadFailed(e.to_string()));
+                    self.engine.loaded(now, account, tag, result);
+                }
+            },
+            StoreEvent::SessionLoaded { tag, result, .. } => match result {
+                Err(StoreError::Elsewhere(to)) => self.engine.redirected(now, tag, redirect(to)),
+                result => {
+                    let result = result.map_err(|e| LoadFailed(e.to_string()));
+                    self.engine.session_loaded(now, tag, result);
+                }
+            },
             StoreEvent::Committed(tx) => self.engine.committed(now, tx),
             StoreEvent::Rejected { tx, error } => {
                 // Never confirmed to the player; the store logged and counted it.
@@ -576,6 +622,17 @@ impl<G: Game> Shard<G> {
                 Answer::Kicked(kicked)
             }
             Query::Notice { text } => Answer::Noticed(self.engine.notice(self.now, &text)),
+            Query::Move { account, to } => {
+                let node = to.node.clone();
+                let moved = self.engine.transfer(self.now, &account, redirect(to));
+                if moved {
+                    info!(
+                        shard,
+                        account, node, "session moved to another server by an operator"
+                    );
+                }
+                Answer::Moved(moved)
+            }
         };
         // The asker may have given up (timeout): nothing to do then.
         let _ = request.reply.send(answer);

@@ -462,6 +462,7 @@ impl ClientSession {
             code: pb::CloseCode::ProtocolError as i32,
             message: why.to_string(),
             retry_after_ms: 0,
+            redirect: None,
         })
     }
 

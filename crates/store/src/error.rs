@@ -27,6 +27,9 @@ pub enum StoreError {
     SchemaTooNew { found: u32, supported: u32 },
     /// The writer has shut down; nothing more is accepted or answered.
     Closed,
+    /// In a cluster: the account is served by another server (see
+    /// [`crate::Ownership`]). Not a failure of the database.
+    Elsewhere(crate::Redirect),
 }
 
 impl StoreError {
@@ -48,6 +51,13 @@ impl fmt::Display for StoreError {
                  ({supported}); upgrade the server"
             ),
             StoreError::Closed => write!(f, "the store writer has shut down"),
+            StoreError::Elsewhere(r) => {
+                write!(
+                    f,
+                    "the account is served by node {} ({})",
+                    r.node, r.address
+                )
+            }
         }
     }
 }

@@ -288,6 +288,17 @@ impl WriteBehind {
         });
     }
 
+    /// Whether a record or transaction of `account` is still to be written.
+    pub fn holds(&self, account: &str) -> bool {
+        self.records.contains_key(account) || self.txs.iter().any(|t| t.tx.account() == account)
+    }
+
+    /// Answers a load of `account` at once with `error` (the cluster said
+    /// another server serves it, or could not say).
+    pub fn refuse_load(&mut self, client: ClientId, account: String, tag: u64, error: StoreError) {
+        self.answer_load(client, LoadKey::Account(account), tag, Err(error));
+    }
+
     /// The record queued here whose mark has this session id.
     fn held_session(&self, session_id: u64) -> Option<Record> {
         let account = self.by_session.get(&session_id)?;

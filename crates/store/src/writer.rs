@@ -39,6 +39,7 @@ use tether_engine::{Record, Tx};
 
 use crate::backend::Backend;
 use crate::event::{Health, StoreEvent};
+use crate::ownership::Ownership;
 use crate::queue::{ClientId, DirtyEntry, Target, WriteBehind};
 use crate::stats::{StatsSnapshot, StoreStats};
 use crate::{StoreError, WriterConfig};
@@ -79,6 +80,12 @@ enum Request {
         client: ClientId,
         seq: u64,
         tx: Tx,
+    },
+    /// A session of `account` ended: once its records are written, let the
+    /// account go (to node `to`, if named). Cluster mode only.
+    Release {
+        account: String,
+        to: Option<String>,
     },
     /// A logout or expiry record is waiting in a dirty map.
     Nudge,
@@ -194,6 +201,17 @@ impl StoreWriter {
     /// Starts the writer thread (`tether-store`) around an opened, migrated
     /// backend.
     pub fn start<B: Backend + 'static>(backend: B, cfg: WriterConfig) -> Result<Self, StoreError> {
+        Self::start_with(backend, cfg, None)
+    }
+
+    /// Starts the writer for a server of a cluster: loads are answered only
+    /// once `ownership` gave this server the account, and accounts are let
+    /// go only once their records are written (see [`crate::ownership`]).
+    pub fn start_with<B: Backend + 'static>(
+        backend: B,
+        cfg: WriterConfig,
+        ownership: Option<Box<dyn Ownership>>,
+    ) -> Result<Self, StoreError> {
         let stats = Arc::new(StoreStats::default());
         let shared = Arc::new(Shared {
             stats: stats.clone(),
@@ -219,6 +237,8 @@ impl StoreWriter {
             shared: shared.clone(),
             deadline: None,
             disconnected: false,
+            ownership,
+            releases: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("tether-store".into())
@@ -459,6 +479,18 @@ impl StoreHandle {
         })
     }
 
+    /// In a cluster: `account`'s session here ended (or moved to node
+    /// `to`). Once every record and transaction of the account handed over
+    /// before this call is written, the cluster is told (see
+    /// [`crate::Ownership::release`]). A no-op on a single server. Never
+    /// refused: one per ended session.
+    pub fn release(&self, account: &str, to: Option<&str>) {
+        let _ = self.tx.send(Request::Release {
+            account: account.to_string(),
+            to: to.map(str::to_string),
+        });
+    }
+
     /// Admits a load against the caps and sends it.
     fn submit_load(&self, request: impl FnOnce() -> Request) -> Result<(), SubmitError> {
         if self.shared.closed.load(Ordering::SeqCst) {
@@ -661,6 +693,11 @@ struct Driver<B> {
     deadline: Option<Instant>,
     /// Every sender is gone (the writer was leaked and every handle dropped).
     disconnected: bool,
+    /// The cluster's say over accounts; `None` on a single server.
+    ownership: Option<Box<dyn Ownership>>,
+    /// Releases waiting for their account's records to be written. One
+    /// per session that ended and not yet written: bounded like the records.
+    releases: Vec<(String, Option<String>)>,
 }
 
 impl<B: Backend> Driver<B> {
@@ -693,6 +730,7 @@ impl<B: Backend> Driver<B> {
                 let more = self.core.step(Instant::now(), &mut self.backend);
                 self.route();
                 self.after_stall();
+                self.release_written();
                 if !more || self.past_deadline() {
                     break;
                 }
@@ -705,6 +743,7 @@ impl<B: Backend> Driver<B> {
         }
         self.take_requests();
         self.drain_dirty();
+        self.release_written();
         let stats = self.shared.stats.clone();
         let (left, events) = self.core.into_leftovers();
         deliver(&self.clients, events);
@@ -770,7 +809,10 @@ impl<B: Backend> Driver<B> {
                 tag,
             } => {
                 self.drain_dirty();
-                self.core.on_load(Instant::now(), client, account, tag);
+                match self.acquire(&account) {
+                    Ok(()) => self.core.on_load(Instant::now(), client, account, tag),
+                    Err(e) => self.core.refuse_load(client, account, tag, e),
+                }
             }
             Request::LoadSession {
                 client,
@@ -784,6 +826,12 @@ impl<B: Backend> Driver<B> {
             Request::Commit { client, seq, tx } => {
                 self.drain_dirty();
                 self.core.on_tx(client, seq, tx);
+            }
+            Request::Release { account, to } => {
+                // The session's last records were handed over before this.
+                self.drain_dirty();
+                self.releases.push((account, to));
+                self.release_written();
             }
             Request::Nudge => {
                 self.shared.nudged.store(false, Ordering::SeqCst);
@@ -808,8 +856,55 @@ impl<B: Backend> Driver<B> {
     }
 
     fn route(&mut self) {
-        let events: Vec<_> = self.core.take_events().collect();
+        let mut events: Vec<_> = self.core.take_events().collect();
+        if self.ownership.is_some() {
+            // A resume's record names its account only now: the answer is
+            // the record only if this server may hold that account.
+            for (_, event) in events.iter_mut() {
+                if let StoreEvent::SessionLoaded {
+                    result: result @ Ok(Some(_)),
+                    ..
+                } = event
+                {
+                    let account = match result {
+                        Ok(Some(r)) => r.account.clone(),
+                        _ => unreachable!("matched above"),
+                    };
+                    if let Err(e) = self.acquire(&account) {
+                        *result = Err(e);
+                    }
+                }
+            }
+        }
         deliver(&self.clients, events);
+    }
+
+    /// Asks the cluster for `account` (always yes on a single server). A
+    /// yes cancels a release of it still waiting: the account is in play
+    /// here again.
+    fn acquire(&mut self, account: &str) -> Result<(), StoreError> {
+        let Some(ownership) = self.ownership.as_mut() else {
+            return Ok(());
+        };
+        ownership.acquire(account)?;
+        self.releases.retain(|(a, _)| a != account);
+        Ok(())
+    }
+
+    /// Lets go of the accounts whose ended sessions are written.
+    fn release_written(&mut self) {
+        let Some(ownership) = self.ownership.as_mut() else {
+            self.releases.clear();
+            return;
+        };
+        let core = &self.core;
+        self.releases.retain(|(account, to)| {
+            if core.holds(account) {
+                return true;
+            }
+            ownership.release(account, to.as_deref());
+            false
+        });
     }
 
     /// A call the stall watch reported has returned. If the queue is

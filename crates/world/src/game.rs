@@ -185,6 +185,22 @@ pub enum MmoRemote {
     WhisperFailed { to: EntityId, seq: u32 },
 }
 
+/// A whisper on its way to another server of a cluster
+/// ([`Game::encode_remote`]): the only message of the MMO that leaves its
+/// server. Field numbers are stable across builds.
+#[derive(Clone, PartialEq, prost::Message)]
+struct WhisperWire {
+    #[prost(string, tag = "1")]
+    to_name: String,
+    /// The counted `ChatMessage` frame, encoded once by the sender's world.
+    #[prost(bytes = "bytes", tag = "2")]
+    frame: Bytes,
+    #[prost(uint64, tag = "3")]
+    from: u64,
+    #[prost(uint32, tag = "4")]
+    from_seq: u32,
+}
+
 /// The MMO reference game: one [`World`] per shard.
 pub struct Mmo {
     world: World,
@@ -376,6 +392,9 @@ impl Game for Mmo {
                 from_seq,
             } => match self.world.find_player(&to_name) {
                 Some(to) => out.frames.push((to, frame)),
+                // From another server, which found the target here a moment
+                // ago; it has left since. The sender is not told (rare).
+                None if from_shard == tether_engine::FROM_OTHER_NODE => {}
                 None => out.remote.push((
                     Route::Shard(from_shard),
                     MmoRemote::WhisperFailed {
@@ -391,6 +410,40 @@ impl Game for Mmo {
         }
     }
 
+    fn encode_remote(msg: &MmoRemote) -> Option<Bytes> {
+        match msg {
+            MmoRemote::Whisper {
+                to_name,
+                frame,
+                from,
+                from_seq,
+            } => Some(Bytes::from(
+                WhisperWire {
+                    to_name: to_name.clone(),
+                    frame: frame.clone(),
+                    from: *from,
+                    from_seq: *from_seq,
+                }
+                .encode_to_vec(),
+            )),
+            // Answers go back by the other server's bounce, not as messages.
+            MmoRemote::WhisperFailed { .. } => None,
+        }
+    }
+
+    fn decode_remote(bytes: &[u8]) -> Option<MmoRemote> {
+        let w = WhisperWire::decode(bytes).ok()?;
+        if w.to_name.is_empty() || w.to_name.len() > crate::chat::MAX_NAME_BYTES {
+            return None;
+        }
+        Some(MmoRemote::Whisper {
+            to_name: w.to_name,
+            frame: w.frame,
+            from: w.from,
+            from_seq: w.from_seq,
+        })
+    }
+
     fn undeliverable(
         &mut self,
         _ctx: &Ctx,
@@ -402,6 +455,7 @@ impl Game for Mmo {
             let code = match why {
                 Undeliverable::NoSuchAccount => pb::CommandErrorCode::CommandErrorNoSuchPlayer,
                 Undeliverable::Busy => pb::CommandErrorCode::CommandErrorRateLimited,
+                Undeliverable::Unreachable => pb::CommandErrorCode::CommandErrorPlayerUnreachable,
             };
             out.frames.push((from, command_error(from_seq, code)));
         }

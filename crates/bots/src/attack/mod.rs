@@ -918,6 +918,7 @@ mod tests {
                         code: tether_proto::pb::CloseCode::ProtocolError as i32,
                         message: "bad".into(),
                         retry_after_ms: 0,
+                        redirect: None,
                     },
                 )),
             });

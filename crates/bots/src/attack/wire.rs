@@ -133,6 +133,7 @@ mod tests {
                 code: pb::CloseCode::RateLimited as i32,
                 message: "slow down".into(),
                 retry_after_ms: 500,
+                redirect: None,
             })),
         });
         let pong = encode_frame(&pb::ServerMessage {

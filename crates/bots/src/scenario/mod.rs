@@ -69,7 +69,17 @@ const BOT_MAX_WRITE_BACKLOG: usize = 16 * 1024;
 
 /// The client config of player `index`.
 pub fn client_config(args: &Args, index: usize, seed: u64) -> ClientConfig {
-    let mut cfg = ClientConfig::new(args.addr, login(args, index));
+    // Players start spread over the entry points, in turn.
+    let entries: Vec<_> = std::iter::once(args.addr)
+        .chain(args.other_addrs.iter().copied())
+        .collect();
+    let first = index % entries.len();
+    let mut cfg = ClientConfig::new(entries[first], login(args, index));
+    cfg.other_addrs = entries[first + 1..]
+        .iter()
+        .chain(&entries[..first])
+        .copied()
+        .collect();
     cfg.client_name = concat!("tether-bots/", env!("CARGO_PKG_VERSION")).to_string();
     cfg.read_chunk = BOT_READ_CHUNK;
     cfg.max_write_backlog = BOT_MAX_WRITE_BACKLOG;

@@ -1,0 +1,189 @@
+//! The writer in a cluster: loads wait for the cluster's yes, and an
+//! account is let go only once its records are written.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tether_engine::{Record, SessionMark};
+use tether_store::fake::FakeBackend;
+use tether_store::{
+    Ownership, Redirect, StoreError, StoreEvent, StoreEvents, StoreWriter, WriterConfig,
+};
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// What the fake cluster was asked, in order, and who owns what.
+#[derive(Default)]
+struct Log {
+    calls: Vec<String>,
+    /// Accounts another server holds.
+    elsewhere: Vec<String>,
+}
+
+struct FakeOwnership(Arc<Mutex<Log>>);
+
+impl Ownership for FakeOwnership {
+    fn acquire(&mut self, account: &str) -> Result<(), StoreError> {
+        let mut log = self.0.lock().unwrap();
+        log.calls.push(format!("acquire {account}"));
+        if log.elsewhere.iter().any(|a| a == account) {
+            return Err(StoreError::Elsewhere(Redirect {
+                node: "b".into(),
+                address: "127.0.0.2:7000".into(),
+                ws_url: String::new(),
+            }));
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, account: &str, to: Option<&str>) {
+        let to = to.map(|t| format!(" to {t}")).unwrap_or_default();
+        self.0
+            .lock()
+            .unwrap()
+            .calls
+            .push(format!("release {account}{to}"));
+    }
+}
+
+fn rec(account: &str, data: &str, session: Option<u64>) -> Record {
+    Record {
+        session: session.map(|id| SessionMark {
+            session_id: id,
+            restart_token: [7; 16],
+            last_input: 3,
+        }),
+        ..Record::new(account, 1, Bytes::from(data.to_string()))
+    }
+}
+
+fn wait_for<T>(events: &StoreEvents, mut pick: impl FnMut(StoreEvent) -> Option<T>) -> T {
+    let end = Instant::now() + PATIENCE;
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        if let Some(e) = events.recv_timeout(left) {
+            if let Some(t) = pick(e) {
+                return t;
+            }
+        }
+    }
+    panic!("no matching event within {PATIENCE:?}");
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn cfg() -> WriterConfig {
+    WriterConfig {
+        flush_interval: Duration::from_secs(60),
+        backoff_initial: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(50),
+        ..WriterConfig::default()
+    }
+}
+
+#[test]
+fn a_load_is_answered_only_after_the_cluster_said_yes_and_elsewhere_is_a_redirect() {
+    let log = Arc::new(Mutex::new(Log {
+        elsewhere: vec!["bob".into()],
+        ..Log::default()
+    }));
+    let (db, ctl) = FakeBackend::new();
+    ctl.insert(rec("bob", "bob's", Some(42)));
+    let writer =
+        StoreWriter::start_with(db, cfg(), Some(Box::new(FakeOwnership(log.clone())))).unwrap();
+    let (handle, events) = writer.client(None);
+
+    handle.load("ann", 1).unwrap();
+    let result = wait_for(&events, |e| match e {
+        StoreEvent::Loaded { tag: 1, result, .. } => Some(result),
+        _ => None,
+    });
+    assert_eq!(result, Ok(None));
+
+    handle.load("bob", 2).unwrap();
+    let result = wait_for(&events, |e| match e {
+        StoreEvent::Loaded { tag: 2, result, .. } => Some(result),
+        _ => None,
+    });
+    assert!(
+        matches!(result, Err(StoreError::Elsewhere(ref r)) if r.node == "b"),
+        "{result:?}"
+    );
+
+    // A resume names its account only through the record: the same rule.
+    handle.load_session(42, 3).unwrap();
+    let result = wait_for(&events, |e| match e {
+        StoreEvent::SessionLoaded { tag: 3, result, .. } => Some(result),
+        _ => None,
+    });
+    assert!(
+        matches!(result, Err(StoreError::Elsewhere(_))),
+        "{result:?}"
+    );
+    assert_eq!(
+        log.lock().unwrap().calls,
+        vec!["acquire ann", "acquire bob", "acquire bob"]
+    );
+    writer.shutdown(PATIENCE);
+}
+
+#[test]
+fn an_account_is_let_go_only_after_its_last_record_is_written() {
+    let log = Arc::new(Mutex::new(Log::default()));
+    let (db, ctl) = FakeBackend::new();
+    let writer =
+        StoreWriter::start_with(db, cfg(), Some(Box::new(FakeOwnership(log.clone())))).unwrap();
+    let (handle, _events) = writer.client(None);
+
+    // The database is away: the logout record waits, and so does the
+    // release handed over after it.
+    ctl.set_down(true);
+    handle.save_now(rec("ann", "final", Some(9)));
+    handle.release("ann", Some("c"));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        log.lock().unwrap().calls.is_empty(),
+        "released before written"
+    );
+    assert_eq!(ctl.record("ann"), None);
+
+    ctl.set_down(false);
+    wait_until("the release", || !log.lock().unwrap().calls.is_empty());
+    assert_eq!(
+        ctl.record("ann").map(|r| r.data),
+        Some(Bytes::from("final"))
+    );
+    assert_eq!(log.lock().unwrap().calls, vec!["release ann to c"]);
+    writer.shutdown(PATIENCE);
+}
+
+#[test]
+fn a_login_here_before_the_write_cancels_the_release() {
+    let log = Arc::new(Mutex::new(Log::default()));
+    let (db, ctl) = FakeBackend::new();
+    let writer =
+        StoreWriter::start_with(db, cfg(), Some(Box::new(FakeOwnership(log.clone())))).unwrap();
+    let (handle, events) = writer.client(None);
+
+    ctl.set_down(true);
+    handle.save_now(rec("ann", "final", None));
+    handle.release("ann", None);
+    // The player is back on this server before the record is written: the
+    // load is served from the queue and the account stays here.
+    handle.load("ann", 1).unwrap();
+    let result = wait_for(&events, |e| match e {
+        StoreEvent::Loaded { tag: 1, result, .. } => Some(result),
+        _ => None,
+    });
+    assert!(matches!(result, Ok(Some(_))), "{result:?}");
+    ctl.set_down(false);
+    wait_until("the write", || ctl.record("ann").is_some());
+    writer.shutdown(PATIENCE);
+    assert_eq!(log.lock().unwrap().calls, vec!["acquire ann"]);
+}
