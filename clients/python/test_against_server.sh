@@ -5,8 +5,11 @@
 #
 # SERVER_BINARY defaults to target/debug/tether (this script builds nothing).
 # The server gets free loopback ports and a temporary data directory, and is
-# always stopped on exit. Exits with the client's status (2 if the server
-# could not be started).
+# always stopped on exit. Then the cluster drills (test_cluster.sh: REDIRECT
+# at login and a player moved between two servers), which need PostgreSQL
+# and NATS (TETHER_TEST_POSTGRES and TETHER_TEST_NATS) and are skipped with a
+# message without them. Exits with the client's status (2 if a server could
+# not be started).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -123,5 +126,13 @@ client_pid=""
 if [[ "$status" != 0 ]]; then
     echo "test_against_server: restart drill failed with status $status; server logs:" >&2
     sed 's/^/  server: /' "$tmp/server-before.log" "$tmp/server.log" >&2 || true
+    exit "$status"
 fi
+stop_server
+
+echo "---- cluster drills ----"
+"$here/test_cluster.sh" "$server" &
+client_pid=$!
+wait "$client_pid" || status=$?
+client_pid=""
 exit "$status"

@@ -16,12 +16,17 @@ log in (dev auth) -> print Welcome -> walk a few steps at legal speed -> ping
 (print RTT) -> local chat (wait for its echo) -> drop the socket with an input
 in flight -> Resume (must get Resumed) -> ping again -> logout (Close LOGOUT).
 
+In a cluster it follows REDIRECT to the server that holds the session, and
+tries its entry addresses in turn (see TetherClient); test_cluster.py drills
+that against two real servers.
+
 Python 3.11+, standard library only.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import hmac
 import math
@@ -200,7 +205,9 @@ SCHEMA: dict[str, dict[int, tuple]] = {
         5: ("last_input_seq", "uint32", False),
     },
     "Close": {1: ("code", "enum", False), 2: ("message", "string", False),
-              3: ("retry_after_ms", "uint32", False)},
+              3: ("retry_after_ms", "uint32", False), 4: ("redirect", ("msg", "Redirect"), False)},
+    "Redirect": {1: ("node", "string", False), 2: ("address", "string", False),
+                 3: ("ws_url", "string", False)},
     "InputAck": {1: ("seq", "uint32", False)},
     "Notice": {1: ("text", "string", False)},
     "Pong": {1: ("client_time", "uint64", False)},
@@ -243,11 +250,17 @@ CLOSE_CODES = {
     8: "SESSION_TAKEN_OVER", 9: "ALREADY_LOGGED_IN", 10: "HANDSHAKE_TIMEOUT",
     11: "HEARTBEAT_TIMEOUT", 12: "SLOW_CONSUMER", 13: "RATE_LIMITED", 14: "SERVER_BUSY",
     15: "SERVER_SHUTDOWN", 16: "BANNED", 17: "INPUT_SEQ_GAP", 18: "STORAGE_UNAVAILABLE",
-    19: "KICKED",
+    19: "KICKED", 20: "REDIRECT",
 }
+CLOSE_REDIRECT = 20
+# After these the session cannot go on by connecting again (LOGOUT,
+# PROTOCOL_ERROR ... KICKED); after any other code it can, at least
+# retry_after_ms later.
+FINAL_CLOSE_CODES = {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 19}
 COMMAND_ERRORS = {
     0: "UNSPECIFIED", 1: "NO_SUCH_TARGET", 2: "OUT_OF_RANGE", 3: "COOLDOWN", 4: "DEAD",
     5: "PVP_DISABLED", 6: "NO_SUCH_PLAYER", 7: "BAD_TEXT", 8: "NOT_DEAD", 9: "RATE_LIMITED",
+    10: "STORAGE_UNAVAILABLE", 11: "PLAYER_UNREACHABLE",
 }
 CORRECTION_REASONS = {0: "TOO_FAST", 1: "OFF_MAP", 2: "DEAD"}
 RESUME_MODES = {0: "REPLAY", 1: "SNAPSHOT"}
@@ -388,14 +401,19 @@ class ProtocolViolation(Exception):
 
 
 class ServerClosed(Exception):
-    """The server sent Close; `.code` is the CloseCode number."""
+    """The server sent Close; `.code` is the CloseCode number, `.redirect`
+    the Redirect (node, address, ws_url) of a REDIRECT, else None."""
 
     def __init__(self, close: dict):
         self.close = close
         self.code = close["code"]
         self.name = CLOSE_CODES.get(self.code, f"#{self.code}")
+        self.redirect = close.get("redirect")
+        to = ""
+        if self.redirect is not None:
+            to = f", to {self.redirect['node']} at {self.redirect['address']}"
         super().__init__(f"server closed the connection: {self.name} "
-                         f"({close['message']!r}, retry_after_ms={close['retry_after_ms']})")
+                         f"({close['message']!r}, retry_after_ms={close['retry_after_ms']}{to})")
 
 
 class ConnectionLost(Exception):
@@ -406,24 +424,80 @@ def now_ms() -> float:
     return time.monotonic() * 1000.0
 
 
+# REDIRECTs followed in a row without a Welcome or Resumed; past it the
+# client backs off as for SERVER_BUSY and goes back to its entry addresses.
+# Two servers of a cluster may disagree for a moment about who holds an
+# account (while one takes over a failed one's): a few hops settle it, an
+# endless ping-pong must not spin. 8, as in Tether's Rust client.
+MAX_REDIRECTS_IN_A_ROW = 8
+
+
+def parse_addr(text: str) -> tuple[str, int] | None:
+    """HOST:PORT (IPv6 as [ADDR]:PORT) as a (host, port) pair; None when it
+    is not one."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
+
+
+@dataclasses.dataclass
+class ClientStats:
+    """What happened to the client's connections."""
+
+    # Connect or handshake attempts that failed (each moves the client on
+    # to its next entry address).
+    connect_failures: int = 0
+    # Sessions got back (Resumed).
+    resumes: int = 0
+    # Logins again after a refused resume.
+    relogins: int = 0
+    # REDIRECTs followed to another server of a cluster.
+    redirects: int = 0
+
+
 class TetherClient:
     """One session, over one connection at a time.
 
     Counted frames are counted in `frames_received`; acks go out piggybacked on
     inputs or as a standalone Ack (32 frames, 1000 ms, or keep-alive). Inputs are
-    numbered from 1 and kept in `unacked` until an InputAck covers them."""
+    numbered from 1 and kept in `unacked` until an InputAck covers them.
+
+    Entry addresses: (host, port) first, then `other_addrs` (a cluster's
+    other servers, as (host, port) pairs or "HOST:PORT"): a connect or
+    handshake attempt that fails moves the next one to the next entry
+    address. A REDIRECT (this login or session belongs on another server)
+    is followed: during `login` / `resume` the same Hello / Resume goes to
+    the server it names; on a live connection `poll` raises ServerClosed
+    REDIRECT and `reconnect(closed)` resumes the session there."""
 
     ACK_EVERY_FRAMES = 32
     ACK_DELAY_MS = 1000.0
     MAX_UNACKED_INPUTS = 1024
 
-    def __init__(self, host: str, port: int, log=print, verbose: bool = False):
-        self.host, self.port = host, port
+    def __init__(self, host: str, port: int, log=print, verbose: bool = False,
+                 other_addrs=()):
+        self.entries: list[tuple[str, int]] = [(host, port)]
+        for a in other_addrs:
+            addr = parse_addr(a) if isinstance(a, str) else (a[0], int(a[1]))
+            if addr is None:
+                raise ValueError(f"not a HOST:PORT address: {a!r}")
+            self.entries.append(addr)
+        # Which entry address the client is on, and where the next
+        # connection goes: that entry, or the server a REDIRECT named.
+        self.entry = 0
+        self.target = self.entries[0]
+        self.redirects_in_a_row = 0
+        self.stats = ClientStats()
         self.log = log
         self.verbose = verbose
         self.sock: socket.socket | None = None
         self.rbuf = bytearray()
         self.established = False
+        # A Close or the connection's end read behind game events, for the
+        # next poll to raise.
+        self.ended_pending: ServerClosed | ConnectionLost | None = None
         # Session state (survives connections).
         self.session_id: int | None = None
         self.token = b""
@@ -451,11 +525,36 @@ class TetherClient:
     # ---- connection ------------------------------------------------------
 
     def connect(self, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        """Opens a connection to the current target (an entry address, or
+        where a REDIRECT sent the client). Each failure moves the target on
+        to the next entry address; after as many failures as there are
+        entry addresses, raises the last error."""
+        self.drop()
+        for attempt in range(len(self.entries)):
+            try:
+                self.sock = socket.create_connection(self.target, timeout=timeout)
+                break
+            except OSError:
+                self._attempt_failed()
+                if attempt + 1 == len(self.entries):
+                    raise
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.setblocking(False)
         self.rbuf = bytearray()
         self.established = False
+        self.ended_pending = None
+
+    def _to_entry(self, i: int) -> None:
+        """The next connection goes to entry address `i` (wrapping)."""
+        self.entry = i % len(self.entries)
+        self.target = self.entries[self.entry]
+
+    def _attempt_failed(self) -> None:
+        """A connect or handshake attempt failed: the server it went to may
+        be down (a redirect's target, or one of a cluster's), so the next
+        attempt goes to the next entry address."""
+        self.stats.connect_failures += 1
+        self._to_entry(self.entry + 1)
 
     def drop(self) -> None:
         """Abandons the connection without a word (as a network failure would)."""
@@ -498,8 +597,7 @@ class TetherClient:
             hello["ticket"] = ticket
         else:
             hello["dev_name"] = dev_name
-        self._send("hello", hello)
-        kind, body = self._read_control(timeout)
+        kind, body = self._handshake("hello", hello, timeout)
         if kind != "welcome":
             raise ProtocolViolation(f"expected Welcome, got {kind}")
         self.session_id = body["session_id"]
@@ -530,10 +628,10 @@ class TetherClient:
         again) if the server will not resume."""
         if self.session_id is None:
             raise RuntimeError("no session to resume")
-        self._send("resume", {"session_id": self.session_id, "token": self.token,
-                              "frames_received": self.frames_received,
-                              "restart_token": self.restart_token})
-        kind, body = self._read_control(timeout)
+        resume = {"session_id": self.session_id, "token": self.token,
+                  "frames_received": self.frames_received,
+                  "restart_token": self.restart_token}
+        kind, body = self._handshake("resume", resume, timeout)
         if kind != "resumed":
             raise ProtocolViolation(f"expected Resumed, got {kind}")
         if body["session_id"] != self.session_id:
@@ -556,6 +654,7 @@ class TetherClient:
         self.token = body["resume_token"]
         self._inputs_acked(body["last_input_seq"])
         self._establish()
+        self.stats.resumes += 1
         # Re-send what the server has not applied, with the original numbers.
         for seq, cmd, cbody in list(self.unacked):
             self._send("input", {"seq": seq, "ack": self._take_ack(), cmd: cbody})
@@ -566,11 +665,14 @@ class TetherClient:
         a code that invites a return (SERVER_SHUTDOWN, SERVER_BUSY, ...): waits
         the server's retry_after_ms, then connects and resumes, with backoff
         (0.1 s doubling to 2 s) while the server is not there (a restart).
-        A restarted server restores the session from storage. If the server
-        refuses the resume (the session is over), logs in again with the same
+        A restarted server restores the session from storage. A REDIRECT
+        (the player was moved to another server of a cluster) is followed:
+        the session resumes at the server it names. If the server refuses the
+        resume (the session is over), logs in again with the same
         credentials. Returns the Resumed body, or the Welcome body with
         "relogged": True. Raises the last error after `within` seconds."""
-        if closed is not None and closed.close.get("retry_after_ms"):
+        if closed is not None and not (closed.code == CLOSE_REDIRECT and self._follow(closed)) \
+                and closed.close.get("retry_after_ms"):
             time.sleep(closed.close["retry_after_ms"] / 1000)
         deadline = time.monotonic() + within
         delay = 0.1
@@ -585,6 +687,7 @@ class TetherClient:
                     self.connect()
                     body = self.login(**self.credentials)
                     body["relogged"] = True
+                    self.stats.relogins += 1
                     return body
                 if time.monotonic() + delay > deadline:
                     raise
@@ -600,6 +703,50 @@ class TetherClient:
         self.frames_acked_sent = self.frames_received  # the Hello/Resume carried it
         self.ack_due = None
         self.last_heard = now_ms()
+        self.redirects_in_a_row = 0
+
+    def _handshake(self, kind: str, body: dict, timeout: float) -> tuple[str, dict]:
+        """Sends Hello or Resume on the connection just opened and returns
+        the answer (Welcome / Resumed), `timeout` seconds at most per server.
+        A REDIRECT is followed: the same message goes to the server it
+        names. A connection that breaks, stays silent or is closed with a
+        retryable code counts as a failed attempt (the next goes to the next
+        entry address)."""
+        while True:
+            try:
+                self._send(kind, body)
+                return self._read_control(timeout)
+            except ServerClosed as closed:
+                if closed.code != CLOSE_REDIRECT or not self._follow(closed):
+                    if closed.code not in FINAL_CLOSE_CODES:
+                        self._attempt_failed()  # SERVER_BUSY and the like
+                    raise
+            except ConnectionLost:
+                self._attempt_failed()
+                raise
+            self.connect()
+
+    def _follow(self, closed: ServerClosed) -> bool:
+        """A REDIRECT: points the next connection at the server it names and
+        waits its retry_after_ms. False when it is not followed (no usable
+        address, or MAX_REDIRECTS_IN_A_ROW already: the target goes back to
+        the entry address), for the caller to handle as a retryable close."""
+        to = parse_addr((closed.redirect or {}).get("address", ""))
+        if to is None:
+            return False
+        if self.redirects_in_a_row >= MAX_REDIRECTS_IN_A_ROW:
+            self.redirects_in_a_row = 0
+            self._to_entry(self.entry)
+            return False
+        self.redirects_in_a_row += 1
+        self.stats.redirects += 1
+        self.target = to
+        self.drop()
+        if self.verbose:
+            self.log(f"  redirected to {closed.redirect['node']} at {to[0]}:{to[1]}")
+        if closed.close.get("retry_after_ms"):
+            time.sleep(closed.close["retry_after_ms"] / 1000)
+        return True
 
     def _read_control(self, timeout: float) -> tuple[str, dict]:
         """The first frame of a connection must be Welcome / Resumed / Close."""
@@ -652,7 +799,13 @@ class TetherClient:
     def poll(self, timeout: float) -> list[tuple[str | None, dict | None]]:
         """Reads for up to `timeout` seconds (returns early once something
         arrived), handles session bookkeeping, sends due acks / keep-alives and
-        returns the game events received as (kind, body)."""
+        returns the game events received as (kind, body). A Close raises
+        ServerClosed, the connection's end ConnectionLost; when game events
+        came before either in the same read, they are returned first and the
+        next poll raises it."""
+        if self.ended_pending is not None:
+            ended, self.ended_pending = self.ended_pending, None
+            raise ended
         events = []
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
@@ -661,13 +814,19 @@ class TetherClient:
             wake = min(deadline, time.monotonic() + self._ms_until_service() / 1000.0)
             payload = self._next_payload(wake)
             if payload is not None:
-                events.append(self._on_frame(payload))
-                # Drain whatever else is already buffered without waiting.
-                while True:
-                    p = self._next_payload(time.monotonic())
-                    if p is None:
-                        break
-                    events.append(self._on_frame(p))
+                try:
+                    events.append(self._on_frame(payload))
+                    # Drain whatever else is already buffered without waiting.
+                    while True:
+                        p = self._next_payload(time.monotonic())
+                        if p is None:
+                            break
+                        events.append(self._on_frame(p))
+                except (ServerClosed, ConnectionLost) as ended:
+                    if not events:
+                        raise
+                    self.ended_pending = ended
+                    return events
                 self.service()
                 return events
             if time.monotonic() >= deadline:
@@ -840,13 +999,23 @@ class StepFailed(Exception):
     pass
 
 
+def client_for(args) -> TetherClient:
+    """A client for --addr: HOST:PORT, or a comma-separated list of a
+    cluster's servers (the first is tried first)."""
+    addrs = []
+    for text in args.addr.split(","):
+        addr = parse_addr("127.0.0.1" + text if text.startswith(":") else text)
+        if addr is None:
+            raise SystemExit(f"--addr: not HOST:PORT: {text!r}")
+        addrs.append(addr)
+    (host, port), others = addrs[0], addrs[1:]
+    return TetherClient(host, port, verbose=args.verbose, other_addrs=others)
+
+
 def run(args) -> int:
-    host, _, port = args.addr.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    port = int(port)
     step_timeout = max(5.0, float(args.seconds))
     play = max(1.0, float(args.seconds))
-    c = TetherClient(host, port, verbose=args.verbose)
+    c = client_for(args)
     step = "connect"
 
     def ok(msg: str) -> None:
@@ -981,6 +1150,7 @@ def run(args) -> int:
         close = c.logout(timeout=step_timeout)
         ok(f"logged out: Close {CLOSE_CODES[close['code']]} ({close['message']!r}); "
            f"{c.frames_received} counted frames, {c.next_seq - 1} inputs, all acknowledged")
+        print(f"stats: {c.stats}", flush=True)
         print("PASS", flush=True)
         return 0
     except (StepFailed, TimeoutError, ServerClosed, ConnectionLost, ProtocolViolation,
@@ -997,8 +1167,7 @@ def restart_drill(args) -> int:
     (Close SERVER_SHUTDOWN with retry_after_ms), must get its session back
     from the next process by itself (Resumed, not a new login), and a ping
     sent while the server was away must be answered exactly once."""
-    host, _, port = args.addr.rpartition(":")
-    c = TetherClient(host.strip("[]") or "127.0.0.1", int(port), verbose=args.verbose)
+    c = client_for(args)
     try:
         c.connect()
         w = c.login(dev_name=args.name)
@@ -1054,7 +1223,9 @@ def restart_drill(args) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--addr", default="127.0.0.1:7777", help="server game address HOST:PORT")
+    p.add_argument("--addr", default="127.0.0.1:7777",
+                   help="server game address HOST:PORT; for a cluster, its servers' addresses "
+                        "comma-separated (tried in turn when one cannot be reached)")
     p.add_argument("--name", default="PyBot", help="character name (dev auth): 1-24 of [A-Za-z0-9_]")
     p.add_argument("--seconds", type=float, default=5.0,
                    help="time to spend in the world (also the lower bound of each step's timeout)")

@@ -2,10 +2,12 @@
 // counts and acknowledges frames, keeps every input until the server has
 // applied it, and when the connection drops, resumes the session by itself
 // (backoff with full jitter, the server's retry_after_ms honoured), re-sending
-// what was not applied, so that each input is applied exactly once.
+// what was not applied, so that each input is applied exactly once. In a
+// cluster it follows REDIRECT to the server that holds (or is to hold) the
+// session, with the same Hello or Resume.
 
 import { create, fromBinary, type MessageInitShape, toBinary } from '@bufbuild/protobuf';
-import { CloseCode, ResumeMode, type Resumed } from './gen/engine_pb.js';
+import { type Close, CloseCode, ResumeMode, type Resumed } from './gen/engine_pb.js';
 import {
   ChatScope,
   ClientMessageSchema,
@@ -38,6 +40,13 @@ export type WebSocketFactory = (url: string) => WebSocketLike;
 export interface ClientOptions {
   /** `ws://host:port/` of the server's `ws_listen`. */
   url: string;
+  /**
+   * Other servers of the same game (a cluster's), tried in turn after `url`
+   * when the one in use cannot be reached. Which server holds a session is
+   * the servers' business: any of them redirects the client to the right
+   * one (`REDIRECT`, followed by itself). Default: none.
+   */
+  otherUrls?: string[];
   auth: Auth;
   /** Sent in Hello for the server's logs. */
   clientName?: string;
@@ -80,9 +89,12 @@ export interface Welcomed {
 }
 
 export interface ClientStats {
+  /** Connections opened again after a lost one or a failed attempt. */
   reconnects: number;
   resumes: number;
   relogins: number;
+  /** `REDIRECT`s followed to another server of a cluster. */
+  redirects: number;
   framesReceived: bigint;
   inputsSent: number;
 }
@@ -121,6 +133,15 @@ const ACK_EVERY_FRAMES = 32n;
 const ACK_WITHIN_MS = 1000;
 const SERVICE_MS = 50;
 const HANDSHAKE_TIMEOUT_MS = 10_000;
+
+/**
+ * `REDIRECT`s followed in a row without a Welcome or Resumed; past it the
+ * client backs off as for `SERVER_BUSY` and goes back to its entry URLs.
+ * Two servers of a cluster may disagree for a moment about who holds an
+ * account (while one takes over a failed one's): a few hops settle it, an
+ * endless ping-pong must not spin. 8, as in Tether's Rust client.
+ */
+export const MAX_REDIRECTS_IN_A_ROW = 8;
 
 export class TetherClient {
   private readonly opts: Required<Omit<ClientOptions, 'webSocket'>> & { webSocket: WebSocketFactory };
@@ -162,7 +183,18 @@ export class TetherClient {
   private retryAfterMs = 0;
   private reloginPending = false;
   private dropped = 0;
-  private _stats: Omit<ClientStats, 'framesReceived'> = { reconnects: 0, resumes: 0, relogins: 0, inputsSent: 0 };
+  // Where the next connection goes: an entry URL (`url`, then `otherUrls`),
+  // or the server a REDIRECT named.
+  private target: string;
+  private entry = 0;
+  private redirectsInARow = 0;
+  private _stats: Omit<ClientStats, 'framesReceived'> = {
+    reconnects: 0,
+    resumes: 0,
+    relogins: 0,
+    redirects: 0,
+    inputsSent: 0,
+  };
 
   constructor(options: ClientOptions) {
     const platform = (globalThis as { WebSocket?: new (url: string) => WebSocketLike }).WebSocket;
@@ -174,6 +206,7 @@ export class TetherClient {
       maxPendingInputs: 256,
       inputsPerSecond: 30,
       ...options,
+      otherUrls: [...(options.otherUrls ?? [])],
       webSocket:
         options.webSocket ??
         ((url: string) => {
@@ -181,6 +214,7 @@ export class TetherClient {
           return new platform(url);
         }),
     };
+    this.target = this.opts.url;
   }
 
   // ----- public API ----------------------------------------------------
@@ -280,7 +314,7 @@ export class TetherClient {
     this.sent = 0;
     let ws: WebSocketLike;
     try {
-      ws = this.opts.webSocket(this.opts.url);
+      ws = this.opts.webSocket(this.target);
     } catch {
       this.lost();
       return;
@@ -326,22 +360,65 @@ export class TetherClient {
     this.service ??= setInterval(() => this.serviceTick(), SERVICE_MS);
   }
 
-  /** The connection is gone: resume (or log in) again after a backoff. */
-  private lost(): void {
+  /**
+   * The connection is gone: resume (or log in) again after a backoff. By
+   * default a connection that never carried the session is a failed
+   * attempt: the server it went to may be down (a redirect's target, or one
+   * of a cluster's), so the next attempt goes to the next entry URL.
+   */
+  private lost(failedAttempt = !this.bound): void {
     this.detach();
     this.bound = false;
     if (this._state === 'offline' || this.reconnectTimer) return;
     if (this._state === 'live') this.setState('resuming');
+    if (failedAttempt) this.toEntry(this.entry + 1);
     const ceiling = Math.min(this.opts.reconnectMaxMs, this.opts.reconnectInitialMs * 2 ** this.attempt);
     const delay = Math.max(this.retryAfterMs, Math.random() * ceiling);
     this.attempt = Math.min(this.attempt + 1, 16);
     this.retryAfterMs = 0;
+    this.reopenAfter(delay, true);
+  }
+
+  /** Opens the next connection after `delay` ms, unless the session ended meanwhile. */
+  private reopenAfter(delay: number, countAsReconnect: boolean): void {
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null;
       if (this._state === 'offline') return;
-      this._stats.reconnects += 1;
+      if (countAsReconnect) this._stats.reconnects += 1;
       this.open();
     }, delay);
+  }
+
+  /**
+   * A REDIRECT: the next connection goes to the server it names, after its
+   * retry_after_ms, with the same Hello or Resume (a live session pauses and
+   * resumes there). False when it is not followed: no usable `ws_url`, or
+   * MAX_REDIRECTS_IN_A_ROW already (then the target goes back to the entry
+   * URL); the caller handles it as a retryable close.
+   */
+  private redirect(c: Close): boolean {
+    const url = c.redirect?.wsUrl ?? '';
+    if (!/^wss?:\/\/[^/]/i.test(url)) return false;
+    if (this.redirectsInARow >= MAX_REDIRECTS_IN_A_ROW) {
+      this.redirectsInARow = 0;
+      this.toEntry(this.entry);
+      return false;
+    }
+    this.redirectsInARow += 1;
+    this._stats.redirects += 1;
+    this.target = url;
+    this.detach();
+    this.bound = false;
+    if (this._state === 'live') this.setState('resuming');
+    this.reopenAfter(c.retryAfterMs, false);
+    return true;
+  }
+
+  /** The next connection goes to entry URL `i` (wrapping). */
+  private toEntry(i: number): void {
+    const n = 1 + this.opts.otherUrls.length;
+    this.entry = i % n;
+    this.target = this.entry === 0 ? this.opts.url : this.opts.otherUrls[this.entry - 1]!;
   }
 
   /** The session is over: no more reconnects. */
@@ -422,6 +499,7 @@ export class TetherClient {
         this.sent = 0;
         this.bound = true;
         this.attempt = 0;
+        this.redirectsInARow = 0;
         this.setState('live');
         this.emit('welcome', {
           sessionId: w.sessionId,
@@ -444,6 +522,7 @@ export class TetherClient {
         this.sent = 0; // the rest goes again, in order
         this.bound = true;
         this.attempt = 0;
+        this.redirectsInARow = 0;
         this._stats.resumes += 1;
         this.setState('live');
         this.emit('resumed', r);
@@ -462,9 +541,11 @@ export class TetherClient {
           this.kept = [];
           this.sent = 0;
           this.retryAfterMs = c.retryAfterMs;
-          this.dropConnection();
+          this.lost(false); // the same server: it knows the account
         } else if (FINAL.has(c.code)) {
           this.finish(c.code, c.message);
+        } else if (c.code === CloseCode.REDIRECT && this.redirect(c)) {
+          // Followed: the next connection goes there.
         } else {
           this.retryAfterMs = c.retryAfterMs;
           this.dropConnection();

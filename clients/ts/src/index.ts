@@ -1,5 +1,6 @@
 // @tether-game/client: a TypeScript client for Tether game servers.
 export {
+  MAX_REDIRECTS_IN_A_ROW,
   TetherClient,
   TooManyPendingInputs,
   type Auth,

@@ -1,6 +1,7 @@
-// Test helpers: a real Tether server on free loopback ports, a TCP proxy a
-// test can cut, and waiting for conditions.
+// Test helpers: a real Tether server on free loopback ports, a cluster of
+// them, a TCP proxy a test can cut, and waiting for conditions.
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -77,6 +78,38 @@ export async function startServer(extra = []) {
     if (attempt === 2) throw new Error(`tether did not start (${up}): ${log}`);
   }
   throw new Error('unreachable');
+}
+
+/**
+ * Starts `n` servers of one cluster (nodes `n1`..`nN`) over PostgreSQL `pg`
+ * and NATS `nats`, under a cluster name of their own (their own NATS
+ * buckets and subjects), and waits until each lists all of them alive in
+ * `GET /cluster`. `stop()` stops them all.
+ */
+export async function startCluster(n, { pg, nats }) {
+  const name = `tsc-${randomBytes(4).toString('hex')}`;
+  const nodes = [];
+  const stop = () => Promise.all(nodes.map((s) => s.stop()));
+  try {
+    for (let i = 1; i <= n; i += 1) {
+      nodes.push(await startServer(['--store', pg, '--cluster', nats, '--cluster-name', name, '--node', `n${i}`]));
+    }
+    const seesAll = async (s) => {
+      try {
+        const r = await fetch(`${s.admin}/cluster`);
+        if (!r.ok) return false;
+        const { nodes: seen } = await r.json();
+        return seen.filter((x) => x.alive).length === n;
+      } catch {
+        return false;
+      }
+    };
+    await waitFor(async () => (await Promise.all(nodes.map(seesAll))).every(Boolean), 20_000, 'the servers to see each other');
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+  return { name, nodes, stop };
 }
 
 /** A TCP proxy to `port` on loopback that a test can cut (shared with the browser tests). */

@@ -977,7 +977,7 @@ impl Client {
         if self.redirects_in_a_row >= MAX_REDIRECTS_IN_A_ROW {
             tracing::debug!(node = %to.node, "too many redirects in a row; backing off");
             self.redirects_in_a_row = 0;
-            self.to_entry(self.entry);
+            self.use_entry(self.entry);
             return None;
         }
         self.redirects_in_a_row += 1;
@@ -1004,7 +1004,7 @@ impl Client {
     }
 
     /// Goes back to entry point `i` (wrapping) for the next connection.
-    fn to_entry(&mut self, i: usize) {
+    fn use_entry(&mut self, i: usize) {
         let n = 1 + self.cfg.other_addrs.len();
         self.entry = i % n;
         self.target = match self.entry {
@@ -1020,7 +1020,7 @@ impl Client {
         self.attempts += 1;
         // The next attempt goes to the next entry point: the server this one
         // went to may be down (a redirect's target, or one of a cluster's).
-        self.to_entry(self.entry + 1);
+        self.use_entry(self.entry + 1);
         self.rbuf.clear();
         self.wbuf.clear();
         if self.attempts >= self.cfg.reconnect.max_attempts {

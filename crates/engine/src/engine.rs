@@ -158,6 +158,9 @@ pub struct Engine<G: Game, H: Host<G::Remote>> {
     loading: HashMap<u64, (ConnId, String)>,
     /// Resumes of sessions not in memory, waiting for storage, by load tag.
     restoring: HashMap<u64, (ConnId, pb::Resume)>,
+    /// Connections of sessions moved to another server, waiting for the
+    /// hand-over before they are redirected, by tag.
+    moving: HashMap<u64, (ConnId, pb::Redirect)>,
     loading_by_conn: HashMap<ConnId, u64>,
     next_load_tag: u64,
     /// Transactions storage could not take yet (its queue was full), oldest
@@ -200,6 +203,7 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
             next_session: first_session,
             loading: HashMap::new(),
             restoring: HashMap::new(),
+            moving: HashMap::new(),
             loading_by_conn: HashMap::new(),
             next_load_tag: 1,
             commit_retry: VecDeque::new(),
@@ -867,15 +871,43 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
         self.by_player.remove(&slot.player);
         self.by_id.remove(&slot.session.id());
         self.by_account.remove(&slot.account);
-        self.host.hand_over(&slot.account, &to.node);
+        let tag = self.next_load_tag;
+        self.next_load_tag += 1;
+        let pending = self.host.hand_over(&slot.account, &to.node, tag);
         self.host.population(-1);
         self.stats.transfers += 1;
         if let Some(conn) = slot.conn {
             self.by_conn.remove(&conn);
-            self.close_redirect(conn, to, "moved to another server", 0);
+            if pending {
+                // Sent there only once the account is that server's: earlier,
+                // it would find this one still holding it.
+                self.moving.insert(tag, (conn, to));
+            } else {
+                self.close_redirect(conn, to, "moved to another server", 0);
+            }
         }
         self.route_outbox(now);
         true
+    }
+
+    /// The hand-over `tag` of a moved session is done (`ok`): its client is
+    /// sent to the other server. If it failed, the account stays here and
+    /// the client is told to resume here (the session comes back from
+    /// storage).
+    pub fn handed_over(&mut self, tag: u64, ok: bool) {
+        let Some((conn, to)) = self.moving.remove(&tag) else {
+            return; // a zombie's, or the connection went away
+        };
+        if ok {
+            self.close_redirect(conn, to, "moved to another server", 0);
+        } else {
+            self.close(
+                conn,
+                CloseCode::ServerBusy,
+                "the move did not complete; resume here",
+                self.cfg.restart_retry_ms,
+            );
+        }
     }
 
     /// `conn` is gone (the peer closed it, or the driver cut it). Its
@@ -887,6 +919,7 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
             self.loading.remove(&tag);
             self.restoring.remove(&tag);
         }
+        self.moving.retain(|_, (c, _)| *c != conn);
         match self.by_conn.remove(&conn) {
             Some(idx) => {
                 self.detach(now, idx);
@@ -1111,6 +1144,7 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
             .drain()
             .map(|(_, (conn, _))| conn)
             .chain(self.restoring.drain().map(|(_, (conn, _))| conn))
+            .chain(self.moving.drain().map(|(_, (conn, _))| conn))
             .collect();
         self.loading_by_conn.clear();
         for conn in waiting {

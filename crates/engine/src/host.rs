@@ -69,10 +69,13 @@ pub trait Host<R> {
     fn release(&mut self, account: &str);
     /// This shard's session of `account` ended because it moves to the
     /// cluster's server `node`: once its last record is durable, the
-    /// account is that server's. Outside a cluster, a release.
-    fn hand_over(&mut self, account: &str, node: &str) {
-        let _ = node;
+    /// account is to be that server's. `true`: under way, and the answer
+    /// comes back through [`crate::Engine::handed_over`] with `tag`;
+    /// `false` (the default, outside a cluster): released now.
+    fn hand_over(&mut self, account: &str, node: &str, tag: u64) -> bool {
+        let _ = (node, tag);
         self.release(account);
+        false
     }
     /// The shard holding `account`'s session, if any.
     fn locate(&self, account: &str) -> Option<u16>;

@@ -178,6 +178,8 @@ struct MemHost {
     population: isize,
     bus: Vec<(u16, BusMsg<u64>)>,
     next_token: u8,
+    /// Hand-overs asked for (cluster mode): (account, node, tag).
+    hand_overs: Vec<(String, String, u64)>,
 }
 
 impl Host<u64> for MemHost {
@@ -244,6 +246,11 @@ impl Host<u64> for MemHost {
     }
     fn locate(&self, account: &str) -> Option<u16> {
         self.claims.get(account).copied()
+    }
+    fn hand_over(&mut self, account: &str, node: &str, tag: u64) -> bool {
+        self.release(account);
+        self.hand_overs.push((account.into(), node.into(), tag));
+        true
     }
     fn population(&mut self, delta: isize) {
         self.population += delta;
@@ -781,7 +788,7 @@ fn cross_shard_messages_are_routed_or_reported_undeliverable() {
                 assert_eq!(*from_shard, 0);
                 (*s, *msg)
             }
-            BusMsg::Broadcast(_) => panic!("no broadcast here"),
+            _ => panic!("only game messages here"),
         })
         .collect();
     assert_eq!(bus, vec![(1, 1), (1, 4)]);
@@ -1081,4 +1088,101 @@ fn a_login_since_the_save_wins_over_the_saved_session() {
     let seen = drain(&mut e);
     assert_eq!(seen[&conn(3)].closed, Some(CloseCode::ResumeRefused));
     assert_eq!(e.session_count(), 1);
+}
+
+// ----- cluster mode ------------------------------------------------------------
+
+fn server_b() -> pb::Redirect {
+    pb::Redirect {
+        node: "b".into(),
+        address: "10.0.0.2:7777".into(),
+        ws_url: String::new(),
+    }
+}
+
+/// The Close a connection got, whole.
+fn close_of(e: &mut Sut, c: ConnId) -> Option<pb::Close> {
+    let mut found = None;
+    while let Some(t) = e.poll_transmit() {
+        if let Transmit::Close { conn, frame } = t {
+            if conn == c {
+                let Msg::Close(close) = decode(&frame) else {
+                    panic!("a Close transmit carries a Close")
+                };
+                found = Some(close);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_login_that_belongs_on_another_server_is_redirected_and_its_claim_released() {
+    let mut e = engine();
+    e.login(0, conn(1), "ann".into());
+    let (_, tag) = e.host_mut().loads.pop_front().unwrap();
+    assert!(e.host().claims.contains_key("ann"));
+    e.redirected(1, tag, server_b());
+    let close = close_of(&mut e, conn(1)).expect("closed");
+    assert_eq!(close.code, CloseCode::Redirect as i32);
+    assert_eq!(close.redirect, Some(server_b()));
+    assert!(e.host().claims.is_empty());
+    assert_eq!(e.session_count(), 0);
+    assert_eq!(e.loading_count(), 0);
+    assert_eq!(e.stats().redirects, 1);
+}
+
+#[test]
+fn a_moved_session_is_saved_with_its_mark_and_redirected_only_once_handed_over() {
+    let mut e = engine();
+    let w = login(&mut e, 0, conn(1), "ann");
+    for seq in 1..=3 {
+        e.input(1, conn(1), seq, 0, Some(5));
+    }
+    drain(&mut e);
+    assert!(e.transfer(2, "ann", server_b()));
+    // Saved with the session, as at a shutdown: the other server resumes it
+    // from this record, inputs 1-3 applied.
+    let saved = e.host().saved_now.last().cloned().unwrap();
+    let mark = saved.session.expect("saved with its session");
+    assert_eq!((mark.session_id, mark.last_input), (w.session_id, 3));
+    assert_eq!(e.session_count(), 0);
+    let (account, node, tag) = e.host().hand_overs[0].clone();
+    assert_eq!((account.as_str(), node.as_str()), ("ann", "b"));
+    // Inputs that arrive meanwhile are not applied here; the client sends
+    // them again there.
+    e.input(3, conn(1), 4, 0, Some(5));
+    assert!(
+        close_of(&mut e, conn(1)).is_none(),
+        "not before the hand-over"
+    );
+    e.handed_over(tag, true);
+    let close = close_of(&mut e, conn(1)).expect("redirected");
+    assert_eq!(close.code, CloseCode::Redirect as i32);
+    assert_eq!(close.redirect, Some(server_b()));
+    assert_eq!(e.stats().transfers, 1);
+
+    // Server b: the same storage, the session comes back with inputs 1-3
+    // applied once.
+    let mut b = restarted(storage_after(&mut e));
+    b.resume(10, conn(7), resume_of(&w, 0));
+    answer_session_load(&mut b, 10);
+    let seen = drain(&mut b);
+    let Msg::Resumed(r) = &seen[&conn(7)].msgs[0] else {
+        panic!("{:?}", seen[&conn(7)])
+    };
+    assert_eq!(r.last_input_seq, 3);
+}
+
+#[test]
+fn a_failed_hand_over_tells_the_client_to_resume_here() {
+    let mut e = engine();
+    login(&mut e, 0, conn(1), "ann");
+    assert!(e.transfer(1, "ann", server_b()));
+    let tag = e.host().hand_overs[0].2;
+    e.handed_over(tag, false);
+    let close = close_of(&mut e, conn(1)).expect("closed");
+    assert_eq!(close.code, CloseCode::ServerBusy as i32);
+    assert!(close.retry_after_ms > 0);
+    assert!(!e.transfer(2, "ann", server_b()), "no session left here");
 }

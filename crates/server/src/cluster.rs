@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use tether_engine::{BusMsg, Undeliverable};
 use tether_store::{Ownership, Redirect, StoreError};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::directory::Directory;
 use crate::shard::Bus;
@@ -340,8 +340,61 @@ impl Cluster {
         &self.cfg
     }
 
-    pub fn stats(&self) -> &Arc<ClusterStats> {
-        &self.stats
+    /// The cluster's lines of `/metrics`.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let st = &self.stats;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let alive = {
+            let view = lock(&self.view);
+            view.nodes
+                .values()
+                .filter(|s| s.at.elapsed() < self.cfg.lease)
+                .count()
+        };
+        let _ = write!(
+            out,
+            "# HELP tether_cluster_nats_connected Whether this server is connected to the cluster's NATS.\n\
+             # TYPE tether_cluster_nats_connected gauge\n\
+             tether_cluster_nats_connected {}\n\
+             # HELP tether_cluster_nodes Servers of the cluster this one sees alive (itself included).\n\
+             # TYPE tether_cluster_nodes gauge\n\
+             tether_cluster_nodes {alive}\n\
+             # HELP tether_cluster_accounts Account ownership decisions of this server.\n\
+             # TYPE tether_cluster_accounts counter\n",
+            u8::from(self.connected.load(Ordering::Relaxed)),
+        );
+        for (outcome, v) in [
+            ("acquired", &st.acquired),
+            ("redirected", &st.redirected),
+            ("taken_from_gone_server", &st.taken_from_dead),
+            ("unavailable", &st.refused_unavailable),
+            ("released", &st.released),
+            ("release_failed", &st.release_failed),
+        ] {
+            let _ = writeln!(
+                out,
+                "tether_cluster_accounts_total{{outcome=\"{outcome}\"}} {}",
+                n(v)
+            );
+        }
+        let _ = write!(
+            out,
+            "# HELP tether_cluster_messages Messages between servers (world chat, whispers).\n\
+             # TYPE tether_cluster_messages counter\n"
+        );
+        for (what, v) in [
+            ("published", &st.published),
+            ("received", &st.received),
+            ("dropped", &st.dropped),
+            ("bounced", &st.bounced),
+        ] {
+            let _ = writeln!(
+                out,
+                "tether_cluster_messages_total{{what=\"{what}\"}} {}",
+                n(v)
+            );
+        }
     }
 
     /// A shard's link to the other servers.
@@ -377,9 +430,21 @@ impl Cluster {
             let me = self.clone();
             self.rt().spawn(async move { me.publish_loop(rx).await });
         }
+        // Subscribed before the server takes players, so that nothing sent
+        // to it is missed; the client keeps the subscriptions across
+        // reconnects.
+        let subscribed = self.rt().block_on(async {
+            let subs = self.subscribe().await;
+            // The server has the subscriptions once a round trip is done.
+            let _ = tokio::time::timeout(NATS_TIMEOUT, self.client.flush()).await;
+            subs
+        });
+        if let Err(e) = &subscribed {
+            warn!(error = %e, "cluster: cannot subscribe yet; retrying in the background");
+        }
         let me = self.clone();
         self.rt()
-            .spawn(async move { me.receive_loop(bus, directory).await });
+            .spawn(async move { me.receive_loop(bus, directory, subscribed.ok()).await });
     }
 
     fn subject_all(&self) -> String {
@@ -458,6 +523,7 @@ impl Cluster {
         while let Some(out) = rx.recv().await {
             match out {
                 Outbound::Broadcast(frame) => {
+                    debug!(bytes = frame.len(), "cluster: broadcast out");
                     let mut h = HeaderMap::new();
                     h.insert("tether-from", self.cfg.me.node.as_str());
                     match self
@@ -475,6 +541,7 @@ impl Cluster {
                     msg,
                 } => {
                     let owner = self.owner_of(&account).await;
+                    debug!(%account, ?owner, "cluster: a message for an account elsewhere");
                     let target = match owner {
                         Ok(Some(node)) if node != self.cfg.me.node => Ok(node),
                         Ok(_) => Err(Undeliverable::NoSuchAccount),
@@ -520,28 +587,31 @@ impl Cluster {
     /// Hands a message back to the shard that sent it.
     fn bounce_local(&self, shard: u16, msg: Bytes, why: Undeliverable) {
         self.stats.bounced.fetch_add(1, Ordering::Relaxed);
-        if let Some(tx) = self.bounces.get() {
-            let _ = tx(shard, msg, why);
-        }
+        let pushed = self.bounces.get().map(|tx| tx(shard, msg, why));
+        debug!(shard, ?why, ?pushed, "cluster: message handed back");
     }
 
     async fn receive_loop<R: Send + 'static>(
         self: Arc<Self>,
         bus: Bus<R>,
         directory: Arc<Directory>,
+        mut subscribed: Option<(async_nats::Subscriber, async_nats::Subscriber)>,
     ) {
         let bounce_bus = bus.clone();
         let _ = self.bounces.set(Box::new(move |shard, msg, why| {
             push(&bounce_bus, shard, BusMsg::Bounced { msg, why })
         }));
-        let subjects = [self.subject_all(), self.subject_node(&self.cfg.me.node)];
         loop {
-            let all = self.client.subscribe(subjects[0].clone()).await;
-            let mine = self.client.subscribe(subjects[1].clone()).await;
-            let (Ok(all), Ok(mine)) = (all, mine) else {
-                warn!("cluster: cannot subscribe; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+            let (all, mine) = match subscribed.take() {
+                Some(subs) => subs,
+                None => match self.subscribe().await {
+                    Ok(subs) => subs,
+                    Err(e) => {
+                        warn!(error = %e, "cluster: cannot subscribe; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                },
             };
             let mut both = futures_util::stream::select(all, mine);
             while let Some(m) = both.next().await {
@@ -551,12 +621,25 @@ impl Cluster {
         }
     }
 
+    /// This server's subjects: world-wide frames and its own messages.
+    async fn subscribe(
+        &self,
+    ) -> Result<(async_nats::Subscriber, async_nats::Subscriber), async_nats::SubscribeError> {
+        let all = self.client.subscribe(self.subject_all()).await?;
+        let mine = self
+            .client
+            .subscribe(self.subject_node(&self.cfg.me.node))
+            .await?;
+        Ok((all, mine))
+    }
+
     async fn on_message<R: Send + 'static>(
         &self,
         bus: &Bus<R>,
         directory: &Directory,
         m: async_nats::Message,
     ) {
+        debug!(subject = %m.subject, "cluster: message in");
         let header = |name: &str| {
             m.headers
                 .as_ref()
@@ -880,7 +963,7 @@ impl Ownership for NatsOwnership {
         ))
     }
 
-    fn release(&mut self, account: &str, to: Option<&str>) {
+    fn release(&mut self, account: &str, to: Option<&str>) -> bool {
         let c = &self.cluster;
         let key = account_key(account);
         let me = c.cfg.me.node.as_str();
@@ -913,6 +996,7 @@ impl Ownership for NatsOwnership {
         match done {
             Ok(true) => {
                 c.stats.released.fetch_add(1, Ordering::Relaxed);
+                true
             }
             Ok(false) | Err(_) => {
                 // It stays this server's: a login elsewhere is redirected
@@ -922,6 +1006,7 @@ impl Ownership for NatsOwnership {
                     account,
                     "cluster: account not released; it stays with this server"
                 );
+                false
             }
         }
     }

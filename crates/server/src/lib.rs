@@ -527,6 +527,8 @@ pub fn start_game_with<G: Game>(
     }
 
     if let Some(c) = &cluster {
+        let metrics_cluster = c.clone();
+        metrics.set_extra(move |out| metrics_cluster.render_metrics(out));
         let population = directory.clone();
         c.run(bus.clone(), directory.clone(), move || population.total());
         info!(node = %c.config().me.node, cluster = %c.config().name, "cluster joined");

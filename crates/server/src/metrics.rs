@@ -13,8 +13,14 @@ use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, &'static str)>;
 
+/// Writes more lines into a render.
+type ExtraLines = Box<dyn Fn(&mut String) + Send + Sync>;
+
 pub struct Metrics {
     registry: Registry,
+    /// Lines of a part that keeps its own counters (cluster mode), written
+    /// at each render.
+    extra: std::sync::OnceLock<ExtraLines>,
     /// Open game connections (any phase).
     pub connections: Gauge,
     /// Sessions by state: active (a connection attached) and zombie.
@@ -70,6 +76,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let m = Metrics {
+            extra: std::sync::OnceLock::new(),
             connections: Gauge::default(),
             sessions: Family::default(),
             frames_in: Counter::default(),
@@ -242,6 +249,11 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// Adds lines to every render (once; later calls are ignored).
+    pub fn set_extra(&self, f: impl Fn(&mut String) + Send + Sync + 'static) {
+        let _ = self.extra.set(Box::new(f));
+    }
+
     /// Moves `tether_sessions{state}` (`"active"` or `"zombie"`) by `delta`.
     pub fn add_sessions(&self, state: &'static str, delta: i64) {
         self.sessions
@@ -266,6 +278,9 @@ impl Metrics {
              process_open_fds {}\n",
             p.cpu_seconds, p.rss_bytes, p.open_fds
         ));
+        if let Some(extra) = self.extra.get() {
+            extra(&mut out);
+        }
         encode_eof(&mut out).expect("writing to a String");
         out
     }

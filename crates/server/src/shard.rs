@@ -229,15 +229,14 @@ impl<R> Host<R> for ShardHost<R> {
     fn release(&mut self, account: &str) {
         self.directory.release(account, self.index);
         if self.cluster.is_some() {
-            self.store.release(account, None);
+            self.store.release(account);
         }
     }
 
-    fn hand_over(&mut self, account: &str, node: &str) {
+    fn hand_over(&mut self, account: &str, node: &str, tag: u64) -> bool {
         self.directory.release(account, self.index);
-        if self.cluster.is_some() {
-            self.store.release(account, Some(node));
-        }
+        self.store.hand_over(account, node, tag);
+        true
     }
 
     fn locate(&self, account: &str) -> Option<u16> {
@@ -546,6 +545,12 @@ impl<G: Game> Shard<G> {
                 }
             },
             StoreEvent::Committed(tx) => self.engine.committed(now, tx),
+            StoreEvent::HandedOver { account, tag, ok } => {
+                if !ok {
+                    warn!(shard = self.index, %account, "a move to another server did not complete; the player stays here");
+                }
+                self.engine.handed_over(tag, ok);
+            }
             StoreEvent::Rejected { tx, error } => {
                 // Never confirmed to the player; the store logged and counted it.
                 warn!(shard = self.index, tx = tx.tx_id, account = %tx.account(), %error, "transaction rejected by storage");
@@ -848,6 +853,7 @@ mod tests {
             },
             loads_held: held.clone(),
             deferred: VecDeque::new(),
+            cluster: None,
         };
 
         // Held (an upgrade in place): every load waits, up to the bound.

@@ -662,6 +662,7 @@ mod tests {
                 code: pb::CloseCode::ProtocolError as i32,
                 message: "counted frame before Welcome or Resumed".into(),
                 retry_after_ms: 0,
+                redirect: None,
             })
         );
         let out = c.on_server_message(&resumed(pb::ResumeMode::Replay, 3, 1), 50);

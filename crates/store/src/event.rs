@@ -49,4 +49,8 @@ pub enum StoreEvent {
     Rejected { tx: Tx, error: StoreError },
     /// The database went away or came back. Sent to every shard.
     Health(Health),
+    /// The answer to [`crate::StoreHandle::hand_over`]: the account's
+    /// records are written and the cluster gave it to the other server
+    /// (`ok`), or could not (it stays this server's).
+    HandedOver { account: String, tag: u64, ok: bool },
 }

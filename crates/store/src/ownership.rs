@@ -43,8 +43,8 @@ pub trait Ownership: Send {
     /// can say now.
     fn acquire(&mut self, account: &str) -> Result<(), StoreError>;
     /// This server's last record of `account` is durable: let the account
-    /// go, or hand it to the server `to`. Never fails: an account that could
-    /// not be let go stays this server's, and a login elsewhere is
-    /// redirected here, where it is loaded again.
-    fn release(&mut self, account: &str, to: Option<&str>);
+    /// go, or hand it to the server `to`. `false`: it could not, and the
+    /// account stays this server's (a login elsewhere is redirected here,
+    /// where it is loaded again).
+    fn release(&mut self, account: &str, to: Option<&str>) -> bool;
 }

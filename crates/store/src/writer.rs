@@ -86,12 +86,21 @@ enum Request {
     Release {
         account: String,
         to: Option<String>,
+        /// Who to tell when it is done ([`StoreEvent::HandedOver`]).
+        reply: Option<(ClientId, u64)>,
     },
     /// A logout or expiry record is waiting in a dirty map.
     Nudge,
     Shutdown {
         deadline: Instant,
     },
+}
+
+/// A release waiting for its account's records to be written.
+struct Release {
+    account: String,
+    to: Option<String>,
+    reply: Option<(ClientId, u64)>,
 }
 
 /// What handles and the writer share.
@@ -484,10 +493,25 @@ impl StoreHandle {
     /// before this call is written, the cluster is told (see
     /// [`crate::Ownership::release`]). A no-op on a single server. Never
     /// refused: one per ended session.
-    pub fn release(&self, account: &str, to: Option<&str>) {
+    pub fn release(&self, account: &str) {
         let _ = self.tx.send(Request::Release {
             account: account.to_string(),
-            to: to.map(str::to_string),
+            to: None,
+            reply: None,
+        });
+    }
+
+    /// In a cluster: `account`'s session here ended to move to the server
+    /// `to`. Once every record and transaction of the account handed over
+    /// before this call is written, the account is given to `to`, and
+    /// [`StoreEvent::HandedOver`] with `tag` says whether that worked (only
+    /// then may the client be sent there). On a single server it is
+    /// answered `ok` once the records are written.
+    pub fn hand_over(&self, account: &str, to: &str, tag: u64) {
+        let _ = self.tx.send(Request::Release {
+            account: account.to_string(),
+            to: Some(to.to_string()),
+            reply: Some((self.client, tag)),
         });
     }
 
@@ -697,7 +721,7 @@ struct Driver<B> {
     ownership: Option<Box<dyn Ownership>>,
     /// Releases waiting for their account's records to be written. One
     /// per session that ended and not yet written: bounded like the records.
-    releases: Vec<(String, Option<String>)>,
+    releases: Vec<Release>,
 }
 
 impl<B: Backend> Driver<B> {
@@ -827,10 +851,10 @@ impl<B: Backend> Driver<B> {
                 self.drain_dirty();
                 self.core.on_tx(client, seq, tx);
             }
-            Request::Release { account, to } => {
+            Request::Release { account, to, reply } => {
                 // The session's last records were handed over before this.
                 self.drain_dirty();
-                self.releases.push((account, to));
+                self.releases.push(Release { account, to, reply });
                 self.release_written();
             }
             Request::Nudge => {
@@ -887,24 +911,50 @@ impl<B: Backend> Driver<B> {
             return Ok(());
         };
         ownership.acquire(account)?;
-        self.releases.retain(|(a, _)| a != account);
+        // A hand-over cancelled this way is answered as failed.
+        let mut cancelled = Vec::new();
+        self.releases.retain(|r| {
+            if r.account != account {
+                return true;
+            }
+            if let Some((client, tag)) = r.reply {
+                let event = StoreEvent::HandedOver {
+                    account: r.account.clone(),
+                    tag,
+                    ok: false,
+                };
+                cancelled.push((Target::Client(client), event));
+            }
+            false
+        });
+        deliver(&self.clients, cancelled);
         Ok(())
     }
 
     /// Lets go of the accounts whose ended sessions are written.
     fn release_written(&mut self) {
-        let Some(ownership) = self.ownership.as_mut() else {
-            self.releases.clear();
-            return;
-        };
         let core = &self.core;
-        self.releases.retain(|(account, to)| {
-            if core.holds(account) {
+        let mut ownership = self.ownership.as_mut();
+        let mut answers = Vec::new();
+        self.releases.retain(|r| {
+            if core.holds(&r.account) {
                 return true;
             }
-            ownership.release(account, to.as_deref());
+            // On a single server there is nobody to tell: done.
+            let ok = ownership
+                .as_mut()
+                .is_none_or(|o| o.release(&r.account, r.to.as_deref()));
+            if let Some((client, tag)) = r.reply {
+                let event = StoreEvent::HandedOver {
+                    account: r.account.clone(),
+                    tag,
+                    ok,
+                };
+                answers.push((Target::Client(client), event));
+            }
             false
         });
+        deliver(&self.clients, answers);
     }
 
     /// A call the stall watch reported has returned. If the queue is

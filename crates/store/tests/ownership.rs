@@ -37,13 +37,14 @@ impl Ownership for FakeOwnership {
         Ok(())
     }
 
-    fn release(&mut self, account: &str, to: Option<&str>) {
+    fn release(&mut self, account: &str, to: Option<&str>) -> bool {
         let to = to.map(|t| format!(" to {t}")).unwrap_or_default();
         self.0
             .lock()
             .unwrap()
             .calls
             .push(format!("release {account}{to}"));
+        true
     }
 }
 
@@ -139,13 +140,13 @@ fn an_account_is_let_go_only_after_its_last_record_is_written() {
     let (db, ctl) = FakeBackend::new();
     let writer =
         StoreWriter::start_with(db, cfg(), Some(Box::new(FakeOwnership(log.clone())))).unwrap();
-    let (handle, _events) = writer.client(None);
+    let (handle, events) = writer.client(None);
 
-    // The database is away: the logout record waits, and so does the
-    // release handed over after it.
+    // The database is away: the record saved for the move waits, and so
+    // does the hand-over asked after it.
     ctl.set_down(true);
     handle.save_now(rec("ann", "final", Some(9)));
-    handle.release("ann", Some("c"));
+    handle.hand_over("ann", "c", 5);
     std::thread::sleep(Duration::from_millis(200));
     assert!(
         log.lock().unwrap().calls.is_empty(),
@@ -160,6 +161,11 @@ fn an_account_is_let_go_only_after_its_last_record_is_written() {
         Some(Bytes::from("final"))
     );
     assert_eq!(log.lock().unwrap().calls, vec!["release ann to c"]);
+    let answer = wait_for(&events, |e| match e {
+        StoreEvent::HandedOver { account, tag, ok } => Some((account, tag, ok)),
+        _ => None,
+    });
+    assert_eq!(answer, ("ann".to_string(), 5, true));
     writer.shutdown(PATIENCE);
 }
 
@@ -173,7 +179,7 @@ fn a_login_here_before_the_write_cancels_the_release() {
 
     ctl.set_down(true);
     handle.save_now(rec("ann", "final", None));
-    handle.release("ann", None);
+    handle.release("ann");
     // The player is back on this server before the record is written: the
     // load is served from the queue and the account stays here.
     handle.load("ann", 1).unwrap();

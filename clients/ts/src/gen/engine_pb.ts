@@ -33,7 +33,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file engine.proto.
  */
 export const file_engine: GenFile = /*@__PURE__*/
-  fileDesc("CgxlbmdpbmUucHJvdG8SCXRldGhlci52MSLMAQoOQ2xpZW50RW52ZWxvcGUSIQoFaGVsbG8YASABKAsyEC50ZXRoZXIudjEuSGVsbG9IABIjCgZyZXN1bWUYAiABKAsyES50ZXRoZXIudjEuUmVzdW1lSAASJwoFaW5wdXQYAyABKAsyFi50ZXRoZXIudjEuSW5wdXRIZWFkZXJIABIdCgNhY2sYBCABKAsyDi50ZXRoZXIudjEuQWNrSAASIwoGbG9nb3V0GAUgASgLMhEudGV0aGVyLnYxLkxvZ291dEgAQgUKA21zZyInCgtJbnB1dEhlYWRlchILCgNzZXEYASABKA0SCwoDYWNrGAIgASgEItcBCg5TZXJ2ZXJFbnZlbG9wZRIlCgd3ZWxjb21lGAEgASgLMhIudGV0aGVyLnYxLldlbGNvbWVIABIlCgdyZXN1bWVkGAIgASgLMhIudGV0aGVyLnYxLlJlc3VtZWRIABIhCgVjbG9zZRgDIAEoCzIQLnRldGhlci52MS5DbG9zZUgAEiMKBm5vdGljZRgEIAEoCzIRLnRldGhlci52MS5Ob3RpY2VIABIoCglpbnB1dF9hY2sYCiABKAsyEy50ZXRoZXIudjEuSW5wdXRBY2tIAEIFCgNtc2ciFgoGTm90aWNlEgwKBHRleHQYASABKAkiXwoFSGVsbG8SGAoQcHJvdG9jb2xfdmVyc2lvbhgBIAEoDRISCghkZXZfbmFtZRgCIAEoCUgAEhAKBnRpY2tldBgDIAEoCUgAEg4KBmNsaWVudBgEIAEoCUIGCgRhdXRoIlsKBlJlc3VtZRISCgpzZXNzaW9uX2lkGAEgASgEEg0KBXRva2VuGAIgASgMEhcKD2ZyYW1lc19yZWNlaXZlZBgDIAEoBBIVCg1yZXN0YXJ0X3Rva2VuGAQgASgMIh4KA0FjaxIXCg9mcmFtZXNfcmVjZWl2ZWQYASABKAQiCAoGTG9nb3V0ItQBCgdXZWxjb21lEhIKCnNlc3Npb25faWQYASABKAQSFAoMcmVzdW1lX3Rva2VuGAIgASgMEhEKCWVudGl0eV9pZBgDIAEoBBIMCgRnYW1lGAQgASgMEh0KFWhlYXJ0YmVhdF9pbnRlcnZhbF9tcxgFIAEoDRIcChRoZWFydGJlYXRfdGltZW91dF9tcxgGIAEoDRIXCg9yZXN1bWVfZ3JhY2VfbXMYByABKA0SEQoJdG9va19vdmVyGAggASgIEhUKDXJlc3RhcnRfdG9rZW4YCSABKAwihQEKB1Jlc3VtZWQSEgoKc2Vzc2lvbl9pZBgBIAEoBBIUCgxyZXN1bWVfdG9rZW4YAiABKAwSIwoEbW9kZRgDIAEoDjIVLnRldGhlci52MS5SZXN1bWVNb2RlEhMKC2ZyYW1lc19iYXNlGAQgASgEEhYKDmxhc3RfaW5wdXRfc2VxGAUgASgNIlQKBUNsb3NlEiIKBGNvZGUYASABKA4yFC50ZXRoZXIudjEuQ2xvc2VDb2RlEg8KB21lc3NhZ2UYAiABKAkSFgoOcmV0cnlfYWZ0ZXJfbXMYAyABKA0iFwoISW5wdXRBY2sSCwoDc2VxGAEgASgNKj4KClJlc3VtZU1vZGUSFgoSUkVTVU1FX01PREVfUkVQTEFZEAASGAoUUkVTVU1FX01PREVfU05BUFNIT1QQASrrBAoJQ2xvc2VDb2RlEhoKFkNMT1NFX0NPREVfVU5TUEVDSUZJRUQQABIVChFDTE9TRV9DT0RFX0xPR09VVBABEh0KGUNMT1NFX0NPREVfUFJPVE9DT0xfRVJST1IQAhIeChpDTE9TRV9DT0RFX0ZSQU1FX1RPT19MQVJHRRADEiIKHkNMT1NFX0NPREVfVU5TVVBQT1JURURfVkVSU0lPThAEEhoKFkNMT1NFX0NPREVfQVVUSF9GQUlMRUQQBRIdChlDTE9TRV9DT0RFX1RJQ0tFVF9FWFBJUkVEEAYSHQoZQ0xPU0VfQ09ERV9SRVNVTUVfUkVGVVNFRBAHEiEKHUNMT1NFX0NPREVfU0VTU0lPTl9UQUtFTl9PVkVSEAgSIAocQ0xPU0VfQ09ERV9BTFJFQURZX0xPR0dFRF9JThAJEiAKHENMT1NFX0NPREVfSEFORFNIQUtFX1RJTUVPVVQQChIgChxDTE9TRV9DT0RFX0hFQVJUQkVBVF9USU1FT1VUEAsSHAoYQ0xPU0VfQ09ERV9TTE9XX0NPTlNVTUVSEAwSGwoXQ0xPU0VfQ09ERV9SQVRFX0xJTUlURUQQDRIaChZDTE9TRV9DT0RFX1NFUlZFUl9CVVNZEA4SHgoaQ0xPU0VfQ09ERV9TRVJWRVJfU0hVVERPV04QDxIVChFDTE9TRV9DT0RFX0JBTk5FRBAQEhwKGENMT1NFX0NPREVfSU5QVVRfU0VRX0dBUBAREiIKHkNMT1NFX0NPREVfU1RPUkFHRV9VTkFWQUlMQUJMRRASEhUKEUNMT1NFX0NPREVfS0lDS0VEEBNiBnByb3RvMw");
+  fileDesc("CgxlbmdpbmUucHJvdG8SCXRldGhlci52MSLMAQoOQ2xpZW50RW52ZWxvcGUSIQoFaGVsbG8YASABKAsyEC50ZXRoZXIudjEuSGVsbG9IABIjCgZyZXN1bWUYAiABKAsyES50ZXRoZXIudjEuUmVzdW1lSAASJwoFaW5wdXQYAyABKAsyFi50ZXRoZXIudjEuSW5wdXRIZWFkZXJIABIdCgNhY2sYBCABKAsyDi50ZXRoZXIudjEuQWNrSAASIwoGbG9nb3V0GAUgASgLMhEudGV0aGVyLnYxLkxvZ291dEgAQgUKA21zZyInCgtJbnB1dEhlYWRlchILCgNzZXEYASABKA0SCwoDYWNrGAIgASgEItcBCg5TZXJ2ZXJFbnZlbG9wZRIlCgd3ZWxjb21lGAEgASgLMhIudGV0aGVyLnYxLldlbGNvbWVIABIlCgdyZXN1bWVkGAIgASgLMhIudGV0aGVyLnYxLlJlc3VtZWRIABIhCgVjbG9zZRgDIAEoCzIQLnRldGhlci52MS5DbG9zZUgAEiMKBm5vdGljZRgEIAEoCzIRLnRldGhlci52MS5Ob3RpY2VIABIoCglpbnB1dF9hY2sYCiABKAsyEy50ZXRoZXIudjEuSW5wdXRBY2tIAEIFCgNtc2ciFgoGTm90aWNlEgwKBHRleHQYASABKAkiXwoFSGVsbG8SGAoQcHJvdG9jb2xfdmVyc2lvbhgBIAEoDRISCghkZXZfbmFtZRgCIAEoCUgAEhAKBnRpY2tldBgDIAEoCUgAEg4KBmNsaWVudBgEIAEoCUIGCgRhdXRoIlsKBlJlc3VtZRISCgpzZXNzaW9uX2lkGAEgASgEEg0KBXRva2VuGAIgASgMEhcKD2ZyYW1lc19yZWNlaXZlZBgDIAEoBBIVCg1yZXN0YXJ0X3Rva2VuGAQgASgMIh4KA0FjaxIXCg9mcmFtZXNfcmVjZWl2ZWQYASABKAQiCAoGTG9nb3V0ItQBCgdXZWxjb21lEhIKCnNlc3Npb25faWQYASABKAQSFAoMcmVzdW1lX3Rva2VuGAIgASgMEhEKCWVudGl0eV9pZBgDIAEoBBIMCgRnYW1lGAQgASgMEh0KFWhlYXJ0YmVhdF9pbnRlcnZhbF9tcxgFIAEoDRIcChRoZWFydGJlYXRfdGltZW91dF9tcxgGIAEoDRIXCg9yZXN1bWVfZ3JhY2VfbXMYByABKA0SEQoJdG9va19vdmVyGAggASgIEhUKDXJlc3RhcnRfdG9rZW4YCSABKAwihQEKB1Jlc3VtZWQSEgoKc2Vzc2lvbl9pZBgBIAEoBBIUCgxyZXN1bWVfdG9rZW4YAiABKAwSIwoEbW9kZRgDIAEoDjIVLnRldGhlci52MS5SZXN1bWVNb2RlEhMKC2ZyYW1lc19iYXNlGAQgASgEEhYKDmxhc3RfaW5wdXRfc2VxGAUgASgNIjkKCFJlZGlyZWN0EgwKBG5vZGUYASABKAkSDwoHYWRkcmVzcxgCIAEoCRIOCgZ3c191cmwYAyABKAkiewoFQ2xvc2USIgoEY29kZRgBIAEoDjIULnRldGhlci52MS5DbG9zZUNvZGUSDwoHbWVzc2FnZRgCIAEoCRIWCg5yZXRyeV9hZnRlcl9tcxgDIAEoDRIlCghyZWRpcmVjdBgEIAEoCzITLnRldGhlci52MS5SZWRpcmVjdCIXCghJbnB1dEFjaxILCgNzZXEYASABKA0qPgoKUmVzdW1lTW9kZRIWChJSRVNVTUVfTU9ERV9SRVBMQVkQABIYChRSRVNVTUVfTU9ERV9TTkFQU0hPVBABKoQFCglDbG9zZUNvZGUSGgoWQ0xPU0VfQ09ERV9VTlNQRUNJRklFRBAAEhUKEUNMT1NFX0NPREVfTE9HT1VUEAESHQoZQ0xPU0VfQ09ERV9QUk9UT0NPTF9FUlJPUhACEh4KGkNMT1NFX0NPREVfRlJBTUVfVE9PX0xBUkdFEAMSIgoeQ0xPU0VfQ09ERV9VTlNVUFBPUlRFRF9WRVJTSU9OEAQSGgoWQ0xPU0VfQ09ERV9BVVRIX0ZBSUxFRBAFEh0KGUNMT1NFX0NPREVfVElDS0VUX0VYUElSRUQQBhIdChlDTE9TRV9DT0RFX1JFU1VNRV9SRUZVU0VEEAcSIQodQ0xPU0VfQ09ERV9TRVNTSU9OX1RBS0VOX09WRVIQCBIgChxDTE9TRV9DT0RFX0FMUkVBRFlfTE9HR0VEX0lOEAkSIAocQ0xPU0VfQ09ERV9IQU5EU0hBS0VfVElNRU9VVBAKEiAKHENMT1NFX0NPREVfSEVBUlRCRUFUX1RJTUVPVVQQCxIcChhDTE9TRV9DT0RFX1NMT1dfQ09OU1VNRVIQDBIbChdDTE9TRV9DT0RFX1JBVEVfTElNSVRFRBANEhoKFkNMT1NFX0NPREVfU0VSVkVSX0JVU1kQDhIeChpDTE9TRV9DT0RFX1NFUlZFUl9TSFVURE9XThAPEhUKEUNMT1NFX0NPREVfQkFOTkVEEBASHAoYQ0xPU0VfQ09ERV9JTlBVVF9TRVFfR0FQEBESIgoeQ0xPU0VfQ09ERV9TVE9SQUdFX1VOQVZBSUxBQkxFEBISFQoRQ0xPU0VfQ09ERV9LSUNLRUQQExIXChNDTE9TRV9DT0RFX1JFRElSRUNUEBRiBnByb3RvMw");
 
 /**
  * What the engine reads of a client frame. Of an Input it reads only its
@@ -434,6 +434,41 @@ export const ResumedSchema: GenMessage<Resumed> = /*@__PURE__*/
   messageDesc(file_engine, 9);
 
 /**
+ * Where a REDIRECT sends the client (docs/PROTOCOL.md, "Clusters").
+ *
+ * @generated from message tether.v1.Redirect
+ */
+export type Redirect = Message<"tether.v1.Redirect"> & {
+  /**
+   * The server's node id (for logs).
+   *
+   * @generated from field: string node = 1;
+   */
+  node: string;
+
+  /**
+   * host:port of its TCP game listener.
+   *
+   * @generated from field: string address = 2;
+   */
+  address: string;
+
+  /**
+   * ws:// or wss:// URL of its WebSocket listener; empty when it has none.
+   *
+   * @generated from field: string ws_url = 3;
+   */
+  wsUrl: string;
+};
+
+/**
+ * Describes the message tether.v1.Redirect.
+ * Use `create(RedirectSchema)` to create a new message.
+ */
+export const RedirectSchema: GenMessage<Redirect> = /*@__PURE__*/
+  messageDesc(file_engine, 10);
+
+/**
  * Sent just before the server closes the connection.
  *
  * @generated from message tether.v1.Close
@@ -457,6 +492,13 @@ export type Close = Message<"tether.v1.Close"> & {
    * @generated from field: uint32 retry_after_ms = 3;
    */
   retryAfterMs: number;
+
+  /**
+   * Set with CLOSE_CODE_REDIRECT only.
+   *
+   * @generated from field: tether.v1.Redirect redirect = 4;
+   */
+  redirect?: Redirect | undefined;
 };
 
 /**
@@ -464,7 +506,7 @@ export type Close = Message<"tether.v1.Close"> & {
  * Use `create(CloseSchema)` to create a new message.
  */
 export const CloseSchema: GenMessage<Close> = /*@__PURE__*/
-  messageDesc(file_engine, 10);
+  messageDesc(file_engine, 11);
 
 /**
  * The server has applied every input up to and including `seq`. Also sent as
@@ -484,7 +526,7 @@ export type InputAck = Message<"tether.v1.InputAck"> & {
  * Use `create(InputAckSchema)` to create a new message.
  */
 export const InputAckSchema: GenMessage<InputAck> = /*@__PURE__*/
-  messageDesc(file_engine, 11);
+  messageDesc(file_engine, 12);
 
 /**
  * @generated from enum tether.v1.ResumeMode
@@ -659,6 +701,18 @@ export enum CloseCode {
    * @generated from enum value: CLOSE_CODE_KICKED = 19;
    */
   KICKED = 19,
+
+  /**
+   * In a cluster: this login or session belongs on another server, named in
+   * Close.redirect (the server that holds the account's session, or a less
+   * loaded one, or the one an operator moved the player to). Connect there
+   * after retry_after_ms and send the same Hello, or the same Resume: the
+   * session goes on there. A client follows a bounded number of redirects in
+   * a row (8 in Tether's clients), then backs off as for SERVER_BUSY.
+   *
+   * @generated from enum value: CLOSE_CODE_REDIRECT = 20;
+   */
+  REDIRECT = 20,
 }
 
 /**

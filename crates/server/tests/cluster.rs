@@ -1,0 +1,360 @@
+//! Cluster mode against the real NATS and PostgreSQL: three servers in this
+//! process, one game. Skipped (with a message) unless `TETHER_TEST_NATS`
+//! and `TETHER_TEST_POSTGRES` hold URLs; CI sets both.
+//!
+//! Each test runs its own cluster (a unique cluster name: its own NATS
+//! buckets and subjects) and its own account names, so tests and runs never
+//! meet in the shared services.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::admin_request;
+use tether_client::{
+    ChatScope, Client, ClientConfig, ClientError, Command, Event, GameEvent, Login,
+};
+use tether_proto::pb;
+use tether_server::config::Config;
+use tether_server::ServerHandle;
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The services, or `None` (the test is skipped).
+fn services() -> Option<(String, String)> {
+    match (
+        std::env::var("TETHER_TEST_NATS"),
+        std::env::var("TETHER_TEST_POSTGRES"),
+    ) {
+        (Ok(nats), Ok(pg)) if !nats.is_empty() && !pg.is_empty() => Some((nats, pg)),
+        _ => {
+            eprintln!(
+                "skipped: set TETHER_TEST_NATS and TETHER_TEST_POSTGRES to run the cluster tests"
+            );
+            None
+        }
+    }
+}
+
+/// A random tag for this test's cluster and account names.
+fn tag() -> String {
+    let mut b = [0u8; 4];
+    getrandom::fill(&mut b).unwrap();
+    format!("{:08x}", u32::from_le_bytes(b))
+}
+
+struct Cluster {
+    nodes: Vec<ServerHandle>,
+    /// Account names are unique per test run: `<prefix><name>`.
+    prefix: String,
+}
+
+impl Cluster {
+    /// Starts `n` servers, off the test's runtime (the PostgreSQL client
+    /// and the cluster thread run runtimes of their own).
+    fn start(n: usize, nats: &str, pg: &str) -> Cluster {
+        let (nats, pg) = (nats.to_string(), pg.to_string());
+        std::thread::spawn(move || Cluster::start_here(n, &nats, &pg))
+            .join()
+            .expect("the cluster starts")
+    }
+
+    fn start_here(n: usize, nats: &str, pg: &str) -> Cluster {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let t = tag();
+        let nodes: Vec<ServerHandle> = (0..n)
+            .map(|i| {
+                let dir = std::env::temp_dir().join(format!("tether-cluster-{t}-{i}"));
+                let _ = std::fs::remove_dir_all(&dir);
+                let cfg = Config {
+                    listen: "127.0.0.1:0".parse().unwrap(),
+                    admin_listen: "127.0.0.1:0".parse().unwrap(),
+                    data_dir: dir,
+                    world_players: 50,
+                    protect_tick_lag_ms: 60_000,
+                    store: Some(pg.to_string()),
+                    cluster: Some(nats.to_string()),
+                    cluster_name: format!("test-{t}"),
+                    node: Some(format!("n{i}")),
+                    cluster_lease_ms: 3_000,
+                    ..Config::default()
+                };
+                let backend = tether_server::open_store(&cfg, "mmo").expect("PostgreSQL opens");
+                tether_server::start_with_backend(cfg, backend).expect("server joins the cluster")
+            })
+            .collect();
+        let c = Cluster {
+            nodes,
+            prefix: format!("c{t}_"),
+        };
+        // Every server sees every other before the test starts.
+        let end = Instant::now() + PATIENCE;
+        for node in &c.nodes {
+            loop {
+                let (status, body) = admin_request(node.admin_addr, "GET", "/cluster", None, "");
+                assert_eq!(status, 200, "{body}");
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let alive = v["nodes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|n| n["alive"] == true)
+                    .count();
+                if alive == n {
+                    break;
+                }
+                assert!(
+                    Instant::now() < end,
+                    "servers did not see each other: {body}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        c
+    }
+
+    fn name(&self, who: &str) -> String {
+        format!("{}{who}", self.prefix)
+    }
+
+    fn addr(&self, i: usize) -> SocketAddr {
+        self.nodes[i].game_addr
+    }
+
+    /// Which servers hold a session of `account`.
+    fn holders(&self, account: &str) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| {
+                let path = format!("/v1/players/{account}");
+                admin_request(self.nodes[i].admin_addr, "GET", &path, None, "").0 == 200
+            })
+            .collect()
+    }
+
+    fn session(&self, i: usize, account: &str) -> serde_json::Value {
+        let (status, body) = admin_request(
+            self.nodes[i].admin_addr,
+            "GET",
+            &format!("/v1/players/{account}"),
+            None,
+            "",
+        );
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+fn config(addr: SocketAddr, name: &str) -> ClientConfig {
+    let mut cfg = ClientConfig::new(addr, Login::Dev(name.to_string()));
+    cfg.seed = Some(7);
+    cfg
+}
+
+/// Events until `pick` accepts one, or the deadline.
+async fn wait_for<T>(c: &mut Client, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+    let end = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match c.next_event_until(end).await {
+            Some(Ok(Event::Deadline)) | None => panic!("no matching event within {PATIENCE:?}"),
+            Some(Ok(e)) => {
+                if let Some(t) = pick(&e) {
+                    return t;
+                }
+            }
+            Some(Err(e)) => panic!("client ended: {e}"),
+        }
+    }
+}
+
+/// The client's end: the error it ended with, within a short wait, or
+/// `None` if it is still playing.
+async fn ended(c: &mut Client, within: Duration) -> Option<ClientError> {
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        match c.next_event_until(end).await {
+            Some(Ok(Event::Deadline)) => return None,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Some(e),
+            None => {
+                return Some(ClientError::Closed {
+                    code: pb::CloseCode::Unspecified,
+                    message: "ended".into(),
+                })
+            }
+        }
+    }
+}
+
+fn taken_over(e: &Option<ClientError>) -> bool {
+    matches!(e, Some(ClientError::Closed { code, .. }) if *code == pb::CloseCode::SessionTakenOver)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_at_another_server_is_redirected_to_the_session_and_takes_it_over() {
+    let Some((nats, pg)) = services() else { return };
+    let c = Cluster::start(2, &nats, &pg);
+    let alice = c.name("alice");
+
+    let (_, metrics) = admin_request(c.nodes[0].admin_addr, "GET", "/metrics", None, "");
+    assert!(metrics.contains("tether_cluster_nodes 2\n"), "{metrics}");
+    assert!(
+        metrics.contains("tether_cluster_nats_connected 1\n"),
+        "{metrics}"
+    );
+
+    let mut first = Client::connect(config(c.addr(0), &alice)).await.unwrap();
+    assert_eq!(first.stats().redirects, 0);
+    assert_eq!(c.holders(&alice), vec![0]);
+
+    // The same account at the other server: sent to the first, where the
+    // session is taken over (one session per account, cluster-wide).
+    let second = Client::connect(config(c.addr(1), &alice)).await.unwrap();
+    assert!(second.stats().redirects >= 1, "{:?}", second.stats());
+    assert!(second.welcome().took_over);
+    assert!(taken_over(&ended(&mut first, PATIENCE).await));
+    assert_eq!(c.holders(&alice), vec![0]);
+    let (_, metrics) = admin_request(c.nodes[1].admin_addr, "GET", "/metrics", None, "");
+    assert!(
+        metrics.contains("tether_cluster_accounts_total{outcome=\"redirected\"} 1\n"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_logins_of_one_account_on_three_servers_leave_one_session() {
+    let Some((nats, pg)) = services() else { return };
+    let c = Cluster::start(3, &nats, &pg);
+    for round in 0..3 {
+        let bob = c.name(&format!("bob{round}"));
+        let logins = (0..3).map(|i| Client::connect(config(c.addr(i), &bob)));
+        let clients = futures_util::future::join_all(logins).await;
+        // A login whose session was taken over during its own handshake
+        // ends before its Welcome: also one of the losers.
+        let mut live: Vec<Client> = clients.into_iter().flatten().collect();
+        // The take-overs settle: exactly one client keeps playing, the
+        // others were taken over.
+        let mut still = 0;
+        for client in &mut live {
+            let end = ended(client, Duration::from_secs(2)).await;
+            match end {
+                None => still += 1,
+                e => assert!(taken_over(&e), "round {round}: {e:?}"),
+            }
+        }
+        assert_eq!(still, 1, "round {round}: one client keeps the session");
+        assert_eq!(
+            c.holders(&bob).len(),
+            1,
+            "round {round}: one server holds it"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whispers_and_world_chat_cross_servers() {
+    let Some((nats, pg)) = services() else { return };
+    let c = Cluster::start(2, &nats, &pg);
+    let (alice, carol) = (c.name("alice"), c.name("carol"));
+    let mut a = Client::connect(config(c.addr(0), &alice)).await.unwrap();
+    let mut b = Client::connect(config(c.addr(1), &carol)).await.unwrap();
+    assert_eq!(c.holders(&alice), vec![0]);
+    assert_eq!(c.holders(&carol), vec![1]);
+
+    a.send(Command::Chat {
+        scope: ChatScope::Whisper,
+        to: carol.clone(),
+        text: "psst".into(),
+    })
+    .unwrap();
+    // Written now: this test reads the other client next.
+    a.flush();
+    let heard = wait_for(&mut b, |e| match e {
+        Event::Game(GameEvent::Chat(m)) if m.text == "psst" => Some(m.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(heard.from_name, alice);
+    assert_eq!(heard.scope, pb::ChatScope::Whisper as i32);
+
+    // Nobody by that name anywhere: the sender is told.
+    let seq = a
+        .send(Command::Chat {
+            scope: ChatScope::Whisper,
+            to: c.name("nobody"),
+            text: "hello?".into(),
+        })
+        .unwrap();
+    let code = wait_for(&mut a, |e| match e {
+        Event::Game(GameEvent::CommandError(err)) if err.seq == seq => Some(err.code),
+        _ => None,
+    })
+    .await;
+    assert_eq!(code, pb::CommandErrorCode::CommandErrorNoSuchPlayer as i32);
+
+    a.send(Command::Chat {
+        scope: ChatScope::World,
+        to: String::new(),
+        text: "hello world".into(),
+    })
+    .unwrap();
+    a.flush();
+    wait_for(&mut b, |e| match e {
+        Event::Game(GameEvent::Chat(m)) if m.text == "hello world" => Some(()),
+        _ => None,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_moves_a_player_to_another_server_and_every_input_is_applied_once() {
+    let Some((nats, pg)) = services() else { return };
+    let c = Cluster::start(2, &nats, &pg);
+    let alice = c.name("alice");
+    let mut a = Client::connect(config(c.addr(0), &alice)).await.unwrap();
+    let mut sent = 0u32;
+    for t in 0..20 {
+        sent = a.send(Command::Ping { client_time: t }).unwrap();
+    }
+    // Moved while inputs are in flight.
+    let (status, body) = admin_request(
+        c.nodes[0].admin_addr,
+        "POST",
+        &format!("/v1/players/{alice}/move"),
+        None,
+        r#"{"node":"n1"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    for t in 20..40 {
+        sent = a.send(Command::Ping { client_time: t }).unwrap();
+    }
+    wait_for(&mut a, |e| match e {
+        Event::Resumed { .. } | Event::Resynced { .. } => Some(()),
+        Event::LoggedInAgain { .. } => panic!("the session was lost in the move"),
+        _ => None,
+    })
+    .await;
+    // Every input acknowledged, by the server the player moved to.
+    wait_for(&mut a, |e| match e {
+        Event::Game(GameEvent::InputAck(ack)) if ack.seq == sent => Some(()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(a.unacked_inputs(), 0);
+    assert!(a.stats().redirects >= 1);
+    assert_eq!(c.holders(&alice), vec![1]);
+    assert_eq!(c.session(1, &alice)["last_input"], sent);
+
+    // Moving to a server that is not in the cluster is refused.
+    let (status, _) = admin_request(
+        c.nodes[1].admin_addr,
+        "POST",
+        &format!("/v1/players/{alice}/move"),
+        None,
+        r#"{"node":"nowhere"}"#,
+    );
+    assert_eq!(status, 409);
+}
