@@ -824,20 +824,40 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
     /// is less loaded). The connection is closed with `REDIRECT` to it; the
     /// client sends the same `Hello` or `Resume` there.
     pub fn redirected(&mut self, now: u64, tag: u64, to: pb::Redirect) {
+        let Some(conn) = self.stop_waiting(tag) else {
+            return; // the connection went away while loading
+        };
+        self.stats.redirects += 1;
+        self.route_outbox(now);
+        self.close_redirect(conn, to, "this account is served by another server", 0);
+    }
+
+    /// Storage answered load `tag`: in a cluster, nobody may hold the
+    /// account for a moment (the server that held it stopped answering; its
+    /// lease ends in `retry_after_ms`). The connection is closed with
+    /// `SERVER_BUSY` and that wait, so the client comes back just when the
+    /// account is free.
+    pub fn try_later(&mut self, now: u64, tag: u64, why: &str, retry_after_ms: u32) {
+        let Some(conn) = self.stop_waiting(tag) else {
+            return;
+        };
+        self.route_outbox(now);
+        self.close(conn, CloseCode::ServerBusy, why, retry_after_ms);
+    }
+
+    /// The connection of load `tag` (a login's or a resume's), no longer
+    /// waiting; a login's claim is released.
+    fn stop_waiting(&mut self, tag: u64) -> Option<ConnId> {
         let conn = if let Some((conn, account)) = self.loading.remove(&tag) {
             if !self.by_account.contains_key(&account) && !self.is_loading(&account) {
                 self.host.release(&account);
             }
             conn
-        } else if let Some((conn, _)) = self.restoring.remove(&tag) {
-            conn
         } else {
-            return; // the connection went away while loading
+            self.restoring.remove(&tag)?.0
         };
         self.loading_by_conn.remove(&conn);
-        self.stats.redirects += 1;
-        self.route_outbox(now);
-        self.close_redirect(conn, to, "this account is served by another server", 0);
+        Some(conn)
     }
 
     /// Moves `account`'s session to the cluster's server `to` (an

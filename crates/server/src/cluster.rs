@@ -50,6 +50,17 @@ pub const OUTBOUND_CAPACITY: usize = 4096;
 /// The longest one NATS call may take on the store writer's thread.
 pub const NATS_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a server has to answer a ping before the account it holds is
+/// treated as in doubt.
+const PING_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// A server's subscriptions: world-wide frames, its own messages, pings.
+type Subscriptions = (
+    async_nats::Subscriber,
+    async_nats::Subscriber,
+    async_nats::Subscriber,
+);
+
 /// Compare-and-set attempts on one account key before giving up (another
 /// server kept changing it).
 const CAS_ATTEMPTS: usize = 4;
@@ -121,8 +132,9 @@ struct View {
 enum OwnerState {
     /// It is alive: send the client there.
     Alive(Redirect),
-    /// It missed heartbeats, or this server cannot tell yet: wait.
-    InDoubt(String),
+    /// It missed heartbeats, or this server cannot tell yet: wait this
+    /// long (ms), when its lease ends.
+    InDoubt(String, u32),
     /// It is gone (its lease ended): the account is free.
     Gone,
 }
@@ -595,14 +607,14 @@ impl Cluster {
         self: Arc<Self>,
         bus: Bus<R>,
         directory: Arc<Directory>,
-        mut subscribed: Option<(async_nats::Subscriber, async_nats::Subscriber)>,
+        mut subscribed: Option<Subscriptions>,
     ) {
         let bounce_bus = bus.clone();
         let _ = self.bounces.set(Box::new(move |shard, msg, why| {
             push(&bounce_bus, shard, BusMsg::Bounced { msg, why })
         }));
         loop {
-            let (all, mine) = match subscribed.take() {
+            let (all, mine, ping) = match subscribed.take() {
                 Some(subs) => subs,
                 None => match self.subscribe().await {
                     Ok(subs) => subs,
@@ -613,7 +625,8 @@ impl Cluster {
                     }
                 },
             };
-            let mut both = futures_util::stream::select(all, mine);
+            let mut both =
+                futures_util::stream::select(futures_util::stream::select(all, mine), ping);
             while let Some(m) = both.next().await {
                 self.stats.received.fetch_add(1, Ordering::Relaxed);
                 self.on_message(&bus, &directory, m).await;
@@ -622,15 +635,29 @@ impl Cluster {
     }
 
     /// This server's subjects: world-wide frames and its own messages.
-    async fn subscribe(
-        &self,
-    ) -> Result<(async_nats::Subscriber, async_nats::Subscriber), async_nats::SubscribeError> {
+    async fn subscribe(&self) -> Result<Subscriptions, async_nats::SubscribeError> {
         let all = self.client.subscribe(self.subject_all()).await?;
         let mine = self
             .client
             .subscribe(self.subject_node(&self.cfg.me.node))
             .await?;
-        Ok((all, mine))
+        let ping = self
+            .client
+            .subscribe(self.subject_ping(&self.cfg.me.node))
+            .await?;
+        Ok((all, mine, ping))
+    }
+
+    fn subject_ping(&self, node: &str) -> String {
+        format!("tether.{}.ping.{node}", self.cfg.name)
+    }
+
+    /// Whether `node` answers over NATS now: a server killed a moment ago
+    /// still has a fresh registry entry, but no longer answers, and its
+    /// players must not be sent to it.
+    async fn answers(&self, node: &str) -> bool {
+        let ask = self.client.request(self.subject_ping(node), Bytes::new());
+        matches!(tokio::time::timeout(PING_TIMEOUT, ask).await, Ok(Ok(_)))
     }
 
     async fn on_message<R: Send + 'static>(
@@ -640,6 +667,12 @@ impl Cluster {
         m: async_nats::Message,
     ) {
         debug!(subject = %m.subject, "cluster: message in");
+        if let Some(reply) = &m.reply {
+            if m.subject.as_str() == self.subject_ping(&self.cfg.me.node) {
+                let _ = self.client.publish(reply.clone(), Bytes::new()).await;
+                return;
+            }
+        }
         let header = |name: &str| {
             m.headers
                 .as_ref()
@@ -698,18 +731,37 @@ impl Cluster {
         let settled = view
             .connected_since
             .is_some_and(|since| since.elapsed() >= lease);
+        // Come back a little after the lease ends, not before.
+        const MARGIN: Duration = Duration::from_millis(250);
         match view.nodes.get(node) {
             Some(seen) if seen.at.elapsed() < self.beat_interval() * 5 / 2 => {
                 OwnerState::Alive(seen.info.redirect())
             }
-            Some(seen) if seen.at.elapsed() < lease || !settled => OwnerState::InDoubt(format!(
-                "server {node} missed its heartbeats; its accounts are free when its lease ends"
-            )),
-            None if !settled || !view.ready => OwnerState::InDoubt(format!(
-                "server {node} is not in this server's registry yet"
-            )),
+            Some(seen) if seen.at.elapsed() < lease || !settled => {
+                let left = lease.saturating_sub(seen.at.elapsed()).max(
+                    view.connected_since
+                        .map_or(lease, |since| lease.saturating_sub(since.elapsed())),
+                );
+                OwnerState::InDoubt(
+                    format!("server {node} stopped answering; its accounts are free when its lease ends"),
+                    (left + MARGIN).as_millis() as u32,
+                )
+            }
+            None if !settled || !view.ready => OwnerState::InDoubt(
+                format!("server {node} is not in this server's registry yet"),
+                1_000,
+            ),
             _ => OwnerState::Gone,
         }
+    }
+
+    /// Milliseconds until `node`'s lease ends (and a little more).
+    fn lease_left(&self, node: &str) -> u32 {
+        let view = lock(&self.view);
+        let left = view.nodes.get(node).map_or(Duration::ZERO, |s| {
+            self.cfg.lease.saturating_sub(s.at.elapsed())
+        });
+        (left + Duration::from_millis(250)).as_millis() as u32
     }
 
     /// A less loaded server for a new session, if this one is too full.
@@ -910,13 +962,25 @@ impl Ownership for NatsOwnership {
                         return Ok(());
                     }
                     match c.owner_state(&owner) {
-                        OwnerState::Alive(r) => {
+                        OwnerState::Alive(r) if c.block_on(c.answers(&owner))? => {
                             stats.redirected.fetch_add(1, Ordering::Relaxed);
                             return Err(StoreError::Elsewhere(r));
                         }
-                        OwnerState::InDoubt(why) => {
+                        OwnerState::Alive(_) => {
+                            // Fresh in the registry, but silent: killed a
+                            // moment ago, or cut off. Its lease decides.
                             stats.refused_unavailable.fetch_add(1, Ordering::Relaxed);
-                            return Err(StoreError::Unavailable(why));
+                            return Err(StoreError::Wait {
+                                reason: format!("server {owner} does not answer; its accounts are free when its lease ends"),
+                                retry_after_ms: c.lease_left(&owner),
+                            });
+                        }
+                        OwnerState::InDoubt(reason, retry_after_ms) => {
+                            stats.refused_unavailable.fetch_add(1, Ordering::Relaxed);
+                            return Err(StoreError::Wait {
+                                reason,
+                                retry_after_ms,
+                            });
                         }
                         OwnerState::Gone => {
                             let r = c.block_on(c.owners.update(

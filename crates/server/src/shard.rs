@@ -532,6 +532,10 @@ impl<G: Game> Shard<G> {
                 result,
             } => match result {
                 Err(StoreError::Elsewhere(to)) => self.engine.redirected(now, tag, redirect(to)),
+                Err(StoreError::Wait {
+                    reason,
+                    retry_after_ms,
+                }) => self.engine.try_later(now, tag, &reason, retry_after_ms),
                 result => {
                     let result = result.map_err(|e| LoadFailed(e.to_string()));
                     self.engine.loaded(now, account, tag, result);
@@ -539,6 +543,10 @@ impl<G: Game> Shard<G> {
             },
             StoreEvent::SessionLoaded { tag, result, .. } => match result {
                 Err(StoreError::Elsewhere(to)) => self.engine.redirected(now, tag, redirect(to)),
+                Err(StoreError::Wait {
+                    reason,
+                    retry_after_ms,
+                }) => self.engine.try_later(now, tag, &reason, retry_after_ms),
                 result => {
                     let result = result.map_err(|e| LoadFailed(e.to_string()));
                     self.engine.session_loaded(now, tag, result);

@@ -30,6 +30,10 @@ pub enum StoreError {
     /// In a cluster: the account is served by another server (see
     /// [`crate::Ownership`]). Not a failure of the database.
     Elsewhere(crate::Redirect),
+    /// In a cluster: nobody may hold the account for a moment (the server
+    /// that held it stopped answering and its lease has not ended yet); ask
+    /// again after `retry_after_ms`. Not a failure of the database.
+    Wait { reason: String, retry_after_ms: u32 },
 }
 
 impl StoreError {
@@ -51,6 +55,10 @@ impl fmt::Display for StoreError {
                  ({supported}); upgrade the server"
             ),
             StoreError::Closed => write!(f, "the store writer has shut down"),
+            StoreError::Wait {
+                reason,
+                retry_after_ms,
+            } => write!(f, "{reason} (retry in {retry_after_ms} ms)"),
             StoreError::Elsewhere(r) => {
                 write!(
                     f,
