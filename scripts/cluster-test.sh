@@ -2,6 +2,8 @@
 # Cluster failover test (docs/OPERATIONS.md, "Running a cluster"): three
 # servers over the real NATS and PostgreSQL, players spread over them; then
 #
+# 0. an operator moves players between the servers while they fight
+#    (channel changes): each one plays on at the other server;
 # 1. one server is killed with SIGKILL while it holds players: each of its
 #    players must be playing on one of the other two within CLUSTER_LIMIT_MS
 #    (10000) by themselves (their clients resume elsewhere; the account is
@@ -204,7 +206,7 @@ for i in 0 1 2; do
     [[ "$(metric "$i" tether_cluster_nodes)" == 3 ]] || fail "server n$i does not see the three servers"
 done
 
-duration=$((25 + outage + 40))
+duration=$((35 + outage + 40))
 "$bots" --addr "127.0.0.1:${games[0]}" --other-addrs "127.0.0.1:${games[1]},127.0.0.1:${games[2]}" \
     --clients "$clients" --ramp 5 --duration "$duration" --name-prefix "$prefix" --seed "$seed" \
     --ledger "$ledger" --quiet >"$tmp/bots.json" 2>"$tmp/bots.log" &
@@ -227,7 +229,36 @@ wait_active() {
 wait_active "login" 60000
 spread="$(for i in 0 1 2; do printf '%s ' "n$i:$(metric "$i" tether_sessions state=active)"; done)"
 log "every player in: $spread"
-nap 10
+nap 5
+
+# 0. Channel changes: an operator moves players between the servers while
+# they fight (their loot must neither vanish nor double: the ledger check
+# at the end covers it).
+moved="$("$python" - "$prefix" "${admins[@]}" <<'PY'
+import json, sys, urllib.request
+prefix, admins = sys.argv[1], sys.argv[2:]
+ids = [f"n{i}" for i in range(len(admins))]
+moved = 0
+for i, admin in enumerate(admins):
+    url = f"http://127.0.0.1:{admin}/v1/players?prefix={prefix}&limit=8"
+    rows = json.load(urllib.request.urlopen(url, timeout=5))
+    to = ids[(i + 1) % len(ids)]
+    for row in rows:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{admin}/v1/players/{row['account']}/move",
+            data=json.dumps({"node": to}).encode(), method="POST")
+        try:
+            urllib.request.urlopen(req, timeout=5)
+            moved += 1
+        except urllib.error.HTTPError as e:
+            print(f"move {row['account']} -> {to}: {e.code} {e.read().decode()}", file=sys.stderr)
+print(moved)
+PY
+)"
+((moved > 0)) || fail "no player could be moved"
+wait_active "moves" 20000
+log "moved $moved players to the next server; every player playing again ${waited_ms} ms later"
+nap 5
 
 # 1. SIGKILL the server holding the most players.
 victim=0
@@ -302,7 +333,7 @@ for i in 0 1 2; do [[ -n "${pids[$i]}" ]] && alive="$i"; done
     { tail -5 "$tmp/verify.log" >&2; fail "--verify-ledger failed"; }
 verdict="$(tail -1 "$tmp/verify.json")"
 
-SUMMARY="$summary" VERDICT="$verdict" CLIENTS="$clients" FAILOVER="$failover_ms" MOST="$most" \
+SUMMARY="$summary" VERDICT="$verdict" CLIENTS="$clients" FAILOVER="$failover_ms" MOST="$most" MOVED="$moved" \
     NATS_BACK="$nats_back_ms" OUTAGE="$outage" LEASE="$lease_ms" TAKEN="$taken" "$python" - <<'PY' || fail "a check failed (see above)"
 import json, os, sys
 s = json.loads(os.environ["SUMMARY"])
@@ -312,6 +343,7 @@ out = {
     "players": n,
     "servers": 3,
     "lease_ms": int(os.environ["LEASE"]),
+    "moved_players": int(os.environ["MOVED"]),
     "killed_server_players": int(os.environ["MOST"]),
     "failover_ms": int(os.environ["FAILOVER"]),
     "accounts_taken_from_killed_server": int(os.environ["TAKEN"]),

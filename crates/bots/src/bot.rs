@@ -779,8 +779,10 @@ impl Bot<'_> {
                 match &reason {
                     PauseReason::Closed { code, .. } => {
                         // A stop or restart of the server tells its players
-                        // when to come back: not a failure of this run.
-                        if *code != tether_client::pb::CloseCode::ServerShutdown {
+                        // when to come back, and a move to another server
+                        // of a cluster where to go: not failures of this run.
+                        use tether_client::pb::CloseCode;
+                        if !matches!(*code, CloseCode::ServerShutdown | CloseCode::Redirect) {
                             self.tally.errors += 1;
                         }
                         self.tally.closed_by_server += 1;

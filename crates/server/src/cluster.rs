@@ -256,9 +256,17 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// What a login or resume is told while NATS is away: wait and retry
+/// (`SERVER_BUSY`), the reason in the close message.
 fn unavailable(what: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("cluster coordination (NATS) unavailable: {what}"))
+    StoreError::Wait {
+        reason: format!("cluster coordination (NATS) unavailable: {what}; logins wait for it"),
+        retry_after_ms: UNAVAILABLE_RETRY_MS,
+    }
 }
+
+/// The retry hint of a login or resume refused while NATS is away.
+const UNAVAILABLE_RETRY_MS: u32 = 2_000;
 
 impl Cluster {
     /// Connects to NATS and opens (or creates) the cluster's buckets.
@@ -1022,9 +1030,10 @@ impl Ownership for NatsOwnership {
             // Another server changed the key meanwhile: look again.
         }
         stats.refused_unavailable.fetch_add(1, Ordering::Relaxed);
-        Err(StoreError::Unavailable(
-            "the account's ownership kept changing; retry".into(),
-        ))
+        Err(StoreError::Wait {
+            reason: "the account's ownership kept changing; retry".into(),
+            retry_after_ms: 100,
+        })
     }
 
     fn release(&mut self, account: &str, to: Option<&str>) -> bool {

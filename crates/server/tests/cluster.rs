@@ -358,3 +358,165 @@ async fn an_operator_moves_a_player_to_another_server_and_every_input_is_applied
     );
     assert_eq!(status, 409);
 }
+
+/// A TCP proxy in front of NATS that the test can cut: while cut, every
+/// connection through it is dropped and new ones are refused at once.
+struct CutProxy {
+    addr: SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CutProxy {
+    fn start(upstream: &str) -> CutProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let upstream = upstream
+            .trim_start_matches("nats://")
+            .split(',')
+            .next()
+            .unwrap()
+            .to_string();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = cut.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if flag.load(Ordering::SeqCst) {
+                    continue; // dropped: the NATS client sees it closed
+                }
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                for (from, to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let flag = flag.clone();
+                    std::thread::spawn(move || pump(from, to, &flag));
+                }
+            }
+        });
+        CutProxy { addr, cut }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` until either closes or the proxy is cut.
+fn pump(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    cut: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::{Read, Write};
+    let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if cut.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = from.shutdown(std::net::Shutdown::Both);
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+/// Waits until server `i` reports its NATS link as `up`.
+fn wait_nats(c: &Cluster, i: usize, up: bool) {
+    let want = format!("tether_cluster_nats_connected {}\n", u8::from(up));
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, metrics) = admin_request(c.nodes[i].admin_addr, "GET", "/metrics", None, "");
+        if metrics.contains(&want) {
+            return;
+        }
+        assert!(Instant::now() < end, "server n{i}: NATS link never {up}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_nats_is_away_players_stay_and_cross_server_features_fail_clearly() {
+    let Some((nats, pg)) = services() else { return };
+    let proxy = CutProxy::start(&nats);
+    let c = Cluster::start(2, &format!("nats://{}", proxy.addr), &pg);
+    let (alice, carol, dave) = (c.name("alice"), c.name("carol"), c.name("dave"));
+    let mut a = Client::connect(config(c.addr(0), &alice)).await.unwrap();
+    let mut b = Client::connect(config(c.addr(1), &carol)).await.unwrap();
+
+    proxy.set_cut(true);
+    tokio::task::block_in_place(|| wait_nats(&c, 0, false));
+
+    // Alice plays on: her server needs nothing from NATS for that.
+    let seq = a.send(Command::Ping { client_time: 1 }).unwrap();
+    wait_for(&mut a, |e| match e {
+        Event::Game(GameEvent::InputAck(ack)) if ack.seq >= seq => Some(()),
+        _ => None,
+    })
+    .await;
+    // A whisper to another server's player fails, and says why.
+    let seq = a
+        .send(Command::Chat {
+            scope: ChatScope::Whisper,
+            to: carol.clone(),
+            text: "are you there?".into(),
+        })
+        .unwrap();
+    let code = wait_for(&mut a, |e| match e {
+        Event::Game(GameEvent::CommandError(err)) if err.seq == seq => Some(err.code),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        code,
+        pb::CommandErrorCode::CommandErrorPlayerUnreachable as i32
+    );
+    // A new login waits for NATS: refused with a retry hint and the reason.
+    let mut cfg = config(c.addr(0), &dave);
+    cfg.reconnect.max_attempts = 1;
+    match Client::connect(cfg).await {
+        Err(ClientError::GaveUp { last, .. }) => {
+            assert!(last.contains("SERVER_BUSY"), "{last}")
+        }
+        other => panic!("a login while NATS is away: {other:?}"),
+    }
+
+    // NATS back: everything works again, Alice never left.
+    proxy.set_cut(false);
+    tokio::task::block_in_place(|| {
+        wait_nats(&c, 0, true);
+        wait_nats(&c, 1, true);
+    });
+    a.send(Command::Chat {
+        scope: ChatScope::Whisper,
+        to: carol.clone(),
+        text: "back".into(),
+    })
+    .unwrap();
+    a.flush();
+    wait_for(&mut b, |e| match e {
+        Event::Game(GameEvent::Chat(m)) if m.text == "back" => Some(()),
+        _ => None,
+    })
+    .await;
+    let d = Client::connect(config(c.addr(0), &dave)).await.unwrap();
+    assert!(d.is_live());
+    assert_eq!(a.stats().disconnects, 0);
+    assert_eq!(c.holders(&alice), vec![0]);
+}
