@@ -240,7 +240,7 @@ prefix, admins = sys.argv[1], sys.argv[2:]
 ids = [f"n{i}" for i in range(len(admins))]
 moved = 0
 for i, admin in enumerate(admins):
-    url = f"http://127.0.0.1:{admin}/v1/players?prefix={prefix}&limit=8"
+    url = f"http://127.0.0.1:{admin}/v1/players?q={prefix}&limit=8"
     rows = json.load(urllib.request.urlopen(url, timeout=5))
     to = ids[(i + 1) % len(ids)]
     for row in rows:
