@@ -355,6 +355,7 @@ out = {
     "logins": s["logins"],
     "resumed": s["resumed"],
     "bots_errors": s["errors"],
+    "bots_connect_failures": s["connect_failures"],
     "ledger_confirmations": v["confirmations"],
     "ledger_missing": v["missing"],
 }

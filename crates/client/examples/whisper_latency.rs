@@ -103,7 +103,11 @@ async fn main() {
         let wake = tokio::time::Instant::from_std(next_send.min(end_by));
         match rx.next_event_until(wake).await {
             Some(Ok(Event::Game(GameEvent::Chat(m)))) => {
-                if let Some(t) = m.text.strip_prefix('t').and_then(|t| t.parse::<u128>().ok()) {
+                if let Some(t) = m
+                    .text
+                    .strip_prefix('t')
+                    .and_then(|t| t.parse::<u128>().ok())
+                {
                     let us = epoch.elapsed().as_micros().saturating_sub(t);
                     latencies.push(us as f64 / 1000.0);
                 }

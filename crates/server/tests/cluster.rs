@@ -54,13 +54,17 @@ impl Cluster {
     /// Starts `n` servers, off the test's runtime (the PostgreSQL client
     /// and the cluster thread run runtimes of their own).
     fn start(n: usize, nats: &str, pg: &str) -> Cluster {
+        Cluster::start_with_lease(n, nats, pg, 3_000)
+    }
+
+    fn start_with_lease(n: usize, nats: &str, pg: &str, lease_ms: u64) -> Cluster {
         let (nats, pg) = (nats.to_string(), pg.to_string());
-        std::thread::spawn(move || Cluster::start_here(n, &nats, &pg))
+        std::thread::spawn(move || Cluster::start_here(n, &nats, &pg, lease_ms))
             .join()
             .expect("the cluster starts")
     }
 
-    fn start_here(n: usize, nats: &str, pg: &str) -> Cluster {
+    fn start_here(n: usize, nats: &str, pg: &str, lease_ms: u64) -> Cluster {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -80,7 +84,7 @@ impl Cluster {
                     cluster: Some(nats.to_string()),
                     cluster_name: format!("test-{t}"),
                     node: Some(format!("n{i}")),
-                    cluster_lease_ms: 3_000,
+                    cluster_lease_ms: lease_ms,
                     ..Config::default()
                 };
                 let backend = tether_server::open_store(&cfg, "mmo").expect("PostgreSQL opens");
@@ -519,4 +523,42 @@ async fn while_nats_is_away_players_stay_and_cross_server_features_fail_clearly(
     assert!(d.is_live());
     assert_eq!(a.stats().disconnects, 0);
     assert_eq!(c.holders(&alice), vec![0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_frees_its_accounts_at_once_and_its_players_resume_elsewhere() {
+    let Some((nats, pg)) = services() else { return };
+    // A long lease: only a clean stop can free the accounts this fast.
+    let mut c = Cluster::start_with_lease(2, &nats, &pg, 60_000);
+    let alice = c.name("alice");
+    let mut cfg = config(c.addr(0), &alice);
+    cfg.other_addrs = vec![c.addr(1)];
+    let mut a = Client::connect(cfg).await.unwrap();
+    let mut sent = 0;
+    for t in 0..5 {
+        sent = a.send(Command::Ping { client_time: t }).unwrap();
+    }
+    wait_for(&mut a, |e| match e {
+        Event::Game(GameEvent::InputAck(ack)) if ack.seq == sent => Some(()),
+        _ => None,
+    })
+    .await;
+
+    let started = Instant::now();
+    let stopped = c.nodes.remove(0);
+    tokio::task::block_in_place(|| stopped.shutdown());
+    wait_for(&mut a, |e| match e {
+        Event::Resumed { .. } | Event::Resynced { .. } => Some(()),
+        Event::LoggedInAgain { .. } => panic!("the session was lost in the stop"),
+        _ => None,
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(30),
+        "{took:?}: waited for the lease"
+    );
+    // The session went on at the other server, its inputs kept.
+    assert_eq!(c.holders(&alice), vec![0]);
+    assert_eq!(c.session(0, &alice)["last_input"], sent);
 }
