@@ -872,25 +872,7 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
             return false;
         };
         self.route_outbox(now);
-        let ctx = self.ctx(now);
-        let mark = self.sessions[idx].mark();
-        let player = self.sessions[idx].player;
-        if let Some(mut record) = self.game.leave(&ctx, player, &mut self.out) {
-            record.session = Some(mark);
-            self.host.save_now(record);
-        }
-        // Whatever else the game saved for it keeps the mark too.
-        self.route_outbox(now);
-        let mut slot = self.sessions.remove(idx);
-        if slot.conn.is_some() {
-            self.stats.active -= 1;
-        } else {
-            self.stats.zombies -= 1;
-        }
-        slot.session.release(&mut self.pool);
-        self.by_player.remove(&slot.player);
-        self.by_id.remove(&slot.session.id());
-        self.by_account.remove(&slot.account);
+        let slot = self.leave_keeping_session(now, idx);
         let tag = self.next_load_tag;
         self.next_load_tag += 1;
         let pending = self.host.hand_over(&slot.account, &to.node, tag);
@@ -1171,27 +1153,9 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
             self.close(conn, code, message, retry_after_ms);
         }
         self.route_outbox(now);
-        let ctx = self.ctx(now);
         let all: Vec<usize> = self.sessions.iter().map(|(i, _)| i).collect();
         for idx in all {
-            let mark = self.sessions[idx].mark();
-            let player = self.sessions[idx].player;
-            if let Some(mut record) = self.game.leave(&ctx, player, &mut self.out) {
-                record.session = Some(mark);
-                self.host.save_now(record);
-            }
-            // Whatever else the game saved for it keeps the mark too.
-            self.route_outbox(now);
-            let mut slot = self.sessions.remove(idx);
-            if slot.conn.is_some() {
-                self.stats.active -= 1;
-            } else {
-                self.stats.zombies -= 1;
-            }
-            slot.session.release(&mut self.pool);
-            self.by_player.remove(&slot.player);
-            self.by_id.remove(&slot.session.id());
-            self.by_account.remove(&slot.account);
+            let slot = self.leave_keeping_session(now, idx);
             self.host.release(&slot.account);
             self.host.population(-1);
             if let Some(conn) = slot.conn {
@@ -1200,6 +1164,33 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
             }
         }
         self.route_outbox(now);
+    }
+
+    /// The player leaves the game and is saved *with its session* (so a
+    /// resume can bring the session back from that record, here or on
+    /// another server), and the session is freed. The caller lets go of the
+    /// account and closes the connection.
+    fn leave_keeping_session(&mut self, now: u64, idx: usize) -> SessionSlot {
+        let ctx = self.ctx(now);
+        let mark = self.sessions[idx].mark();
+        let player = self.sessions[idx].player;
+        if let Some(mut record) = self.game.leave(&ctx, player, &mut self.out) {
+            record.session = Some(mark);
+            self.host.save_now(record);
+        }
+        // Whatever else the game saved for it keeps the mark too.
+        self.route_outbox(now);
+        let mut slot = self.sessions.remove(idx);
+        if slot.conn.is_some() {
+            self.stats.active -= 1;
+        } else {
+            self.stats.zombies -= 1;
+        }
+        slot.session.release(&mut self.pool);
+        self.by_player.remove(&slot.player);
+        self.by_id.remove(&slot.session.id());
+        self.by_account.remove(&slot.account);
+        slot
     }
 
     // ----- outbound --------------------------------------------------------

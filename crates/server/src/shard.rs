@@ -530,28 +530,16 @@ impl<G: Game> Shard<G> {
                 account,
                 tag,
                 result,
-            } => match result {
-                Err(StoreError::Elsewhere(to)) => self.engine.redirected(now, tag, redirect(to)),
-                Err(StoreError::Wait {
-                    reason,
-                    retry_after_ms,
-                }) => self.engine.try_later(now, tag, &reason, retry_after_ms),
-                result => {
-                    let result = result.map_err(|e| LoadFailed(e.to_string()));
+            } => {
+                if let Some(result) = self.unless_cluster(tag, result) {
                     self.engine.loaded(now, account, tag, result);
                 }
-            },
-            StoreEvent::SessionLoaded { tag, result, .. } => match result {
-                Err(StoreError::Elsewhere(to)) => self.engine.redirected(now, tag, redirect(to)),
-                Err(StoreError::Wait {
-                    reason,
-                    retry_after_ms,
-                }) => self.engine.try_later(now, tag, &reason, retry_after_ms),
-                result => {
-                    let result = result.map_err(|e| LoadFailed(e.to_string()));
+            }
+            StoreEvent::SessionLoaded { tag, result, .. } => {
+                if let Some(result) = self.unless_cluster(tag, result) {
                     self.engine.session_loaded(now, tag, result);
                 }
-            },
+            }
             StoreEvent::Committed(tx) => self.engine.committed(now, tx),
             StoreEvent::HandedOver { account, tag, ok } => {
                 if !ok {
@@ -576,6 +564,31 @@ impl<G: Game> Shard<G> {
                 }
                 self.metrics.storage_degraded.set(i64::from(degraded));
             }
+        }
+    }
+
+    /// A load's answer, unless it is the cluster's (the account is served
+    /// elsewhere, or nobody may hold it for a moment): then the engine is
+    /// told so here and `None` comes back.
+    fn unless_cluster(
+        &mut self,
+        tag: u64,
+        result: Result<Option<Record>, StoreError>,
+    ) -> Option<Result<Option<Record>, LoadFailed>> {
+        match result {
+            Err(StoreError::Elsewhere(to)) => {
+                self.engine.redirected(self.now, tag, redirect(to));
+                None
+            }
+            Err(StoreError::Wait {
+                reason,
+                retry_after_ms,
+            }) => {
+                self.engine
+                    .try_later(self.now, tag, &reason, retry_after_ms);
+                None
+            }
+            result => Some(result.map_err(|e| LoadFailed(e.to_string()))),
         }
     }
 

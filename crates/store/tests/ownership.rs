@@ -1,17 +1,20 @@
 //! The writer in a cluster: loads wait for the cluster's yes, and an
 //! account is let go only once its records are written.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::{wait_for, wait_until, PATIENCE};
 
 use bytes::Bytes;
 use tether_engine::{Record, SessionMark};
-use tether_store::fake::FakeBackend;
+use tether_store::fake::{FakeBackend, FakeControl};
 use tether_store::{
-    Ownership, Redirect, StoreError, StoreEvent, StoreEvents, StoreWriter, WriterConfig,
+    Ownership, Redirect, StoreError, StoreEvent, StoreEvents, StoreHandle, StoreWriter,
+    WriterConfig,
 };
-
-const PATIENCE: Duration = Duration::from_secs(10);
 
 /// What the fake cluster was asked, in order, and who owns what.
 #[derive(Default)]
@@ -59,24 +62,22 @@ fn rec(account: &str, data: &str, session: Option<u64>) -> Record {
     }
 }
 
-fn wait_for<T>(events: &StoreEvents, mut pick: impl FnMut(StoreEvent) -> Option<T>) -> T {
-    let end = Instant::now() + PATIENCE;
-    while let Some(left) = end.checked_duration_since(Instant::now()) {
-        if let Some(e) = events.recv_timeout(left) {
-            if let Some(t) = pick(e) {
-                return t;
-            }
-        }
-    }
-    panic!("no matching event within {PATIENCE:?}");
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+/// A writer over the fake database, with the fake cluster's say.
+fn start(
+    log: Log,
+) -> (
+    Arc<Mutex<Log>>,
+    FakeControl,
+    StoreWriter,
+    StoreHandle,
+    StoreEvents,
+) {
+    let log = Arc::new(Mutex::new(log));
+    let (db, ctl) = FakeBackend::new();
+    let writer =
+        StoreWriter::start_with(db, cfg(), Some(Box::new(FakeOwnership(log.clone())))).unwrap();
+    let (handle, events) = writer.client(None);
+    (log, ctl, writer, handle, events)
 }
 
 fn cfg() -> WriterConfig {
@@ -136,11 +137,7 @@ fn a_load_is_answered_only_after_the_cluster_said_yes_and_elsewhere_is_a_redirec
 
 #[test]
 fn an_account_is_let_go_only_after_its_last_record_is_written() {
-    let log = Arc::new(Mutex::new(Log::default()));
-    let (db, ctl) = FakeBackend::new();
-    let writer =
-        StoreWriter::start_with(db, cfg(), Some(Box::new(FakeOwnership(log.clone())))).unwrap();
-    let (handle, events) = writer.client(None);
+    let (log, ctl, writer, handle, events) = start(Log::default());
 
     // The database is away: the record saved for the move waits, and so
     // does the hand-over asked after it.
@@ -171,11 +168,7 @@ fn an_account_is_let_go_only_after_its_last_record_is_written() {
 
 #[test]
 fn a_login_here_before_the_write_cancels_the_release() {
-    let log = Arc::new(Mutex::new(Log::default()));
-    let (db, ctl) = FakeBackend::new();
-    let writer =
-        StoreWriter::start_with(db, cfg(), Some(Box::new(FakeOwnership(log.clone())))).unwrap();
-    let (handle, events) = writer.client(None);
+    let (log, ctl, writer, handle, events) = start(Log::default());
 
     ctl.set_down(true);
     handle.save_now(rec("ann", "final", None));

@@ -6,16 +6,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+mod common;
+
+use common::{wait_for, wait_until, PATIENCE};
 use tether_engine::{Record, SessionMark, Tx};
 use tether_store::fake::{FakeBackend, FakeControl};
 use tether_store::{
     Health, StoreError, StoreEvent, StoreEvents, StoreHandle, StoreWriter, SubmitError,
     WriterConfig,
 };
-
-/// Long enough for a loaded two-core machine; tests wait for events, never
-/// for fixed times, except to show that something did not happen.
-const PATIENCE: Duration = Duration::from_secs(10);
 
 /// A record whose bytes are the text `data`.
 fn rec(account: &str, data: &str) -> Record {
@@ -66,27 +65,6 @@ fn start(cfg: WriterConfig) -> (StoreWriter, FakeControl, StoreHandle, StoreEven
     let writer = StoreWriter::start(db, cfg).unwrap();
     let (handle, events) = writer.client(None);
     (writer, ctl, handle, events)
-}
-
-/// Waits for the first event that `pick` accepts; other events are dropped.
-fn wait_for<T>(events: &StoreEvents, mut pick: impl FnMut(StoreEvent) -> Option<T>) -> T {
-    let end = Instant::now() + PATIENCE;
-    while let Some(left) = end.checked_duration_since(Instant::now()) {
-        if let Some(e) = events.recv_timeout(left) {
-            if let Some(t) = pick(e) {
-                return t;
-            }
-        }
-    }
-    panic!("no matching event within {PATIENCE:?}");
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 fn loaded(events: &StoreEvents) -> (String, u64, Result<Option<Record>, StoreError>) {
