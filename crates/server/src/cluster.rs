@@ -80,6 +80,10 @@ pub struct NodeInfo {
     /// Unix time it started, ms.
     pub started_ms: u64,
     pub version: String,
+    /// This process, among the processes that were or will be this node (a
+    /// restart, an upgrade in place): random.
+    #[serde(default)]
+    pub instance: u64,
 }
 
 impl NodeInfo {
@@ -859,12 +863,27 @@ impl Cluster {
 
     /// Takes this server out of the registry (a clean stop), so that its
     /// accounts are free at once rather than after the lease.
+    /// Only this process's entry goes: after an upgrade in place, the entry
+    /// is already the new process's.
     pub fn leave(&self) {
         let node = self.cfg.me.node.clone();
+        let instance = self.cfg.me.instance;
         let nodes = self.nodes.clone();
         let (done, wait) = std::sync::mpsc::channel();
         self.rt().spawn(async move {
-            let _ = tokio::time::timeout(NATS_TIMEOUT, nodes.delete(node)).await;
+            let _ = tokio::time::timeout(NATS_TIMEOUT, async {
+                let Ok(Some(entry)) = nodes.entry(node.as_str()).await else {
+                    return;
+                };
+                let mine = serde_json::from_slice::<NodeInfo>(&entry.value)
+                    .is_ok_and(|info| info.instance == instance);
+                if entry.operation == kv::Operation::Put && mine {
+                    let _ = nodes
+                        .delete_expect_revision(node.as_str(), Some(entry.revision))
+                        .await;
+                }
+            })
+            .await;
             let _ = done.send(());
         });
         let _ = wait.recv_timeout(NATS_TIMEOUT);

@@ -399,6 +399,12 @@ pub fn start_game_with<G: Game>(
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_millis() as u64),
                     version: env!("CARGO_PKG_VERSION").to_string(),
+                    instance: {
+                        let mut b = [0u8; 8];
+                        getrandom::fill(&mut b)
+                            .map_err(|e| StartError::Os(std::io::Error::other(e.to_string())))?;
+                        u64::from_le_bytes(b)
+                    },
                 },
                 lease: Duration::from_millis(cfg.cluster_lease_ms),
                 balance_slack_pct: cfg.cluster_balance_slack_pct,
