@@ -177,6 +177,8 @@ pub struct Engine<G: Game, H: Host<G::Remote>> {
     can_commit: bool,
     next_tick: u64,
     stats: EngineStats,
+    /// This run's 24-bit session id salt (bits 32..56 of its ids).
+    salt: u32,
 }
 
 impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
@@ -201,6 +203,7 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
             by_id: HashMap::new(),
             by_account: HashMap::new(),
             next_session: first_session,
+            salt: salt as u32,
             loading: HashMap::new(),
             restoring: HashMap::new(),
             moving: HashMap::new(),
@@ -217,6 +220,13 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
     }
 
     // ----- accessors -------------------------------------------------------
+
+    /// The 24-bit salt of the session ids this engine hands out (bits 32 to
+    /// 55 of each id; the shard is bits 56 to 63): in a cluster, other
+    /// servers learn from it which server a session id came from.
+    pub fn session_salt(&self) -> u32 {
+        self.salt
+    }
 
     pub fn config(&self) -> &EngineConfig {
         &self.cfg

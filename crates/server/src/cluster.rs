@@ -84,6 +84,10 @@ pub struct NodeInfo {
     /// restart, an upgrade in place): random.
     #[serde(default)]
     pub instance: u64,
+    /// The salts of the session ids its shards hand out (bits 32 to 55 of
+    /// an id): a resume anywhere is sent to the server that holds it.
+    #[serde(default)]
+    pub sessions: Vec<u32>,
 }
 
 impl NodeInfo {
@@ -231,6 +235,8 @@ pub struct Cluster {
     out_rx: Mutex<Option<mpsc::Receiver<Outbound>>>,
     /// Hands a message back to one of this server's shards (set by `run`).
     bounces: std::sync::OnceLock<BounceFn>,
+    /// This server's session id salts, one per shard (set before `run`).
+    salts: Mutex<Vec<u32>>,
 }
 
 type BounceFn = Box<dyn Fn(u16, Bytes, Undeliverable) -> bool + Send + Sync>;
@@ -356,6 +362,7 @@ impl Cluster {
             out_tx,
             out_rx: Mutex::new(Some(out_rx)),
             bounces: std::sync::OnceLock::new(),
+            salts: Mutex::new(Vec::new()),
         });
         Ok(cluster)
     }
@@ -437,6 +444,33 @@ impl Cluster {
         })
     }
 
+    /// The salts of this server's session ids, published in its entry.
+    pub fn set_session_salts(&self, salts: Vec<u32>) {
+        *self.salts.lock().unwrap_or_else(|e| e.into_inner()) = salts;
+    }
+
+    /// The server whose session ids carry this salt, other than this one,
+    /// if exactly one does.
+    fn node_of_salt(&self, salt: u32) -> Option<String> {
+        if self
+            .salts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&salt)
+        {
+            return None;
+        }
+        let view = lock(&self.view);
+        let mut found = view
+            .nodes
+            .iter()
+            .filter(|(id, s)| **id != self.cfg.me.node && s.info.sessions.contains(&salt))
+            .map(|(id, _)| id.clone());
+        let node = found.next()?;
+        // Two servers with one salt (24 random bits each): nobody can say.
+        found.next().is_none().then_some(node)
+    }
+
     /// Starts the registry (heartbeat and watch) and the message pumps.
     /// `players` reads this server's session count for its entry.
     pub fn run<R: Send + 'static>(
@@ -490,6 +524,7 @@ impl Cluster {
             tick.tick().await;
             let mut info = self.cfg.me.clone();
             info.players = players();
+            info.sessions = self.salts.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let Ok(json) = serde_json::to_vec(&info) else {
                 continue;
             };
@@ -1053,6 +1088,34 @@ impl Ownership for NatsOwnership {
             reason: "the account's ownership kept changing; retry".into(),
             retry_after_ms: 100,
         })
+    }
+
+    fn route_session(&mut self, session_id: u64) -> Result<(), StoreError> {
+        let c = &self.cluster;
+        let salt = ((session_id >> 32) & 0x00ff_ffff) as u32;
+        let Some(node) = c.node_of_salt(salt) else {
+            // This server's, or of a process no longer in the registry:
+            // the saved session decides.
+            return Ok(());
+        };
+        match c.owner_state(&node) {
+            OwnerState::Alive(r) if c.block_on(c.answers(&node))? => {
+                c.stats.redirected.fetch_add(1, Ordering::Relaxed);
+                Err(StoreError::Elsewhere(r))
+            }
+            OwnerState::Alive(_) => Err(StoreError::Wait {
+                reason: format!(
+                    "server {node} does not answer; its sessions come back when its lease ends"
+                ),
+                retry_after_ms: c.lease_left(&node),
+            }),
+            OwnerState::InDoubt(reason, retry_after_ms) => Err(StoreError::Wait {
+                reason,
+                retry_after_ms,
+            }),
+            // Gone: the session comes back from storage here.
+            OwnerState::Gone => Ok(()),
+        }
     }
 
     fn release(&mut self, account: &str, to: Option<&str>) -> bool {

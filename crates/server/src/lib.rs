@@ -405,6 +405,7 @@ pub fn start_game_with<G: Game>(
                             .map_err(|e| StartError::Os(std::io::Error::other(e.to_string())))?;
                         u64::from_le_bytes(b)
                     },
+                    sessions: Vec::new(),
                 },
                 lease: Duration::from_millis(cfg.cluster_lease_ms),
                 balance_slack_pct: cfg.cluster_balance_slack_pct,
@@ -501,6 +502,7 @@ pub fn start_game_with<G: Game>(
         wakers: shard_wakers.clone(),
     };
 
+    let mut session_salts = Vec::new();
     let per_shard = shard_side.into_iter().zip(bus_rxs).zip(control_rxs);
     for (s, ((links, bus_rx), control)) in per_shard.enumerate() {
         let waker = shard_wakers[s].clone();
@@ -525,6 +527,7 @@ pub fn start_game_with<G: Game>(
             clock,
             cluster: cluster.as_ref().map(|c| c.link()),
         });
+        session_salts.push(shard.session_salt());
         shard_inits[s].send(shard).map_err(|_| {
             StartError::Os(std::io::Error::other(format!(
                 "shard thread {s} died at start"
@@ -536,6 +539,7 @@ pub fn start_game_with<G: Game>(
         let metrics_cluster = c.clone();
         metrics.set_extra(move |out| metrics_cluster.render_metrics(out));
         let population = directory.clone();
+        c.set_session_salts(session_salts);
         c.run(bus.clone(), directory.clone(), move || population.total());
         info!(node = %c.config().me.node, cluster = %c.config().name, "cluster joined");
     }

@@ -415,6 +415,11 @@ impl<G: Game> Shard<G> {
         }
     }
 
+    /// The salt of the session ids this shard hands out.
+    pub fn session_salt(&self) -> u32 {
+        self.engine.session_salt()
+    }
+
     fn refresh_now(&mut self) -> u64 {
         self.now = self.clock.elapsed().as_millis() as u64;
         self.now

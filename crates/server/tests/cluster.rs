@@ -562,3 +562,50 @@ async fn a_stopped_server_frees_its_accounts_at_once_and_its_players_resume_else
     assert_eq!(c.holders(&alice), vec![0]);
     assert_eq!(c.session(0, &alice)["last_input"], sent);
 }
+
+#[test]
+fn a_resume_at_the_wrong_server_is_redirected_to_the_session() {
+    use common::TestClient;
+    use tether_proto::pb::{client_message, server_message::Msg};
+    let Some((nats, pg)) = services() else { return };
+    let c = Cluster::start(2, &nats, &pg);
+    let alice = c.name("alice");
+
+    // On the wire: log in at n0, note the session, drop the connection
+    // (the session turns link-dead there).
+    let mut first = TestClient::connect(c.addr(0));
+    let welcome = match first.hello(&alice) {
+        Some(Msg::Welcome(w)) => w,
+        other => panic!("expected Welcome, got {other:?}"),
+    };
+    drop(first);
+    let resume = pb::Resume {
+        session_id: welcome.session_id,
+        token: welcome.resume_token.clone(),
+        frames_received: 0,
+        restart_token: welcome.restart_token.clone(),
+    };
+
+    // The resume arrives at n1: redirected to n0, which holds it.
+    let mut wrong = TestClient::connect(c.addr(1));
+    wrong.send(client_message::Msg::Resume(resume.clone()));
+    let close = match wrong.recv() {
+        Some(Msg::Close(close)) => close,
+        other => panic!("expected Close, got {other:?}"),
+    };
+    assert_eq!(close.code, pb::CloseCode::Redirect as i32);
+    let to = close.redirect.expect("a redirect names a server");
+    assert_eq!(
+        (to.node.as_str(), to.address.clone()),
+        ("n0", c.addr(0).to_string())
+    );
+
+    // The same resume there: the session goes on, frames replayed.
+    let mut right = TestClient::connect(to.address.parse().unwrap());
+    right.send(client_message::Msg::Resume(resume));
+    match right.recv() {
+        Some(Msg::Resumed(r)) => assert_eq!(r.session_id, welcome.session_id),
+        other => panic!("expected Resumed, got {other:?}"),
+    }
+    assert_eq!(c.holders(&alice), vec![0]);
+}

@@ -47,4 +47,14 @@ pub trait Ownership: Send {
     /// account stays this server's (a login elsewhere is redirected here,
     /// where it is loaded again).
     fn release(&mut self, account: &str, to: Option<&str>) -> bool;
+
+    /// A resume's load by session id found no record saved under that
+    /// session (none written yet): `Ok` to answer so here (the resume is
+    /// refused), [`StoreError::Elsewhere`] when a live server handed out
+    /// that id (the session is there, in memory), or [`StoreError::Wait`].
+    /// The default answers as storage did.
+    fn route_session(&mut self, session_id: u64) -> Result<(), StoreError> {
+        let _ = session_id;
+        Ok(())
+    }
 }

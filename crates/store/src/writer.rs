@@ -882,21 +882,35 @@ impl<B: Backend> Driver<B> {
     fn route(&mut self) {
         let mut events: Vec<_> = self.core.take_events().collect();
         if self.ownership.is_some() {
-            // A resume's record names its account only now: the answer is
-            // the record only if this server may hold that account.
             for (_, event) in events.iter_mut() {
-                if let StoreEvent::SessionLoaded {
-                    result: result @ Ok(Some(_)),
+                let StoreEvent::SessionLoaded {
+                    session_id,
+                    result: result @ Ok(_),
                     ..
                 } = event
-                {
-                    let account = match result {
-                        Ok(Some(r)) => r.account.clone(),
-                        _ => unreachable!("matched above"),
-                    };
-                    if let Err(e) = self.acquire(&account) {
-                        *result = Err(e);
+                else {
+                    continue;
+                };
+                let saved = match result {
+                    Ok(Some(r)) if r.session.is_some_and(|m| m.session_id == *session_id) => {
+                        Some(r.account.clone())
                     }
+                    _ => None,
+                };
+                let verdict = match saved {
+                    // A resume's record names its account only now: the
+                    // answer is the record only if this server may hold
+                    // that account.
+                    Some(account) => self.acquire(&account),
+                    // Not saved under this session (yet): the server that
+                    // handed the id out may hold it in memory.
+                    None => self
+                        .ownership
+                        .as_mut()
+                        .map_or(Ok(()), |o| o.route_session(*session_id)),
+                };
+                if let Err(e) = verdict {
+                    *result = Err(e);
                 }
             }
         }

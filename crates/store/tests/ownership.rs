@@ -40,6 +40,22 @@ impl Ownership for FakeOwnership {
         Ok(())
     }
 
+    fn route_session(&mut self, session_id: u64) -> Result<(), StoreError> {
+        self.0
+            .lock()
+            .unwrap()
+            .calls
+            .push(format!("route {session_id}"));
+        if session_id == 77 {
+            return Err(StoreError::Elsewhere(Redirect {
+                node: "b".into(),
+                address: "127.0.0.2:7000".into(),
+                ws_url: String::new(),
+            }));
+        }
+        Ok(())
+    }
+
     fn release(&mut self, account: &str, to: Option<&str>) -> bool {
         let to = to.map(|t| format!(" to {t}")).unwrap_or_default();
         self.0
@@ -185,4 +201,36 @@ fn a_login_here_before_the_write_cancels_the_release() {
     wait_until("the write", || ctl.record("ann").is_some());
     writer.shutdown(PATIENCE);
     assert_eq!(log.lock().unwrap().calls, vec!["acquire ann"]);
+}
+
+#[test]
+fn a_resume_not_saved_yet_asks_which_server_handed_out_the_session() {
+    let (log, ctl, writer, handle, events) = start(Log::default());
+    // Saved under another session: not this resume's record.
+    ctl.insert(rec("ann", "old", Some(5)));
+    for (id, tag) in [(77, 1), (78, 2), (5, 3)] {
+        handle.load_session(id, tag).unwrap();
+    }
+    let mut answers = Vec::new();
+    while answers.len() < 3 {
+        answers.push(wait_for(&events, |e| match e {
+            StoreEvent::SessionLoaded { tag, result, .. } => Some((tag, result)),
+            _ => None,
+        }));
+    }
+    answers.sort_by_key(|(tag, _)| *tag);
+    // 77: a live server handed it out and holds it: sent there.
+    assert!(
+        matches!(answers[0].1, Err(StoreError::Elsewhere(_))),
+        "{answers:?}"
+    );
+    // 78: nobody claims it: no record, as storage said.
+    assert_eq!(answers[1].1, Ok(None));
+    // 5: saved under that session: the account decides, not the id.
+    assert!(matches!(answers[2].1, Ok(Some(_))), "{answers:?}");
+    assert_eq!(
+        log.lock().unwrap().calls,
+        vec!["route 77", "route 78", "acquire ann"]
+    );
+    writer.shutdown(PATIENCE);
 }
