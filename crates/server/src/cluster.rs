@@ -1063,9 +1063,13 @@ impl Ownership for NatsOwnership {
                     }
                 }
                 free => {
+                    // A less loaded server takes the new session, if it
+                    // answers (one killed a moment ago still looks fresh).
                     if let Some(r) = c.less_loaded() {
-                        stats.redirected.fetch_add(1, Ordering::Relaxed);
-                        return Err(StoreError::Elsewhere(r));
+                        if c.block_on(c.answers(&r.node))? {
+                            stats.redirected.fetch_add(1, Ordering::Relaxed);
+                            return Err(StoreError::Elsewhere(r));
+                        }
                     }
                     let value = Bytes::from(me.to_string());
                     match free {
