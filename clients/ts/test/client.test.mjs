@@ -14,7 +14,7 @@ import {
   toBinary,
   fromBinary,
 } from '../dist/index.js';
-import { nodeWebSocket, startProxy, startServer, waitFor } from './helpers.mjs';
+import { live, nodeWebSocket, startProxy, startServer, waitFor, watchedClient } from './helpers.mjs';
 
 let server;
 let shortGrace;
@@ -28,21 +28,8 @@ after(async () => {
   await shortGrace?.stop();
 });
 
-function client(name, url = server.url, extra = {}) {
-  const c = new TetherClient({ url, auth: { devName: name }, webSocket: nodeWebSocket, ...extra });
-  const seen = { pongs: [], chats: [], states: [], closed: null, welcomes: [], resumes: [] };
-  c.on('message', (m) => {
-    if (m.msg.case === 'pong') seen.pongs.push(m.msg.value.clientTime);
-    if (m.msg.case === 'chat') seen.chats.push(m.msg.value.text);
-  });
-  c.on('state', (s) => seen.states.push(s));
-  c.on('closed', (x) => { seen.closed = x; });
-  c.on('welcome', (w) => seen.welcomes.push(w));
-  c.on('resumed', (r) => seen.resumes.push(r));
-  return { c, seen };
-}
+const client = (name, url = server.url, extra = {}) => watchedClient(name, url, extra);
 
-const live = (c) => waitFor(() => c.state === 'live', 10_000, 'live');
 
 test('64-bit ids survive encoding without precision loss', () => {
   const big = 2n ** 64n - 2n;

@@ -5,8 +5,8 @@
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { TetherClient, CloseCode } from '../dist/index.js';
-import { nodeWebSocket, startCluster, waitFor } from './helpers.mjs';
+import { CloseCode } from '../dist/index.js';
+import { live, startCluster, waitFor, watchedClient } from './helpers.mjs';
 
 const pg = process.env.TETHER_TEST_POSTGRES;
 const nats = process.env.TETHER_TEST_NATS;
@@ -26,20 +26,7 @@ after(async () => {
   await cluster?.stop();
 });
 
-function client(name, url, extra = {}) {
-  const c = new TetherClient({ url, auth: { devName: name }, webSocket: nodeWebSocket, ...extra });
-  const seen = { pongs: [], states: [], closed: null, welcomes: [], resumes: [] };
-  c.on('message', (m) => {
-    if (m.msg.case === 'pong') seen.pongs.push(m.msg.value.clientTime);
-  });
-  c.on('state', (s) => seen.states.push(s));
-  c.on('closed', (x) => { seen.closed = x; });
-  c.on('welcome', (w) => seen.welcomes.push(w));
-  c.on('resumed', (r) => seen.resumes.push(r));
-  return { c, seen };
-}
-
-const live = (c) => waitFor(() => c.state === 'live', 10_000, 'live');
+const client = watchedClient;
 
 /** The HTTP status of GET /v1/players/NAME at a server's admin API. */
 async function held(server, name) {

@@ -1,5 +1,6 @@
 // Test helpers: a real Tether server on free loopback ports, a cluster of
-// them, a TCP proxy a test can cut, and waiting for conditions.
+// them, a TCP proxy a test can cut, a client whose events are recorded, and
+// waiting for conditions.
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
@@ -8,6 +9,7 @@ import path from 'node:path';
 import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
+import { TetherClient } from '../dist/index.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 export const TETHER_BIN = process.env.TETHER_BIN ?? path.join(root, process.env.CARGO_TARGET_DIR ?? 'target', 'debug', 'tether');
@@ -125,3 +127,24 @@ export async function waitFor(check, timeoutMs = 10_000, what = 'a condition') {
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+/**
+ * A client of `name` at `url` whose pongs, chat lines, states, close,
+ * welcomes and resumes are recorded in `seen`.
+ */
+export function watchedClient(name, url, extra = {}) {
+  const c = new TetherClient({ url, auth: { devName: name }, webSocket: nodeWebSocket, ...extra });
+  const seen = { pongs: [], chats: [], states: [], closed: null, welcomes: [], resumes: [] };
+  c.on('message', (m) => {
+    if (m.msg.case === 'pong') seen.pongs.push(m.msg.value.clientTime);
+    if (m.msg.case === 'chat') seen.chats.push(m.msg.value.text);
+  });
+  c.on('state', (s) => seen.states.push(s));
+  c.on('closed', (x) => { seen.closed = x; });
+  c.on('welcome', (w) => seen.welcomes.push(w));
+  c.on('resumed', (r) => seen.resumes.push(r));
+  return { c, seen };
+}
+
+/** Waits until client `c` is live. */
+export const live = (c) => waitFor(() => c.state === 'live', 10_000, 'live');

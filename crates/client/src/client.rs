@@ -952,11 +952,17 @@ impl Client {
         if self.logout_deadline.is_some() {
             return self.finish(Out::Event(Event::LoggedOut));
         }
+        let wait = backoff::delay(&self.cfg.reconnect, 0, &mut self.rng).max(at_least);
+        self.pause(reason, now + wait, now)
+    }
+
+    /// The live connection is gone (lost, or closed by the server): keep the
+    /// session and connect again at `until`.
+    fn pause(&mut self, reason: PauseReason, until: Instant, now: Instant) -> Out {
         self.session.on_disconnect(self.now_ms(now));
         self.stats.disconnects += 1;
         self.attempts = 0;
-        let wait = backoff::delay(&self.cfg.reconnect, 0, &mut self.rng).max(at_least);
-        self.link = Link::Backoff { until: now + wait };
+        self.link = Link::Backoff { until };
         self.rbuf.clear();
         self.wbuf.clear();
         Out::Event(Event::Paused(reason))
@@ -984,22 +990,19 @@ impl Client {
         self.stats.redirects += 1;
         tracing::debug!(node = %to.node, %addr, "redirected");
         self.target = addr;
-        let wait = Duration::from_millis(u64::from(close.retry_after_ms));
-        self.rbuf.clear();
-        self.wbuf.clear();
+        let until = now + Duration::from_millis(u64::from(close.retry_after_ms));
         if matches!(self.link, Link::Live { .. }) {
             // Moved while playing: the session goes on there (a resume).
-            self.session.on_disconnect(self.now_ms(now));
-            self.stats.disconnects += 1;
-            self.attempts = 0;
-            self.link = Link::Backoff { until: now + wait };
-            return Some(Some(Out::Event(Event::Paused(PauseReason::Closed {
+            let reason = PauseReason::Closed {
                 code: pb::CloseCode::Redirect,
                 message: close.message.clone(),
                 retry_after_ms: close.retry_after_ms,
-            }))));
+            };
+            return Some(Some(self.pause(reason, until, now)));
         }
-        self.link = Link::Backoff { until: now + wait };
+        self.rbuf.clear();
+        self.wbuf.clear();
+        self.link = Link::Backoff { until };
         Some(None)
     }
 

@@ -839,7 +839,7 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
         };
         self.stats.redirects += 1;
         self.route_outbox(now);
-        self.close_redirect(conn, to, "this account is served by another server", 0);
+        self.close_redirect(conn, to, "this account is served by another server");
     }
 
     /// Storage answered load `tag`: in a cluster, nobody may hold the
@@ -895,7 +895,7 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
                 // it would find this one still holding it.
                 self.moving.insert(tag, (conn, to));
             } else {
-                self.close_redirect(conn, to, "moved to another server", 0);
+                self.close_redirect(conn, to, "moved to another server");
             }
         }
         self.route_outbox(now);
@@ -911,7 +911,7 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
             return; // a zombie's, or the connection went away
         };
         if ok {
-            self.close_redirect(conn, to, "moved to another server", 0);
+            self.close_redirect(conn, to, "moved to another server");
         } else {
             self.close(
                 conn,
@@ -1358,15 +1358,10 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
         self.transmits.push_back(Transmit::Close { conn, frame });
     }
 
-    fn close_redirect(
-        &mut self,
-        conn: ConnId,
-        to: pb::Redirect,
-        message: &str,
-        retry_after_ms: u32,
-    ) {
+    /// A `REDIRECT` to go on at once at the server `to` names.
+    fn close_redirect(&mut self, conn: ConnId, to: pb::Redirect, message: &str) {
         self.stats.count_close(CloseCode::Redirect);
-        let frame = redirect_frame(to, message, retry_after_ms);
+        let frame = redirect_frame(to, message);
         self.transmits.push_back(Transmit::Close { conn, frame });
     }
 }

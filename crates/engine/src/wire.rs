@@ -19,12 +19,13 @@ pub fn close_frame(code: pb::CloseCode, message: &str, retry_after_ms: u32) -> B
     }))
 }
 
-/// A Close with `REDIRECT`: the client goes on at the server `to` names.
-pub(crate) fn redirect_frame(to: pb::Redirect, message: &str, retry_after_ms: u32) -> Bytes {
+/// A Close with `REDIRECT`: the client goes on at once at the server `to`
+/// names.
+pub(crate) fn redirect_frame(to: pb::Redirect, message: &str) -> Bytes {
     envelope(Msg::Close(pb::Close {
         code: pb::CloseCode::Redirect as i32,
         message: message.to_string(),
-        retry_after_ms,
+        retry_after_ms: 0,
         redirect: Some(to),
     }))
 }

@@ -235,8 +235,8 @@ pub struct Cluster {
     out_rx: Mutex<Option<mpsc::Receiver<Outbound>>>,
     /// Hands a message back to one of this server's shards (set by `run`).
     bounces: std::sync::OnceLock<BounceFn>,
-    /// This server's session id salts, one per shard (set before `run`).
-    salts: Mutex<Vec<u32>>,
+    /// This server's session id salts, one per shard (set by `run`).
+    salts: std::sync::OnceLock<Vec<u32>>,
 }
 
 type BounceFn = Box<dyn Fn(u16, Bytes, Undeliverable) -> bool + Send + Sync>;
@@ -264,6 +264,12 @@ fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A retry hint a little past the end of a lease `left` from now, so the
+/// client comes back once the account is free, not just before.
+fn come_back_after(left: Duration) -> u32 {
+    (left + Duration::from_millis(250)).as_millis() as u32
 }
 
 /// What a login or resume is told while NATS is away: wait and retry
@@ -362,7 +368,7 @@ impl Cluster {
             out_tx,
             out_rx: Mutex::new(Some(out_rx)),
             bounces: std::sync::OnceLock::new(),
-            salts: Mutex::new(Vec::new()),
+            salts: std::sync::OnceLock::new(),
         });
         Ok(cluster)
     }
@@ -444,20 +450,10 @@ impl Cluster {
         })
     }
 
-    /// The salts of this server's session ids, published in its entry.
-    pub fn set_session_salts(&self, salts: Vec<u32>) {
-        *self.salts.lock().unwrap_or_else(|e| e.into_inner()) = salts;
-    }
-
     /// The server whose session ids carry this salt, other than this one,
     /// if exactly one does.
     fn node_of_salt(&self, salt: u32) -> Option<String> {
-        if self
-            .salts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&salt)
-        {
+        if self.salts.get().is_some_and(|mine| mine.contains(&salt)) {
             return None;
         }
         let view = lock(&self.view);
@@ -472,13 +468,16 @@ impl Cluster {
     }
 
     /// Starts the registry (heartbeat and watch) and the message pumps.
-    /// `players` reads this server's session count for its entry.
+    /// `players` reads this server's session count for its entry;
+    /// `session_salts` are its shards' session id salts, published with it.
     pub fn run<R: Send + 'static>(
         self: &Arc<Self>,
         bus: Bus<R>,
         directory: Arc<Directory>,
         players: impl Fn() -> u64 + Send + Sync + 'static,
+        session_salts: Vec<u32>,
     ) {
+        let _ = self.salts.set(session_salts);
         let me = self.clone();
         self.rt().spawn(async move { me.heartbeat(players).await });
         let me = self.clone();
@@ -517,6 +516,12 @@ impl Cluster {
         self.cfg.lease / 4
     }
 
+    /// A server whose entry was put within this long is taken as alive
+    /// (two heartbeats may be late).
+    fn answering_window(&self) -> Duration {
+        self.beat_interval() * 5 / 2
+    }
+
     async fn heartbeat(self: Arc<Self>, players: impl Fn() -> u64) {
         let mut tick = tokio::time::interval(self.beat_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -524,7 +529,7 @@ impl Cluster {
             tick.tick().await;
             let mut info = self.cfg.me.clone();
             info.players = players();
-            info.sessions = self.salts.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            info.sessions = self.salts.get().cloned().unwrap_or_default();
             let Ok(json) = serde_json::to_vec(&info) else {
                 continue;
             };
@@ -583,13 +588,7 @@ impl Cluster {
             match out {
                 Outbound::Broadcast(frame) => {
                     debug!(bytes = frame.len(), "cluster: broadcast out");
-                    let mut h = HeaderMap::new();
-                    h.insert("tether-from", self.cfg.me.node.as_str());
-                    match self
-                        .client
-                        .publish_with_headers(self.subject_all(), h, frame)
-                        .await
-                    {
+                    match self.client.publish(self.subject_all(), frame).await {
                         Ok(()) => self.stats.published.fetch_add(1, Ordering::Relaxed),
                         Err(_) => self.stats.dropped.fetch_add(1, Ordering::Relaxed),
                     };
@@ -741,11 +740,11 @@ impl Cluster {
                 else {
                     return;
                 };
-                let delivered = directory
-                    .locate(&account)
-                    .is_some_and(|shard| push(bus, shard, BusMsg::Node(m.payload.clone())));
+                let shard = directory.locate(&account);
+                let delivered =
+                    shard.is_some_and(|shard| push(bus, shard, BusMsg::Node(m.payload.clone())));
                 if !delivered {
-                    let why = if directory.locate(&account).is_some() {
+                    let why = if shard.is_some() {
                         "busy"
                     } else {
                         "no-such-account"
@@ -778,10 +777,8 @@ impl Cluster {
         let settled = view
             .connected_since
             .is_some_and(|since| since.elapsed() >= lease);
-        // Come back a little after the lease ends, not before.
-        const MARGIN: Duration = Duration::from_millis(250);
         match view.nodes.get(node) {
-            Some(seen) if seen.at.elapsed() < self.beat_interval() * 5 / 2 => {
+            Some(seen) if seen.at.elapsed() < self.answering_window() => {
                 OwnerState::Alive(seen.info.redirect())
             }
             Some(seen) if seen.at.elapsed() < lease || !settled => {
@@ -791,7 +788,7 @@ impl Cluster {
                 );
                 OwnerState::InDoubt(
                     format!("server {node} stopped answering; its accounts are free when its lease ends"),
-                    (left + MARGIN).as_millis() as u32,
+                    come_back_after(left),
                 )
             }
             None if !settled || !view.ready => OwnerState::InDoubt(
@@ -802,19 +799,45 @@ impl Cluster {
         }
     }
 
-    /// Milliseconds until `node`'s lease ends (and a little more).
-    fn lease_left(&self, node: &str) -> u32 {
-        let view = lock(&self.view);
-        let left = view.nodes.get(node).map_or(Duration::ZERO, |s| {
-            self.cfg.lease.saturating_sub(s.at.elapsed())
-        });
-        (left + Duration::from_millis(250)).as_millis() as u32
+    /// Whether `node` still holds what it held (an account, a session):
+    /// alive and answering, [`StoreError::Elsewhere`] (send the client
+    /// there); fresh in the registry but silent (killed a moment ago, or
+    /// cut off) or in doubt, [`StoreError::Wait`] until its lease ends;
+    /// gone, `Ok` (this server may take over). Counted.
+    fn holder(&self, node: &str) -> Result<(), StoreError> {
+        let (reason, retry_after_ms) = match self.owner_state(node) {
+            OwnerState::Alive(r) if self.block_on(self.answers(node))? => {
+                self.stats.redirected.fetch_add(1, Ordering::Relaxed);
+                return Err(StoreError::Elsewhere(r));
+            }
+            OwnerState::Alive(_) => {
+                let view = lock(&self.view);
+                let left = view.nodes.get(node).map_or(Duration::ZERO, |s| {
+                    self.cfg.lease.saturating_sub(s.at.elapsed())
+                });
+                (
+                    format!(
+                        "server {node} does not answer; its accounts are free when its lease ends"
+                    ),
+                    come_back_after(left),
+                )
+            }
+            OwnerState::InDoubt(reason, retry_after_ms) => (reason, retry_after_ms),
+            OwnerState::Gone => return Ok(()),
+        };
+        self.stats
+            .refused_unavailable
+            .fetch_add(1, Ordering::Relaxed);
+        Err(StoreError::Wait {
+            reason,
+            retry_after_ms,
+        })
     }
 
     /// A less loaded server for a new session, if this one is too full.
     fn less_loaded(&self) -> Option<Redirect> {
         let mut view = lock(&self.view);
-        let fresh = self.beat_interval() * 5 / 2;
+        let fresh = self.answering_window();
         let mine = view
             .nodes
             .get(&self.cfg.me.node)
@@ -1023,44 +1046,22 @@ impl Ownership for NatsOwnership {
                         stats.acquired.fetch_add(1, Ordering::Relaxed);
                         return Ok(());
                     }
-                    match c.owner_state(&owner) {
-                        OwnerState::Alive(r) if c.block_on(c.answers(&owner))? => {
-                            stats.redirected.fetch_add(1, Ordering::Relaxed);
-                            return Err(StoreError::Elsewhere(r));
-                        }
-                        OwnerState::Alive(_) => {
-                            // Fresh in the registry, but silent: killed a
-                            // moment ago, or cut off. Its lease decides.
-                            stats.refused_unavailable.fetch_add(1, Ordering::Relaxed);
-                            return Err(StoreError::Wait {
-                                reason: format!("server {owner} does not answer; its accounts are free when its lease ends"),
-                                retry_after_ms: c.lease_left(&owner),
-                            });
-                        }
-                        OwnerState::InDoubt(reason, retry_after_ms) => {
-                            stats.refused_unavailable.fetch_add(1, Ordering::Relaxed);
-                            return Err(StoreError::Wait {
-                                reason,
-                                retry_after_ms,
-                            });
-                        }
-                        OwnerState::Gone => {
-                            let r = c.block_on(c.owners.update(
-                                key.as_str(),
-                                Bytes::from(me.to_string()),
-                                e.revision,
-                            ))?;
-                            if r.is_ok() {
-                                info!(
-                                    account,
-                                    from = owner,
-                                    "cluster: account taken over from a server that is gone"
-                                );
-                                stats.taken_from_dead.fetch_add(1, Ordering::Relaxed);
-                            }
-                            r.is_ok()
-                        }
+                    // Alive: sent there; in doubt: wait; gone: taken here.
+                    c.holder(&owner)?;
+                    let r = c.block_on(c.owners.update(
+                        key.as_str(),
+                        Bytes::from(me.to_string()),
+                        e.revision,
+                    ))?;
+                    if r.is_ok() {
+                        info!(
+                            account,
+                            from = owner,
+                            "cluster: account taken over from a server that is gone"
+                        );
+                        stats.taken_from_dead.fetch_add(1, Ordering::Relaxed);
                     }
+                    r.is_ok()
                 }
                 free => {
                     // A less loaded server takes the new session, if it
@@ -1097,28 +1098,12 @@ impl Ownership for NatsOwnership {
     fn route_session(&mut self, session_id: u64) -> Result<(), StoreError> {
         let c = &self.cluster;
         let salt = ((session_id >> 32) & 0x00ff_ffff) as u32;
-        let Some(node) = c.node_of_salt(salt) else {
+        match c.node_of_salt(salt) {
+            // Gone, it leaves the session to storage here.
+            Some(node) => c.holder(&node),
             // This server's, or of a process no longer in the registry:
             // the saved session decides.
-            return Ok(());
-        };
-        match c.owner_state(&node) {
-            OwnerState::Alive(r) if c.block_on(c.answers(&node))? => {
-                c.stats.redirected.fetch_add(1, Ordering::Relaxed);
-                Err(StoreError::Elsewhere(r))
-            }
-            OwnerState::Alive(_) => Err(StoreError::Wait {
-                reason: format!(
-                    "server {node} does not answer; its sessions come back when its lease ends"
-                ),
-                retry_after_ms: c.lease_left(&node),
-            }),
-            OwnerState::InDoubt(reason, retry_after_ms) => Err(StoreError::Wait {
-                reason,
-                retry_after_ms,
-            }),
-            // Gone: the session comes back from storage here.
-            OwnerState::Gone => Ok(()),
+            None => Ok(()),
         }
     }
 

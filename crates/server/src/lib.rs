@@ -539,8 +539,12 @@ pub fn start_game_with<G: Game>(
         let metrics_cluster = c.clone();
         metrics.set_extra(move |out| metrics_cluster.render_metrics(out));
         let population = directory.clone();
-        c.set_session_salts(session_salts);
-        c.run(bus.clone(), directory.clone(), move || population.total());
+        c.run(
+            bus.clone(),
+            directory.clone(),
+            move || population.total(),
+            session_salts,
+        );
         info!(node = %c.config().me.node, cluster = %c.config().name, "cluster joined");
     }
 

@@ -103,6 +103,19 @@ struct Release {
     reply: Option<(ClientId, u64)>,
 }
 
+impl Release {
+    /// The answer a hand-over's asker gets, if it asked for one.
+    fn answer(&self, ok: bool) -> Option<(Target, StoreEvent)> {
+        let (client, tag) = self.reply?;
+        let event = StoreEvent::HandedOver {
+            account: self.account.clone(),
+            tag,
+            ok,
+        };
+        Some((Target::Client(client), event))
+    }
+}
+
 /// What handles and the writer share.
 struct Shared {
     stats: Arc<StoreStats>,
@@ -931,14 +944,7 @@ impl<B: Backend> Driver<B> {
             if r.account != account {
                 return true;
             }
-            if let Some((client, tag)) = r.reply {
-                let event = StoreEvent::HandedOver {
-                    account: r.account.clone(),
-                    tag,
-                    ok: false,
-                };
-                cancelled.push((Target::Client(client), event));
-            }
+            cancelled.extend(r.answer(false));
             false
         });
         deliver(&self.clients, cancelled);
@@ -964,14 +970,7 @@ impl<B: Backend> Driver<B> {
                 Some(_) if stopping && r.to.is_none() => true,
                 Some(o) => o.release(&r.account, r.to.as_deref()),
             };
-            if let Some((client, tag)) = r.reply {
-                let event = StoreEvent::HandedOver {
-                    account: r.account.clone(),
-                    tag,
-                    ok,
-                };
-                answers.push((Target::Client(client), event));
-            }
+            answers.extend(r.answer(ok));
             false
         });
         deliver(&self.clients, answers);
