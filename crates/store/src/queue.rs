@@ -52,9 +52,13 @@
 //! (its account's newest record has no mark) must not be resumed from the
 //! mark still in the database, and a newer mark must win over an older
 //! one. But the database is keyed by account, and the id only names the
-//! account through a mark. So the queue keeps an index from the session id
-//! of each queued record's mark to its account: a load whose id is there
-//! is answered from memory at once (that record is the account's newest).
+//! account through a mark. So the queue looks through its records for a
+//! mark with that id (the newest, should two accounts' records carry one):
+//! a load whose id is there is answered from memory at once (that record is
+//! the account's newest). Such loads are rare (a resume the process does
+//! not hold in memory) and the queue holds at most a record per player, so
+//! a scan costs less than an index kept in step with every save (a map
+//! entry and a copy of the account name per record, at every player count).
 //! Otherwise the database is asked, after the transactions queued before
 //! (as for any load), and its answer is checked against the queue: if the
 //! account it names has a record queued here by then, that newer record
@@ -135,10 +139,6 @@ pub(crate) struct WriteBehind {
     stats: Arc<StoreStats>,
     /// Keyed by account.
     records: HashMap<String, PendingRecord>,
-    /// The session id of each mark in `records`, to its account (see the
-    /// module docs). When two accounts' records carry one id, the newer
-    /// holds it.
-    by_session: HashMap<u64, String>,
     /// How many of `records` are urgent (kept in step with every change).
     urgent: usize,
     txs: VecDeque<PendingTx>,
@@ -165,7 +165,6 @@ impl WriteBehind {
             cfg,
             stats,
             records: HashMap::new(),
-            by_session: HashMap::new(),
             urgent: 0,
             txs: VecDeque::new(),
             loads: VecDeque::new(),
@@ -201,7 +200,6 @@ impl WriteBehind {
             match self.records.get_mut(&account) {
                 Some(p) => {
                     if e.seq > p.seq {
-                        reindex(&mut self.by_session, &account, &p.record, &e.record);
                         p.record = e.record;
                         p.seq = e.seq;
                     }
@@ -214,9 +212,6 @@ impl WriteBehind {
                 None => {
                     if e.urgent {
                         self.urgent += 1;
-                    }
-                    if let Some(m) = e.record.session {
-                        self.by_session.insert(m.session_id, account.clone());
                     }
                     self.records.insert(
                         account,
@@ -239,7 +234,6 @@ impl WriteBehind {
     pub fn on_tx(&mut self, client: ClientId, seq: u64, tx: Tx) {
         if let Some(p) = self.records.get_mut(tx.account()) {
             if p.seq < seq {
-                reindex(&mut self.by_session, tx.account(), &p.record, &tx.record);
                 p.record = tx.record.clone();
                 p.seq = seq;
             }
@@ -301,10 +295,11 @@ impl WriteBehind {
 
     /// The record queued here whose mark has this session id.
     fn held_session(&self, session_id: u64) -> Option<Record> {
-        let account = self.by_session.get(&session_id)?;
-        let p = self.records.get(account)?;
-        debug_assert_eq!(p.record.session.map(|m| m.session_id), Some(session_id));
-        Some(p.record.clone())
+        self.records
+            .values()
+            .filter(|p| p.record.session.is_some_and(|m| m.session_id == session_id))
+            .max_by_key(|p| p.seq)
+            .map(|p| p.record.clone())
     }
 
     /// The database's answer to a load by session id, checked against the
@@ -411,7 +406,6 @@ impl WriteBehind {
     pub fn into_leftovers(mut self) -> (Leftovers, Vec<(Target, StoreEvent)>) {
         self.begin_shutdown();
         let tx_n = self.txs.len();
-        self.by_session.clear();
         let mut left = Leftovers {
             records: self.records.drain().map(|(_, p)| p.record).collect(),
             txs: self.txs.drain(..).map(|t| t.tx).collect(),
@@ -622,7 +616,7 @@ impl WriteBehind {
     }
 
     fn record_done(&mut self, account: &str) {
-        if let Some(p) = self.remove_record(account) {
+        if let Some(p) = self.records.remove(account) {
             if p.urgent {
                 self.urgent -= 1;
             }
@@ -631,7 +625,7 @@ impl WriteBehind {
     }
 
     fn record_rejected(&mut self, account: &str, error: &StoreError) {
-        if let Some(p) = self.remove_record(account) {
+        if let Some(p) = self.records.remove(account) {
             if p.urgent {
                 self.urgent -= 1;
             }
@@ -642,20 +636,6 @@ impl WriteBehind {
                 "record rejected by the database; dropped"
             );
         }
-    }
-
-    fn remove_record(&mut self, account: &str) -> Option<PendingRecord> {
-        let p = self.records.remove(account)?;
-        if let Some(m) = p.record.session {
-            if self
-                .by_session
-                .get(&m.session_id)
-                .is_some_and(|a| a == account)
-            {
-                self.by_session.remove(&m.session_id);
-            }
-        }
-        Some(p)
     }
 
     // --- health ---
@@ -696,28 +676,6 @@ impl WriteBehind {
             .records_pending
             .store(self.records.len() as u64, Relaxed);
         self.stats.saves_pending.store(self.urgent as u64, Relaxed);
-    }
-}
-
-/// Keeps the session index true when `account`'s queued record `old` is
-/// replaced by `new`: the old mark's id stops naming the account (unless
-/// another account's newer record took it), the new one names it.
-fn reindex(index: &mut HashMap<u64, String>, account: &str, old: &Record, new: &Record) {
-    let old = old.session.map(|m| m.session_id);
-    let new = new.session.map(|m| m.session_id);
-    let holds =
-        |index: &HashMap<u64, String>, id: u64| index.get(&id).is_some_and(|a| a == account);
-    if let Some(id) = new {
-        // The common case: the same session, a later input. No allocation.
-        if old == Some(id) && holds(index, id) {
-            return;
-        }
-        index.insert(id, account.to_string());
-    }
-    if let Some(id) = old {
-        if old != new && holds(index, id) {
-            index.remove(&id);
-        }
     }
 }
 
@@ -1211,12 +1169,9 @@ mod tests {
         );
         // A transaction's record replaces the queued one, mark included.
         h.commit(tx(1, "ann", "after tx"));
-        h.q.on_tx(0, 100, {
-            h.stats.tx_pending.fetch_add(1, Relaxed);
-            Tx {
-                record: in_session("ann", "after tx 2", 11, 8),
-                ..tx(2, "ann", "")
-            }
+        h.commit(Tx {
+            record: in_session("ann", "after tx 2", 11, 8),
+            ..tx(2, "ann", "")
         });
         h.load_session(0, 11, 2);
         assert_eq!(
