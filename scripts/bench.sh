@@ -2,7 +2,9 @@
 # Tether benchmark: builds release, starts `tether` on free ports with a
 # temporary data dir, runs `tether-bots` (a scenario of docs/BENCHMARKS.md),
 # prints the bots' JSON summary with the server's peak RSS added, and stops
-# what it started.
+# what it started. The RSS is also split: the server's RSS idle before the
+# bots connect, and the peaks of its anonymous (heap, stacks, rings) and
+# file-backed (code pages) parts, sampled from /proc every half second.
 #
 #   scripts/bench.sh [--clients N] [--move-hz R] [--duration S] [--ramp S]
 #                    [--scenario NAME] [--server-args "..."] [--bots-args "..."]
@@ -80,7 +82,9 @@ workdir=$(mktemp -d -t tether-bench.XXXXXX)
 server_pid=""
 relay_pid=""
 bots_pid=""
+sampler_pid=""
 cleanup() {
+  [ -n "$sampler_pid" ] && kill "$sampler_pid" 2>/dev/null || true
   [ -n "$bots_pid" ] && kill "$bots_pid" 2>/dev/null || true
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
   [ -n "$relay_pid" ] && kill "$relay_pid" 2>/dev/null && wait "$relay_pid" 2>/dev/null || true
@@ -142,6 +146,21 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
+idle_kb=$(awk '/^VmRSS/{print $2}' "/proc/$server_pid/status")
+# The peaks of RssAnon and RssFile while the bots play (VmHWM only has the
+# sum's peak).
+(
+  anon=0 file=0
+  while [ -r "/proc/$server_pid/status" ]; do
+    read -r a f < <(awk '/^RssAnon/{a=$2} /^RssFile/{f=$2} END{print a+0, f+0}' "/proc/$server_pid/status")
+    [ "$a" -gt "$anon" ] && anon=$a
+    [ "$f" -gt "$file" ] && file=$f
+    echo "$anon $file" > "$workdir/rss-split"
+    sleep 0.5
+  done
+) 2>/dev/null &
+sampler_pid=$!
+
 # shellcheck disable=SC2086
 $bots_cpus "$bots_bin" --addr "$bots_addr" $bots_transport --admin "127.0.0.1:$admin" \
   --scenario "$scenario" --clients "$clients" --move-hz "$move_hz" --duration "$duration" \
@@ -164,6 +183,10 @@ wait "$bots_pid"
 bots_pid=""
 summary=$(tail -1 "$workdir/bots.json")
 peak_kb=$(awk '/VmHWM/{print $2}' "/proc/$server_pid/status")
+kill "$sampler_pid" 2>/dev/null || true
+wait "$sampler_pid" 2>/dev/null || true
+sampler_pid=""
+split=$(cat "$workdir/rss-split" 2>/dev/null || echo "0 0")
 # The server's own counts over the whole run: frames per send (writev or
 # io_uring), which perf's syscall counts cannot see for io_uring.
 metrics=$(curl -sf "http://127.0.0.1:$admin/metrics" || true)
@@ -196,9 +219,10 @@ PY
     | grep -v '^$' | head -30 >&2 || true
 fi
 
-python3 - "$summary" "$peak_kb" "$relay_result" "$machine" "$metrics" <<'PY'
+python3 - "$summary" "$peak_kb" "$relay_result" "$machine" "$metrics" "$idle_kb $split" <<'PY'
 import json, sys
 summary, peak_kb, relay, machine, metrics = sys.argv[1], int(sys.argv[2] or 0), sys.argv[3], sys.argv[4], sys.argv[5]
+idle_kb, anon_kb, file_kb = (int(x or 0) for x in sys.argv[6].split())
 t = json.loads(summary)
 m = {}
 for line in metrics.splitlines():
@@ -209,6 +233,9 @@ if m.get("tether_writes_total"):
     t["server_sends"] = m["tether_writes_total"]
     t["frames_per_send"] = round(m.get("tether_frames_out_total", 0) / m["tether_writes_total"], 2)
 t["server_rss_peak_mb"] = round(peak_kb / 1024, 1)
+t["server_rss_idle_mb"] = round(idle_kb / 1024, 1)
+t["server_rss_anon_peak_mb"] = round(anon_kb / 1024, 1)
+t["server_rss_file_peak_mb"] = round(file_kb / 1024, 1)
 t["machine"] = machine
 pps = t.get("total_pps") or 0
 t["server_us_per_msg"] = round(t["server_cpu_pct"] / 100 * 1e6 / pps, 3) if pps else None

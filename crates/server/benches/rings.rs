@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use tether_server::link::{ConnRef, ToIo, RING_CAPACITY};
+use tether_server::link::{ConnRef, ToIo, OUTBOUND_RING_CAPACITY};
 
 fn frame_msg(frame: &Bytes, slot: u32) -> ToIo {
     ToIo::Frame {
@@ -35,7 +35,7 @@ fn same_thread(c: &mut Criterion) {
     let frame = Bytes::from_static(&[0u8; 20]);
     let mut g = c.benchmark_group("ring_same_thread");
     g.throughput(Throughput::Elements(BATCH));
-    let (mut tx, mut rx) = rtrb::RingBuffer::<ToIo>::new(RING_CAPACITY);
+    let (mut tx, mut rx) = rtrb::RingBuffer::<ToIo>::new(OUTBOUND_RING_CAPACITY);
     g.bench_function("rtrb_push_pop_256", |b| {
         b.iter(|| {
             for i in 0..BATCH as u32 {
@@ -48,7 +48,7 @@ fn same_thread(c: &mut Criterion) {
             n
         })
     });
-    let (stx, srx) = mpsc::sync_channel::<ToIo>(RING_CAPACITY);
+    let (stx, srx) = mpsc::sync_channel::<ToIo>(OUTBOUND_RING_CAPACITY);
     g.bench_function("std_sync_channel_256", |b| {
         b.iter(|| {
             for i in 0..BATCH as u32 {
@@ -71,7 +71,7 @@ fn cross_thread(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("rtrb", |b| {
         b.iter_custom(|iters| {
-            let (mut tx, mut rx) = rtrb::RingBuffer::<ToIo>::new(RING_CAPACITY);
+            let (mut tx, mut rx) = rtrb::RingBuffer::<ToIo>::new(OUTBOUND_RING_CAPACITY);
             let producer = thread::spawn(move || {
                 let frame = Bytes::from_static(&[0u8; 20]);
                 for i in 0..iters {
@@ -105,7 +105,7 @@ fn cross_thread(c: &mut Criterion) {
     });
     g.bench_function("std_sync_channel", |b| {
         b.iter_custom(|iters| {
-            let (tx, rx) = mpsc::sync_channel::<ToIo>(RING_CAPACITY);
+            let (tx, rx) = mpsc::sync_channel::<ToIo>(OUTBOUND_RING_CAPACITY);
             let producer = thread::spawn(move || {
                 let frame = Bytes::from_static(&[0u8; 20]);
                 for i in 0..iters {

@@ -66,7 +66,9 @@ use crate::config::Config;
 use crate::directory::Directory;
 pub use crate::error::StartError;
 use crate::guard::{Defences, Guard, GuardConfig};
-use crate::link::{IoLink, IoWaker, ShardLink, ShardWaker, RING_CAPACITY};
+use crate::link::{
+    IoLink, IoWaker, ShardLink, ShardWaker, INBOUND_RING_CAPACITY, OUTBOUND_RING_CAPACITY,
+};
 use crate::metrics::Metrics;
 use crate::shard::{Bus, Shard, ShardParts, BUS_CAPACITY};
 
@@ -461,8 +463,8 @@ pub fn start_game_with<G: Game>(
     let mut shard_side: Vec<Vec<IoLink<G::Input>>> = (0..cfg.shards).map(|_| Vec::new()).collect();
     for (i, io_links) in io_side.iter_mut().enumerate() {
         for (s, shard_links) in shard_side.iter_mut().enumerate() {
-            let (in_tx, in_rx) = rtrb::RingBuffer::new(RING_CAPACITY);
-            let (out_tx, out_rx) = rtrb::RingBuffer::new(RING_CAPACITY);
+            let (in_tx, in_rx) = rtrb::RingBuffer::new(INBOUND_RING_CAPACITY);
+            let (out_tx, out_rx) = rtrb::RingBuffer::new(OUTBOUND_RING_CAPACITY);
             io_links.push(ShardLink {
                 tx: in_tx,
                 rx: out_rx,

@@ -14,15 +14,27 @@ use std::thread::Thread;
 use bytes::Bytes;
 use tether_proto::pb;
 
-/// Entries per ring, each way, per (I/O thread, shard) pair.
+/// Entries per ring from a shard to an I/O thread.
 ///
-/// Inbound, a full ring makes the I/O thread stop reading from the
-/// connections that have more for that shard until there is room again (TCP
-/// pushes back on the clients). Outbound, the shard keeps the overflow in a
-/// bounded queue of its own (see `shard::OUTBOUND_OVERFLOW_CAP`). 65,536
-/// entries of ~48 bytes hold well over 100 ms of the benchmark's heaviest
-/// traffic for 3 MiB per ring.
-pub const RING_CAPACITY: usize = 1 << 16;
+/// The shard keeps the overflow in a bounded queue of its own (see
+/// `shard::OUTBOUND_OVERFLOW_CAP`). A tick sends a frame to every player
+/// that sees a change at once, so this ring takes bursts: 65,536 entries of
+/// 48 bytes hold a tick of the benchmark's heaviest traffic (10,000 players,
+/// ~30,000 frames a tick) for 3 MiB.
+pub const OUTBOUND_RING_CAPACITY: usize = 1 << 16;
+
+/// Entries per ring from an I/O thread to a shard.
+///
+/// A full ring makes the I/O thread stop reading from the connections that
+/// have more for that shard until there is room again (TCP pushes back on
+/// the clients, nothing is dropped). Inputs arrive spread over time and the
+/// shard drains its rings between ticks, so this ring needs far less than
+/// the outbound one: 16,384 entries are a quarter of a second of 10,000
+/// players' input at the benchmark's rate. Each entry is as large as the
+/// largest [`ToShard`] (a decoded game input), ~90 bytes, and every entry
+/// becomes resident memory once the ring has gone round, so the size is
+/// not free.
+pub const INBOUND_RING_CAPACITY: usize = 1 << 14;
 
 /// A connection as the shards know it: its I/O thread's slot and the slot's
 /// generation, so a message for a connection that has since closed (and
