@@ -30,9 +30,14 @@ struct MemHost {
     /// Loads by saved session id (restores after a restart): asked, never
     /// answered here.
     session_loads: Vec<(u64, u64)>,
+    /// What the engine wrote, oldest first.
+    transmits: VecDeque<Transmit>,
 }
 
 impl Host<NoRemote> for MemHost {
+    fn transmit(&mut self, t: Transmit) {
+        self.transmits.push_back(t);
+    }
     fn resume_token(&mut self) -> ResumeToken {
         self.next_token += 1;
         ResumeToken([self.next_token; 16])
@@ -120,7 +125,7 @@ fn decode(frame: &Bytes) -> Msg {
 /// What each connection was sent since the last call, decoded.
 fn drain(e: &mut Sut) -> HashMap<ConnId, Vec<Msg>> {
     let mut seen: HashMap<ConnId, Vec<Msg>> = HashMap::new();
-    while let Some(t) = e.poll_transmit() {
+    while let Some(t) = e.host_mut().transmits.pop_front() {
         let (Transmit::Frame { conn, frame } | Transmit::Close { conn, frame }) = t;
         seen.entry(conn).or_default().push(decode(&frame));
     }

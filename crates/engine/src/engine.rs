@@ -169,7 +169,6 @@ pub struct Engine<G: Game, H: Host<G::Remote>> {
     commit_retry: VecDeque<Tx>,
     /// Scratch for write-behind records.
     dirty: Vec<Record>,
-    transmits: VecDeque<Transmit>,
     protecting: bool,
     /// Whether a transaction would be taken: read from storage at each
     /// tick and after every commit attempt or answer, not per input (it is
@@ -211,7 +210,6 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
             next_load_tag: 1,
             commit_retry: VecDeque::new(),
             dirty: Vec::new(),
-            transmits: VecDeque::new(),
             protecting: false,
             can_commit: true,
             next_tick: now,
@@ -327,16 +325,6 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
                     .min()
             })
             .min()
-    }
-
-    /// The next thing to write, in order.
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
-    }
-
-    /// Whether anything is waiting to be written.
-    pub fn has_transmits(&self) -> bool {
-        !self.transmits.is_empty()
     }
 
     fn ctx(&self, now: u64) -> Ctx {
@@ -527,7 +515,7 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
             took_over,
             restart_token: slot.restart_token.to_vec(),
         });
-        self.transmits.push_back(Transmit::Frame { conn, frame });
+        self.host.transmit(Transmit::Frame { conn, frame });
     }
 
     /// A `Resume` on `conn`.
@@ -581,14 +569,14 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
             frames_base,
             last_input_seq: slot.session.last_applied_input(),
         });
-        self.transmits.push_back(Transmit::Frame { conn, frame });
+        self.host.transmit(Transmit::Frame { conn, frame });
         let ctx = self.ctx(now);
         match plan {
             ResumePlan::Replay(frames) => {
                 self.stats.resumes_replay += 1;
                 self.stats.replayed_frames += frames.len() as u64;
                 for frame in frames {
-                    self.transmits.push_back(Transmit::Frame { conn, frame });
+                    self.host.transmit(Transmit::Frame { conn, frame });
                 }
             }
             ResumePlan::Snapshot { .. } => {
@@ -725,7 +713,7 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
             frames_base,
             last_input_seq: mark.last_input,
         });
-        self.transmits.push_back(Transmit::Frame { conn, frame });
+        self.host.transmit(Transmit::Frame { conn, frame });
         // The snapshot the game pushed in `join` follows the Resumed.
         self.route_outbox(now);
     }
@@ -1213,7 +1201,7 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
         };
         slot.session.push_frame(frame.clone(), &mut self.pool, now);
         if let Some(conn) = slot.conn {
-            self.transmits.push_back(Transmit::Frame { conn, frame });
+            self.host.transmit(Transmit::Frame { conn, frame });
         }
     }
 
@@ -1355,13 +1343,13 @@ impl<G: Game, H: Host<G::Remote>> Engine<G, H> {
     fn close(&mut self, conn: ConnId, code: CloseCode, message: &str, retry_after_ms: u32) {
         self.stats.count_close(code);
         let frame = close_frame(code, message, retry_after_ms);
-        self.transmits.push_back(Transmit::Close { conn, frame });
+        self.host.transmit(Transmit::Close { conn, frame });
     }
 
     /// A `REDIRECT` to go on at once at the server `to` names.
     fn close_redirect(&mut self, conn: ConnId, to: pb::Redirect, message: &str) {
         self.stats.count_close(CloseCode::Redirect);
         let frame = redirect_frame(to, message);
-        self.transmits.push_back(Transmit::Close { conn, frame });
+        self.host.transmit(Transmit::Close { conn, frame });
     }
 }

@@ -3,7 +3,7 @@
 //! Every method returns at once: storage calls only queue work for a
 //! writer thread, the directory is a short map operation, the bus is a
 //! bounded queue. The server implements [`Host`] over its store writer,
-//! account directory and shard rings; tests implement it in memory, which
+//! account directory, shard rings and I/O rings; tests implement it in memory, which
 //! is what lets the whole engine run under a virtual clock.
 
 use bytes::Bytes;
@@ -35,6 +35,15 @@ pub enum BusMsg<R> {
 /// The engine's way out: storage, the account directory, other shards and
 /// the random source for resume tokens.
 pub trait Host<R> {
+    /// Writes `t` on its connection, after everything handed over before
+    /// it. Never refused: frames go out as the engine makes them, so a tick
+    /// that writes to every player holds no copy of its output. A host that
+    /// cannot keep up with a connection cuts it after the engine call
+    /// returns ([`crate::Engine::closed`]) and may drop what it is given for
+    /// that connection meanwhile; every counted frame stays in the session's
+    /// replay buffer for its resume.
+    fn transmit(&mut self, t: crate::Transmit);
+
     /// A fresh 128-bit resume token from a cryptographically secure source.
     fn resume_token(&mut self) -> ResumeToken;
 

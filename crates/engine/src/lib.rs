@@ -7,9 +7,9 @@
 //! durable transactions; and, on the I/O threads, the gate every connection
 //! passes before a shard hears of it. It holds no sockets, threads, clocks or
 //! databases:
-//! every call takes `now`, what is to be written comes out of
-//! [`Engine::poll_transmit`], and storage, the account directory and other
-//! shards are reached through a [`Host`] whose every method returns at once.
+//! every call takes `now`, and what is to be written, storage, the account
+//! directory and other shards are handed to a [`Host`] whose every method
+//! returns at once ([`Host::transmit`] takes each frame as it is made).
 //! The server's shard threads are thin drivers around it, and its I/O
 //! threads around the [`gate`]; tests drive both with a virtual clock.
 //!
@@ -48,8 +48,8 @@
 //!  on_bus (other shards)                   replay buffers <-- route <---- Outbox: frames,
 //!  tick (when next_tick is due) ---------> timers, write-behind -------->   broadcast, remote,
 //!                                                   |                       commits, saves
-//!  poll_transmit -> I/O rings  <--------------------+
-//!  Host: load / save / commit / claim / send_bus  <-+
+//!  Host: transmit (-> I/O rings) / load / save /  <-+
+//!        commit / claim / send_bus
 //! ```
 #![forbid(unsafe_code)]
 

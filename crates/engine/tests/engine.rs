@@ -180,9 +180,14 @@ struct MemHost {
     next_token: u8,
     /// Hand-overs asked for (cluster mode): (account, node, tag).
     hand_overs: Vec<(String, String, u64)>,
+    /// What the engine wrote, oldest first.
+    transmits: VecDeque<Transmit>,
 }
 
 impl Host<u64> for MemHost {
+    fn transmit(&mut self, t: Transmit) {
+        self.transmits.push_back(t);
+    }
     fn resume_token(&mut self) -> ResumeToken {
         self.next_token += 1;
         ResumeToken([self.next_token; 16])
@@ -322,7 +327,7 @@ fn decode(frame: &Bytes) -> Msg {
 
 fn drain(e: &mut Sut) -> HashMap<ConnId, Seen> {
     let mut seen: HashMap<ConnId, Seen> = HashMap::new();
-    while let Some(t) = e.poll_transmit() {
+    while let Some(t) = e.host_mut().transmits.pop_front() {
         match t {
             Transmit::Frame { conn, frame } => {
                 seen.entry(conn).or_default().msgs.push(decode(&frame))
@@ -876,7 +881,7 @@ fn a_game_that_ignores_can_commit_cannot_grow_the_backlog_without_bound() {
     let total = (tether_engine::MAX_COMMIT_BACKLOG + extra) as u32;
     for seq in 1..=total {
         e.input(1, conn(1), seq, 0, Some(1));
-        while e.poll_transmit().is_some() {}
+        while e.host_mut().transmits.pop_front().is_some() {}
     }
     assert_eq!(e.commit_backlog(), tether_engine::MAX_COMMIT_BACKLOG);
     assert_eq!(e.stats().commits_refused, extra as u64);
@@ -1014,7 +1019,7 @@ fn a_planned_stop_saves_every_session_and_says_when_to_come_back() {
     e.input(10, conn(1), 1, 0, Some(5));
     e.shutdown(20, CloseCode::ServerShutdown, "restarting", 750);
     let mut closes = Vec::new();
-    while let Some(t) = e.poll_transmit() {
+    while let Some(t) = e.host_mut().transmits.pop_front() {
         if let Transmit::Close { frame, .. } = t {
             closes.push(decode(&frame));
         }
@@ -1103,7 +1108,7 @@ fn server_b() -> pb::Redirect {
 /// The Close a connection got, whole.
 fn close_of(e: &mut Sut, c: ConnId) -> Option<pb::Close> {
     let mut found = None;
-    while let Some(t) = e.poll_transmit() {
+    while let Some(t) = e.host_mut().transmits.pop_front() {
         if let Transmit::Close { conn, frame } = t {
             if conn == c {
                 let Msg::Close(close) = decode(&frame) else {

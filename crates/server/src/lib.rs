@@ -67,7 +67,7 @@ use crate::directory::Directory;
 pub use crate::error::StartError;
 use crate::guard::{Defences, Guard, GuardConfig};
 use crate::link::{
-    IoLink, IoWaker, ShardLink, ShardWaker, INBOUND_RING_CAPACITY, OUTBOUND_RING_CAPACITY,
+    IoLink, IoWaker, Outlet, ShardLink, ShardWaker, INBOUND_RING_CAPACITY, OUTBOUND_RING_CAPACITY,
 };
 use crate::metrics::Metrics;
 use crate::shard::{Bus, Shard, ShardParts, BUS_CAPACITY};
@@ -466,13 +466,13 @@ pub fn start_game_with<G: Game>(
             let (in_tx, in_rx) = rtrb::RingBuffer::new(INBOUND_RING_CAPACITY);
             let (out_tx, out_rx) = rtrb::RingBuffer::new(OUTBOUND_RING_CAPACITY);
             io_links.push(ShardLink {
-                tx: in_tx,
+                tx: Outlet::new(in_tx),
                 rx: out_rx,
                 waker: shard_wakers[s].clone(),
             });
             shard_links.push(IoLink {
                 rx: in_rx,
-                tx: out_tx,
+                tx: Outlet::new(out_tx),
                 waker: io_wakers[i].clone(),
             });
         }

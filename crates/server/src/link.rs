@@ -7,6 +7,7 @@
 //! raising a `sleeping` flag; a producer wakes it only when that flag is up, so
 //! a busy consumer costs its producers no syscall at all.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::Thread;
@@ -158,9 +159,73 @@ impl IoWaker {
     }
 }
 
+/// The sending end of one ring, with the messages that did not fit yet
+/// kept in order behind it.
+///
+/// A message goes straight onto the ring while nothing waits in the spill;
+/// once something does, every later message queues behind it, so the
+/// consumer sees them in the order they were sent. [`Outlet::flush`] moves
+/// the spill onto the ring as room appears. The spill's bound is its
+/// owner's policy, since what to do when it is reached differs per side:
+/// the I/O thread stops reading sockets (TCP pushes back), a shard cuts the
+/// connection it was writing to (see [`Outlet::spilled`]).
+pub struct Outlet<T> {
+    ring: rtrb::Producer<T>,
+    spill: VecDeque<T>,
+    /// Something was sent since the last [`Outlet::take_touched`]: the
+    /// consumer may need waking.
+    touched: bool,
+}
+
+impl<T> Outlet<T> {
+    pub fn new(ring: rtrb::Producer<T>) -> Outlet<T> {
+        Outlet {
+            ring,
+            spill: VecDeque::new(),
+            touched: false,
+        }
+    }
+
+    /// Sends `msg` after everything sent before it: onto the ring, or into
+    /// the spill when the ring is full or the spill is not empty.
+    pub fn push(&mut self, msg: T) {
+        self.touched = true;
+        if !self.spill.is_empty() {
+            self.spill.push_back(msg);
+            return;
+        }
+        if let Err(rtrb::PushError::Full(msg)) = self.ring.push(msg) {
+            self.spill.push_back(msg);
+        }
+    }
+
+    /// Moves spilled messages onto the ring, oldest first, while it has
+    /// room. Whatever it moves counts as sent (see [`Outlet::take_touched`]).
+    pub fn flush(&mut self) {
+        while let Some(msg) = self.spill.pop_front() {
+            if let Err(rtrb::PushError::Full(msg)) = self.ring.push(msg) {
+                self.spill.push_front(msg);
+                return;
+            }
+            self.touched = true;
+        }
+    }
+
+    /// Messages waiting in the spill (not yet on the ring).
+    pub fn spilled(&self) -> usize {
+        self.spill.len()
+    }
+
+    /// Whether anything was sent since the last call (then the consumer is
+    /// to be woken once the turn's sending is done).
+    pub fn take_touched(&mut self) -> bool {
+        std::mem::take(&mut self.touched)
+    }
+}
+
 /// Everything an I/O thread needs to reach one shard.
 pub struct ShardLink<I> {
-    pub tx: rtrb::Producer<ToShard<I>>,
+    pub tx: Outlet<ToShard<I>>,
     pub rx: rtrb::Consumer<ToIo>,
     pub waker: Arc<ShardWaker>,
 }
@@ -168,6 +233,73 @@ pub struct ShardLink<I> {
 /// Everything a shard needs to reach one I/O thread.
 pub struct IoLink<I> {
     pub rx: rtrb::Consumer<ToShard<I>>,
-    pub tx: rtrb::Producer<ToIo>,
+    pub tx: Outlet<ToIo>,
     pub waker: Arc<IoWaker>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(rx: &mut rtrb::Consumer<u32>) -> Vec<u32> {
+        std::iter::from_fn(|| rx.pop().ok()).collect()
+    }
+
+    #[test]
+    fn a_full_ring_spills_and_everything_arrives_once_in_order() {
+        let (tx, mut rx) = rtrb::RingBuffer::new(2);
+        let mut out = Outlet::new(tx);
+        assert!(!out.take_touched(), "nothing sent yet");
+        for n in 0..5 {
+            out.push(n);
+        }
+        assert!(out.take_touched());
+        assert!(!out.take_touched(), "taken once");
+        out.flush();
+        assert!(
+            !out.take_touched(),
+            "a flush that moved nothing sent nothing"
+        );
+        assert_eq!(out.spilled(), 3, "two fit on the ring");
+
+        // The consumer takes one: the next push must still queue behind
+        // the spill rather than jump onto the freed slot.
+        assert_eq!(rx.pop().unwrap(), 0);
+        out.push(5);
+        assert_eq!(out.spilled(), 4);
+
+        assert!(out.take_touched());
+        out.flush();
+        assert_eq!(out.spilled(), 3, "one slot was free");
+        assert!(out.take_touched(), "what a flush moves wakes the consumer");
+        let mut got = drain(&mut rx);
+        while out.spilled() > 0 {
+            out.flush();
+            got.extend(drain(&mut rx));
+        }
+        assert_eq!(got, vec![1, 2, 3, 4, 5]);
+
+        // Empty spill again: straight onto the ring.
+        out.push(6);
+        assert_eq!(out.spilled(), 0);
+        assert_eq!(drain(&mut rx), vec![6]);
+    }
+
+    #[test]
+    fn flush_with_a_full_ring_keeps_the_spill_whole() {
+        let (tx, mut rx) = rtrb::RingBuffer::new(1);
+        let mut out = Outlet::new(tx);
+        for n in 0..3 {
+            out.push(n);
+        }
+        out.flush();
+        out.flush();
+        assert_eq!(out.spilled(), 2, "no room: nothing moved, nothing lost");
+        assert_eq!(drain(&mut rx), vec![0]);
+        out.flush();
+        assert_eq!(drain(&mut rx), vec![1]);
+        out.flush();
+        assert_eq!(drain(&mut rx), vec![2]);
+        assert_eq!(out.spilled(), 0);
+    }
 }

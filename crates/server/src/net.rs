@@ -238,8 +238,6 @@ pub struct IoThread<G: Game> {
     conns: Slab<Conn>,
     next_generation: u32,
     shards: Vec<ShardLink<G::Input>>,
-    inbound_overflow: Vec<VecDeque<ToShard<G::Input>>>,
-    shard_touched: Vec<bool>,
     shards_stopped: usize,
     directory: Arc<Directory>,
     metrics: Arc<Metrics>,
@@ -303,7 +301,6 @@ impl<G: Game> IoThread<G> {
             poll.registry()
                 .register(l, WS_LISTENER, Interest::READABLE)?;
         }
-        let n = shards.len();
         let uring = if cfg.io_uring {
             match uring::SendBatch::new() {
                 Ok(b) => Some(b),
@@ -325,8 +322,6 @@ impl<G: Game> IoThread<G> {
             conns: Slab::new(),
             next_generation: 1,
             shards,
-            inbound_overflow: (0..n).map(|_| VecDeque::new()).collect(),
-            shard_touched: vec![false; n],
             shards_stopped: 0,
             directory,
             metrics,
@@ -369,8 +364,7 @@ impl<G: Game> IoThread<G> {
             self.answer_control();
             self.drain_shard_rings();
             self.flush_dirty();
-            self.push_overflow();
-            self.wake_shards();
+            self.flush_to_shards();
             self.publish_counts();
 
             if self.shutdown.load(Ordering::Relaxed) && shutdown_deadline.is_none() {
@@ -532,10 +526,11 @@ impl<G: Game> IoThread<G> {
         self.shards.iter().any(|s| !s.rx.is_empty())
     }
 
+    /// Whether a shard's spill has reached its cap: reading waits.
     fn inbound_paused(&self) -> bool {
-        self.inbound_overflow
+        self.shards
             .iter()
-            .any(|q| q.len() >= INBOUND_OVERFLOW_CAP)
+            .any(|l| l.tx.spilled() >= INBOUND_OVERFLOW_CAP)
     }
 
     fn publish_counts(&mut self) {
@@ -902,11 +897,7 @@ impl<G: Game> IoThread<G> {
         if conn.closing {
             return;
         }
-        if self
-            .inbound_overflow
-            .iter()
-            .any(|q| q.len() >= INBOUND_OVERFLOW_CAP)
-        {
+        if self.inbound_paused() {
             self.defer_read(slot);
             return;
         }
@@ -1229,36 +1220,16 @@ impl<G: Game> IoThread<G> {
     }
 
     fn send_to_shard(&mut self, shard: u16, msg: ToShard<G::Input>) {
-        let s = shard as usize;
-        self.shard_touched[s] = true;
-        if self.inbound_overflow[s].is_empty() {
-            match self.shards[s].tx.push(msg) {
-                Ok(()) => {}
-                Err(rtrb::PushError::Full(msg)) => self.inbound_overflow[s].push_back(msg),
-            }
-        } else {
-            self.inbound_overflow[s].push_back(msg);
-        }
+        self.shards[shard as usize].tx.push(msg);
     }
 
-    fn push_overflow(&mut self) {
-        for (s, q) in self.inbound_overflow.iter_mut().enumerate() {
-            while let Some(msg) = q.pop_front() {
-                match self.shards[s].tx.push(msg) {
-                    Ok(()) => self.shard_touched[s] = true,
-                    Err(rtrb::PushError::Full(msg)) => {
-                        q.push_front(msg);
-                        break;
-                    }
-                }
-            }
-        }
-    }
-
-    fn wake_shards(&mut self) {
-        for (s, touched) in self.shard_touched.iter_mut().enumerate() {
-            if std::mem::take(touched) {
-                self.shards[s].waker.wake();
+    /// Moves what waits in the spills onto the shards' rings, then wakes
+    /// each shard that was sent something.
+    fn flush_to_shards(&mut self) {
+        for link in &mut self.shards {
+            link.tx.flush();
+            if link.tx.take_touched() {
+                link.waker.wake();
             }
         }
     }

@@ -10,16 +10,16 @@
 //!
 //! ```text
 //!  ToShard rings (one per I/O thread) --+
-//!  cross-shard bus ----------------------+--> Engine<G> --> Transmit --> ToIo rings
-//!  storage events -----------------------+        |
-//!  the clock (tick when due) ------------+        +--> ShardHost: store writer, directory, bus
+//!  cross-shard bus ----------------------+--> Engine<G> --> ShardHost: ToIo rings (frames as
+//!  storage events -----------------------+                  they are made), store writer,
+//!  the clock (tick when due) ------------+                  directory, bus
 //! ```
 //!
 //! The loop never waits on anything but an empty inbox: it drains the rings,
 //! runs the tick when due, flushes what the engine produced, and parks until
 //! the next tick or until an I/O thread wakes it.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -40,7 +40,7 @@ use crate::config::{Config, TakeoverPolicy};
 use crate::control;
 use crate::directory::Directory;
 use crate::guard::{Defences, ProtectConfig, ProtectMode, ProtectOverride};
-use crate::link::{close_frame, ConnRef, IoLink, ShardWaker, ToIo, ToShard};
+use crate::link::{close_frame, ConnRef, IoLink, IoWaker, Outlet, ShardWaker, ToIo, ToShard};
 use crate::metrics::{labels, Metrics};
 
 /// Messages taken from one I/O ring before looking at the others, so one
@@ -107,10 +107,17 @@ enum DeferredLoad {
     Session(u64, u64),
 }
 
-/// The engine's way out, in a server process: the store writer, the
-/// account directory, the other shards' buses and the OS random source.
+/// The engine's way out, in a server process: the rings to the I/O
+/// threads, the store writer, the account directory, the other shards'
+/// buses and the OS random source.
 pub struct ShardHost<R> {
     index: u16,
+    /// One per I/O thread, by its index.
+    io: Vec<IoOut>,
+    /// Connections whose I/O thread's spill is at [`OUTBOUND_OVERFLOW_CAP`]:
+    /// the shard cuts them once the engine call that found them returns
+    /// ([`Shard::cut_backlogged`]). At most one entry per connection.
+    cut: HashSet<ConnRef>,
     store: StoreHandle,
     directory: Arc<Directory>,
     bus: Bus<R>,
@@ -124,7 +131,29 @@ pub struct ShardHost<R> {
     cluster: Option<ClusterLink>,
 }
 
+/// The way to one I/O thread.
+struct IoOut {
+    tx: Outlet<ToIo>,
+    waker: Arc<IoWaker>,
+}
+
 impl<R> ShardHost<R> {
+    /// Moves what the I/O rings have room for onto them, and wakes each I/O
+    /// thread that was sent something.
+    fn flush_io(&mut self) {
+        for out in &mut self.io {
+            out.tx.flush();
+            if out.tx.take_touched() {
+                out.waker.wake();
+            }
+        }
+    }
+
+    /// Messages held because an I/O ring was full, over all I/O threads.
+    fn io_backlog(&self) -> usize {
+        self.io.iter().map(|o| o.tx.spilled()).sum()
+    }
+
     /// Queues a load the store cannot take now.
     fn defer(&mut self, load: DeferredLoad) -> Result<(), StorageBusy> {
         if self.deferred.len() >= MAX_DEFERRED_LOADS {
@@ -188,6 +217,24 @@ impl<R> ShardHost<R> {
 }
 
 impl<R> Host<R> for ShardHost<R> {
+    fn transmit(&mut self, t: Transmit) {
+        let (conn, msg) = match t {
+            Transmit::Frame { conn, frame } => (conn, ToIo::Frame { conn, frame }),
+            // A Close always goes, past the cap if need be: there is one
+            // per connection, and the socket must not linger half-dead.
+            Transmit::Close { conn, frame } => (conn, ToIo::Close { conn, frame }),
+        };
+        let out = &mut self.io[conn.io as usize].tx;
+        if out.spilled() >= OUTBOUND_OVERFLOW_CAP && matches!(msg, ToIo::Frame { .. }) {
+            // The I/O thread is not keeping up at all. Dropping a frame from
+            // the middle of a stream would corrupt it, so the connection is
+            // cut instead; the frame stays in the session's replay buffer.
+            self.cut.insert(conn);
+            return;
+        }
+        out.push(msg);
+    }
+
     fn resume_token(&mut self) -> ResumeToken {
         let mut t = [0u8; 16];
         getrandom::fill(&mut t).expect("the OS random source is available");
@@ -346,9 +393,8 @@ pub fn engine_config(cfg: &Config, shard: u16) -> EngineConfig {
 pub struct Shard<G: Game> {
     index: u16,
     engine: Engine<G, ShardHost<G::Remote>>,
-    io: Vec<IoLink<G::Input>>,
-    io_overflow: Vec<VecDeque<ToIo>>,
-    io_touched: Vec<bool>,
+    /// The rings from the I/O threads, by their index.
+    inbox: Vec<rtrb::Consumer<ToShard<G::Input>>>,
     waker: Arc<ShardWaker>,
     bus_rx: Receiver<BusMsg<G::Remote>>,
     store_events: StoreEvents,
@@ -378,8 +424,16 @@ impl<G: Game> Shard<G> {
     pub fn new(p: ShardParts<G>) -> Shard<G> {
         let protect_cfg = p.protect;
         let now = p.clock.elapsed().as_millis() as u64;
+        let mut inbox = Vec::with_capacity(p.io.len());
+        let mut io = Vec::with_capacity(p.io.len());
+        for IoLink { rx, tx, waker } in p.io {
+            inbox.push(rx);
+            io.push(IoOut { tx, waker });
+        }
         let host = ShardHost {
             index: p.index,
+            io,
+            cut: HashSet::new(),
             store: p.store,
             directory: p.directory,
             bus: p.bus,
@@ -388,13 +442,10 @@ impl<G: Game> Shard<G> {
             cluster: p.cluster,
         };
         let engine = Engine::new(p.engine, p.game, host, now);
-        let n_io = p.io.len();
         Shard {
             index: p.index,
             engine,
-            io: p.io,
-            io_overflow: (0..n_io).map(|_| VecDeque::new()).collect(),
-            io_touched: vec![false; n_io],
+            inbox,
             waker: p.waker,
             bus_rx: p.bus_rx,
             store_events: p.store_events,
@@ -429,12 +480,12 @@ impl<G: Game> Shard<G> {
         loop {
             let mut worked = false;
             let backlogged = self.outbound_backlogged();
-            for io in 0..self.io.len() {
+            for io in 0..self.inbox.len() {
                 if backlogged {
                     break;
                 }
                 for _ in 0..INBOX_BATCH {
-                    let Ok(msg) = self.io[io].rx.pop() else {
+                    let Ok(msg) = self.inbox[io].pop() else {
                         break;
                     };
                     worked = true;
@@ -470,8 +521,8 @@ impl<G: Game> Shard<G> {
                 self.tick();
                 worked = true;
             }
-            self.take_transmits();
-            self.flush_io();
+            self.cut_backlogged();
+            self.engine.host_mut().flush_io();
             if worked {
                 self.export_stats();
             }
@@ -497,13 +548,15 @@ impl<G: Game> Shard<G> {
 
     /// Whether an I/O thread is so far behind that new inputs should wait.
     fn outbound_backlogged(&self) -> bool {
-        self.io_overflow
+        self.engine
+            .host()
+            .io
             .iter()
-            .any(|q| q.len() >= OUTBOUND_HIGH_WATER)
+            .any(|o| o.tx.spilled() >= OUTBOUND_HIGH_WATER)
     }
 
     fn inbox_empty(&self) -> bool {
-        self.io.iter().all(|l| l.rx.is_empty()) && !self.shutdown.load(Ordering::Relaxed)
+        self.inbox.iter().all(|rx| rx.is_empty()) && !self.shutdown.load(Ordering::Relaxed)
     }
 
     fn on_message(&mut self, msg: ToShard<G::Input>) {
@@ -623,7 +676,7 @@ impl<G: Game> Shard<G> {
                 loading: self.engine.loading_count(),
                 loads_deferred: self.engine.host().deferred_loads(),
                 commit_backlog: self.engine.commit_backlog(),
-                io_backlog: self.io_overflow.iter().map(VecDeque::len).sum(),
+                io_backlog: self.engine.host().io_backlog(),
                 tick_lag_ms: self.last_tick.0,
                 tick_us: self.last_tick.1,
                 tick_p99_us: self.recent_ticks.p99(),
@@ -763,57 +816,24 @@ impl<G: Game> Shard<G> {
 
     // ----- outbound --------------------------------------------------------
 
-    /// Moves what the engine wants written onto the I/O rings.
-    fn take_transmits(&mut self) {
-        while let Some(t) = self.engine.poll_transmit() {
-            match t {
-                Transmit::Frame { conn, frame } => self.send_io(conn, ToIo::Frame { conn, frame }),
-                Transmit::Close { conn, frame } => self.send_io(conn, ToIo::Close { conn, frame }),
-            }
-        }
-    }
-
-    fn send_io(&mut self, conn: ConnRef, msg: ToIo) {
-        let io = conn.io as usize;
-        self.io_touched[io] = true;
-        if self.io_overflow[io].is_empty() {
-            match self.io[io].tx.push(msg) {
-                Ok(()) => {}
-                Err(rtrb::PushError::Full(msg)) => self.io_overflow[io].push_back(msg),
-            }
-        } else if self.io_overflow[io].len() >= OUTBOUND_OVERFLOW_CAP {
-            // The I/O thread is not keeping up at all. Dropping a frame from
-            // the middle of a stream would corrupt it, so the connection is
-            // cut instead; the session keeps the frame for its resume.
-            if self.engine.closed(self.now, conn) {
-                warn!(
-                    shard = self.index,
-                    "outbound overflow; cutting connection to zombie"
-                );
-                // One Close per cut connection goes past the cap (the engine
-                // sends that connection nothing more), so the socket does
-                // not linger half-dead.
-                let frame = close_frame(CloseCode::SlowConsumer, "server backlog", 0);
-                self.io_overflow[io].push_back(ToIo::Close { conn, frame });
-            }
-        } else {
-            self.io_overflow[io].push_back(msg);
-        }
-    }
-
-    fn flush_io(&mut self) {
-        for io in 0..self.io.len() {
-            while let Some(msg) = self.io_overflow[io].pop_front() {
-                match self.io[io].tx.push(msg) {
-                    Ok(()) => {}
-                    Err(rtrb::PushError::Full(msg)) => {
-                        self.io_overflow[io].push_front(msg);
-                        break;
-                    }
+    /// Cuts, to zombie, the connections whose I/O thread fell so far
+    /// behind that their frames could not be queued (see
+    /// [`ShardHost::transmit`]). Cutting one can write to others (a
+    /// link-dead player shown), so this goes on until none is left.
+    fn cut_backlogged(&mut self) {
+        while !self.engine.host().cut.is_empty() {
+            let cut: Vec<ConnRef> = self.engine.host_mut().cut.drain().collect();
+            for conn in cut {
+                if self.engine.closed(self.now, conn) {
+                    warn!(
+                        shard = self.index,
+                        "outbound overflow; cutting connection to zombie"
+                    );
+                    let frame = close_frame(CloseCode::SlowConsumer, "server backlog", 0);
+                    self.engine
+                        .host_mut()
+                        .transmit(Transmit::Close { conn, frame });
                 }
-            }
-            if std::mem::take(&mut self.io_touched[io]) {
-                self.io[io].waker.wake();
             }
         }
     }
@@ -831,18 +851,18 @@ impl<G: Game> Shard<G> {
             "server restarting; resume your session",
             retry,
         );
-        self.take_transmits();
+        self.cut_backlogged();
         self.export_stats();
-        for io in 0..self.io.len() {
-            self.io_touched[io] = true;
-            self.io_overflow[io].push_back(ToIo::ShardStopped);
+        let host = self.engine.host_mut();
+        for out in &mut host.io {
+            out.tx.push(ToIo::ShardStopped);
         }
         let deadline = Instant::now() + STOP_FLUSH_BOUND;
-        while self.io_overflow.iter().any(|q| !q.is_empty()) && Instant::now() < deadline {
-            self.flush_io();
+        while host.io_backlog() > 0 && Instant::now() < deadline {
+            host.flush_io();
             std::thread::sleep(Duration::from_millis(1));
         }
-        self.flush_io();
+        host.flush_io();
         info!(
             shard = self.index,
             sessions = n,
@@ -855,32 +875,123 @@ impl<G: Game> Shard<G> {
 mod tests {
     use super::*;
     use tether_engine::Host;
-    use tether_store::fake::{FakeBackend, FakeCall};
+    use tether_store::fake::{FakeBackend, FakeCall, FakeControl};
     use tether_store::writer::StoreWriter;
     use tether_store::WriterConfig;
 
-    #[test]
-    fn loads_kept_back_are_bounded_and_go_in_order_once_released() {
+    /// A host over a fake store whose queue holds 8 loads; the store stays
+    /// up while the returned writer and events are kept.
+    fn host(
+        held: Arc<AtomicBool>,
+        io: Vec<IoOut>,
+    ) -> (ShardHost<()>, FakeControl, (StoreWriter, StoreEvents)) {
         let (backend, fake) = FakeBackend::new();
         let cfg = WriterConfig {
             max_pending_loads: 8,
             ..WriterConfig::default()
         };
         let writer = StoreWriter::start(backend, cfg).unwrap();
-        let (store, _events) = writer.client(None);
-        let held = Arc::new(AtomicBool::new(true));
-        let mut host: ShardHost<()> = ShardHost {
+        let (store, events) = writer.client(None);
+        let host = ShardHost {
             index: 0,
+            io,
+            cut: HashSet::new(),
             store,
             directory: Arc::new(Directory::new(1)),
             bus: Bus {
                 senders: Vec::new(),
                 wakers: Vec::new(),
             },
-            loads_held: held.clone(),
+            loads_held: held,
             deferred: VecDeque::new(),
             cluster: None,
         };
+        (host, fake, (writer, events))
+    }
+
+    #[test]
+    fn a_stalled_io_thread_is_sent_up_to_the_cap_then_its_connections_are_cut() {
+        let poll = mio::Poll::new().unwrap();
+        let waker = IoWaker::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let (tx, mut rx) = rtrb::RingBuffer::new(1);
+        let out = IoOut {
+            tx: Outlet::new(tx),
+            waker,
+        };
+        let (mut host, _fake, _store) = host(Arc::new(AtomicBool::new(false)), vec![out]);
+        let conn = |slot| ConnRef {
+            io: 0,
+            slot,
+            generation: 1,
+        };
+        let (a, b) = (conn(1), conn(2));
+        let frame = |n: u32| Bytes::from(n.to_le_bytes().to_vec());
+
+        // One on the ring, then the spill fills to its cap.
+        let sent = OUTBOUND_OVERFLOW_CAP as u32 + 1;
+        for n in 0..sent {
+            host.transmit(Transmit::Frame {
+                conn: a,
+                frame: frame(n),
+            });
+        }
+        assert_eq!(host.io_backlog(), OUTBOUND_OVERFLOW_CAP);
+        assert!(host.cut.is_empty(), "at the cap, nothing is cut yet");
+
+        // Past it, frames are not queued: their connections are marked
+        // for cutting, each once.
+        host.transmit(Transmit::Frame {
+            conn: a,
+            frame: frame(sent),
+        });
+        host.transmit(Transmit::Frame {
+            conn: a,
+            frame: frame(sent + 1),
+        });
+        host.transmit(Transmit::Frame {
+            conn: b,
+            frame: frame(0),
+        });
+        assert_eq!(host.io_backlog(), OUTBOUND_OVERFLOW_CAP);
+        assert_eq!(host.cut, HashSet::from([a, b]));
+
+        // A Close still goes, behind everything before it.
+        let close = close_frame(CloseCode::SlowConsumer, "server backlog", 0);
+        host.transmit(Transmit::Close {
+            conn: b,
+            frame: close.clone(),
+        });
+        assert_eq!(host.io_backlog(), OUTBOUND_OVERFLOW_CAP + 1);
+
+        // The I/O thread catches up: every queued message, once, in order.
+        let mut next = 0u32;
+        let mut closed = false;
+        loop {
+            host.flush_io();
+            let Ok(msg) = rx.pop() else {
+                break;
+            };
+            match msg {
+                ToIo::Frame { conn, frame: f } => {
+                    assert!(!closed, "nothing after the Close");
+                    assert_eq!((conn, f), (a, frame(next)));
+                    next += 1;
+                }
+                ToIo::Close { conn, frame: f } => {
+                    assert_eq!((conn, f), (b, close.clone()));
+                    closed = true;
+                }
+                ToIo::ShardStopped => panic!("not sent"),
+            }
+        }
+        assert_eq!((next, closed), (sent, true));
+        assert_eq!(host.io_backlog(), 0);
+    }
+
+    #[test]
+    fn loads_kept_back_are_bounded_and_go_in_order_once_released() {
+        let held = Arc::new(AtomicBool::new(true));
+        let (mut host, fake, _store) = host(held.clone(), Vec::new());
 
         // Held (an upgrade in place): every load waits, up to the bound.
         for id in 0..MAX_DEFERRED_LOADS as u64 {

@@ -20,7 +20,7 @@
 //!   accepts links, enforces the handshake deadline, decodes client frames
 //!   (`decode_envelope`, then the game's `decode_input` for an `Input`),
 //!   holds what follows a `Hello` until the `Welcome`, calls the engine, and
-//!   writes what [`Engine::poll_transmit`] gives out. It ticks the engine
+//!   writes what the engine hands its host ([`Host::transmit`]). It ticks the engine
 //!   whenever a session timer or a world tick is due.
 //! - [`Client`]: a [`ClientSession`], a scripted player sending numbered
 //!   inputs, reconnects with resume.
@@ -425,6 +425,8 @@ pub struct SimHost {
     /// The account directory: which shard holds each account's session.
     pub claims: BTreeMap<String, u16>,
     pub population: isize,
+    /// What the engine wrote and the server has not yet, oldest first.
+    pub transmits: VecDeque<Transmit>,
 }
 
 impl SimHost {
@@ -436,11 +438,16 @@ impl SimHost {
             session_loads: Vec::new(),
             claims: BTreeMap::new(),
             population: 0,
+            transmits: VecDeque::new(),
         }
     }
 }
 
 impl Host<()> for SimHost {
+    fn transmit(&mut self, t: Transmit) {
+        self.transmits.push_back(t);
+    }
+
     fn resume_token(&mut self) -> ResumeToken {
         ResumeToken(self.rng.random())
     }
@@ -979,7 +986,7 @@ impl Server {
     /// a connection whose `Welcome` went out go on with what it held.
     fn flush(&mut self, net: &mut Net, now: Time) {
         let mut welcomed = Vec::new();
-        while let Some(transmit) = self.engine.poll_transmit() {
+        while let Some(transmit) = self.engine.host_mut().transmits.pop_front() {
             match transmit {
                 Transmit::Frame { conn, frame } => {
                     let link = link_of(conn);
