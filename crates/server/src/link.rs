@@ -19,9 +19,10 @@ use tether_proto::pb;
 ///
 /// The shard keeps the overflow in a bounded queue of its own (see
 /// `shard::OUTBOUND_OVERFLOW_CAP`). A tick sends a frame to every player
-/// that sees a change at once, so this ring takes bursts: 65,536 entries of
-/// 48 bytes hold a tick of the benchmark's heaviest traffic (10,000 players,
-/// ~30,000 frames a tick) for 3 MiB.
+/// that sees a change at once, and the engine hands each frame over as it
+/// is made, so this ring takes bursts: 65,536 entries of 48 bytes hold a
+/// tick of the benchmark's heaviest traffic (10,000 players, ~500,000
+/// frames a second at 10 ticks a second) for 3 MiB.
 pub const OUTBOUND_RING_CAPACITY: usize = 1 << 16;
 
 /// Entries per ring from an I/O thread to a shard.
