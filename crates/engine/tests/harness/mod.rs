@@ -20,8 +20,8 @@
 //!   accepts links, enforces the handshake deadline, decodes client frames
 //!   (`decode_envelope`, then the game's `decode_input` for an `Input`),
 //!   holds what follows a `Hello` until the `Welcome`, calls the engine, and
-//!   writes what the engine hands its host ([`Host::transmit`]). It ticks the engine
-//!   whenever a session timer or a world tick is due.
+//!   writes what the engine hands its host ([`Host::transmit`]). It ticks
+//!   the engine whenever a session timer or a world tick is due.
 //! - [`Client`]: a [`ClientSession`], a scripted player sending numbered
 //!   inputs, reconnects with resume.
 //! - [`Sim`]: steps the earliest event (delivery, timer, script, fault), one
