@@ -3,8 +3,8 @@
 //! Every method returns at once: storage calls only queue work for a
 //! writer thread, the directory is a short map operation, the bus is a
 //! bounded queue. The server implements [`Host`] over its store writer,
-//! account directory, shard rings and I/O rings; tests implement it in memory, which
-//! is what lets the whole engine run under a virtual clock.
+//! account directory, shard rings and I/O rings; tests implement it in
+//! memory, which is what lets the whole engine run under a virtual clock.
 
 use bytes::Bytes;
 use tether_session::ResumeToken;

@@ -218,21 +218,27 @@ impl<R> ShardHost<R> {
 
 impl<R> Host<R> for ShardHost<R> {
     fn transmit(&mut self, t: Transmit) {
-        let (conn, msg) = match t {
-            Transmit::Frame { conn, frame } => (conn, ToIo::Frame { conn, frame }),
+        match t {
+            Transmit::Frame { conn, frame } => {
+                let out = &mut self.io[conn.io as usize].tx;
+                if out.spilled() >= OUTBOUND_OVERFLOW_CAP {
+                    // The I/O thread is not keeping up at all. Dropping a
+                    // frame from the middle of a stream would corrupt it, so
+                    // the connection is cut instead; the frame stays in the
+                    // session's replay buffer.
+                    self.cut.insert(conn);
+                } else {
+                    out.push(ToIo::Frame { conn, frame });
+                }
+            }
             // A Close always goes, past the cap if need be: there is one
             // per connection, and the socket must not linger half-dead.
-            Transmit::Close { conn, frame } => (conn, ToIo::Close { conn, frame }),
-        };
-        let out = &mut self.io[conn.io as usize].tx;
-        if out.spilled() >= OUTBOUND_OVERFLOW_CAP && matches!(msg, ToIo::Frame { .. }) {
-            // The I/O thread is not keeping up at all. Dropping a frame from
-            // the middle of a stream would corrupt it, so the connection is
-            // cut instead; the frame stays in the session's replay buffer.
-            self.cut.insert(conn);
-            return;
+            Transmit::Close { conn, frame } => {
+                self.io[conn.io as usize]
+                    .tx
+                    .push(ToIo::Close { conn, frame });
+            }
         }
-        out.push(msg);
     }
 
     fn resume_token(&mut self) -> ResumeToken {

@@ -616,19 +616,13 @@ impl WriteBehind {
     }
 
     fn record_done(&mut self, account: &str) {
-        if let Some(p) = self.records.remove(account) {
-            if p.urgent {
-                self.urgent -= 1;
-            }
+        if self.remove_record(account) {
             self.stats.records_written.fetch_add(1, Relaxed);
         }
     }
 
     fn record_rejected(&mut self, account: &str, error: &StoreError) {
-        if let Some(p) = self.records.remove(account) {
-            if p.urgent {
-                self.urgent -= 1;
-            }
+        if self.remove_record(account) {
             self.stats.rejected.fetch_add(1, Relaxed);
             tracing::error!(
                 %account,
@@ -636,6 +630,18 @@ impl WriteBehind {
                 "record rejected by the database; dropped"
             );
         }
+    }
+
+    /// Takes `account`'s record off the queue, keeping `urgent` in step;
+    /// `false` when none was queued.
+    fn remove_record(&mut self, account: &str) -> bool {
+        let Some(p) = self.records.remove(account) else {
+            return false;
+        };
+        if p.urgent {
+            self.urgent -= 1;
+        }
+        true
     }
 
     // --- health ---
